@@ -1,0 +1,191 @@
+//! SHA-256 identities and hashing while streaming.
+//!
+//! Every byte ddslug trusts is hashed exactly once, as it streams past: [`HashingReader`]
+//! wraps the network body or the file being read so that verification costs no second pass.
+
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::str::FromStr;
+
+use sha2::{Digest, Sha256 as Sha256Hasher};
+
+/// A SHA-256 digest, parsed once at the edge and printed as 64 lowercase hex digits.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Sha256(pub [u8; 32]);
+
+impl Sha256 {
+    /// Digest of a byte slice.
+    pub fn of(bytes: &[u8]) -> Sha256 {
+        Sha256(Sha256Hasher::digest(bytes).into())
+    }
+
+    /// Lowercase hex form, as used in file names and manifests.
+    pub fn hex(&self) -> String {
+        let mut s = String::with_capacity(64);
+        for b in self.0 {
+            s.push(char::from_digit((b >> 4) as u32, 16).unwrap_or('0'));
+            s.push(char::from_digit((b & 15) as u32, 16).unwrap_or('0'));
+        }
+        s
+    }
+}
+
+impl fmt::Display for Sha256 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.hex())
+    }
+}
+
+impl fmt::Debug for Sha256 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Sha256({})", self.hex())
+    }
+}
+
+/// The text was not 64 hex digits.
+#[derive(Debug, thiserror::Error)]
+#[error("not a SHA-256 (expected 64 hex digits): {0:?}")]
+pub struct BadSha256(pub String);
+
+impl FromStr for Sha256 {
+    type Err = BadSha256;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        let bytes = s.as_bytes();
+        if bytes.len() != 64 {
+            return Err(BadSha256(s.to_string()));
+        }
+        let mut out = [0u8; 32];
+        for (i, pair) in bytes.chunks(2).enumerate() {
+            let hi = (pair[0] as char).to_digit(16);
+            let lo = (pair[1] as char).to_digit(16);
+            match (hi, lo) {
+                (Some(h), Some(l)) => out[i] = (h * 16 + l) as u8,
+                _ => return Err(BadSha256(s.to_string())),
+            }
+        }
+        Ok(Sha256(out))
+    }
+}
+
+impl serde::Serialize for Sha256 {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.hex())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Sha256 {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Incremental SHA-256 with a byte count.
+#[derive(Clone, Default)]
+pub struct Hasher {
+    inner: Sha256Hasher,
+    len: u64,
+}
+
+impl Hasher {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.inner.update(bytes);
+        self.len += bytes.len() as u64;
+    }
+    /// Bytes hashed so far.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    pub fn finish(self) -> Sha256 {
+        Sha256(self.inner.finalize().into())
+    }
+}
+
+/// A reader that hashes everything read through it.
+pub struct HashingReader<R> {
+    inner: R,
+    hasher: Hasher,
+}
+
+impl<R: Read> HashingReader<R> {
+    pub fn new(inner: R) -> Self {
+        HashingReader { inner, hasher: Hasher::new() }
+    }
+    /// Digest and length of everything read so far.
+    pub fn finish(self) -> (Sha256, u64) {
+        let len = self.hasher.len();
+        (self.hasher.finish(), len)
+    }
+    pub fn get_mut(&mut self) -> &mut R {
+        &mut self.inner
+    }
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// A writer that hashes everything written through it.
+pub struct HashingWriter<W> {
+    inner: W,
+    hasher: Hasher,
+}
+
+impl<W: Write> HashingWriter<W> {
+    pub fn new(inner: W) -> Self {
+        HashingWriter { inner, hasher: Hasher::new() }
+    }
+    pub fn finish(self) -> (W, Sha256, u64) {
+        let len = self.hasher.len();
+        (self.inner, self.hasher.finish(), len)
+    }
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_digest_and_round_trip() {
+        // SHA-256 of the empty string, from FIPS 180-2 examples.
+        let empty = Sha256::of(b"");
+        assert_eq!(empty.hex(), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+        let parsed: Sha256 = empty.hex().parse().unwrap();
+        assert_eq!(parsed, empty);
+        assert!("xyz".parse::<Sha256>().is_err());
+        assert!("g".repeat(64).parse::<Sha256>().is_err());
+    }
+
+    #[test]
+    fn reader_hashes_what_streams_past() {
+        let data = b"hello world".repeat(1000);
+        let mut r = HashingReader::new(&data[..]);
+        let mut sink = Vec::new();
+        r.read_to_end(&mut sink).unwrap();
+        let (digest, len) = r.finish();
+        assert_eq!(len, data.len() as u64);
+        assert_eq!(digest, Sha256::of(&data));
+    }
+}
