@@ -1,1 +1,427 @@
-//! placeholder
+//! The .deb unpacker: `ar` container → `data.tar.{xz,gz,zst,bz2,}` → files, like `dpkg-deb -x`.
+//!
+//! Contract: streams (no member is held in memory) and never writes outside the target
+//! directory. Entries with `..` or absolute paths, hard links leaving the tree, and writes
+//! through a symlink that leads outside the tree are refused with an error naming the entry.
+//! Symlink targets are kept verbatim (relative or absolute), as dpkg does; permission bits
+//! (setuid included) and mtimes are restored; device nodes and FIFOs are skipped with a
+//! warning. Ownership is not changed.
+
+use std::collections::HashSet;
+use std::ffi::OsString;
+use std::fs::{self, File};
+use std::io::{self, BufReader, Read};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Component, Path, PathBuf};
+
+use filetime::FileTime;
+
+/// What an unpack produced.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UnpackReport {
+    pub files: u64,
+    pub dirs: u64,
+    pub symlinks: u64,
+    pub hardlinks: u64,
+    /// Bytes of regular-file content written.
+    pub bytes: u64,
+    /// Warnings for entries that were not extracted (device nodes, FIFOs).
+    pub skipped: Vec<String>,
+}
+
+/// Why a .deb could not be unpacked.
+#[derive(Debug, thiserror::Error)]
+pub enum DebError {
+    #[error("{deb}: {source}")]
+    Io { deb: String, source: io::Error },
+    #[error("{deb}: not a Debian package: {reason}")]
+    NotADeb { deb: String, reason: String },
+    #[error("{deb}: entry {entry:?}: {reason}; refusing to unpack this package")]
+    Unsafe { deb: String, entry: String, reason: String },
+    #[error("{deb}: entry {entry:?}: {reason}")]
+    Unsupported { deb: String, entry: String, reason: String },
+    #[error("{deb}: writing {path}: {source}")]
+    Write { deb: String, path: PathBuf, source: io::Error },
+}
+
+/// Extracts the data archive of `deb` into `dest` (created if missing).
+pub fn unpack_deb(deb: &Path, dest: &Path) -> Result<UnpackReport, DebError> {
+    let label = deb.display().to_string();
+    let file = File::open(deb).map_err(|source| DebError::Io { deb: label.clone(), source })?;
+    let mut ar = ArReader::new(BufReader::with_capacity(1 << 16, file), &label)?;
+    ar.expect_debian_binary()?;
+    while let Some(member) = ar.next_member()? {
+        if member.name.starts_with("data.tar") {
+            let body = (&mut ar.inner).take(member.size);
+            let report = unpack_data_tar(decompressor(&member.name, body, &label)?, dest, &label)?;
+            return Ok(report);
+        }
+        ar.skip(member.size)?;
+    }
+    Err(DebError::NotADeb { deb: label, reason: "no data.tar member".into() })
+}
+
+/// The text of `./control` from the package's control archive.
+pub fn read_control(deb: &Path) -> Result<String, DebError> {
+    let label = deb.display().to_string();
+    let io_err = |source| DebError::Io { deb: label.clone(), source };
+    let file = File::open(deb).map_err(io_err)?;
+    let mut ar = ArReader::new(BufReader::new(file), &label)?;
+    ar.expect_debian_binary()?;
+    while let Some(member) = ar.next_member()? {
+        if member.name.starts_with("control.tar") {
+            let body = (&mut ar.inner).take(member.size);
+            let mut archive = tar::Archive::new(decompressor(&member.name, body, &label)?);
+            for entry in archive.entries().map_err(io_err)? {
+                let mut entry = entry.map_err(io_err)?;
+                let path = entry.path().map_err(io_err)?.into_owned();
+                if path == Path::new("./control") || path == Path::new("control") {
+                    let mut text = String::new();
+                    entry.read_to_string(&mut text).map_err(io_err)?;
+                    return Ok(text);
+                }
+            }
+            break;
+        }
+        ar.skip(member.size)?;
+    }
+    Err(DebError::NotADeb { deb: label.clone(), reason: "no control file in control.tar".into() })
+}
+
+struct Member {
+    name: String,
+    size: u64,
+}
+
+/// A streaming reader of `ar` archives (the common format, as dpkg writes it).
+struct ArReader<R> {
+    inner: R,
+    label: String,
+    /// Bytes of the current member not yet consumed, plus its padding byte.
+    pending_pad: bool,
+}
+
+impl<R: Read> ArReader<R> {
+    fn new(mut inner: R, label: &str) -> Result<Self, DebError> {
+        let mut magic = [0u8; 8];
+        inner.read_exact(&mut magic).map_err(|_| not_a_deb(label, "file is shorter than an ar header"))?;
+        if &magic != b"!<arch>\n" {
+            return Err(not_a_deb(label, "missing the `!<arch>` signature"));
+        }
+        Ok(ArReader { inner, label: label.into(), pending_pad: false })
+    }
+
+    fn next_member(&mut self) -> Result<Option<Member>, DebError> {
+        if self.pending_pad {
+            let mut pad = [0u8; 1];
+            let _ = self.inner.read(&mut pad).map_err(|source| DebError::Io { deb: self.label.clone(), source })?;
+        }
+        let mut header = [0u8; 60];
+        let mut got = 0;
+        while got < 60 {
+            let n = self.inner.read(&mut header[got..]).map_err(|source| DebError::Io { deb: self.label.clone(), source })?;
+            if n == 0 {
+                return if got == 0 { Ok(None) } else { Err(not_a_deb(&self.label, "truncated ar member header")) };
+            }
+            got += n;
+        }
+        if &header[58..60] != b"`\n" {
+            return Err(not_a_deb(&self.label, "corrupt ar member header"));
+        }
+        let name = String::from_utf8_lossy(&header[..16]).trim_end().trim_end_matches('/').to_string();
+        let size: u64 = String::from_utf8_lossy(&header[48..58])
+            .trim()
+            .parse()
+            .map_err(|_| not_a_deb(&self.label, "ar member size is not a number"))?;
+        self.pending_pad = size % 2 == 1;
+        Ok(Some(Member { name, size }))
+    }
+
+    fn skip(&mut self, size: u64) -> Result<(), DebError> {
+        let copied = io::copy(&mut (&mut self.inner).take(size), &mut io::sink())
+            .map_err(|source| DebError::Io { deb: self.label.clone(), source })?;
+        if copied != size {
+            return Err(not_a_deb(&self.label, "truncated ar member"));
+        }
+        Ok(())
+    }
+
+    fn expect_debian_binary(&mut self) -> Result<(), DebError> {
+        let Some(first) = self.next_member()? else {
+            return Err(not_a_deb(&self.label, "empty ar archive"));
+        };
+        if first.name != "debian-binary" {
+            return Err(not_a_deb(&self.label, &format!("first member is {:?}, not debian-binary", first.name)));
+        }
+        let mut version = Vec::new();
+        (&mut self.inner)
+            .take(first.size.min(64))
+            .read_to_end(&mut version)
+            .map_err(|source| DebError::Io { deb: self.label.clone(), source })?;
+        if first.size > 64 {
+            self.skip(first.size - 64)?;
+        }
+        if !version.starts_with(b"2.") {
+            return Err(not_a_deb(&self.label, "unsupported package format version (expected 2.x)"));
+        }
+        Ok(())
+    }
+}
+
+fn not_a_deb(label: &str, reason: &str) -> DebError {
+    DebError::NotADeb { deb: label.into(), reason: reason.into() }
+}
+
+/// A decompressing reader for an ar member, chosen by its name's suffix.
+fn decompressor<'a, R: Read + 'a>(name: &str, body: R, label: &str) -> Result<Box<dyn Read + 'a>, DebError> {
+    let io_err = |source| DebError::Io { deb: label.into(), source };
+    Ok(match name.rsplit_once('.').map(|(_, s)| s) {
+        Some("xz") => Box::new(xz_reader(body).map_err(io_err)?),
+        Some("gz") => Box::new(flate2::read::GzDecoder::new(body)),
+        Some("zst") => Box::new(zstd::stream::read::Decoder::new(body).map_err(io_err)?),
+        Some("bz2") => Box::new(bzip2::read::BzDecoder::new(body)),
+        Some("tar") => Box::new(body),
+        _ => return Err(DebError::Unsupported { deb: label.into(), entry: name.into(), reason: "unknown compression".into() }),
+    })
+}
+
+/// xz with liblzma's multi-threaded decoder (it helps on multi-block streams, as dpkg-deb
+/// writes them), falling back to the single-threaded one.
+fn xz_reader<R: Read>(body: R) -> io::Result<liblzma::read::XzDecoder<R>> {
+    let threads = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
+    let stream = liblzma::stream::MtStreamBuilder::new()
+        .threads(threads)
+        .memlimit_threading(256 << 20)
+        .memlimit_stop(u64::MAX)
+        .decoder();
+    match stream {
+        Ok(stream) => Ok(liblzma::read::XzDecoder::new_stream(body, stream)),
+        Err(_) => Ok(liblzma::read::XzDecoder::new(body)),
+    }
+}
+
+/// Extracts an (already decompressed) tar stream into `dest`. `label` names the source in
+/// errors and warnings.
+pub fn unpack_data_tar<R: Read>(tar_stream: R, dest: &Path, label: &str) -> Result<UnpackReport, DebError> {
+    let write_err = |path: &Path| {
+        let path = path.to_owned();
+        move |source| DebError::Write { deb: label.into(), path, source }
+    };
+    fs::create_dir_all(dest).map_err(write_err(dest))?;
+    let mut unpacker = Unpacker { dest, label, known_dirs: HashSet::new(), dirs: Vec::new(), report: UnpackReport::default() };
+    let mut archive = tar::Archive::new(tar_stream);
+    let io_err = |source| DebError::Io { deb: label.into(), source };
+    let mut buf = vec![0u8; 1 << 16];
+    for entry in archive.entries().map_err(io_err)? {
+        let mut entry = entry.map_err(io_err)?;
+        unpacker.entry(&mut entry, &mut buf)?;
+    }
+    // Directory modes and mtimes last, deepest first: filling a directory changes its mtime.
+    let mut dirs = std::mem::take(&mut unpacker.dirs);
+    dirs.sort_by_key(|(p, _, _)| std::cmp::Reverse(p.components().count()));
+    for (rel, mode, mtime) in dirs {
+        let path = dest.join(&rel);
+        fs::set_permissions(&path, fs::Permissions::from_mode(mode)).map_err(write_err(&path))?;
+        filetime::set_file_mtime(&path, mtime).map_err(write_err(&path))?;
+    }
+    Ok(unpacker.report)
+}
+
+struct Unpacker<'a> {
+    dest: &'a Path,
+    label: &'a str,
+    /// Relative paths known to be real directories inside `dest`.
+    known_dirs: HashSet<PathBuf>,
+    dirs: Vec<(PathBuf, u32, FileTime)>,
+    report: UnpackReport,
+}
+
+impl Unpacker<'_> {
+    fn unsafe_entry(&self, entry: &str, reason: &str) -> DebError {
+        DebError::Unsafe { deb: self.label.into(), entry: entry.into(), reason: reason.into() }
+    }
+
+    fn write_err(&self, path: &Path) -> impl FnOnce(io::Error) -> DebError + use<> {
+        let (deb, path) = (self.label.to_string(), path.to_owned());
+        move |source| DebError::Write { deb, path, source }
+    }
+
+    fn entry<R: Read>(&mut self, entry: &mut tar::Entry<R>, buf: &mut [u8]) -> Result<(), DebError> {
+        let raw = entry.path_bytes().into_owned();
+        let name = String::from_utf8_lossy(&raw).into_owned();
+        let rel = self.sanitize(&raw, &name)?;
+        let header = entry.header();
+        let kind = header.entry_type();
+        let mode = header.mode().map_err(|source| DebError::Io { deb: self.label.into(), source })? & 0o7777;
+        let mtime = FileTime::from_unix_time(header.mtime().unwrap_or(0) as i64, 0);
+        if rel.as_os_str().is_empty() {
+            // The archive root ("./"): like tar, it sets the target directory's mode and mtime.
+            if kind.is_dir() {
+                self.dirs.push((rel, mode, mtime));
+            }
+            return Ok(());
+        }
+        if kind.is_character_special() || kind.is_block_special() || kind.is_fifo() {
+            let what = if kind.is_fifo() { "FIFO" } else { "device node" };
+            self.report.skipped.push(format!("{}: skipped {what} {name}", self.label));
+            return Ok(());
+        }
+        let parent = rel.parent().unwrap_or(Path::new("")).to_path_buf();
+        let parent_real = self.real_dir(&parent, &name)?;
+        let file_name = rel.file_name().map(PathBuf::from).unwrap_or_default();
+        let real = parent_real.join(&file_name);
+        let path = self.dest.join(&real);
+        let existing = fs::symlink_metadata(&path).ok();
+        if kind.is_dir() {
+            match existing {
+                Some(m) if m.is_dir() => {}
+                Some(_) => {
+                    fs::remove_file(&path).map_err(self.write_err(&path))?;
+                    fs::create_dir(&path).map_err(self.write_err(&path))?;
+                }
+                None => fs::create_dir(&path).map_err(self.write_err(&path))?,
+            }
+            self.known_dirs.insert(real.clone());
+            self.dirs.push((real, mode, mtime));
+            self.report.dirs += 1;
+            return Ok(());
+        }
+        if let Some(m) = &existing {
+            if m.is_dir() {
+                return Err(DebError::Unsupported {
+                    deb: self.label.into(),
+                    entry: name,
+                    reason: "a non-directory entry replaces a directory".into(),
+                });
+            }
+            // Replace, never write into: the old path may be a hard link or a symlink.
+            fs::remove_file(&path).map_err(self.write_err(&path))?;
+        }
+        if kind.is_file() || kind == tar::EntryType::Continuous {
+            let mut out = File::create(&path).map_err(self.write_err(&path))?;
+            let mut written = 0u64;
+            loop {
+                let n = entry.read(buf).map_err(|source| DebError::Io { deb: self.label.into(), source })?;
+                if n == 0 {
+                    break;
+                }
+                io::Write::write_all(&mut out, &buf[..n]).map_err(self.write_err(&path))?;
+                written += n as u64;
+            }
+            drop(out);
+            fs::set_permissions(&path, fs::Permissions::from_mode(mode)).map_err(self.write_err(&path))?;
+            filetime::set_file_mtime(&path, mtime).map_err(self.write_err(&path))?;
+            self.report.files += 1;
+            self.report.bytes += written;
+        } else if kind.is_symlink() {
+            let target = entry
+                .link_name_bytes()
+                .ok_or_else(|| self.unsafe_entry(&name, "symlink without a target"))?
+                .into_owned();
+            let target = PathBuf::from(OsString::from(String::from_utf8_lossy(&target).into_owned()));
+            std::os::unix::fs::symlink(&target, &path).map_err(self.write_err(&path))?;
+            filetime::set_symlink_file_times(&path, mtime, mtime).map_err(self.write_err(&path))?;
+            self.report.symlinks += 1;
+        } else if kind.is_hard_link() {
+            let target_raw =
+                entry.link_name_bytes().ok_or_else(|| self.unsafe_entry(&name, "hard link without a target"))?.into_owned();
+            let target_rel = self.sanitize(&target_raw, &name)?;
+            if target_rel.as_os_str().is_empty() {
+                return Err(self.unsafe_entry(&name, "hard link to the archive root"));
+            }
+            let target_parent = self.real_dir(target_rel.parent().unwrap_or(Path::new("")), &name)?;
+            let target = self.dest.join(target_parent).join(target_rel.file_name().unwrap_or_default());
+            match fs::symlink_metadata(&target) {
+                Ok(m) if m.is_file() => {}
+                _ => return Err(self.unsafe_entry(&name, "hard link target is not a file extracted earlier")),
+            }
+            fs::hard_link(&target, &path).map_err(self.write_err(&path))?;
+            self.report.hardlinks += 1;
+        } else if matches!(kind, tar::EntryType::XGlobalHeader | tar::EntryType::XHeader) {
+            // Metadata records the tar reader already applied.
+        } else {
+            return Err(DebError::Unsupported {
+                deb: self.label.into(),
+                entry: name,
+                reason: format!("unsupported tar entry type {:?}", kind),
+            });
+        }
+        Ok(())
+    }
+
+    /// An archive path as a clean relative path: `./` and `.` dropped; `..` and absolute
+    /// paths refused.
+    fn sanitize(&self, raw: &[u8], entry: &str) -> Result<PathBuf, DebError> {
+        let text = String::from_utf8_lossy(raw);
+        if text.starts_with('/') {
+            return Err(self.unsafe_entry(entry, &format!("absolute path {text:?}")));
+        }
+        let mut out = PathBuf::new();
+        for c in Path::new(text.as_ref()).components() {
+            match c {
+                Component::CurDir => {}
+                Component::Normal(part) => out.push(part),
+                Component::ParentDir => return Err(self.unsafe_entry(entry, &format!("path {text:?} contains `..`"))),
+                Component::RootDir | Component::Prefix(_) => {
+                    return Err(self.unsafe_entry(entry, &format!("absolute path {text:?}")));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Resolves a relative directory path inside `dest` the way the kernel would, following
+    /// symlinks already extracted, and refusing any that lead outside `dest`. Missing
+    /// directories are created (as tar does). Returns the resolved relative path.
+    fn real_dir(&mut self, rel: &Path, entry: &str) -> Result<PathBuf, DebError> {
+        if rel.as_os_str().is_empty() || self.known_dirs.contains(rel) {
+            return Ok(rel.to_path_buf());
+        }
+        let mut resolved: Vec<OsString> = Vec::new();
+        let mut pending: Vec<OsString> = rel.components().rev().map(|c| c.as_os_str().to_owned()).collect();
+        let mut hops = 0;
+        while let Some(part) = pending.pop() {
+            if part == ".." {
+                if resolved.pop().is_none() {
+                    return Err(self.unsafe_entry(entry, "a symlink in its path leads outside the target directory"));
+                }
+                continue;
+            }
+            if part == "." || part.is_empty() {
+                continue;
+            }
+            let candidate: PathBuf = resolved.iter().chain(std::iter::once(&part)).collect();
+            let full = self.dest.join(&candidate);
+            match fs::symlink_metadata(&full) {
+                Ok(m) if m.file_type().is_symlink() => {
+                    hops += 1;
+                    let target = fs::read_link(&full).map_err(self.write_err(&full))?;
+                    if hops > 40 || target.is_absolute() {
+                        return Err(self.unsafe_entry(
+                            entry,
+                            &format!("writing through symlink {} -> {} would leave the target directory", candidate.display(), target.display()),
+                        ));
+                    }
+                    pending.extend(target.components().rev().map(|c| c.as_os_str().to_owned()));
+                }
+                Ok(m) if m.is_dir() => resolved.push(part),
+                Ok(_) => {
+                    return Err(DebError::Unsupported {
+                        deb: self.label.into(),
+                        entry: entry.into(),
+                        reason: format!("{} is a file, not a directory", candidate.display()),
+                    });
+                }
+                Err(_) => {
+                    fs::create_dir(&full).map_err(self.write_err(&full))?;
+                    resolved.push(part);
+                }
+            }
+        }
+        let real: PathBuf = resolved.iter().collect();
+        if real.as_path() == rel {
+            self.known_dirs.insert(real.clone());
+        }
+        Ok(real)
+    }
+}

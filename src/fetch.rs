@@ -1,1 +1,323 @@
-//! placeholder
+//! HTTP(S) downloads with timeouts, retries and resume, hashing while the body streams.
+//!
+//! Contract: a download either ends with the whole body on disk and its SHA-256 and size
+//! known (checked against what the caller expected), or with an error naming the URL; a
+//! body that does not match is deleted, never kept. With `offline` set, no request is made.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::hash::{Hasher, Sha256};
+
+/// Why a download failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error(
+        "{url}: network access is disabled ({why}); run `ddslug fetch` with network access first \
+         so that the cache holds everything, or drop the offline setting"
+    )]
+    Offline { url: String, why: String },
+    #[error("{url}: server answered HTTP {status}{hint}")]
+    Status { url: String, status: u16, hint: String },
+    #[error("{url}: {reason} (after {attempts} attempts); check the repository URL and the network")]
+    Network { url: String, reason: String, attempts: u32 },
+    #[error(
+        "{url} served {actual_size} bytes with SHA-256 {actual}, but the index promises {expected_size} bytes \
+         with SHA-256 {expected}; the download was deleted. The mirror is corrupt or was changed \
+         under us: try again later or use another mirror"
+    )]
+    Mismatch { url: String, expected: Sha256, expected_size: u64, actual: Sha256, actual_size: u64 },
+    #[error("{url}: more than {limit} bytes; refusing to read further")]
+    TooLarge { url: String, limit: u64 },
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+}
+
+/// How downloads behave.
+#[derive(Clone, Debug)]
+pub struct FetchOptions {
+    /// Forbid all network access; the string says which setting did it.
+    pub offline: Option<String>,
+    /// Attempts per URL, the first included.
+    pub attempts: u32,
+    /// Delay before the first retry; doubled after each.
+    pub backoff: Duration,
+    pub connect_timeout: Duration,
+    /// Longest silence while reading a response.
+    pub read_timeout: Duration,
+}
+
+impl Default for FetchOptions {
+    fn default() -> Self {
+        FetchOptions {
+            offline: None,
+            attempts: 5,
+            backoff: Duration::from_millis(250),
+            connect_timeout: Duration::from_secs(15),
+            read_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// What was downloaded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Downloaded {
+    pub sha256: Sha256,
+    pub size: u64,
+}
+
+/// A reusable HTTP client.
+pub struct Fetcher {
+    agent: ureq::Agent,
+    opts: FetchOptions,
+}
+
+/// One attempt's failure: worth retrying or not.
+enum Attempt {
+    Retry(String),
+    Fatal(FetchError),
+}
+
+impl Fetcher {
+    /// Builds a client that trusts the system's certificate store.
+    pub fn new(opts: FetchOptions) -> Fetcher {
+        let tls = ureq::tls::TlsConfig::builder()
+            .root_certs(ureq::tls::RootCerts::PlatformVerifier)
+            .build();
+        let config = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_connect(Some(opts.connect_timeout))
+            .timeout_recv_response(Some(opts.read_timeout))
+            .timeout_per_read(Some(opts.read_timeout))
+            .user_agent(concat!("ddslug/", env!("CARGO_PKG_VERSION")))
+            .tls_config(tls)
+            .build();
+        Fetcher { agent: config.into(), opts }
+    }
+
+    /// Whether requests are forbidden.
+    pub fn is_offline(&self) -> bool {
+        self.opts.offline.is_some()
+    }
+
+    /// Fetches a small document into memory. `Ok(None)` when the server says 404/410.
+    pub fn get_bytes(&self, url: &str, limit: u64) -> Result<Option<Vec<u8>>, FetchError> {
+        self.refuse_if_offline(url)?;
+        if let Some(path) = url.strip_prefix("file://") {
+            return match std::fs::read(path) {
+                Ok(bytes) => Ok(Some(bytes)),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+                Err(source) => Err(FetchError::Io { path: path.into(), source }),
+            };
+        }
+        self.with_retries(url, || {
+            let response = self.agent.get(url).call().map_err(|e| classify(url, e))?;
+            let status = response.status().as_u16();
+            if status == 404 || status == 410 {
+                return Ok(None);
+            }
+            check_status(url, status)?;
+            let mut body = Vec::new();
+            let mut reader = response.into_body().into_reader().take(limit + 1);
+            reader.read_to_end(&mut body).map_err(|e| Attempt::Retry(e.to_string()))?;
+            if body.len() as u64 > limit {
+                return Err(Attempt::Fatal(FetchError::TooLarge { url: url.into(), limit }));
+            }
+            Ok(Some(body))
+        })
+    }
+
+    /// Downloads `url` into `part`, resuming what a previous attempt (or process) left there,
+    /// and checks the result against `expected` (SHA-256 and size) when given. On a mismatch
+    /// `part` is deleted.
+    pub fn download(&self, url: &str, part: &Path, expected: Option<Downloaded>) -> Result<Downloaded, FetchError> {
+        self.refuse_if_offline(url)?;
+        let io_err = |source| FetchError::Io { path: part.to_owned(), source };
+        let mut file = OpenOptions::new().create(true).truncate(false).read(true).write(true).open(part).map_err(io_err)?;
+        // Bytes left by an interrupted run were never hashed by this process: hash them once.
+        let mut hasher = Hasher::new();
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            let n = file.read(&mut buf).map_err(io_err)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+        }
+        if let Some(exp) = expected {
+            if hasher.len() > exp.size {
+                hasher = Hasher::new();
+                file.set_len(0).map_err(io_err)?;
+                file.seek(SeekFrom::Start(0)).map_err(io_err)?;
+            }
+        }
+        let complete = |hasher: &Hasher| expected.is_some_and(|e| hasher.len() == e.size);
+        if !complete(&hasher) {
+            if let Some(path) = url.strip_prefix("file://") {
+                hasher = Hasher::new();
+                file.set_len(0).map_err(io_err)?;
+                file.seek(SeekFrom::Start(0)).map_err(io_err)?;
+                let mut src = File::open(path).map_err(|source| FetchError::Io { path: path.into(), source })?;
+                copy_hashing(&mut src, part, &mut file, &mut hasher, expected, url, &mut buf).map_err(|e| match e {
+                    Attempt::Fatal(f) => f,
+                    Attempt::Retry(reason) => FetchError::Network { url: url.into(), reason, attempts: 1 },
+                })?;
+            } else {
+                let result = self.with_retries(url, || self.download_attempt(url, part, &mut file, &mut hasher, expected, &mut buf));
+                if let Err(e) = result {
+                    // A body longer than promised is not worth resuming.
+                    if matches!(e, FetchError::TooLarge { .. }) {
+                        drop(file);
+                        let _ = std::fs::remove_file(part);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        file.sync_all().map_err(io_err)?;
+        let size = hasher.len();
+        let got = Downloaded { sha256: hasher.finish(), size };
+        if let Some(exp) = expected {
+            if got != exp {
+                drop(file);
+                let _ = std::fs::remove_file(part);
+                return Err(FetchError::Mismatch {
+                    url: url.into(),
+                    expected: exp.sha256,
+                    expected_size: exp.size,
+                    actual: got.sha256,
+                    actual_size: got.size,
+                });
+            }
+        }
+        Ok(got)
+    }
+
+    fn download_attempt(
+        &self,
+        url: &str,
+        part: &Path,
+        file: &mut File,
+        hasher: &mut Hasher,
+        expected: Option<Downloaded>,
+        buf: &mut [u8],
+    ) -> Result<(), Attempt> {
+        let have = hasher.len();
+        let mut request = self.agent.get(url);
+        if have > 0 {
+            request = request.header("Range", format!("bytes={have}-"));
+        }
+        let response = request.call().map_err(|e| classify(url, e))?;
+        let status = response.status().as_u16();
+        let io_fatal = |source: io::Error| Attempt::Fatal(FetchError::Io { path: part.to_owned(), source });
+        match status {
+            206 if have > 0 => {}
+            // The server ignored Range (or we asked for none): start over.
+            200 => {
+                if have > 0 {
+                    *hasher = Hasher::new();
+                    file.set_len(0).map_err(io_fatal)?;
+                    file.seek(SeekFrom::Start(0)).map_err(io_fatal)?;
+                }
+            }
+            // What we hold is at least as long as the file: restart so the hash decides.
+            416 => {
+                *hasher = Hasher::new();
+                file.set_len(0).map_err(io_fatal)?;
+                file.seek(SeekFrom::Start(0)).map_err(io_fatal)?;
+                return Err(Attempt::Retry("server refused the resume range".into()));
+            }
+            other => check_status(url, other)?,
+        }
+        let mut body = response.into_body().into_reader();
+        copy_hashing(&mut body, part, file, hasher, expected, url, buf)
+    }
+
+    fn refuse_if_offline(&self, url: &str) -> Result<(), FetchError> {
+        match &self.opts.offline {
+            Some(why) if !url.starts_with("file://") => Err(FetchError::Offline { url: url.into(), why: why.clone() }),
+            _ => Ok(()),
+        }
+    }
+
+    fn with_retries<T>(&self, url: &str, mut attempt: impl FnMut() -> Result<T, Attempt>) -> Result<T, FetchError> {
+        let mut delay = self.opts.backoff;
+        let attempts = self.opts.attempts.max(1);
+        let mut last = String::new();
+        for i in 1..=attempts {
+            match attempt() {
+                Ok(v) => return Ok(v),
+                Err(Attempt::Fatal(e)) => return Err(e),
+                Err(Attempt::Retry(reason)) => last = reason,
+            }
+            if i < attempts {
+                std::thread::sleep(delay);
+                delay *= 2;
+            }
+        }
+        Err(FetchError::Network { url: url.into(), reason: last, attempts })
+    }
+}
+
+fn copy_hashing(
+    src: &mut impl Read,
+    part: &Path,
+    file: &mut File,
+    hasher: &mut Hasher,
+    expected: Option<Downloaded>,
+    url: &str,
+    buf: &mut [u8],
+) -> Result<(), Attempt> {
+    loop {
+        let n = match src.read(buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            // Keep what arrived: the next attempt resumes from here.
+            Err(e) => return Err(Attempt::Retry(format!("connection broke after {} bytes: {e}", hasher.len()))),
+        };
+        file.write_all(&buf[..n])
+            .map_err(|source| Attempt::Fatal(FetchError::Io { path: part.to_owned(), source }))?;
+        hasher.update(&buf[..n]);
+        if let Some(exp) = expected {
+            if hasher.len() > exp.size {
+                return Err(Attempt::Fatal(FetchError::TooLarge { url: url.into(), limit: exp.size }));
+            }
+        }
+    }
+    if let Some(exp) = expected {
+        if hasher.len() < exp.size {
+            return Err(Attempt::Retry(format!("body ended after {} of {} bytes", hasher.len(), exp.size)));
+        }
+    }
+    Ok(())
+}
+
+fn check_status(url: &str, status: u16) -> Result<(), Attempt> {
+    match status {
+        200..=299 => Ok(()),
+        408 | 429 | 500..=599 => Err(Attempt::Retry(format!("HTTP {status}"))),
+        _ => {
+            let hint = match status {
+                401 | 403 => "; the repository refused access",
+                404 | 410 => "; the file is not on the server: check the repository URL, suite and component",
+                _ => "",
+            };
+            Err(Attempt::Fatal(FetchError::Status { url: url.into(), status, hint: hint.into() }))
+        }
+    }
+}
+
+fn classify(url: &str, e: ureq::Error) -> Attempt {
+    match e {
+        ureq::Error::BadUri(reason) => Attempt::Fatal(FetchError::Status {
+            url: url.into(),
+            status: 0,
+            hint: format!(" (not a valid URL: {reason})"),
+        }),
+        ureq::Error::HostNotFound => Attempt::Retry("host not found".into()),
+        other => Attempt::Retry(other.to_string()),
+    }
+}

@@ -1,13 +1,25 @@
 //! ddslug: the Datadog Agent buildpack for Heroku as a reproducible, content-addressed
-//! slug assembler. See DESIGN.md in the steering folder and README.md for the tour.
+//! slug assembler.
 //!
-//! The pipeline, one module per stage:
-//! `config` → `apt` (resolve) → `fetch` (into `store`) → `deb` + `recipe` (layer) →
-//! `materialize` → `manifest`.
+//! The pipeline, one module per stage, each handing a plain value to the next:
+//!
+//! ```text
+//! config ──► apt (signed index → exact package) ──► fetch + store (verified blob)
+//!        ──► deb + recipe (layer, cached by its inputs) ──► materialize ──► manifest
+//! ```
+//!
+//! `compile` runs it end to end for `bin/compile`; the other commands use stages alone.
 
 pub mod apt;
+pub mod compile;
+pub mod config;
 pub mod deb;
 pub mod fetch;
 pub mod hash;
+pub mod layer;
+pub mod manifest;
+pub mod materialize;
+pub mod recipe;
+pub mod report;
 pub mod store;
 pub mod treehash;

@@ -1,1 +1,151 @@
-fn main() {}
+//! The ddslug command line: parses arguments, calls the library, prints, sets the exit code.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use ddslug::apt::client::{AptSource, load_index};
+use ddslug::apt::resolve;
+use ddslug::apt::signature::Keyring;
+use ddslug::fetch::{Downloaded, FetchOptions, Fetcher};
+use ddslug::store::Store;
+
+/// Reproducible, content-addressed installs of the Datadog Agent into Heroku slugs.
+#[derive(Parser)]
+#[command(name = "ddslug", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List the versions of a package that a signed apt repository offers, newest first.
+    Versions {
+        #[command(flatten)]
+        repo: RepoArgs,
+        /// Package name, e.g. datadog-agent.
+        package: String,
+    },
+    /// Download one package, verified by signature and hash, into a directory.
+    Download {
+        #[command(flatten)]
+        repo: RepoArgs,
+        /// Directory to put the .deb in.
+        #[arg(long)]
+        out: PathBuf,
+        /// Cache directory holding the blob store (default: $XDG_CACHE_HOME or ~/.cache).
+        #[arg(long, env = "DDSLUG_CACHE_DIR")]
+        cache: Option<PathBuf>,
+        /// PACKAGE=VERSION, e.g. datadog-agent=1:7.81.2-1.
+        spec: String,
+    },
+    /// Extract the data archive of a .deb into a directory, like `dpkg-deb -x`.
+    Unpack {
+        /// The .deb file.
+        deb: PathBuf,
+        /// Target directory (created if missing).
+        dir: PathBuf,
+    },
+}
+
+/// Where to read packages from.
+#[derive(Args)]
+struct RepoArgs {
+    /// Repository base URL (http, https or file).
+    #[arg(long)]
+    repo: String,
+    /// Suite (dists/<suite>), e.g. stable or bookworm.
+    #[arg(long)]
+    suite: String,
+    /// Component, e.g. main or 7.
+    #[arg(long)]
+    component: String,
+    /// OpenPGP keyring (armored or binary) whose keys must have signed the repository.
+    #[arg(long)]
+    keyring: PathBuf,
+    /// Debian architecture.
+    #[arg(long, default_value = "amd64")]
+    arch: String,
+}
+
+impl RepoArgs {
+    fn source(&self) -> AptSource {
+        AptSource::new(&self.repo, &self.suite, &self.component, &self.arch)
+    }
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ddslug: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Versions { repo, package } => {
+            let keyring = Keyring::load(&repo.keyring)?;
+            let fetcher = Fetcher::new(FetchOptions::default());
+            let index = load_index(&fetcher, &repo.source(), &keyring)?;
+            let versions = resolve::available(&index, &package);
+            if versions.is_empty() {
+                anyhow::bail!("{package} is not in {}; check the package name and the component", index.packages_url);
+            }
+            for entry in versions {
+                println!("{}", entry.version);
+            }
+        }
+        Command::Download { repo, out, cache, spec } => {
+            let (package, version) = spec
+                .split_once('=')
+                .with_context(|| format!("{spec:?}: expected PACKAGE=VERSION, e.g. datadog-agent=1:7.81.2-1"))?;
+            let keyring = Keyring::load(&repo.keyring)?;
+            let fetcher = Fetcher::new(FetchOptions::default());
+            let source = repo.source();
+            let index = load_index(&fetcher, &source, &keyring)?;
+            let entry = resolve::find(&index, package, version)?;
+            let store = Store::open(&cache.unwrap_or_else(default_cache_dir))?;
+            let _lock = store.lock()?;
+            let expected = Downloaded { sha256: entry.sha256, size: entry.size };
+            let (blob, _) = store.ensure_blob(&fetcher, &source.pool_url(&entry.filename), expected)?;
+            let name = Path::new(&entry.filename).file_name().context("Packages Filename has no file name")?;
+            std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+            let dest = out.join(name);
+            copy_out(&blob, &dest)?;
+            println!("{}", dest.display());
+        }
+        Command::Unpack { deb, dir } => {
+            let report = ddslug::deb::unpack_deb(&deb, &dir)?;
+            for warning in &report.skipped {
+                eprintln!("ddslug: warning: {warning}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `$XDG_CACHE_HOME`, else `~/.cache`, else a folder in the temp dir.
+fn default_cache_dir() -> PathBuf {
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| std::env::temp_dir().join("ddslug-cache"))
+}
+
+/// Copies a stored blob out (by reflink where possible), writable like any download.
+fn copy_out(blob: &Path, dest: &Path) -> Result<()> {
+    let tmp = dest.with_extension("deb.tmp");
+    reflink_copy::reflink_or_copy(blob, &tmp).with_context(|| format!("copying {} to {}", blob.display(), tmp.display()))?;
+    let mut perms = std::fs::metadata(&tmp)?.permissions();
+    #[allow(clippy::permissions_set_readonly_false)]
+    perms.set_readonly(false);
+    std::fs::set_permissions(&tmp, perms)?;
+    std::fs::rename(&tmp, dest).with_context(|| format!("moving the download to {}", dest.display()))?;
+    Ok(())
+}

@@ -1,1 +1,235 @@
-//! placeholder
+//! The content-addressed store in CACHE_DIR.
+//!
+//! ```text
+//! CACHE_DIR/ddslug/v1/
+//!   blobs/sha256/<hex>      verified .deb files, named by their SHA-256
+//!   layers/<key>/           unpacked and stripped trees, read-only, never edited in place
+//!   layers/<key>.json       what a layer was made from, its tree hash, counts and bytes
+//!   tmp/                    staging; finished items are renamed into place (atomic)
+//!   tmp/downloads/<hex>.part  partial downloads, resumed by the next run
+//!   lock                    advisory lock held by a build: builds sharing a cache wait
+//! ```
+//!
+//! Contract: whatever is under `blobs/` and `layers/` was complete and verified when it was
+//! renamed there. An interrupted build leaves only `tmp/` debris, cleared when the next build
+//! takes the lock. A blob whose bytes do not hash to its name is deleted and fetched again.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use crate::fetch::{Downloaded, FetchError, Fetcher};
+use crate::hash::{Hasher, Sha256};
+
+/// Layout version: bump when the meaning of anything in the store changes.
+pub const STORE_VERSION: &str = "v1";
+
+/// Why the store could not do something.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cache {path}: {source}; check that the cache directory is writable and the disk has room")]
+    Io { path: PathBuf, source: io::Error },
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
+    #[error(
+        "{path} is missing from the cache and network access is disabled; \
+         run `ddslug fetch` with network access to fill the cache first"
+    )]
+    MissingOffline { path: PathBuf },
+}
+
+fn io_at(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io { path: path.to_owned(), source }
+}
+
+/// A store rooted at `CACHE_DIR/ddslug/v1`.
+#[derive(Clone, Debug)]
+pub struct Store {
+    root: PathBuf,
+}
+
+/// Holding this means no other ddslug process is changing the store.
+#[derive(Debug)]
+pub struct StoreLock {
+    _file: File,
+}
+
+impl Store {
+    /// Opens (creating if needed) the store under a cache directory.
+    pub fn open(cache_dir: &Path) -> Result<Store, StoreError> {
+        let root = cache_dir.join("ddslug").join(STORE_VERSION);
+        for dir in ["blobs/sha256", "layers", "tmp/downloads", "indexes"] {
+            let path = root.join(dir);
+            fs::create_dir_all(&path).map_err(io_at(&path))?;
+        }
+        Ok(Store { root })
+    }
+
+    /// The `v1` directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Waits for the store's advisory lock, then clears staging debris left by
+    /// interrupted builds (partial downloads are kept for resuming, for a day).
+    pub fn lock(&self) -> Result<StoreLock, StoreError> {
+        let path = self.root.join("lock");
+        let file = OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io_at(&path))?;
+        file.lock().map_err(io_at(&path))?;
+        self.clear_tmp()?;
+        Ok(StoreLock { _file: file })
+    }
+
+    fn clear_tmp(&self) -> Result<(), StoreError> {
+        let tmp = self.root.join("tmp");
+        for entry in fs::read_dir(&tmp).map_err(io_at(&tmp))? {
+            let entry = entry.map_err(io_at(&tmp))?;
+            if entry.file_name() == "downloads" {
+                continue;
+            }
+            remove_any(&entry.path())?;
+        }
+        let downloads = tmp.join("downloads");
+        let day_ago = SystemTime::now() - Duration::from_secs(86_400);
+        for entry in fs::read_dir(&downloads).map_err(io_at(&downloads))? {
+            let entry = entry.map_err(io_at(&downloads))?;
+            let stale = entry.metadata().and_then(|m| m.modified()).map(|t| t < day_ago).unwrap_or(true);
+            if stale {
+                remove_any(&entry.path())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Where the blob with this digest lives (whether or not it is there).
+    pub fn blob_path(&self, sha256: &Sha256) -> PathBuf {
+        self.root.join("blobs/sha256").join(sha256.hex())
+    }
+
+    /// A fresh, empty staging directory under `tmp/`.
+    pub fn staging_dir(&self, label: &str) -> Result<PathBuf, StoreError> {
+        let tmp = self.root.join("tmp");
+        for n in 0u32.. {
+            let path = tmp.join(format!("{label}.{}.{n}", std::process::id()));
+            match fs::create_dir(&path) {
+                Ok(()) => return Ok(path),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(io_at(&path)(e)),
+            }
+        }
+        unreachable!("u32 range exhausted")
+    }
+
+    /// Checks a stored blob against its name; a blob whose bytes changed is deleted.
+    /// Returns whether a good blob is present.
+    pub fn check_blob(&self, expected: Downloaded) -> Result<bool, StoreError> {
+        let path = self.blob_path(&expected.sha256);
+        let mut file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(io_at(&path)(e)),
+        };
+        let mut hasher = Hasher::new();
+        let mut buf = vec![0u8; 1 << 17];
+        loop {
+            let n = file.read(&mut buf).map_err(io_at(&path))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+        }
+        let size = hasher.len();
+        if size == expected.size && hasher.finish() == expected.sha256 {
+            return Ok(true);
+        }
+        fs::remove_file(&path).map_err(io_at(&path))?;
+        Ok(false)
+    }
+
+    /// Returns the path of a verified blob, downloading it from `url` if the store lacks it.
+    /// The boolean says whether a download happened.
+    pub fn ensure_blob(&self, fetcher: &Fetcher, url: &str, expected: Downloaded) -> Result<(PathBuf, bool), StoreError> {
+        let path = self.blob_path(&expected.sha256);
+        if self.check_blob(expected)? {
+            return Ok((path, false));
+        }
+        let part = self.root.join("tmp/downloads").join(format!("{}.part", expected.sha256.hex()));
+        fetcher.download(url, &part, Some(expected))?;
+        make_read_only(&part)?;
+        fs::rename(&part, &path).map_err(io_at(&path))?;
+        Ok((path, true))
+    }
+}
+
+/// Clears write permission so that nothing edits a stored item in place by accident.
+pub fn make_read_only(path: &Path) -> Result<(), StoreError> {
+    let meta = fs::metadata(path).map_err(io_at(path))?;
+    let mut perms = meta.permissions();
+    perms.set_readonly(true);
+    fs::set_permissions(path, perms).map_err(io_at(path))
+}
+
+/// Removes a file, a symlink or a whole tree (making read-only directories writable first).
+pub fn remove_any(path: &Path) -> Result<(), StoreError> {
+    let meta = match fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_at(path)(e)),
+    };
+    if !meta.is_dir() {
+        return fs::remove_file(path).map_err(io_at(path));
+    }
+    match fs::remove_dir_all(path) {
+        Ok(()) => Ok(()),
+        Err(_) => {
+            make_tree_writable(path)?;
+            fs::remove_dir_all(path).map_err(io_at(path))
+        }
+    }
+}
+
+fn make_tree_writable(dir: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = fs::symlink_metadata(dir).map_err(io_at(dir))?;
+    if meta.is_dir() {
+        let mode = meta.permissions().mode();
+        fs::set_permissions(dir, fs::Permissions::from_mode(mode | 0o700)).map_err(io_at(dir))?;
+        for entry in fs::read_dir(dir).map_err(io_at(dir))? {
+            let entry = entry.map_err(io_at(dir))?;
+            make_tree_writable(&entry.path())?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn corrupted_blob_is_deleted_not_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let data = b"package bytes";
+        let expected = Downloaded { sha256: Sha256::of(data), size: data.len() as u64 };
+        fs::write(store.blob_path(&expected.sha256), b"package bytez").unwrap();
+        assert!(!store.check_blob(expected).unwrap());
+        assert!(!store.blob_path(&expected.sha256).exists());
+        fs::write(store.blob_path(&expected.sha256), data).unwrap();
+        assert!(store.check_blob(expected).unwrap());
+    }
+
+    #[test]
+    fn lock_clears_staging_but_keeps_partial_downloads() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let staging = store.staging_dir("layer").unwrap();
+        fs::write(staging.join("half-written"), b"x").unwrap();
+        let part = store.root().join("tmp/downloads/abc.part");
+        fs::write(&part, b"partial").unwrap();
+        let _lock = store.lock().unwrap();
+        assert!(!staging.exists());
+        assert!(part.exists());
+    }
+}

@@ -1,1 +1,288 @@
-//! placeholder
+//! The canonical hash of a directory tree: what "bit-identical slug" means in ddslug.
+//!
+//! Covered, for every entry below the root (the root itself excluded), sorted by path bytes:
+//! the relative path (`/`-separated), the type, the permission bits (`mode & 0o7777`), and
+//! the SHA-256 of the content (files) or the target (symlinks). Not covered: mtimes, owners,
+//! and which files are hard links of each other.
+//!
+//! Encoding, one record per entry, hashed with SHA-256:
+//! `D <path>\0<mode octal>\n`, `F <path>\0<mode octal>\0<sha256 hex>\n`,
+//! `L <path>\0<mode octal>\0<target>\n`.
+
+use std::fmt;
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::hash::{Hasher, Sha256};
+
+/// The hash of a whole tree.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct TreeHash(pub Sha256);
+
+impl fmt::Display for TreeHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl fmt::Debug for TreeHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TreeHash({})", self.0)
+    }
+}
+
+/// What an entry is.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum EntryKind {
+    Dir,
+    File { sha256: Sha256, size: u64 },
+    Symlink { target: String },
+}
+
+/// One entry of a tree.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TreeEntry {
+    pub path: String,
+    pub mode: u32,
+    #[serde(flatten)]
+    pub kind: EntryKind,
+}
+
+/// A scanned tree.
+#[derive(Clone, Debug)]
+pub struct TreeScan {
+    pub entries: Vec<TreeEntry>,
+    pub hash: TreeHash,
+    /// Regular files and symlinks.
+    pub files: u64,
+    /// Bytes of regular-file content.
+    pub bytes: u64,
+}
+
+/// A tree could not be scanned.
+#[derive(Debug, thiserror::Error)]
+pub enum TreeError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {reason}")]
+    Unsupported { path: PathBuf, reason: &'static str },
+}
+
+fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> TreeError + '_ {
+    move |source| TreeError::Io { path: path.to_owned(), source }
+}
+
+/// Scans and hashes the tree at `root`, hashing file contents on all cores.
+pub fn scan_tree(root: &Path) -> Result<TreeScan, TreeError> {
+    let mut entries = Vec::new();
+    let mut files = Vec::new();
+    list(root, String::new(), &mut entries, &mut files)?;
+    let digests = hash_files(root, &entries, &files)?;
+    for (index, digest) in files.iter().zip(digests) {
+        if let EntryKind::File { sha256, .. } = &mut entries[*index].kind {
+            *sha256 = digest;
+        }
+    }
+    entries.sort_by(|a, b| a.path.as_bytes().cmp(b.path.as_bytes()));
+    let file_count = entries.iter().filter(|e| !matches!(e.kind, EntryKind::Dir)).count() as u64;
+    let bytes = entries.iter().map(|e| if let EntryKind::File { size, .. } = e.kind { size } else { 0 }).sum();
+    let hash = hash_entries(&entries);
+    Ok(TreeScan { entries, hash, files: file_count, bytes })
+}
+
+/// The tree hash of entries already sorted by path bytes.
+pub fn hash_entries(entries: &[TreeEntry]) -> TreeHash {
+    let mut h = Hasher::new();
+    for e in entries {
+        let record = match &e.kind {
+            EntryKind::Dir => format!("D {}\0{:o}\n", e.path, e.mode),
+            EntryKind::File { sha256, .. } => format!("F {}\0{:o}\0{}\n", e.path, e.mode, sha256),
+            EntryKind::Symlink { target } => format!("L {}\0{:o}\0{}\n", e.path, e.mode, target),
+        };
+        h.update(record.as_bytes());
+    }
+    TreeHash(h.finish())
+}
+
+fn list(root: &Path, rel: String, entries: &mut Vec<TreeEntry>, files: &mut Vec<usize>) -> Result<(), TreeError> {
+    let dir = if rel.is_empty() { root.to_path_buf() } else { root.join(&rel) };
+    for entry in fs::read_dir(&dir).map_err(io_at(&dir))? {
+        let entry = entry.map_err(io_at(&dir))?;
+        let path = entry.path();
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else {
+            return Err(TreeError::Unsupported { path, reason: "file name is not UTF-8" });
+        };
+        let child = if rel.is_empty() { name.to_string() } else { format!("{rel}/{name}") };
+        let meta = fs::symlink_metadata(&path).map_err(io_at(&path))?;
+        let mode = meta.mode() & 0o7777;
+        let ft = meta.file_type();
+        if ft.is_symlink() {
+            let target = fs::read_link(&path).map_err(io_at(&path))?;
+            let Some(target) = target.to_str() else {
+                return Err(TreeError::Unsupported { path, reason: "symlink target is not UTF-8" });
+            };
+            entries.push(TreeEntry { path: child, mode, kind: EntryKind::Symlink { target: target.to_string() } });
+        } else if ft.is_dir() {
+            entries.push(TreeEntry { path: child.clone(), mode, kind: EntryKind::Dir });
+            list(root, child, entries, files)?;
+        } else if ft.is_file() {
+            files.push(entries.len());
+            entries.push(TreeEntry { path: child, mode, kind: EntryKind::File { sha256: Sha256([0; 32]), size: meta.len() } });
+        } else {
+            return Err(TreeError::Unsupported { path, reason: "not a file, directory or symlink" });
+        }
+    }
+    Ok(())
+}
+
+fn hash_files(root: &Path, entries: &[TreeEntry], files: &[usize]) -> Result<Vec<Sha256>, TreeError> {
+    let next = AtomicUsize::new(0);
+    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).min(8);
+    let mut results: Vec<Option<Sha256>> = vec![None; files.len()];
+    std::thread::scope(|scope| -> Result<(), TreeError> {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                scope.spawn(|| -> Result<Vec<(usize, Sha256)>, TreeError> {
+                    let mut done = Vec::new();
+                    let mut buf = vec![0u8; 1 << 17];
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(&entry) = files.get(i) else { return Ok(done) };
+                        let path = root.join(&entries[entry].path);
+                        done.push((i, hash_file(&path, &mut buf)?));
+                    }
+                })
+            })
+            .collect();
+        for handle in handles {
+            let done = handle
+                .join()
+                .map_err(|_| TreeError::Unsupported { path: root.to_owned(), reason: "hashing thread panicked" })??;
+            for (i, digest) in done {
+                results[i] = Some(digest);
+            }
+        }
+        Ok(())
+    })?;
+    Ok(results.into_iter().map(|d| d.unwrap_or(Sha256([0; 32]))).collect())
+}
+
+fn hash_file(path: &Path, buf: &mut [u8]) -> Result<Sha256, TreeError> {
+    use std::io::Read;
+    let mut file = fs::File::open(path).map_err(io_at(path))?;
+    let mut h = Hasher::new();
+    loop {
+        let n = file.read(buf).map_err(io_at(path))?;
+        if n == 0 {
+            return Ok(h.finish());
+        }
+        h.update(&buf[..n]);
+    }
+}
+
+/// How two sorted entry lists differ.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct TreeDiff {
+    pub added: Vec<TreeEntry>,
+    pub removed: Vec<TreeEntry>,
+    /// (old, new) pairs with the same path.
+    pub changed: Vec<(TreeEntry, TreeEntry)>,
+}
+
+impl TreeDiff {
+    /// Whether the trees are the same.
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty() && self.changed.is_empty()
+    }
+}
+
+/// Compares two entry lists sorted by path bytes.
+pub fn diff(old: &[TreeEntry], new: &[TreeEntry]) -> TreeDiff {
+    let mut d = TreeDiff::default();
+    let (mut i, mut j) = (0, 0);
+    while i < old.len() || j < new.len() {
+        match (old.get(i), new.get(j)) {
+            (Some(a), Some(b)) if a.path == b.path => {
+                if a != b {
+                    d.changed.push((a.clone(), b.clone()));
+                }
+                i += 1;
+                j += 1;
+            }
+            (Some(a), Some(b)) if a.path.as_bytes() < b.path.as_bytes() => {
+                d.removed.push(a.clone());
+                i += 1;
+            }
+            (Some(_), Some(b)) | (None, Some(b)) => {
+                d.added.push(b.clone());
+                j += 1;
+            }
+            (Some(a), None) => {
+                d.removed.push(a.clone());
+                i += 1;
+            }
+            (None, None) => break,
+        }
+    }
+    d
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn tree() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let r = dir.path();
+        fs::create_dir_all(r.join("a/b")).unwrap();
+        fs::write(r.join("a/b/file"), b"content").unwrap();
+        fs::write(r.join("top"), b"").unwrap();
+        std::os::unix::fs::symlink("a/b/file", r.join("link")).unwrap();
+        dir
+    }
+
+    #[test]
+    fn hash_matches_the_documented_encoding() {
+        let dir = tree();
+        let scan = scan_tree(dir.path()).unwrap();
+        let mode = |p: &str| fs::symlink_metadata(dir.path().join(p)).unwrap().mode() & 0o7777;
+        let expected = format!(
+            "D a\0{:o}\nD a/b\0{:o}\nF a/b/file\0{:o}\0{}\nL link\0{:o}\0a/b/file\nF top\0{:o}\0{}\n",
+            mode("a"),
+            mode("a/b"),
+            mode("a/b/file"),
+            Sha256::of(b"content"),
+            mode("link"),
+            mode("top"),
+            Sha256::of(b""),
+        );
+        assert_eq!(scan.hash, TreeHash(Sha256::of(expected.as_bytes())));
+        assert_eq!((scan.files, scan.bytes), (3, 7));
+    }
+
+    #[test]
+    fn what_changes_the_hash_and_what_does_not() {
+        let dir = tree();
+        let r = dir.path();
+        let base = scan_tree(r).unwrap();
+        filetime::set_file_mtime(r.join("top"), filetime::FileTime::from_unix_time(1, 0)).unwrap();
+        assert_eq!(scan_tree(r).unwrap().hash, base.hash, "mtime is not hashed");
+        fs::set_permissions(r.join("top"), fs::Permissions::from_mode(0o755)).unwrap();
+        let moded = scan_tree(r).unwrap();
+        assert_ne!(moded.hash, base.hash);
+        let d = diff(&base.entries, &moded.entries);
+        assert_eq!((d.added.len(), d.removed.len(), d.changed.len()), (0, 0, 1));
+        fs::create_dir(r.join("empty")).unwrap();
+        let with_dir = scan_tree(r).unwrap();
+        assert_ne!(with_dir.hash, moded.hash);
+        assert_eq!(diff(&moded.entries, &with_dir.entries).added[0].path, "empty");
+        fs::write(r.join("a/b/file"), b"contenT").unwrap();
+        assert_ne!(scan_tree(r).unwrap().hash, with_dir.hash);
+    }
+}

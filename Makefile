@@ -1,0 +1,24 @@
+# ddslug developer entry points. `make demo` and `make test` do all the set-up they need.
+CARGO ?= cargo
+
+.PHONY: build release test demo bench lint clean
+
+build:
+	$(CARGO) build
+
+release:
+	$(CARGO) build --release
+
+# The whole suite: unit tests, integration tests against served signed repositories,
+# and the comparison against Debian's archive and tools.
+test:
+	$(CARGO) test --workspace --no-fail-fast
+
+lint:
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+demo: release
+	$(CARGO) run --release -p ddslug-testsupport --bin ddslug-demo
+
+clean:
+	$(CARGO) clean

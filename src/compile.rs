@@ -1,0 +1,257 @@
+//! The buildpack compile step, end to end:
+//! settings → signed index → exact package → verified blob → layer (cached by its inputs)
+//! → BUILD_DIR/.apt → manifest.
+//!
+//! Contract: nothing is written to BUILD_DIR until the layer is complete and hashed; the
+//! slug is assembled in a staging directory inside BUILD_DIR and moved into place at the
+//! end, so a failed build leaves BUILD_DIR as it was. The store lock is held throughout.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+
+use crate::apt::client::{AptSource, load_index};
+use crate::apt::datadog_keys::{KEY_SERVER, datadog_keyring};
+use crate::apt::resolve::resolve_agent;
+use crate::apt::signature::Keyring;
+use crate::config::{Config, KeyringSetting, Settings, effective_python};
+use crate::fetch::{Downloaded, FetchOptions, Fetcher};
+use crate::hash::Sha256;
+use crate::layer::{self, DebInput, LAYER_FORMAT, LayerInputs};
+use crate::manifest::{Lock, LockedPackage, Manifest, Removed, SCHEMA, to_json};
+use crate::materialize::{copy_tree, merge_into};
+use crate::recipe::{Options, Recipe};
+use crate::report::{Reporter, bytes, seconds};
+use crate::store::{Store, remove_any};
+
+/// The strip recipe shipped with this binary.
+pub const RECIPE: &str = include_str!("../recipes/datadog-agent.toml");
+/// The agent CLI wrapper installed in `.apt/opt/datadog-agent/bin/agent/`.
+pub const AGENT_WRAPPER: &str = include_str!("../assets/agent-wrapper");
+/// Where the wrapper goes, relative to `.apt`.
+pub const AGENT_WRAPPER_PATH: &str = "opt/datadog-agent/bin/agent/agent-wrapper";
+/// The dyno start script installed as `.profile.d/datadog.sh`.
+pub const PROFILE_SCRIPT: &str = include_str!("../assets/datadog.sh");
+
+/// The directories of a buildpack compile.
+#[derive(Clone, Debug)]
+pub struct CompileArgs {
+    pub build_dir: PathBuf,
+    pub cache_dir: PathBuf,
+    pub env_dir: Option<PathBuf>,
+    /// Settings given on the command line; they override ENV_DIR and the environment.
+    pub overrides: Vec<(String, String)>,
+    /// The ddslug binary to ship in the slug.
+    pub self_exe: PathBuf,
+}
+
+/// What a compile did, beyond the manifest.
+#[derive(Clone, Debug)]
+pub struct CompileOutcome {
+    pub manifest: Manifest,
+    pub downloaded: bool,
+    pub layer_reused: bool,
+}
+
+/// Runs the whole compile step.
+pub fn compile(args: &CompileArgs, report: &Reporter) -> Result<CompileOutcome> {
+    let started = Instant::now();
+    report.topic(&format!("Datadog Agent (ddslug {})", env!("CARGO_PKG_VERSION")));
+    if !args.build_dir.is_dir() {
+        anyhow::bail!("BUILD_DIR {} is not a directory; bin/compile takes BUILD_DIR CACHE_DIR ENV_DIR", args.build_dir.display());
+    }
+    let mut settings = Settings::load(args.env_dir.as_deref()).context("reading ENV_DIR")?;
+    for (name, value) in &args.overrides {
+        settings.set(name, value);
+    }
+    let config = Config::from_settings(&settings)?;
+    for warning in &config.warnings {
+        report.warn(warning);
+    }
+    let fetcher = Fetcher::new(FetchOptions { offline: config.offline.clone(), ..FetchOptions::default() });
+    let store = Store::open(&args.cache_dir)?;
+    let _lock = store.lock()?;
+
+    let wanted = config.wanted_version().to_string();
+    let (lock_base, package) = resolve(&config, &fetcher, &store, &wanted, report)?;
+
+    report.topic(&format!("Fetching {}", file_name(&package.filename)));
+    let expected = Downloaded { sha256: package.sha256, size: package.size };
+    let t = Instant::now();
+    let (blob, downloaded) = store.ensure_blob(&fetcher, &format!("{}/{}", config.repo_url, package.filename), expected)?;
+    report.detail(&format!(
+        "{} {}, SHA-256 {}",
+        if downloaded { format!("downloaded in {};", seconds(t.elapsed())) } else { "already in the cache;".into() },
+        bytes(package.size),
+        package.sha256
+    ));
+
+    let version_parts = package
+        .version
+        .parse::<crate::apt::version::DebVersion>()
+        .with_context(|| format!("version of {}", package.filename))?
+        .upstream_numeric_parts();
+    let (python, python_warning) = effective_python(&version_parts, config.major, config.python_requested);
+    if let Some(warning) = python_warning {
+        report.warn(&warning);
+    }
+    let options = Options {
+        version: version_parts,
+        major: config.major,
+        python,
+        apm: config.apm_enabled,
+        process_agent: config.process_agent,
+    };
+    let recipe = Recipe::parse(RECIPE, "recipes/datadog-agent.toml")?;
+    let recipe_sha256 = Sha256::of(RECIPE.as_bytes());
+    let inputs = LayerInputs {
+        format: LAYER_FORMAT,
+        debs: vec![DebInput { package: package.name.clone(), version: package.version.clone(), sha256: package.sha256 }],
+        recipe_sha256,
+        options: options.clone(),
+        wrapper_sha256: Sha256::of(AGENT_WRAPPER.as_bytes()),
+    };
+    let key = inputs.key();
+    let t = Instant::now();
+    let (info, layer_reused) = match layer::load(&store, &key)? {
+        Some(info) => {
+            report.topic(&format!("Reusing layer {}", &key.hex()[..12]));
+            (info, true)
+        }
+        None => {
+            report.topic(&format!("Building layer {}", &key.hex()[..12]));
+            let info = layer::build(&store, &inputs, &[blob], &recipe, (AGENT_WRAPPER_PATH, AGENT_WRAPPER.as_bytes()))?;
+            report.detail(&format!("unpacked and stripped in {}", seconds(t.elapsed())));
+            (info, false)
+        }
+    };
+    for removed in info.removed.iter().filter(|r| !r.paths.is_empty()) {
+        report.detail(&format!(
+            "removed {:<22} {:>6} files {:>10}  ({})",
+            removed.rule,
+            removed.files,
+            bytes(removed.bytes),
+            removed.why
+        ));
+    }
+
+    let lock = Lock { recipe_sha256, options, packages: vec![package], ..lock_base };
+    let manifest = Manifest {
+        schema: SCHEMA,
+        ddslug_version: env!("CARGO_PKG_VERSION").into(),
+        lock,
+        stack: config.stack.clone(),
+        layer_key: key,
+        tree_hash: info.tree_hash,
+        files: info.files,
+        bytes: info.bytes,
+        removed: info.removed.iter().map(Removed::from).collect(),
+        pkgconfig: info.pkgconfig.clone(),
+    };
+    report.topic("Installing into the slug");
+    let t = Instant::now();
+    install(args, &layer::layer_dir(&store, &key), &manifest)?;
+    report.detail(&format!(
+        "{} files, {} in .apt (copied in {}); tree hash {}",
+        info.files,
+        bytes(info.bytes),
+        seconds(t.elapsed()),
+        info.tree_hash
+    ));
+    report.topic(&format!("Datadog Agent {} installed in {}", manifest.lock.packages[0].version, seconds(started.elapsed())));
+    Ok(CompileOutcome { manifest, downloaded, layer_reused })
+}
+
+/// Resolves the wanted version to an exact package. A resolution already made for the same
+/// repository, suite, component, keys and version is reused from the store, so a warm
+/// build needs no network at all.
+fn resolve(
+    config: &Config,
+    fetcher: &Fetcher,
+    store: &Store,
+    wanted: &str,
+    report: &Reporter,
+) -> Result<(Lock, LockedPackage)> {
+    let source = AptSource::new(&config.repo_url, &config.suite, &config.component(), &config.arch);
+    let keyring_id = match &config.keyring {
+        KeyringSetting::DatadogDefault => "datadog-pinned".to_string(),
+        KeyringSetting::File(path) => {
+            let bytes = fs::read(path).with_context(|| format!("DD_APT_KEYRING={}: cannot read the keyring", path.display()))?;
+            Sha256::of(&bytes).hex()
+        }
+    };
+    let memo_key = Sha256::of(format!("{}\n{}\n{}\n{}\n{}\n{}", source.url, source.suite, source.component, source.arch, keyring_id, wanted).as_bytes());
+    let memo_path = store.root().join("indexes").join(format!("{}.json", memo_key.hex()));
+    report.topic(&format!("Resolving Datadog Agent {wanted} ({} {} {})", source.url, source.suite, source.component));
+    if let Ok(text) = fs::read_to_string(&memo_path) {
+        if let Ok((lock, package)) = serde_json::from_str::<(Lock, LockedPackage)>(&text) {
+            report.detail(&format!("{} {} (resolved before; signed by {})", package.name, package.version, lock.signed_by));
+            return Ok((lock, package));
+        }
+    }
+    let keyring = match &config.keyring {
+        KeyringSetting::File(path) => Keyring::load(path).with_context(|| "DD_APT_KEYRING".to_string())?,
+        KeyringSetting::DatadogDefault => datadog_keyring(fetcher, KEY_SERVER)?,
+    };
+    let index = load_index(fetcher, &source, &keyring)?;
+    let entry = resolve_agent(&index, wanted)?;
+    report.detail(&format!("{} {} (signed by {})", entry.package, entry.version, index.signer));
+    let package = LockedPackage {
+        name: entry.package.clone(),
+        version: entry.version.to_string(),
+        filename: entry.filename.clone(),
+        size: entry.size,
+        sha256: entry.sha256,
+    };
+    let lock = Lock {
+        schema: SCHEMA,
+        repository: source.url.clone(),
+        suite: source.suite.clone(),
+        component: source.component.clone(),
+        architecture: source.arch.clone(),
+        signed_by: index.signer.clone(),
+        packages: Vec::new(),
+        recipe_sha256: Sha256::of(b""),
+        options: Options { version: Vec::new(), major: config.major, python: 0, apm: false, process_agent: false },
+    };
+    let tmp = store.staging_dir("resolve")?.join("memo.json");
+    fs::write(&tmp, serde_json::to_vec(&(&lock, &package))?)?;
+    fs::rename(&tmp, &memo_path)?;
+    Ok((lock, package))
+}
+
+fn file_name(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
+}
+
+/// Assembles the slug's files in a staging directory inside BUILD_DIR, then moves them
+/// into place.
+fn install(args: &CompileArgs, layer_dir: &Path, manifest: &Manifest) -> Result<()> {
+    let staging = args.build_dir.join(format!(".ddslug-staging.{}", std::process::id()));
+    remove_any(&staging)?;
+    fs::create_dir(&staging).with_context(|| format!("creating {}", staging.display()))?;
+    let result = (|| -> Result<()> {
+        copy_tree(layer_dir, &staging.join("apt"))?;
+        fs::create_dir_all(staging.join("profile"))?;
+        fs::write(staging.join("profile/datadog.sh"), PROFILE_SCRIPT)?;
+        fs::create_dir_all(staging.join("ddslug/bin"))?;
+        fs::copy(&args.self_exe, staging.join("ddslug/bin/ddslug"))
+            .with_context(|| format!("copying the ddslug binary from {}", args.self_exe.display()))?;
+        fs::write(staging.join("ddslug/manifest.json"), to_json(manifest))?;
+        Ok(())
+    })();
+    if let Err(e) = result {
+        let _ = remove_any(&staging);
+        return Err(e);
+    }
+    // From here on only renames: BUILD_DIR changes all at once, as far as a filesystem allows.
+    merge_into(&staging.join("apt"), &args.build_dir.join(".apt"))?;
+    merge_into(&staging.join("profile"), &args.build_dir.join(".profile.d"))?;
+    let ddslug_dir = args.build_dir.join(".ddslug");
+    remove_any(&ddslug_dir)?;
+    fs::rename(staging.join("ddslug"), &ddslug_dir)?;
+    remove_any(&staging)?;
+    Ok(())
+}

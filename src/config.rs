@@ -1,0 +1,298 @@
+//! DD_* settings for a build, read from ENV_DIR files first, then the environment,
+//! validated once here so that every later stage sees plain, typed values.
+//!
+//! Contract: every rejection names the setting, the value, what was expected and the
+//! `heroku config:set` command that fixes it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Pinned agent versions used when no exact version is set (DD_AGENT_MAJOR_VERSION picks).
+pub const PINNED_AGENT_6: &str = "6.53.1-1";
+/// See [`PINNED_AGENT_6`].
+pub const PINNED_AGENT_7: &str = "7.81.2-1";
+
+/// Datadog's agent apt repository.
+pub const DEFAULT_APT_REPO: &str = "https://apt.datadoghq.com";
+/// Suite used in the Datadog repository.
+pub const DEFAULT_APT_SUITE: &str = "stable";
+
+/// A setting was given a value ddslug cannot use.
+#[derive(Debug, thiserror::Error)]
+#[error("{name}={value:?}: {expected}. Fix it with: heroku config:set {name}={example}")]
+pub struct SettingError {
+    pub name: String,
+    pub value: String,
+    pub expected: String,
+    pub example: String,
+}
+
+/// Where the repository's signing keys come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeyringSetting {
+    /// Datadog's keys from Datadog's key server, accepted only with pinned fingerprints.
+    DatadogDefault,
+    /// A keyring file given by DD_APT_KEYRING.
+    File(PathBuf),
+}
+
+/// Everything a build reads from its settings.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Exact version asked for with DD_AGENT_VERSION (suffix `_amd64` removed).
+    pub agent_version: Option<String>,
+    /// 6 or 7: the repository component and the default pin.
+    pub major: u64,
+    /// DD_PYTHON_VERSION as given (2 or 3), if given.
+    pub python_requested: Option<u64>,
+    pub apm_enabled: bool,
+    pub process_agent: bool,
+    pub repo_url: String,
+    pub suite: String,
+    pub keyring: KeyringSetting,
+    pub arch: String,
+    pub stack: Option<String>,
+    /// Why network access is forbidden (e.g. "DD_OFFLINE=true"), if it is.
+    pub offline: Option<String>,
+    /// Things the user should fix but that do not stop the build.
+    pub warnings: Vec<String>,
+}
+
+/// The raw settings: ENV_DIR files override nothing, they come first; the environment fills gaps.
+#[derive(Clone, Debug, Default)]
+pub struct Settings {
+    values: BTreeMap<String, String>,
+}
+
+impl Settings {
+    /// Reads `DD_*` (and a few other) settings from ENV_DIR (one file per variable, as Heroku
+    /// writes them), then from the process environment for names ENV_DIR lacks.
+    pub fn load(env_dir: Option<&Path>) -> std::io::Result<Settings> {
+        let mut values = BTreeMap::new();
+        if let Some(dir) = env_dir {
+            if dir.is_dir() {
+                for entry in std::fs::read_dir(dir)? {
+                    let entry = entry?;
+                    let name = entry.file_name().to_string_lossy().to_string();
+                    if is_ours(&name) && entry.file_type()?.is_file() {
+                        let value = std::fs::read_to_string(entry.path())?;
+                        values.insert(name, value.trim_end_matches(['\n', '\r']).to_string());
+                    }
+                }
+            }
+        }
+        for (name, value) in std::env::vars() {
+            if is_ours(&name) {
+                values.entry(name).or_insert(value);
+            }
+        }
+        Ok(Settings { values })
+    }
+
+    /// Settings from explicit pairs (tests, flags).
+    pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Settings {
+        Settings { values: pairs.into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect() }
+    }
+
+    /// Sets one value, replacing what was read.
+    pub fn set(&mut self, name: &str, value: &str) {
+        self.values.insert(name.into(), value.into());
+    }
+
+    /// A non-empty value.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.values.get(name).map(|v| v.trim()).filter(|v| !v.is_empty())
+    }
+}
+
+fn is_ours(name: &str) -> bool {
+    name.starts_with("DD_") || name == "STACK"
+}
+
+fn bad(name: &str, value: &str, expected: &str, example: &str) -> SettingError {
+    SettingError { name: name.into(), value: value.into(), expected: expected.into(), example: example.into() }
+}
+
+/// Parses a boolean setting case-insensitively; absent means `default`.
+pub fn bool_setting(s: &Settings, name: &str, default: bool) -> Result<bool, SettingError> {
+    match s.get(name).map(str::to_ascii_lowercase).as_deref() {
+        None => Ok(default),
+        Some("true" | "yes" | "1" | "on") => Ok(true),
+        Some("false" | "no" | "0" | "off") => Ok(false),
+        Some(_) => Err(bad(name, s.get(name).unwrap_or(""), "expected true or false", if default { "false" } else { "true" })),
+    }
+}
+
+impl Config {
+    /// Validates settings into a build configuration.
+    pub fn from_settings(s: &Settings) -> Result<Config, SettingError> {
+        let mut warnings = Vec::new();
+        let agent_version = match s.get("DD_AGENT_VERSION") {
+            None => None,
+            Some(raw) => {
+                let version = match raw.strip_suffix("_amd64") {
+                    Some(stripped) => {
+                        warnings.push(format!(
+                            "DD_AGENT_VERSION={raw} uses the old form with an architecture suffix; \
+                             set it without: heroku config:set DD_AGENT_VERSION={stripped}"
+                        ));
+                        stripped
+                    }
+                    None => raw,
+                };
+                let plain = version.split_once(':').map(|(_, v)| v).unwrap_or(version);
+                let major: Option<u64> = plain.split('.').next().and_then(|m| m.parse().ok());
+                let looks_right = plain.contains('.') && plain.chars().all(|c| c.is_ascii_alphanumeric() || ".-~+".contains(c));
+                if !looks_right || !matches!(major, Some(6 | 7)) {
+                    return Err(bad(
+                        "DD_AGENT_VERSION",
+                        raw,
+                        "expected an exact agent 6 or 7 version such as 7.81.2-1",
+                        PINNED_AGENT_7,
+                    ));
+                }
+                Some(version.to_string())
+            }
+        };
+        let major_setting = match s.get("DD_AGENT_MAJOR_VERSION") {
+            None => None,
+            Some(v @ ("6" | "7")) => v.parse().ok(),
+            Some(v) => return Err(bad("DD_AGENT_MAJOR_VERSION", v, "expected 6 or 7", "7")),
+        };
+        let version_major = agent_version
+            .as_deref()
+            .map(|v| v.split_once(':').map(|(_, v)| v).unwrap_or(v))
+            .and_then(|v| v.split('.').next()?.parse::<u64>().ok());
+        let major = match (version_major, major_setting) {
+            (Some(from_version), Some(setting)) if from_version != setting => {
+                warnings.push(format!(
+                    "DD_AGENT_MAJOR_VERSION={setting} is ignored because DD_AGENT_VERSION asks for agent {from_version}; \
+                     unset one of them: heroku config:unset DD_AGENT_MAJOR_VERSION"
+                ));
+                from_version
+            }
+            (Some(v), _) => v,
+            (None, Some(v)) => v,
+            (None, None) => 7,
+        };
+        let python_requested = match s.get("DD_PYTHON_VERSION") {
+            None => None,
+            Some(v @ ("2" | "3")) => v.parse().ok(),
+            Some(v) => return Err(bad("DD_PYTHON_VERSION", v, "expected 2 or 3 (agent 7 always uses 3)", "3")),
+        };
+        if major == 7 && python_requested == Some(2) {
+            return Err(bad(
+                "DD_PYTHON_VERSION",
+                "2",
+                "agent 7 ships Python 3 only; use 3, or pin agent 6 with DD_AGENT_MAJOR_VERSION=6",
+                "3",
+            ));
+        }
+        let keyring = match s.get("DD_APT_KEYRING") {
+            None => KeyringSetting::DatadogDefault,
+            Some(path) => KeyringSetting::File(PathBuf::from(path)),
+        };
+        let offline = if bool_setting(s, "DD_OFFLINE", false)? { Some("DD_OFFLINE=true".to_string()) } else { None };
+        Ok(Config {
+            agent_version,
+            major,
+            python_requested,
+            apm_enabled: bool_setting(s, "DD_APM_ENABLED", true)?,
+            process_agent: bool_setting(s, "DD_PROCESS_AGENT", false)?,
+            repo_url: s.get("DD_APT_REPO_URL").unwrap_or(DEFAULT_APT_REPO).trim_end_matches('/').to_string(),
+            suite: s.get("DD_APT_SUITE").unwrap_or(DEFAULT_APT_SUITE).to_string(),
+            keyring,
+            arch: "amd64".into(),
+            stack: s.get("STACK").map(str::to_string),
+            offline,
+            warnings,
+        })
+    }
+
+    /// The version to install: the exact one asked for, else the pin for the major version.
+    pub fn wanted_version(&self) -> &str {
+        match (&self.agent_version, self.major) {
+            (Some(v), _) => v,
+            (None, 6) => PINNED_AGENT_6,
+            (None, _) => PINNED_AGENT_7,
+        }
+    }
+
+    /// The repository component: the major version.
+    pub fn component(&self) -> String {
+        self.major.to_string()
+    }
+}
+
+/// The Python the agent will run, from its version and DD_PYTHON_VERSION: agents before
+/// 6.14 have only Python 2 (a request for 3 is ignored with a warning, as the classic
+/// buildpack ignores it), agent 6 from 6.14 defaults to 2, agent 7 is always 3.
+pub fn effective_python(version: &[u64], major: u64, requested: Option<u64>) -> (u64, Option<String>) {
+    let before_614 = crate::recipe::cmp_version(version, &[6, 14]).is_lt();
+    match (major, before_614, requested) {
+        (7, _, _) => (3, None),
+        (_, true, Some(3)) => (
+            2,
+            Some(
+                "DD_PYTHON_VERSION=3 is ignored: agents before 6.14 only ship Python 2. \
+                 Pin 6.14 or newer to use Python 3: heroku config:set DD_AGENT_VERSION=6.53.1-1"
+                    .into(),
+            ),
+        ),
+        (_, _, Some(p)) => (p, None),
+        (_, _, None) => (2, None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(pairs: &[(&str, &str)]) -> Result<Config, SettingError> {
+        Config::from_settings(&Settings::from_pairs(pairs.iter().copied()))
+    }
+
+    #[test]
+    fn defaults() {
+        let c = config(&[]).unwrap();
+        assert_eq!((c.major, c.wanted_version(), c.component()), (7, PINNED_AGENT_7, "7".to_string()));
+        assert!(c.apm_enabled && !c.process_agent);
+        let c6 = config(&[("DD_AGENT_MAJOR_VERSION", "6")]).unwrap();
+        assert_eq!(c6.wanted_version(), PINNED_AGENT_6);
+    }
+
+    #[test]
+    fn amd64_suffix_warns_with_the_fix() {
+        let c = config(&[("DD_AGENT_VERSION", "6.20.0-1_amd64")]).unwrap();
+        assert_eq!(c.wanted_version(), "6.20.0-1");
+        assert_eq!(c.major, 6);
+        assert!(c.warnings[0].contains("heroku config:set DD_AGENT_VERSION=6.20.0-1"), "{:?}", c.warnings);
+    }
+
+    #[test]
+    fn rejections_name_the_setting() {
+        let e = config(&[("DD_PYTHON_VERSION", "4")]).unwrap_err();
+        assert!(e.to_string().starts_with("DD_PYTHON_VERSION=\"4\": expected 2 or 3"), "{e}");
+        assert!(config(&[("DD_AGENT_MAJOR_VERSION", "8")]).is_err());
+        assert!(config(&[("DD_AGENT_VERSION", "latest")]).is_err());
+        assert!(config(&[("DD_APM_ENABLED", "maybe")]).is_err());
+        assert!(config(&[("DD_PYTHON_VERSION", "2")]).is_err());
+    }
+
+    #[test]
+    fn booleans_are_case_insensitive() {
+        let c = config(&[("DD_APM_ENABLED", "FALSE"), ("DD_PROCESS_AGENT", "True")]).unwrap();
+        assert!(!c.apm_enabled && c.process_agent);
+    }
+
+    #[test]
+    fn python_rules() {
+        assert_eq!(effective_python(&[6, 13, 0], 6, None), (2, None));
+        let (python, warning) = effective_python(&[6, 13, 0], 6, Some(3));
+        assert_eq!(python, 2);
+        assert!(warning.unwrap().contains("before 6.14"));
+        assert_eq!(effective_python(&[6, 14, 0], 6, Some(3)).0, 3);
+        assert_eq!(effective_python(&[6, 53, 1], 6, None).0, 2);
+        assert_eq!(effective_python(&[7, 81, 2], 7, None).0, 3);
+    }
+}

@@ -1,0 +1,198 @@
+//! Copies a layer into a slug: reflink where the filesystem allows, else a parallel copy;
+//! hard links, modes, symlink targets and mtimes preserved.
+//!
+//! Contract: the copy is made in a staging directory inside BUILD_DIR and moved into place
+//! only when complete, so a failure leaves BUILD_DIR as it was. The layer is only read.
+
+use std::collections::HashMap;
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use filetime::FileTime;
+
+/// A copy failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {source}")]
+pub struct CopyError {
+    pub path: PathBuf,
+    pub source: std::io::Error,
+}
+
+fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> CopyError + '_ {
+    move |source| CopyError { path: path.to_owned(), source }
+}
+
+/// How a tree was copied.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CopyStats {
+    pub files: u64,
+    pub bytes: u64,
+    pub reflinked: bool,
+}
+
+enum Item {
+    Dir { rel: PathBuf, mode: u32, mtime: FileTime },
+    File { rel: PathBuf, mode: u32, mtime: FileTime, size: u64, inode: (u64, u64), nlink: u64 },
+    Symlink { rel: PathBuf, mtime: FileTime },
+}
+
+/// Copies the tree at `src` to `dst` (which must not exist).
+pub fn copy_tree(src: &Path, dst: &Path) -> Result<CopyStats, CopyError> {
+    let mut items = Vec::new();
+    list(src, PathBuf::new(), &mut items)?;
+    fs::create_dir(dst).map_err(io_at(dst))?;
+    for item in &items {
+        if let Item::Dir { rel, .. } = item {
+            let path = dst.join(rel);
+            fs::create_dir(&path).map_err(io_at(&path))?;
+        }
+    }
+    // First path of each multiply-linked inode is copied; the rest become hard links to it.
+    let mut first_of: HashMap<(u64, u64), &Path> = HashMap::new();
+    let mut copies: Vec<(&Path, u32, u64)> = Vec::new();
+    let mut links: Vec<(&Path, &Path)> = Vec::new();
+    for item in &items {
+        if let Item::File { rel, mode, size, inode, nlink, .. } = item {
+            if *nlink > 1 {
+                if let Some(first) = first_of.get(inode) {
+                    links.push((rel, first));
+                    continue;
+                }
+                first_of.insert(*inode, rel);
+            }
+            copies.push((rel, *mode, *size));
+        }
+    }
+    let reflink_works = AtomicBool::new(true);
+    let reflinked = AtomicBool::new(false);
+    let next = AtomicUsize::new(0);
+    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).min(8);
+    std::thread::scope(|scope| -> Result<(), CopyError> {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                scope.spawn(|| -> Result<(), CopyError> {
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some((rel, mode, _)) = copies.get(i) else { return Ok(()) };
+                        let (from, to) = (src.join(rel), dst.join(rel));
+                        if reflink_works.load(Ordering::Relaxed) {
+                            match reflink_copy::reflink(&from, &to) {
+                                Ok(()) => reflinked.store(true, Ordering::Relaxed),
+                                Err(_) => {
+                                    reflink_works.store(false, Ordering::Relaxed);
+                                    let _ = fs::remove_file(&to);
+                                    fs::copy(&from, &to).map_err(io_at(&to))?;
+                                }
+                            }
+                        } else {
+                            fs::copy(&from, &to).map_err(io_at(&to))?;
+                        }
+                        fs::set_permissions(&to, fs::Permissions::from_mode(*mode)).map_err(io_at(&to))?;
+                    }
+                })
+            })
+            .collect();
+        for handle in handles {
+            handle.join().map_err(|_| CopyError {
+                path: dst.to_owned(),
+                source: std::io::Error::other("copy thread panicked"),
+            })??;
+        }
+        Ok(())
+    })?;
+    for (rel, target) in links {
+        let path = dst.join(rel);
+        fs::hard_link(dst.join(target), &path).map_err(io_at(&path))?;
+    }
+    let mut stats = CopyStats { reflinked: reflinked.load(Ordering::Relaxed), ..Default::default() };
+    for item in &items {
+        match item {
+            Item::Symlink { rel, mtime } => {
+                let target = fs::read_link(src.join(rel)).map_err(io_at(&src.join(rel)))?;
+                let path = dst.join(rel);
+                std::os::unix::fs::symlink(&target, &path).map_err(io_at(&path))?;
+                filetime::set_symlink_file_times(&path, *mtime, *mtime).map_err(io_at(&path))?;
+                stats.files += 1;
+            }
+            Item::File { rel, mtime, size, .. } => {
+                let path = dst.join(rel);
+                filetime::set_file_mtime(&path, *mtime).map_err(io_at(&path))?;
+                stats.files += 1;
+                stats.bytes += size;
+            }
+            Item::Dir { .. } => {}
+        }
+    }
+    // Directories last, deepest first: filling them changed their mtimes.
+    for item in items.iter().rev() {
+        if let Item::Dir { rel, mode, mtime } = item {
+            let path = dst.join(rel);
+            fs::set_permissions(&path, fs::Permissions::from_mode(*mode)).map_err(io_at(&path))?;
+            filetime::set_file_mtime(&path, *mtime).map_err(io_at(&path))?;
+        }
+    }
+    let root_meta = fs::metadata(src).map_err(io_at(src))?;
+    fs::set_permissions(dst, fs::Permissions::from_mode(root_meta.mode() & 0o7777)).map_err(io_at(dst))?;
+    Ok(stats)
+}
+
+fn list(root: &Path, rel: PathBuf, items: &mut Vec<Item>) -> Result<(), CopyError> {
+    let dir = root.join(&rel);
+    let mut entries: Vec<_> = fs::read_dir(&dir).map_err(io_at(&dir))?.collect::<Result<_, _>>().map_err(io_at(&dir))?;
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let child = rel.join(entry.file_name());
+        let path = entry.path();
+        let meta = fs::symlink_metadata(&path).map_err(io_at(&path))?;
+        let mtime = FileTime::from_last_modification_time(&meta);
+        let mode = meta.mode() & 0o7777;
+        if meta.file_type().is_symlink() {
+            items.push(Item::Symlink { rel: child, mtime });
+        } else if meta.is_dir() {
+            items.push(Item::Dir { rel: child.clone(), mode, mtime });
+            list(root, child, items)?;
+        } else if meta.is_file() {
+            items.push(Item::File {
+                rel: child,
+                mode,
+                mtime,
+                size: meta.len(),
+                inode: (meta.dev(), meta.ino()),
+                nlink: meta.nlink(),
+            });
+        } else {
+            return Err(CopyError { path, source: std::io::Error::other("not a file, directory or symlink") });
+        }
+    }
+    Ok(())
+}
+
+/// Moves everything under `from` into `to`, merging directories and replacing files, so
+/// that other buildpacks' files already in `to` are kept. Returns the paths it created or
+/// replaced at the top of each merge (for messages).
+pub fn merge_into(from: &Path, to: &Path) -> Result<(), CopyError> {
+    if fs::symlink_metadata(to).is_err() {
+        return fs::rename(from, to).map_err(io_at(to));
+    }
+    for entry in fs::read_dir(from).map_err(io_at(from))? {
+        let entry = entry.map_err(io_at(from))?;
+        let src = entry.path();
+        let dst = to.join(entry.file_name());
+        let src_is_dir = entry.file_type().map_err(io_at(&src))?.is_dir();
+        match fs::symlink_metadata(&dst) {
+            Ok(meta) if meta.is_dir() && src_is_dir => merge_into(&src, &dst)?,
+            Ok(meta) => {
+                if meta.is_dir() {
+                    fs::remove_dir_all(&dst).map_err(io_at(&dst))?;
+                } else {
+                    fs::remove_file(&dst).map_err(io_at(&dst))?;
+                }
+                fs::rename(&src, &dst).map_err(io_at(&dst))?;
+            }
+            Err(_) => fs::rename(&src, &dst).map_err(io_at(&dst))?,
+        }
+    }
+    Ok(())
+}
