@@ -425,3 +425,155 @@ impl Unpacker<'_> {
         Ok(real)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A raw tar entry: name bytes written verbatim (the tar crate refuses `..` itself).
+    struct Raw<'a> {
+        name: &'a str,
+        kind: tar::EntryType,
+        link: &'a str,
+        data: &'a [u8],
+    }
+
+    fn raw(name: &str, kind: tar::EntryType) -> Raw<'_> {
+        Raw { name, kind, link: "", data: b"" }
+    }
+
+    fn tar_of(entries: &[Raw]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for e in entries {
+            let mut h = tar::Header::new_gnu();
+            h.as_gnu_mut().unwrap().name[..e.name.len()].copy_from_slice(e.name.as_bytes());
+            h.as_gnu_mut().unwrap().linkname[..e.link.len()].copy_from_slice(e.link.as_bytes());
+            h.set_entry_type(e.kind);
+            h.set_mode(if e.kind.is_dir() { 0o755 } else { 0o644 });
+            h.set_size(e.data.len() as u64);
+            h.set_mtime(1_600_000_000);
+            h.set_cksum();
+            out.extend_from_slice(h.as_bytes());
+            out.extend_from_slice(e.data);
+            out.resize(out.len().div_ceil(512) * 512, 0);
+        }
+        out.resize(out.len() + 1024, 0);
+        out
+    }
+
+    fn deb_of(data_tar: &[u8]) -> Vec<u8> {
+        let mut out = b"!<arch>\n".to_vec();
+        for (name, body) in [("debian-binary", &b"2.0\n"[..]), ("data.tar", data_tar)] {
+            out.extend_from_slice(format!("{name:<16}{:<12}{:<6}{:<6}{:<8}{:<10}`\n", 0, 0, 0, "100644", body.len()).as_bytes());
+            out.extend_from_slice(body);
+            if body.len() % 2 == 1 {
+                out.push(b'\n');
+            }
+        }
+        out
+    }
+
+    /// Unpacks into `<tmp>/root/target` and returns the error and the tmp dir.
+    fn unpack_hostile(entries: &[Raw]) -> (Result<UnpackReport, DebError>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let deb = dir.path().join("evil.deb");
+        fs::write(&deb, deb_of(&tar_of(entries))).unwrap();
+        let target = dir.path().join("root/target");
+        (unpack_deb(&deb, &target), dir)
+    }
+
+    fn assert_refused(result: Result<UnpackReport, DebError>, entry: &str) {
+        match result {
+            Err(DebError::Unsafe { entry: e, .. }) => assert_eq!(e, entry),
+            other => panic!("expected refusal of {entry}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn refuses_parent_dir_components() {
+        let (r, dir) = unpack_hostile(&[Raw { data: b"x", ..raw("./../evil", tar::EntryType::Regular) }]);
+        assert_refused(r, "./../evil");
+        assert!(!dir.path().join("root/evil").exists());
+        let (r, _) = unpack_hostile(&[Raw { data: b"x", ..raw("./a/../../evil", tar::EntryType::Regular) }]);
+        assert_refused(r, "./a/../../evil");
+    }
+
+    #[test]
+    fn refuses_absolute_paths() {
+        let (r, _) = unpack_hostile(&[Raw { data: b"x", ..raw("/tmp/ddslug-evil", tar::EntryType::Regular) }]);
+        assert_refused(r, "/tmp/ddslug-evil");
+        assert!(!Path::new("/tmp/ddslug-evil").exists());
+    }
+
+    #[test]
+    fn refuses_writing_through_a_symlink_that_leaves() {
+        let (r, dir) = unpack_hostile(&[
+            Raw { link: "../..", ..raw("./up", tar::EntryType::Symlink) },
+            Raw { data: b"x", ..raw("./up/escaped", tar::EntryType::Regular) },
+        ]);
+        assert_refused(r, "./up/escaped");
+        assert!(!dir.path().join("escaped").exists());
+        let (r, _) = unpack_hostile(&[
+            Raw { link: "/tmp", ..raw("./abs", tar::EntryType::Symlink) },
+            Raw { data: b"x", ..raw("./abs/escaped", tar::EntryType::Regular) },
+        ]);
+        assert_refused(r, "./abs/escaped");
+    }
+
+    #[test]
+    fn follows_symlinks_that_stay_inside() {
+        let (r, dir) = unpack_hostile(&[
+            raw("./usr/", tar::EntryType::Directory),
+            raw("./usr/lib/", tar::EntryType::Directory),
+            Raw { link: "usr/lib", ..raw("./lib", tar::EntryType::Symlink) },
+            Raw { data: b"so", ..raw("./lib/libx.so", tar::EntryType::Regular) },
+        ]);
+        r.unwrap();
+        assert_eq!(fs::read(dir.path().join("root/target/usr/lib/libx.so")).unwrap(), b"so");
+    }
+
+    #[test]
+    fn refuses_hard_links_leaving_the_tree() {
+        let (r, _) = unpack_hostile(&[Raw { link: "../../etc/passwd", ..raw("./pw", tar::EntryType::Link) }]);
+        assert_refused(r, "./pw");
+        let (r, _) = unpack_hostile(&[Raw { link: "/etc/passwd", ..raw("./pw", tar::EntryType::Link) }]);
+        assert_refused(r, "./pw");
+    }
+
+    #[test]
+    fn skips_devices_and_fifos_with_warnings() {
+        let (r, dir) = unpack_hostile(&[
+            raw("./dev/", tar::EntryType::Directory),
+            raw("./dev/null", tar::EntryType::Char),
+            raw("./dev/sda", tar::EntryType::Block),
+            raw("./dev/pipe", tar::EntryType::Fifo),
+            Raw { data: b"ok", ..raw("./dev/regular", tar::EntryType::Regular) },
+        ]);
+        let report = r.unwrap();
+        assert_eq!(report.skipped.len(), 3, "{:?}", report.skipped);
+        assert!(report.skipped[0].contains("device node ./dev/null"));
+        assert!(report.skipped[2].contains("FIFO ./dev/pipe"));
+        assert!(!dir.path().join("root/target/dev/null").exists());
+        assert_eq!(report.files, 1);
+    }
+
+    #[test]
+    fn replaced_symlink_is_not_followed() {
+        // A later regular file at the path of a symlink replaces the link, never its target.
+        let (r, dir) = unpack_hostile(&[
+            Raw { link: "/tmp/ddslug-victim", ..raw("./f", tar::EntryType::Symlink) },
+            Raw { data: b"new", ..raw("./f", tar::EntryType::Regular) },
+        ]);
+        r.unwrap();
+        assert!(!Path::new("/tmp/ddslug-victim").exists());
+        assert_eq!(fs::read(dir.path().join("root/target/f")).unwrap(), b"new");
+    }
+
+    #[test]
+    fn not_a_deb() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.deb");
+        fs::write(&path, b"PK\x03\x04 zip").unwrap();
+        assert!(matches!(unpack_deb(&path, dir.path()), Err(DebError::NotADeb { .. })));
+    }
+}

@@ -1,0 +1,76 @@
+//! The unpacker against dpkg itself: packages built by `dpkg-deb --build` with every
+//! compression, unpacked by ddslug and by `dpkg-deb -x`, must give the same tree (paths,
+//! types, modes, link targets, contents) and the same file mtimes.
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::process::Command;
+
+use ddslug::treehash::{EntryKind, scan_tree};
+
+fn make_tree(root: &Path) {
+    let p = |rel: &str| root.join(rel);
+    fs::create_dir_all(p("DEBIAN")).unwrap();
+    fs::write(p("DEBIAN/control"), "Package: ddslug-oracle\nVersion: 1.0-1\nArchitecture: amd64\nMaintainer: t <t@t.invalid>\nDescription: test\n").unwrap();
+    fs::create_dir_all(p("opt/app/bin")).unwrap();
+    fs::create_dir_all(p("opt/app/share/empty")).unwrap();
+    fs::write(p("opt/app/bin/tool"), b"#!/bin/sh\necho tool\n").unwrap();
+    fs::set_permissions(p("opt/app/bin/tool"), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::write(p("opt/app/bin/suid"), b"suid").unwrap();
+    fs::set_permissions(p("opt/app/bin/suid"), fs::Permissions::from_mode(0o4755)).unwrap();
+    fs::write(p("opt/app/private"), b"secret").unwrap();
+    fs::set_permissions(p("opt/app/private"), fs::Permissions::from_mode(0o700)).unwrap();
+    fs::write(p("opt/app/empty-file"), b"").unwrap();
+    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    fs::write(p("opt/app/big.bin"), &big).unwrap();
+    std::os::unix::fs::symlink("bin/tool", p("opt/app/relative-link")).unwrap();
+    std::os::unix::fs::symlink("/opt/app/bin/tool", p("opt/app/absolute-link")).unwrap();
+    fs::hard_link(p("opt/app/bin/tool"), p("opt/app/bin/tool-hardlink")).unwrap();
+    let long = format!("opt/app/{}", "very-long-directory-name-".repeat(4));
+    fs::create_dir_all(p(&long)).unwrap();
+    fs::write(p(&format!("{long}/{}.txt", "long-file-name-".repeat(8))), b"long").unwrap();
+    fs::write(p("opt/app/café-日本.txt"), "utf-8 name").unwrap();
+    // A fixed mtime everywhere, so that dpkg-deb's archive carries known times.
+    Command::new("find").arg(root).args(["-exec", "touch", "-h", "-d", "2024-01-02 03:04:05", "{}", "+"]).status().unwrap();
+}
+
+fn compressions() -> Vec<&'static str> {
+    // bookworm's dpkg-deb writes xz, gzip, zstd and none.
+    vec!["xz", "gzip", "zstd", "none"]
+}
+
+#[test]
+fn same_tree_as_dpkg_for_every_compression() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    make_tree(&src);
+    for z in compressions() {
+        let deb = dir.path().join(format!("oracle-{z}.deb"));
+        let status = Command::new("dpkg-deb")
+            .args(["--root-owner-group", &format!("-Z{z}"), "--build"])
+            .arg(&src)
+            .arg(&deb)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("dpkg-deb is needed for this test (.ci/run installs it)");
+        assert!(status.success(), "dpkg-deb --build -Z{z}");
+        let ours = dir.path().join(format!("ours-{z}"));
+        let theirs = dir.path().join(format!("theirs-{z}"));
+        let report = ddslug::deb::unpack_deb(&deb, &ours).unwrap();
+        assert!(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&theirs).status().unwrap().success());
+        let (a, b) = (scan_tree(&ours).unwrap(), scan_tree(&theirs).unwrap());
+        assert_eq!(a.entries, b.entries, "-Z{z}");
+        assert_eq!(a.hash, b.hash);
+        assert_eq!((report.hardlinks, report.symlinks), (1, 2), "-Z{z}");
+        let suid = fs::metadata(ours.join("opt/app/bin/suid")).unwrap();
+        assert_eq!(suid.mode() & 0o7777, 0o4755, "setuid kept");
+        let tool = fs::metadata(ours.join("opt/app/bin/tool")).unwrap();
+        assert_eq!(tool.nlink(), 2, "hard link kept as a hard link");
+        for e in b.entries.iter().filter(|e| !matches!(e.kind, EntryKind::Dir)) {
+            let (ma, mb) = (fs::symlink_metadata(ours.join(&e.path)).unwrap(), fs::symlink_metadata(theirs.join(&e.path)).unwrap());
+            assert_eq!(ma.mtime(), mb.mtime(), "-Z{z}: mtime of {}", e.path);
+        }
+        assert_eq!(ddslug::deb::read_control(&deb).unwrap().lines().next(), Some("Package: ddslug-oracle"));
+    }
+}
