@@ -9,6 +9,8 @@ use clap::{Args, Parser, Subcommand};
 use ddslug::apt::client::{AptSource, load_index};
 use ddslug::apt::resolve;
 use ddslug::apt::signature::Keyring;
+use ddslug::compile::{CompileArgs, compile};
+use ddslug::report::Reporter;
 use ddslug::fetch::{Downloaded, FetchOptions, Fetcher};
 use ddslug::store::Store;
 
@@ -41,6 +43,16 @@ enum Command {
         cache: Option<PathBuf>,
         /// PACKAGE=VERSION, e.g. datadog-agent=1:7.81.2-1.
         spec: String,
+    },
+    /// The buildpack compile step: install the Datadog Agent into BUILD_DIR/.apt.
+    Compile {
+        build_dir: PathBuf,
+        cache_dir: PathBuf,
+        /// Heroku's ENV_DIR (one file per config var); the environment fills the gaps.
+        env_dir: Option<PathBuf>,
+        /// Override a setting, e.g. --set DD_APM_ENABLED=false (repeatable).
+        #[arg(long = "set", value_name = "NAME=VALUE")]
+        set: Vec<String>,
     },
     /// Extract the data archive of a .deb into a directory, like `dpkg-deb -x`.
     Unpack {
@@ -119,6 +131,28 @@ fn run(cli: Cli) -> Result<()> {
             let dest = out.join(name);
             copy_out(&blob, &dest)?;
             println!("{}", dest.display());
+        }
+        Command::Compile { build_dir, cache_dir, env_dir, set } => {
+            let mut overrides = Vec::new();
+            for pair in set {
+                let (name, value) =
+                    pair.split_once('=').with_context(|| format!("--set {pair:?}: expected NAME=VALUE"))?;
+                overrides.push((name.to_string(), value.to_string()));
+            }
+            let args = CompileArgs {
+                build_dir,
+                cache_dir,
+                env_dir: env_dir.filter(|p| !p.as_os_str().is_empty()),
+                overrides,
+                self_exe: std::env::current_exe().context("locating the ddslug binary")?,
+            };
+            if let Err(e) = compile(&args, &Reporter::default()) {
+                // Heroku shows " !     " lines as errors; keep the message to one clear block.
+                for line in format!("{e:#}").lines() {
+                    eprintln!(" !     {line}");
+                }
+                std::process::exit(1);
+            }
         }
         Command::Unpack { deb, dir } => {
             let report = ddslug::deb::unpack_deb(&deb, &dir)?;

@@ -5,6 +5,7 @@
 
 pub mod agent;
 pub mod debs;
+pub mod fixtures;
 pub mod mirror;
 pub mod repo;
 pub mod server;
