@@ -149,7 +149,7 @@ pub fn agent_deb(package: &str, version: &str, scale: Scale) -> DebSpec {
     d = d.file(
         &format!("{root}/embedded/lib/pkgconfig/libffi.pc"),
         0o644,
-        "prefix=/opt/datadog-agent/embedded\nexec_prefix=${prefix}\nlibdir=${exec_prefix}/lib\n\nName: libffi\nVersion: 3.4.4\nLibs: -L${libdir} -lffi\n",
+        "prefix=/opt/datadog-agent/embedded\nexec_prefix=${prefix}\nlibdir=${exec_prefix}/lib\n\nName: libffi\nDescription: Library supporting Foreign Function Interfaces\nVersion: 3.4.4\nLibs: -L${libdir} -lffi\n",
     );
     d = d.file(&format!("{root}/embedded/share/doc/openssl/README"), 0o644, text(15, 3000));
     d = d.file(&format!("{root}/embedded/share/man/man1/openssl.1"), 0o644, text(16, 3000));

@@ -1,0 +1,110 @@
+//! Shared by the compile tests: the served agent repository, bin/compile runs, and the
+//! normalised tree form compared with the classic buildpack's output.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use ddslug::hash::Sha256;
+use ddslug::treehash::{EntryKind, TreeEntry, scan_tree};
+use ddslug_testsupport::Server;
+use ddslug_testsupport::agent::Scale;
+use ddslug_testsupport::fixtures::{AgentRepo, agent_repository};
+
+/// Settings cases shared by the classic-buildpack oracle and the compile tests. Values use
+/// the classic buildpack's spelling (it only honours lowercase `false`/`true`).
+pub const CASES: &[(&str, &[(&str, &str)])] = &[
+    ("default", &[]),
+    ("v7.81-process", &[("DD_PROCESS_AGENT", "true")]),
+    ("v7.68-no-apm", &[("DD_AGENT_VERSION", "7.68.0-1"), ("DD_APM_ENABLED", "false")]),
+    ("v7.67", &[("DD_AGENT_VERSION", "7.67.0-1")]),
+    ("v7.67-process", &[("DD_AGENT_VERSION", "7.67.0-1"), ("DD_PROCESS_AGENT", "true")]),
+    ("v7.51", &[("DD_AGENT_VERSION", "7.51.0-1"), ("DD_PROCESS_AGENT", "false")]),
+    ("major6", &[("DD_AGENT_MAJOR_VERSION", "6")]),
+    ("v6.53-py3", &[("DD_AGENT_VERSION", "6.53.1-1"), ("DD_PYTHON_VERSION", "3")]),
+    ("v6.52-process", &[("DD_AGENT_VERSION", "6.52.0-1"), ("DD_PROCESS_AGENT", "true")]),
+    ("v6.51", &[("DD_AGENT_VERSION", "6.51.0-1")]),
+    ("v6.14-py3", &[("DD_AGENT_VERSION", "6.14.0-1"), ("DD_PYTHON_VERSION", "3")]),
+    ("v6.13", &[("DD_AGENT_VERSION", "6.13.0-1")]),
+    ("heroku-6.40", &[("DD_AGENT_VERSION", "6.40.0-1"), ("DD_PYTHON_VERSION", "3"), ("DD_APM_ENABLED", "false")]),
+    ("heroku-7.50-amd64-suffix", &[("DD_AGENT_VERSION", "7.50.0-1_amd64")]),
+];
+
+/// A served agent repository in a temp dir.
+pub struct Served {
+    pub dir: tempfile::TempDir,
+    pub fixture: AgentRepo,
+    pub server: Server,
+}
+
+impl Served {
+    /// Generates and serves the standard agent repository (small scale).
+    pub fn start() -> Served {
+        let dir = tempfile::tempdir().unwrap();
+        let fixture = agent_repository(dir.path(), Scale::SMALL).unwrap();
+        let server = Server::start(&fixture.repo.root).unwrap();
+        Served { dir, fixture, server }
+    }
+
+    /// A fresh ENV_DIR with the repository settings plus `pairs`.
+    pub fn env_dir(&self, name: &str, pairs: &[(&str, &str)]) -> PathBuf {
+        let env = self.dir.path().join(format!("env-{name}"));
+        let _ = std::fs::remove_dir_all(&env);
+        std::fs::create_dir_all(&env).unwrap();
+        std::fs::write(env.join("DD_APT_REPO_URL"), self.server.url()).unwrap();
+        std::fs::write(env.join("DD_APT_KEYRING"), self.fixture.keyring.to_str().unwrap()).unwrap();
+        for (k, v) in pairs {
+            std::fs::write(env.join(k), v).unwrap();
+        }
+        env
+    }
+
+    /// A fresh, empty BUILD_DIR.
+    pub fn build_dir(&self, name: &str) -> PathBuf {
+        let build = self.dir.path().join(format!("build-{name}"));
+        let _ = std::fs::remove_dir_all(&build);
+        std::fs::create_dir_all(&build).unwrap();
+        build
+    }
+
+    /// How many times the server was asked for any pool file.
+    pub fn pool_requests(&self) -> usize {
+        self.server.requests().iter().filter(|r| r.path.starts_with("/pool/")).count()
+    }
+}
+
+/// Runs the buildpack's bin/compile with this build's ddslug binary.
+pub fn bin_compile(build: &Path, cache: &Path, env: &Path) -> Output {
+    Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/bin/compile"))
+        .arg(build)
+        .arg(cache)
+        .arg(env)
+        .env("DDSLUG_BIN", env!("CARGO_BIN_EXE_ddslug"))
+        .env("STACK", "heroku-24")
+        .env_remove("DD_AGENT_VERSION")
+        .env_remove("DD_AGENT_MAJOR_VERSION")
+        .output()
+        .unwrap()
+}
+
+/// Output as text, for assertion messages.
+pub fn text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+/// The tree under `.apt` in a form comparable across buildpacks: pkg-config files and the
+/// agent-wrapper (which each buildpack writes its own way) compare by path and mode only.
+pub fn normalized_tree(apt: &Path) -> Vec<TreeEntry> {
+    let mut entries = scan_tree(apt).unwrap().entries;
+    for e in &mut entries {
+        if e.path.ends_with(".pc") || e.path.ends_with("bin/agent/agent-wrapper") {
+            e.kind = EntryKind::File { sha256: Sha256([0; 32]), size: 0 };
+        }
+    }
+    entries
+}
+
+/// Where the classic buildpack's expected tree for a case is stored.
+pub fn expected_path(case: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/classic").join(format!("{case}.json"))
+}

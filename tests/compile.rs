@@ -1,0 +1,193 @@
+//! `bin/compile` end to end against a served, signed agent repository: the same `.apt` tree
+//! as the classic buildpack for every settings case, the layer cache, and bad input.
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+
+use common::{CASES, Served, bin_compile, expected_path, normalized_tree, text};
+use ddslug::manifest::read_manifest;
+use ddslug::treehash::{TreeEntry, diff, scan_tree};
+
+#[test]
+fn same_tree_as_the_classic_buildpack_for_every_case() {
+    let served = Served::start();
+    let cache = served.dir.path().join("cache");
+    for (case, settings) in CASES {
+        let build = served.build_dir(case);
+        let env = served.env_dir(case, settings);
+        let out = bin_compile(&build, &cache, &env);
+        assert!(out.status.success(), "{case}: {}", text(&out));
+        let expected: Vec<TreeEntry> = serde_json::from_str(&fs::read_to_string(expected_path(case)).unwrap()).unwrap();
+        let ours = normalized_tree(&build.join(".apt"));
+        let d = diff(&expected, &ours);
+        assert!(d.is_empty(), "{case}: differs from the classic buildpack: {d:#?}");
+        assert_no_broken_symlinks(&build.join(".apt"), &build.join(".apt/opt/datadog-agent"));
+        assert!(build.join(".apt/opt/datadog-agent/bin/agent/agent-wrapper").exists());
+        assert!(build.join(".profile.d/datadog.sh").exists());
+        assert!(build.join(".ddslug/bin/ddslug").exists());
+        let manifest = read_manifest(&build.join(".ddslug/manifest.json")).unwrap();
+        let actual = scan_tree(&build.join(".apt")).unwrap();
+        assert_eq!(manifest.tree_hash, actual.hash, "{case}: manifest tree hash");
+        assert_eq!(manifest.files, actual.files);
+    }
+}
+
+/// Every symlink under `dir` resolves, reading absolute targets relative to `apt` (the slug
+/// root the dyno sees as `/app/.apt`) as well as literally.
+fn assert_no_broken_symlinks(apt: &Path, dir: &Path) {
+    for entry in scan_tree(dir).unwrap().entries {
+        if let ddslug::treehash::EntryKind::Symlink { target } = &entry.kind {
+            let link = dir.join(&entry.path);
+            assert!(
+                fs::metadata(&link).is_ok(),
+                "broken symlink {} -> {target} under {}",
+                entry.path,
+                apt.display()
+            );
+        }
+    }
+}
+
+#[test]
+fn manifest_records_exact_inputs_and_pkgconfig_resolves() {
+    let served = Served::start();
+    let build = served.build_dir("m");
+    let env = served.env_dir("m", &[]);
+    let out = bin_compile(&build, &served.dir.path().join("cache"), &env);
+    assert!(out.status.success(), "{}", text(&out));
+    let m = read_manifest(&build.join(".ddslug/manifest.json")).unwrap();
+    let published = served.fixture.repo.deb("datadog-heroku-agent", "1:7.81.2-1").unwrap();
+    let p = &m.lock.packages[0];
+    assert_eq!((p.name.as_str(), p.version.as_str()), ("datadog-heroku-agent", "1:7.81.2-1"));
+    assert_eq!((p.filename.as_str(), p.size, p.sha256.hex()), (published.filename.as_str(), published.size, published.sha256.clone()));
+    assert_eq!(m.lock.repository, served.server.url());
+    assert_eq!((m.lock.suite.as_str(), m.lock.component.as_str()), ("stable", "7"));
+    assert_eq!(m.lock.signed_by, served.fixture.key.fingerprint());
+    assert_eq!(m.stack.as_deref(), Some("heroku-24"));
+    assert_eq!(m.lock.options.python, 3);
+    assert_eq!(m.pkgconfig, vec!["opt/datadog-agent/embedded/lib/pkgconfig/libffi.pc"]);
+    // pkg-config resolves the prefix to the installed location, wherever BUILD_DIR is.
+    let pc_dir = build.join(".apt/opt/datadog-agent/embedded/lib/pkgconfig");
+    let out = std::process::Command::new("pkg-config")
+        .args(["--variable=prefix", "libffi"])
+        .env("PKG_CONFIG_LIBDIR", &pc_dir)
+        .output();
+    if let Ok(out) = out {
+        assert!(out.status.success(), "{}", text(&out));
+        let prefix = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        assert_eq!(fs::canonicalize(&prefix).unwrap(), fs::canonicalize(build.join(".apt/opt/datadog-agent/embedded")).unwrap());
+    } else {
+        let pc = fs::read_to_string(pc_dir.join("libffi.pc")).unwrap();
+        assert!(pc.starts_with("prefix=${pcfiledir}/../..\n"), "{pc}");
+    }
+}
+
+#[test]
+fn warm_compile_downloads_and_unpacks_nothing() {
+    let served = Served::start();
+    let cache = served.dir.path().join("cache");
+    let env = served.env_dir("w", &[]);
+    let first = served.build_dir("w1");
+    let out = bin_compile(&first, &cache, &env);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("Building layer"));
+    let requests = served.server.requests().len();
+    let second = served.build_dir("w2");
+    let out = bin_compile(&second, &cache, &env);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("Reusing layer"), "{}", text(&out));
+    assert!(text(&out).contains("already in the cache"), "{}", text(&out));
+    assert_eq!(served.server.requests().len(), requests, "the warm compile made HTTP requests");
+    assert_eq!(scan_tree(&first.join(".apt")).unwrap().hash, scan_tree(&second.join(".apt")).unwrap().hash);
+}
+
+#[test]
+fn changing_inputs_in_any_order_never_reuses_a_stale_layer() {
+    let served = Served::start();
+    let cache = served.dir.path().join("cache");
+    let a = served.env_dir("a", &[]);
+    let b = served.env_dir("b", &[("DD_APM_ENABLED", "false")]);
+    let c = served.env_dir("c", &[("DD_AGENT_VERSION", "7.67.0-1")]);
+    let mut hashes = Vec::new();
+    for (i, env) in [&a, &b, &c, &a, &c, &b].iter().enumerate() {
+        let build = served.build_dir(&format!("o{i}"));
+        let out = bin_compile(&build, &cache, env);
+        assert!(out.status.success(), "{}", text(&out));
+        hashes.push(scan_tree(&build.join(".apt")).unwrap().hash);
+        let trace = build.join(".apt/opt/datadog-agent/embedded/bin/trace-agent").exists();
+        assert_eq!(trace, env.as_path() != b.as_path(), "trace-agent presence in step {i}");
+    }
+    assert_eq!(hashes[0], hashes[3]);
+    assert_eq!(hashes[2], hashes[4]);
+    assert_eq!(hashes[1], hashes[5]);
+    assert!(hashes[0] != hashes[1] && hashes[1] != hashes[2] && hashes[0] != hashes[2]);
+}
+
+/// BUILD_DIR with an app file and an `.apt` from another buildpack, and its tree hash.
+fn app_build_dir(served: &Served, name: &str) -> (std::path::PathBuf, ddslug::treehash::TreeHash) {
+    let build = served.build_dir(name);
+    fs::write(build.join("Procfile"), "web: ./server\n").unwrap();
+    fs::create_dir_all(build.join(".apt/usr/bin")).unwrap();
+    fs::write(build.join(".apt/usr/bin/other-buildpack-tool"), "x").unwrap();
+    let hash = scan_tree(&build).unwrap().hash;
+    (build, hash)
+}
+
+fn assert_fails_cleanly(served: &Served, name: &str, settings: &[(&str, &str)], expect: &[&str]) {
+    let cache = served.dir.path().join("cache");
+    let (build, before) = app_build_dir(served, name);
+    let env = served.env_dir(name, settings);
+    let out = bin_compile(&build, &cache, &env);
+    assert!(!out.status.success(), "{name}: should fail");
+    let output = text(&out);
+    for needle in expect {
+        assert!(output.contains(needle), "{name}: expected {needle:?} in:\n{output}");
+    }
+    assert_eq!(scan_tree(&build).unwrap().hash, before, "{name}: BUILD_DIR changed");
+    // The cache is still usable by a good build.
+    let good = served.build_dir(&format!("{name}-after"));
+    let out = bin_compile(&good, &cache, &served.env_dir("good", &[]));
+    assert!(out.status.success(), "{name}: next build failed: {}", text(&out));
+}
+
+#[test]
+fn bad_settings_fail_clearly_and_change_nothing() {
+    let served = Served::start();
+    assert_fails_cleanly(
+        &served,
+        "unknown-version",
+        &[("DD_AGENT_VERSION", "7.99.0-1")],
+        &["7.99.0-1 is not in", "Available Heroku versions", "1:7.81.2-1, 1:7.50.0-1", "1:7.81.2-1, 1:7.68.0-1, 1:7.67.0-1"],
+    );
+    assert_fails_cleanly(&served, "bad-python", &[("DD_AGENT_MAJOR_VERSION", "6"), ("DD_PYTHON_VERSION", "4")], &["DD_PYTHON_VERSION", "expected 2 or 3"]);
+    assert_fails_cleanly(&served, "bad-major", &[("DD_AGENT_MAJOR_VERSION", "8")], &["DD_AGENT_MAJOR_VERSION", "expected 6 or 7"]);
+    assert_fails_cleanly(&served, "bad-bool", &[("DD_APM_ENABLED", "maybe")], &["DD_APM_ENABLED", "true or false"]);
+}
+
+#[test]
+fn repository_faults_fail_clearly_and_change_nothing() {
+    let served = Served::start();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let dead = format!("http://127.0.0.1:{port}");
+    assert_fails_cleanly(&served, "unreachable", &[("DD_APT_REPO_URL", &dead)], &[&dead, "InRelease"]);
+
+    let other = ddslug_testsupport::SigningKey::generate(ddslug_testsupport::KeyKind::Ed25519, "other").unwrap();
+    let wrong_keyring = served.dir.path().join("wrong.asc");
+    fs::write(&wrong_keyring, other.public_armored().unwrap()).unwrap();
+    assert_fails_cleanly(
+        &served,
+        "wrong-key",
+        &[("DD_APT_KEYRING", wrong_keyring.to_str().unwrap())],
+        &["no valid OpenPGP signature", "not in the keyring"],
+    );
+
+    // The pinned 7.67 .deb now has different bytes than the signed index promises.
+    let published = served.fixture.repo.deb("datadog-agent", "1:7.67.0-1").unwrap();
+    let mut bytes = fs::read(&published.path).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x55;
+    fs::write(&published.path, &bytes).unwrap();
+    assert_fails_cleanly(&served, "corrupt-deb", &[("DD_AGENT_VERSION", "7.67.0-1")], &[&published.filename, &published.sha256, "deleted"]);
+}
