@@ -21,5 +21,6 @@ pub mod manifest;
 pub mod materialize;
 pub mod recipe;
 pub mod report;
+pub mod runtime;
 pub mod store;
 pub mod treehash;

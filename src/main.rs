@@ -11,6 +11,7 @@ use ddslug::apt::resolve;
 use ddslug::apt::signature::Keyring;
 use ddslug::compile::{CompileArgs, compile};
 use ddslug::report::Reporter;
+use ddslug::runtime;
 use ddslug::fetch::{Downloaded, FetchOptions, Fetcher};
 use ddslug::store::Store;
 
@@ -54,6 +55,11 @@ enum Command {
         #[arg(long = "set", value_name = "NAME=VALUE")]
         set: Vec<String>,
     },
+    /// Dyno start steps run by .profile.d/datadog.sh (prints `export` lines to eval).
+    Dyno {
+        #[command(subcommand)]
+        step: DynoStep,
+    },
     /// Extract the data archive of a .deb into a directory, like `dpkg-deb -x`.
     Unpack {
         /// The .deb file.
@@ -61,6 +67,14 @@ enum Command {
         /// Target directory (created if missing).
         dir: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum DynoStep {
+    /// Write datadog.yaml, conf.d, hostname and paths; before the app's prerun.sh.
+    Prepare,
+    /// Final tags, then launch the agents; after the app's prerun.sh.
+    Start,
 }
 
 /// Where to read packages from.
@@ -152,6 +166,23 @@ fn run(cli: Cli) -> Result<()> {
                     eprintln!(" !     {line}");
                 }
                 std::process::exit(1);
+            }
+        }
+        Command::Dyno { step } => {
+            let env = runtime::process_env();
+            let mut log = runtime::Log::new(&env);
+            let result = match step {
+                DynoStep::Prepare => runtime::launch::prepare(&env, &mut log),
+                DynoStep::Start => runtime::launch::start(&env, &mut log),
+            };
+            match result {
+                Ok(exports) => {
+                    for line in exports {
+                        println!("{line}");
+                    }
+                }
+                // The app must start even when the agent cannot: report and carry on.
+                Err(e) => log.say(runtime::Level::Error, &format!("the Datadog Agent will not start: {e:#}")),
             }
         }
         Command::Unpack { deb, dir } => {

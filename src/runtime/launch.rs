@@ -1,0 +1,276 @@
+//! The two steps `.profile.d/datadog.sh` runs around the app's prerun.sh: `prepare`
+//! (configuration, hostname, paths) and `start` (tags, then the agents in the background).
+
+use std::fs;
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{Context, Result};
+
+use super::integrations::{copy_app_configs, database_integrations};
+use super::yaml::{YamlSettings, edit, install_info};
+use super::{Env, Level, Log, Paths, agent_version, dyno_host, export_line, is_true, normalize_tags, rfc1123};
+use crate::recipe::cmp_version;
+
+/// The buildpack version reported in tags and install_info.
+pub const BUILDPACK_VERSION: &str = concat!("ddslug-", env!("CARGO_PKG_VERSION"));
+
+/// Writes the agent's configuration; returns the `export` lines for the shell.
+pub fn prepare(env: &Env, log: &mut Log) -> Result<Vec<String>> {
+    let paths = Paths::from_env(env);
+    let (version, major) = agent_version(&paths)?;
+    let mut exports = Vec::new();
+    let mut export = |name: &str, value: &str| exports.push(export_line(name, value));
+
+    let yaml_path = paths.datadog_yaml();
+    let example = fs::read_to_string(paths.conf_dir.join("datadog.yaml.example"))
+        .with_context(|| format!("reading {}/datadog.yaml.example from the agent package", paths.conf_dir.display()))?;
+    let python = python_dir(&paths.dd_dir);
+    let python_major = python.as_deref().and_then(|p| p.strip_prefix("python")).and_then(|p| p.chars().next());
+    let process_log = paths.log_dir.join("datadog-proc.log").to_string_lossy().into_owned();
+    let apm_log = paths.log_dir.join("datadog-apm.log").to_string_lossy().into_owned();
+    let (conf_dir, run_dir) = (paths.conf_dir.to_string_lossy(), paths.run_dir.to_string_lossy());
+    let settings = YamlSettings {
+        conf_dir: &conf_dir,
+        run_dir: &run_dir,
+        apm_log: &apm_log,
+        process_log: is_true(env, "DD_PROCESS_AGENT").then_some(process_log.as_str()),
+        // The classic script's version test is inverted and leaves this out; agent 6 on
+        // Python 3 needs it.
+        python3_on_agent6: major == 6 && python_major == Some('3'),
+    };
+    fs::write(&yaml_path, edit(&example, &settings)).with_context(|| format!("writing {}", yaml_path.display()))?;
+    fs::write(paths.conf_dir.join("install_info"), install_info(BUILDPACK_VERSION))
+        .with_context(|| "writing install_info".to_string())?;
+    for dir in [paths.conf_dir.join("conf.d"), paths.conf_dir.join("checks.d"), paths.run_dir.clone(), paths.log_dir.clone()] {
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    copy_app_configs(&paths.app_datadog, &paths.conf_dir)?;
+
+    let host = dyno_host(env);
+    let dyno = env.get("DYNO").cloned().unwrap_or_default();
+    let dynotype = dyno.split('.').next().unwrap_or_default().to_string();
+    export("DYNOTYPE", &dynotype);
+    export("DD_HOST_ALIASES", &host);
+    match env.get("DD_HOSTNAME").filter(|h| !h.is_empty()) {
+        Some(_) => log.say(
+            Level::Debug,
+            "DD_HOSTNAME is set; it may cause metrics errors. To remove it: heroku config:unset DD_HOSTNAME",
+        ),
+        None if is_true(env, "DD_DYNO_HOST") => {
+            let app = env.get("HEROKU_APP_NAME").cloned().unwrap_or_default();
+            let safe_app = rfc1123(&app, false);
+            if safe_app != app {
+                log.say(Level::Debug, &format!("the app name {app:?} has characters a host name cannot have; using {safe_app:?}"));
+            }
+            export("DD_HOSTNAME", &format!("{safe_app}.{}", rfc1123(&dyno, true)));
+        }
+        None => export("DD_HOSTNAME", &rfc1123(&host, false)),
+    }
+
+    if is_true(env, "DD_DISABLE_HOST_METRICS") {
+        disable_host_checks(&paths.conf_dir.join("conf.d"))?;
+    }
+    if let Some(python) = &python {
+        restore_symlinks(&paths.dd_dir, python_major == Some('3'))?;
+        export("DD_PYTHONPATH", &python_path(&paths.dd_dir, python));
+    }
+    database_integrations(env, &paths.conf_dir, log)?;
+
+    let dd = paths.dd_dir.to_string_lossy();
+    let apt = paths.apt.to_string_lossy();
+    export("DD_BIN_DIR", &paths.bin_dir.to_string_lossy());
+    export("DATADOG_CONF", &yaml_path.to_string_lossy());
+    export("DD_LD_LIBRARY_PATH", &format!("{dd}/embedded/lib:{apt}/usr/lib/x86_64-linux-gnu:{apt}/usr/lib"));
+    export("DD_LOG_FILE", &paths.log_dir.join("datadog.log").to_string_lossy());
+    let path = env.get("PATH").cloned().unwrap_or_default();
+    export("PATH", &format!("{apt}/usr/bin:{}:{path}", paths.bin_dir.display()));
+    export("DD_AGENT_VERSION_RUNNING", &version.iter().map(u64::to_string).collect::<Vec<_>>().join("."));
+    Ok(exports)
+}
+
+/// After prerun.sh: final tags, then the agents. Returns the `export` lines.
+pub fn start(env: &Env, log: &mut Log) -> Result<Vec<String>> {
+    let paths = Paths::from_env(env);
+    let (version, major) = agent_version(&paths)?;
+    let dyno = env.get("DYNO").cloned().unwrap_or_default();
+    let dynotype = dyno.split('.').next().unwrap_or_default();
+    let mut tags = format!("dyno:{dyno} dynotype:{dynotype} buildpackversion:{BUILDPACK_VERSION}");
+    if let Some(app) = env.get("HEROKU_APP_NAME").filter(|a| !a.is_empty()) {
+        tags += &format!(" appname:{app}");
+    }
+    if let Some(user) = env.get("DD_TAGS").filter(|t| !t.is_empty()) {
+        tags += " ";
+        tags += &normalize_tags(user);
+    }
+    log.say(Level::Debug, &format!("normalized tags: {tags}"));
+    let exports = vec![
+        export_line("DD_TAGS", &tags),
+        export_line("DD_VERSION", env.get("DD_VERSION").map(String::as_str).unwrap_or("")),
+        export_line("DD_HEROKU_DYNO", "true"),
+    ];
+    let disabled = env.get("DISABLE_DATADOG_AGENT").is_some_and(|v| !v.is_empty());
+    let no_key = env.get("DD_API_KEY").is_none_or(|k| k.is_empty());
+    if no_key {
+        log.say(Level::Error, "DD_API_KEY is not set, so the Datadog Agent will not start. Run: heroku config:add DD_API_KEY=<your API key>");
+        return Ok(exports);
+    }
+    if disabled {
+        log.say(Level::Info, "The Datadog Agent is disabled by DISABLE_DATADOG_AGENT; unset it to start the agent.");
+        return Ok(exports);
+    }
+    let mut agent_env: Env = env.clone();
+    agent_env.insert("DD_TAGS".into(), tags);
+    agent_env.insert("DD_HEROKU_DYNO".into(), "true".into());
+    agent_env.insert("PYTHONPATH".into(), env.get("DD_PYTHONPATH").cloned().unwrap_or_default());
+    let ld = env.get("DD_LD_LIBRARY_PATH").cloned().unwrap_or_else(|| format!("{}/embedded/lib", paths.dd_dir.display()));
+    agent_env.insert("LD_LIBRARY_PATH".into(), ld);
+    let conf = paths.datadog_yaml().to_string_lossy().into_owned();
+    for (program, args) in launches(&paths, env, &version, major)? {
+        log.say(Level::Debug, &format!("starting {} {}", program.display(), args.join(" ")));
+        spawn(&program, &args.iter().map(|a| a.replace("{conf}", &conf)).collect::<Vec<_>>(), &agent_env)?;
+    }
+    Ok(exports)
+}
+
+/// Which programs to start, with which arguments (`{conf}` stands for datadog.yaml).
+pub fn launches(paths: &Paths, env: &Env, version: &[u64], major: u64) -> Result<Vec<(PathBuf, Vec<String>)>> {
+    let at_least = |v6: &[u64], v7: &[u64]| cmp_version(version, if major == 6 { v6 } else { v7 }).is_ge();
+    let mut out = Vec::new();
+    let run = if cmp_version(version, &[6, 4, 1]).is_lt() { "start" } else { "run" };
+    out.push((paths.bin_dir.join("agent"), vec![run.to_string(), "-c".into(), "{conf}".into()]));
+    let apm_off = env.get("DD_APM_ENABLED").is_some_and(|v| v.eq_ignore_ascii_case("false"));
+    if !apm_off {
+        let flag = if at_least(&[6, 48], &[7, 48]) { "--config" } else { "-config" };
+        out.push((paths.dd_dir.join("embedded/bin/trace-agent"), vec![flag.into(), "{conf}".into()]));
+    }
+    let separate_process_agent = major == 6 || cmp_version(version, &[7, 68]).is_lt();
+    if is_true(env, "DD_PROCESS_AGENT") && separate_process_agent {
+        let flag = if at_least(&[6, 36], &[7, 36]) { "--cfgpath" } else { "--config" };
+        let program = if at_least(&[6, 52], &[7, 52]) {
+            // The combined binary acts as the process agent when called by that name.
+            let link = paths.bin_dir.join("process-agent");
+            let _ = fs::remove_file(&link);
+            symlink(paths.bin_dir.join("agent"), &link).with_context(|| format!("creating {}", link.display()))?;
+            link
+        } else {
+            paths.dd_dir.join("embedded/bin/process-agent")
+        };
+        out.push((program, vec![flag.into(), "{conf}".into()]));
+    }
+    Ok(out)
+}
+
+fn spawn(program: &Path, args: &[String], env: &Env) -> Result<()> {
+    // The agents write to the dyno's log stream (our stderr), never to the stdout the shell
+    // is capturing for `eval`, and run on after ddslug exits.
+    let stderr = std::io::stderr().as_fd_owned().context("duplicating stderr")?;
+    let stderr2 = stderr.try_clone().context("duplicating stderr")?;
+    Command::new(program)
+        .args(args)
+        .env_clear()
+        .envs(env)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(stderr))
+        .stderr(Stdio::from(stderr2))
+        .spawn()
+        .with_context(|| format!("starting {}", program.display()))?;
+    Ok(())
+}
+
+trait AsFdOwned {
+    fn as_fd_owned(&self) -> std::io::Result<std::os::fd::OwnedFd>;
+}
+
+impl AsFdOwned for std::io::Stderr {
+    fn as_fd_owned(&self) -> std::io::Result<std::os::fd::OwnedFd> {
+        use std::os::fd::AsFd;
+        self.as_fd().try_clone_to_owned()
+    }
+}
+
+/// `python2.7` or `python3.12`: the one Python directory the recipe left.
+fn python_dir(dd_dir: &Path) -> Option<String> {
+    let mut found: Vec<String> = fs::read_dir(dd_dir.join("embedded/lib"))
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().is_dir())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| {
+            n.strip_prefix("python").is_some_and(|v| {
+                let mut parts = v.split('.');
+                matches!(parts.next(), Some("2" | "3")) && parts.next().is_some_and(|m| m.chars().all(|c| c.is_ascii_digit()))
+            })
+        })
+        .collect();
+    found.sort();
+    found.pop()
+}
+
+fn python_path(dd: &Path, python: &str) -> String {
+    let lib = dd.join("embedded/lib").join(python);
+    let site = lib.join("site-packages");
+    let mut parts = vec![
+        dd.join("embedded/lib"),
+        dd.join("bin/agent/dist"),
+        lib.join("lib-dynload"),
+        lib.join("lib-tk"),
+        lib.join("plat-linux2"),
+        lib.clone(),
+        site.clone(),
+    ];
+    // pip and setuptools eggs, as the classic script adds them.
+    for prefix in ["setuptools", "pip"] {
+        if let Ok(entries) = fs::read_dir(&site) {
+            let mut eggs: Vec<PathBuf> = entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    let n = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                    n.starts_with(prefix) && n.ends_with("egg")
+                })
+                .collect();
+            eggs.sort();
+            parts.extend(eggs);
+        }
+    }
+    parts.iter().map(|p| p.to_string_lossy().into_owned()).collect::<Vec<_>>().join(":")
+}
+
+/// The symlinks the build removed because they were absolute into /opt, pointed at the
+/// slug's real location now that it is known.
+fn restore_symlinks(dd: &Path, python3: bool) -> Result<()> {
+    let bin = dd.join("embedded/bin");
+    let mut links = vec![(dd.join("embedded/ssl/certs/cacert.pem"), dd.join("embedded/ssl/cert.pem"))];
+    if python3 {
+        links.push((bin.join("python3"), bin.join("python")));
+        links.push((bin.join("python3-config"), bin.join("python-config")));
+        links.push((bin.join("pip3"), bin.join("pip")));
+    } else {
+        links.push((bin.join("pip2"), bin.join("pip")));
+    }
+    for (target, link) in links {
+        if fs::symlink_metadata(&target).is_err() || link.parent().is_none_or(|p| !p.is_dir()) {
+            continue;
+        }
+        let _ = fs::remove_file(&link);
+        symlink(&target, &link).with_context(|| format!("linking {}", link.display()))?;
+    }
+    Ok(())
+}
+
+/// Renames every `conf.yaml.default` so the host checks (which read the host, not the dyno)
+/// do not run.
+fn disable_host_checks(conf_d: &Path) -> Result<()> {
+    for entry in fs::read_dir(conf_d).with_context(|| format!("reading {}", conf_d.display()))? {
+        let path = entry?.path();
+        if path.is_dir() {
+            disable_host_checks(&path)?;
+        } else if path.file_name().is_some_and(|n| n == "conf.yaml.default") {
+            let mut disabled = path.clone().into_os_string();
+            disabled.push("_disabled");
+            fs::rename(&path, &disabled).with_context(|| format!("renaming {}", path.display()))?;
+        }
+    }
+    Ok(())
+}

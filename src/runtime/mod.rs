@@ -1,0 +1,188 @@
+//! Dyno start: what `.profile.d/datadog.sh` asks of the ddslug binary shipped in the slug.
+//!
+//! The shell file stays thin because the app's `datadog/prerun.sh` must be sourced in the
+//! same shell: `ddslug dyno prepare` writes the agent's configuration and prints `export`
+//! lines; the shell evals them and sources prerun.sh; `ddslug dyno start` then reads the
+//! (possibly changed) environment, prints the final exports and launches the agents in the
+//! background with the agent-only library paths.
+//!
+//! Contract: nothing printed on stdout is anything but `export NAME='value'` lines (the
+//! shell evals them); messages go to stderr, gated by DD_LOG_LEVEL; database passwords are
+//! never printed.
+
+pub mod integrations;
+pub mod launch;
+pub mod yaml;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+/// The environment the dyno start sees, as a map (tests pass their own).
+pub type Env = BTreeMap<String, String>;
+
+/// Buildpack message levels, from DD_LOG_LEVEL (`TRACE` … `OFF`, default `INFO`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    Trace,
+    Debug,
+    Info,
+    Warn,
+    Error,
+    Critical,
+    Off,
+}
+
+impl Level {
+    /// Parses DD_LOG_LEVEL case-insensitively (`warning` and `err` accepted); unknown → Info.
+    pub fn from_env(env: &Env) -> Level {
+        match env.get("DD_LOG_LEVEL").map(|s| s.to_ascii_lowercase()).as_deref() {
+            Some("trace") => Level::Trace,
+            Some("debug") => Level::Debug,
+            Some("warn" | "warning") => Level::Warn,
+            Some("error" | "err") => Level::Error,
+            Some("critical") => Level::Critical,
+            Some("off") => Level::Off,
+            _ => Level::Info,
+        }
+    }
+}
+
+/// Messages to stderr, filtered by level.
+pub struct Log {
+    pub level: Level,
+    pub lines: Vec<String>,
+}
+
+impl Log {
+    pub fn new(env: &Env) -> Log {
+        Log { level: Level::from_env(env), lines: Vec::new() }
+    }
+    /// Records (and prints to stderr) a message of `level`.
+    pub fn say(&mut self, level: Level, text: &str) {
+        if level >= self.level && self.level != Level::Off {
+            let tag = match level {
+                Level::Trace => "TRACE",
+                Level::Debug => "DEBUG",
+                Level::Info => "INFO",
+                Level::Warn => "WARN",
+                Level::Error => "ERROR",
+                Level::Critical | Level::Off => "CRITICAL",
+            };
+            let line = format!("[datadog] [{tag}] {text}");
+            eprintln!("{line}");
+            self.lines.push(line);
+        }
+    }
+}
+
+/// Where things are in the slug at run time.
+#[derive(Clone, Debug)]
+pub struct Paths {
+    pub home: PathBuf,
+    pub apt: PathBuf,
+    pub dd_dir: PathBuf,
+    pub bin_dir: PathBuf,
+    pub conf_dir: PathBuf,
+    pub run_dir: PathBuf,
+    pub log_dir: PathBuf,
+    pub app_datadog: PathBuf,
+}
+
+impl Paths {
+    /// From HOME (the slug root, `/app` on a dyno) and DD_HEROKU_CONF_FOLDER.
+    pub fn from_env(env: &Env) -> Paths {
+        let home = PathBuf::from(env.get("HOME").map(String::as_str).unwrap_or("/app"));
+        let apt = home.join(".apt");
+        let dd_dir = apt.join("opt/datadog-agent");
+        Paths {
+            bin_dir: dd_dir.join("bin/agent"),
+            run_dir: dd_dir.join("run"),
+            conf_dir: apt.join("etc/datadog-agent"),
+            log_dir: apt.join("var/log/datadog"),
+            app_datadog: env
+                .get("DD_HEROKU_CONF_FOLDER")
+                .filter(|s| !s.is_empty())
+                .map(PathBuf::from)
+                .unwrap_or_else(|| home.join("datadog")),
+            dd_dir,
+            apt,
+            home,
+        }
+    }
+
+    pub fn datadog_yaml(&self) -> PathBuf {
+        self.conf_dir.join("datadog.yaml")
+    }
+}
+
+/// `true`, case-insensitively.
+pub fn is_true(env: &Env, name: &str) -> bool {
+    env.get(name).is_some_and(|v| v.eq_ignore_ascii_case("true"))
+}
+
+/// The agent version and major, from the slug's manifest (no need to run the agent).
+pub fn agent_version(paths: &Paths) -> Result<(Vec<u64>, u64)> {
+    let manifest_path = paths.home.join(".ddslug/manifest.json");
+    let manifest = crate::manifest::read_manifest(&manifest_path)
+        .with_context(|| "the slug has no ddslug manifest; was it built by ddslug's bin/compile?")?;
+    let version = manifest.lock.options.version.clone();
+    let major = version.first().copied().unwrap_or(7);
+    Ok((version, major))
+}
+
+/// A shell `export` line with the value single-quoted.
+pub fn export_line(name: &str, value: &str) -> String {
+    format!("export {name}='{}'", value.replace('\'', r"'\''"))
+}
+
+/// Hostname rules: keep `[A-Za-z0-9-]` (and `.` where allowed), replace the rest with `-`,
+/// drop a leading `-`.
+pub fn rfc1123(text: &str, allow_dot: bool) -> String {
+    let mapped: String = text
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || (allow_dot && c == '.') { c } else { '-' })
+        .collect();
+    mapped.trim_start_matches('-').to_string()
+}
+
+/// Normalizes DD_TAGS given as `a:b,c:d`, `a:b, c:d` or `a:b c:d` to space-separated form.
+pub fn normalize_tags(tags: &str) -> String {
+    tags.split([',', ' ']).filter(|t| !t.is_empty()).collect::<Vec<_>>().join(" ")
+}
+
+/// The dyno's host name (`hostname`), as the classic script reads it.
+pub fn dyno_host(env: &Env) -> String {
+    if let Some(h) = env.get("DDSLUG_HOSTNAME_OVERRIDE") {
+        return h.clone();
+    }
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .or_else(|_| std::process::Command::new("hostname").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()))
+        .unwrap_or_default()
+}
+
+/// Collects the process environment.
+pub fn process_env() -> Env {
+    std::env::vars().collect()
+}
+
+/// Whether a path exists (file or directory).
+pub fn exists(p: &Path) -> bool {
+    std::fs::symlink_metadata(p).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostnames_and_tags() {
+        assert_eq!(rfc1123("-my_app!", false), "my-app-");
+        assert_eq!(rfc1123("web.1", true), "web.1");
+        assert_eq!(rfc1123("web.1", false), "web-1");
+        assert_eq!(normalize_tags("env:prod,team:a, region:eu  x:y"), "env:prod team:a region:eu x:y");
+        assert_eq!(export_line("A", "it's"), r"export A='it'\''s'");
+    }
+}
