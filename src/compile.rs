@@ -20,7 +20,7 @@ use crate::config::{Config, KeyringSetting, Settings, effective_python};
 use crate::fetch::{Downloaded, FetchOptions, Fetcher};
 use crate::hash::Sha256;
 use crate::layer::{self, DebInput, LAYER_FORMAT, LayerInputs};
-use crate::manifest::{Lock, LockedPackage, Manifest, Removed, SCHEMA, to_json};
+use crate::manifest::{Lock, LockedPackage, Manifest, Removed, SCHEMA, read_lock, to_json};
 use crate::materialize::{copy_tree, merge_into};
 use crate::recipe::{Options, Recipe};
 use crate::report::{Reporter, bytes, seconds};
@@ -55,6 +55,27 @@ pub struct CompileOutcome {
     pub layer_reused: bool,
 }
 
+/// Where an app commits its lock, relative to BUILD_DIR.
+pub const APP_LOCK: &str = "datadog/ddslug.lock";
+
+/// Reads settings (ENV_DIR, environment, overrides) into a validated configuration.
+pub fn load_config(env_dir: Option<&Path>, overrides: &[(String, String)], report: &Reporter) -> Result<Config> {
+    let mut settings = Settings::load(env_dir).context("reading ENV_DIR")?;
+    for (name, value) in overrides {
+        settings.set(name, value);
+    }
+    let config = Config::from_settings(&settings)?;
+    for warning in &config.warnings {
+        report.warn(warning);
+    }
+    Ok(config)
+}
+
+/// A fetcher that honours the configuration's offline setting.
+pub fn fetcher_for(config: &Config) -> Fetcher {
+    Fetcher::new(FetchOptions { offline: config.offline.clone(), ..FetchOptions::default() })
+}
+
 /// Runs the whole compile step.
 pub fn compile(args: &CompileArgs, report: &Reporter) -> Result<CompileOutcome> {
     let started = Instant::now();
@@ -62,71 +83,165 @@ pub fn compile(args: &CompileArgs, report: &Reporter) -> Result<CompileOutcome> 
     if !args.build_dir.is_dir() {
         anyhow::bail!("BUILD_DIR {} is not a directory; bin/compile takes BUILD_DIR CACHE_DIR ENV_DIR", args.build_dir.display());
     }
-    let mut settings = Settings::load(args.env_dir.as_deref()).context("reading ENV_DIR")?;
-    for (name, value) in &args.overrides {
-        settings.set(name, value);
-    }
-    let config = Config::from_settings(&settings)?;
-    for warning in &config.warnings {
-        report.warn(warning);
-    }
-    let fetcher = Fetcher::new(FetchOptions { offline: config.offline.clone(), ..FetchOptions::default() });
+    let config = load_config(args.env_dir.as_deref(), &args.overrides, report)?;
+    let fetcher = fetcher_for(&config);
     let store = Store::open(&args.cache_dir)?;
     let _lock = store.lock()?;
 
-    let wanted = config.wanted_version().to_string();
-    let (lock_base, package) = resolve(&config, &fetcher, &store, &wanted, report)?;
-
-    report.topic(&format!("Fetching {}", file_name(&package.filename)));
-    let expected = Downloaded { sha256: package.sha256, size: package.size };
+    let app_lock = args.build_dir.join(APP_LOCK);
+    let lock = if app_lock.exists() {
+        report.topic(&format!("Using {APP_LOCK}"));
+        let lock = read_lock(&app_lock)?;
+        check_lock_against(&lock, &config, &fetcher, &store, report)?;
+        lock
+    } else {
+        plan(&config, &fetcher, &store, report, true)?
+    };
+    let built = build_layer(&store, &fetcher, &lock, report)?;
+    let manifest = Manifest {
+        schema: SCHEMA,
+        ddslug_version: env!("CARGO_PKG_VERSION").into(),
+        lock: lock.clone(),
+        stack: config.stack.clone(),
+        layer_key: built.info.key,
+        tree_hash: built.info.tree_hash,
+        files: built.info.files,
+        bytes: built.info.bytes,
+        removed: built.info.removed.iter().map(Removed::from).collect(),
+        pkgconfig: built.info.pkgconfig.clone(),
+    };
+    report.topic("Installing into the slug");
     let t = Instant::now();
-    let (blob, downloaded) = store.ensure_blob(&fetcher, &format!("{}/{}", config.repo_url, package.filename), expected)?;
+    let key = built.info.key;
+    install(args, &layer::layer_dir(&store, &key), &layer::entries_path(&store, &key), &manifest)?;
     report.detail(&format!(
-        "{} {}, SHA-256 {}",
-        if downloaded { format!("downloaded in {};", seconds(t.elapsed())) } else { "already in the cache;".into() },
-        bytes(package.size),
-        package.sha256
+        "{} files, {} in .apt (copied in {}); tree hash {}",
+        built.info.files,
+        bytes(built.info.bytes),
+        seconds(t.elapsed()),
+        built.info.tree_hash
     ));
+    report.topic(&format!("Datadog Agent {} installed in {}", lock.packages[0].version, seconds(started.elapsed())));
+    Ok(CompileOutcome { manifest, downloaded: built.downloaded, layer_reused: built.reused })
+}
 
-    let version_parts = package
-        .version
+/// A lock committed by the app pins packages, recipe and options; settings that would now
+/// give other options are reported, not silently applied.
+fn check_lock_against(lock: &Lock, config: &Config, fetcher: &Fetcher, store: &Store, report: &Reporter) -> Result<()> {
+    if lock.schema != SCHEMA {
+        anyhow::bail!("{APP_LOCK}: schema {} is not supported (expected {SCHEMA}); regenerate it with `ddslug lock`", lock.schema);
+    }
+    let recipe_sha256 = Sha256::of(RECIPE.as_bytes());
+    if lock.recipe_sha256 != recipe_sha256 {
+        anyhow::bail!(
+            "{APP_LOCK} was made with recipe {} but this ddslug has recipe {recipe_sha256}; \
+             regenerate it with `ddslug lock` (or use the ddslug version that made it)",
+            lock.recipe_sha256
+        );
+    }
+    let Some(package) = lock.packages.first() else {
+        anyhow::bail!("{APP_LOCK} lists no package; regenerate it with `ddslug lock`");
+    };
+    let wanted_options = options_for(config, &package.version, report)?;
+    if wanted_options != lock.options {
+        report.warn(&format!(
+            "{APP_LOCK} was made for other settings ({}); building exactly what it says. Run `ddslug lock` to update it.",
+            describe_options(&lock.options)
+        ));
+    }
+    let _ = (fetcher, store);
+    report.detail(&format!("{} {} from {} (locked)", package.name, package.version, lock.repository));
+    Ok(())
+}
+
+fn describe_options(o: &Options) -> String {
+    format!("python {}, apm {}, process_agent {}", o.python, o.apm, o.process_agent)
+}
+
+/// The recipe options for this configuration and agent version.
+fn options_for(config: &Config, version: &str, report: &Reporter) -> Result<Options> {
+    let version_parts = version
         .parse::<crate::apt::version::DebVersion>()
-        .with_context(|| format!("version of {}", package.filename))?
+        .with_context(|| format!("agent version {version:?}"))?
         .upstream_numeric_parts();
     let (python, python_warning) = effective_python(&version_parts, config.major, config.python_requested);
     if let Some(warning) = python_warning {
         report.warn(&warning);
     }
-    let options = Options {
-        version: version_parts,
-        major: config.major,
-        python,
-        apm: config.apm_enabled,
-        process_agent: config.process_agent,
-    };
+    Ok(Options { version: version_parts, major: config.major, python, apm: config.apm_enabled, process_agent: config.process_agent })
+}
+
+/// Resolves the configuration to a complete lock: exact package, recipe hash, options.
+/// With `use_memo`, a resolution made before for the same repository, keys and version is
+/// reused, so a warm build needs no network.
+pub fn plan(config: &Config, fetcher: &Fetcher, store: &Store, report: &Reporter, use_memo: bool) -> Result<Lock> {
+    let wanted = config.wanted_version().to_string();
+    let (base, package) = resolve(config, fetcher, store, &wanted, report, use_memo)?;
+    let options = options_for(config, &package.version, report)?;
+    Ok(Lock { recipe_sha256: Sha256::of(RECIPE.as_bytes()), options, packages: vec![package], ..base })
+}
+
+/// A layer ready in the store.
+pub struct BuiltLayer {
+    pub info: layer::LayerInfo,
+    pub downloaded: bool,
+    pub reused: bool,
+}
+
+/// Fetches the locked blobs and builds (or reuses) the layer they and the recipe make.
+pub fn build_layer(store: &Store, fetcher: &Fetcher, lock: &Lock, report: &Reporter) -> Result<BuiltLayer> {
+    let mut blobs = Vec::new();
+    let mut downloaded = false;
+    for package in &lock.packages {
+        report.topic(&format!("Fetching {}", file_name(&package.filename)));
+        let expected = Downloaded { sha256: package.sha256, size: package.size };
+        let t = Instant::now();
+        let url = format!("{}/{}", lock.repository.trim_end_matches('/'), package.filename);
+        let (blob, fetched) = store.ensure_blob(fetcher, &url, expected)?;
+        report.detail(&format!(
+            "{} {}, SHA-256 {}",
+            if fetched { format!("downloaded in {};", seconds(t.elapsed())) } else { "already in the cache;".into() },
+            bytes(package.size),
+            package.sha256
+        ));
+        downloaded |= fetched;
+        blobs.push(blob);
+    }
     let recipe = Recipe::parse(RECIPE, "recipes/datadog-agent.toml")?;
-    let recipe_sha256 = Sha256::of(RECIPE.as_bytes());
     let inputs = LayerInputs {
         format: LAYER_FORMAT,
-        debs: vec![DebInput { package: package.name.clone(), version: package.version.clone(), sha256: package.sha256 }],
-        recipe_sha256,
-        options: options.clone(),
+        debs: lock
+            .packages
+            .iter()
+            .map(|p| DebInput { package: p.name.clone(), version: p.version.clone(), sha256: p.sha256 })
+            .collect(),
+        recipe_sha256: lock.recipe_sha256,
+        options: lock.options.clone(),
         wrapper_sha256: Sha256::of(AGENT_WRAPPER.as_bytes()),
     };
     let key = inputs.key();
     let t = Instant::now();
-    let (info, layer_reused) = match layer::load(&store, &key)? {
+    let existing = match layer::load(store, &key)? {
+        Some(info) if layer::quick_check(store, &key)? => Some(info),
+        Some(_) => {
+            report.warn(&format!("layer {} was changed on disk; rebuilding it", &key.hex()[..12]));
+            None
+        }
+        None => None,
+    };
+    let (info, reused) = match existing {
         Some(info) => {
             report.topic(&format!("Reusing layer {}", &key.hex()[..12]));
             (info, true)
         }
         None => {
             report.topic(&format!("Building layer {}", &key.hex()[..12]));
-            let info = layer::build(&store, &inputs, &[blob], &recipe, (AGENT_WRAPPER_PATH, AGENT_WRAPPER.as_bytes()))?;
+            let info = layer::build(store, &inputs, &blobs, &recipe, (AGENT_WRAPPER_PATH, AGENT_WRAPPER.as_bytes()))?;
             report.detail(&format!("unpacked and stripped in {}", seconds(t.elapsed())));
             (info, false)
         }
     };
+    layer::touch(store, &key);
     for removed in info.removed.iter().filter(|r| !r.paths.is_empty()) {
         report.detail(&format!(
             "removed {:<22} {:>6} files {:>10}  ({})",
@@ -136,43 +251,16 @@ pub fn compile(args: &CompileArgs, report: &Reporter) -> Result<CompileOutcome> 
             removed.why
         ));
     }
-
-    let lock = Lock { recipe_sha256, options, packages: vec![package], ..lock_base };
-    let manifest = Manifest {
-        schema: SCHEMA,
-        ddslug_version: env!("CARGO_PKG_VERSION").into(),
-        lock,
-        stack: config.stack.clone(),
-        layer_key: key,
-        tree_hash: info.tree_hash,
-        files: info.files,
-        bytes: info.bytes,
-        removed: info.removed.iter().map(Removed::from).collect(),
-        pkgconfig: info.pkgconfig.clone(),
-    };
-    report.topic("Installing into the slug");
-    let t = Instant::now();
-    install(args, &layer::layer_dir(&store, &key), &manifest)?;
-    report.detail(&format!(
-        "{} files, {} in .apt (copied in {}); tree hash {}",
-        info.files,
-        bytes(info.bytes),
-        seconds(t.elapsed()),
-        info.tree_hash
-    ));
-    report.topic(&format!("Datadog Agent {} installed in {}", manifest.lock.packages[0].version, seconds(started.elapsed())));
-    Ok(CompileOutcome { manifest, downloaded, layer_reused })
+    Ok(BuiltLayer { info, downloaded, reused })
 }
 
-/// Resolves the wanted version to an exact package. A resolution already made for the same
-/// repository, suite, component, keys and version is reused from the store, so a warm
-/// build needs no network at all.
 fn resolve(
     config: &Config,
     fetcher: &Fetcher,
     store: &Store,
     wanted: &str,
     report: &Reporter,
+    use_memo: bool,
 ) -> Result<(Lock, LockedPackage)> {
     let source = AptSource::new(&config.repo_url, &config.suite, &config.component(), &config.arch);
     let keyring_id = match &config.keyring {
@@ -185,10 +273,20 @@ fn resolve(
     let memo_key = Sha256::of(format!("{}\n{}\n{}\n{}\n{}\n{}", source.url, source.suite, source.component, source.arch, keyring_id, wanted).as_bytes());
     let memo_path = store.root().join("indexes").join(format!("{}.json", memo_key.hex()));
     report.topic(&format!("Resolving Datadog Agent {wanted} ({} {} {})", source.url, source.suite, source.component));
-    if let Ok(text) = fs::read_to_string(&memo_path) {
-        if let Ok((lock, package)) = serde_json::from_str::<(Lock, LockedPackage)>(&text) {
-            report.detail(&format!("{} {} (resolved before; signed by {})", package.name, package.version, lock.signed_by));
-            return Ok((lock, package));
+    if use_memo || fetcher.is_offline() {
+        if let Ok(text) = fs::read_to_string(&memo_path) {
+            if let Ok((lock, package)) = serde_json::from_str::<(Lock, LockedPackage)>(&text) {
+                report.detail(&format!("{} {} (resolved before; signed by {})", package.name, package.version, lock.signed_by));
+                return Ok((lock, package));
+            }
+        }
+        if fetcher.is_offline() {
+            anyhow::bail!(
+                "network access is disabled ({}) and the cache has no resolution of agent {wanted} from {}; \
+                 run `ddslug fetch` with the same settings and network access first, or commit a lock ({APP_LOCK})",
+                config.offline.as_deref().unwrap_or("offline"),
+                source.url
+            );
         }
     }
     let keyring = match &config.keyring {
@@ -228,7 +326,7 @@ fn file_name(path: &str) -> &str {
 
 /// Assembles the slug's files in a staging directory inside BUILD_DIR, then moves them
 /// into place.
-fn install(args: &CompileArgs, layer_dir: &Path, manifest: &Manifest) -> Result<()> {
+fn install(args: &CompileArgs, layer_dir: &Path, entries: &Path, manifest: &Manifest) -> Result<()> {
     let staging = args.build_dir.join(format!(".ddslug-staging.{}", std::process::id()));
     remove_any(&staging)?;
     fs::create_dir(&staging).with_context(|| format!("creating {}", staging.display()))?;
@@ -240,6 +338,7 @@ fn install(args: &CompileArgs, layer_dir: &Path, manifest: &Manifest) -> Result<
         fs::copy(&args.self_exe, staging.join("ddslug/bin/ddslug"))
             .with_context(|| format!("copying the ddslug binary from {}", args.self_exe.display()))?;
         fs::write(staging.join("ddslug/manifest.json"), to_json(manifest))?;
+        fs::copy(entries, staging.join("ddslug/tree.json")).context("copying the layer's entry list")?;
         Ok(())
     })();
     if let Err(e) = result {

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use crate::hash::Sha256;
 use crate::recipe::{Options, Recipe, RuleOutcome};
 use crate::store::{Store, StoreError, remove_any};
-use crate::treehash::{TreeHash, scan_tree};
+use crate::treehash::{EntryKind, TreeEntry, TreeHash, scan_tree};
 
 /// Bump when the way a layer is produced from the same inputs changes.
 pub const LAYER_FORMAT: u32 = 1;
@@ -90,6 +90,57 @@ fn info_path(store: &Store, key: &Sha256) -> PathBuf {
     store.root().join("layers").join(format!("{}.json", key.hex()))
 }
 
+/// The layer's entry list (`layers/<key>.tree.json`), for verification and slug diffs.
+pub fn entries_path(store: &Store, key: &Sha256) -> PathBuf {
+    store.root().join("layers").join(format!("{}.tree.json", key.hex()))
+}
+
+/// The stored entry list of a layer.
+pub fn load_entries(store: &Store, key: &Sha256) -> Result<Vec<TreeEntry>, LayerError> {
+    let path = entries_path(store, key);
+    let text = fs::read_to_string(&path).map_err(io_at(&path))?;
+    serde_json::from_str(&text).map_err(|e| LayerError::Json { path, reason: e.to_string() })
+}
+
+/// A cheap check that a stored layer was not changed on disk: every entry's type, mode and
+/// size (no hashing) against the recorded list, and nothing extra. Full hashing is `verify`'s.
+pub fn quick_check(store: &Store, key: &Sha256) -> Result<bool, LayerError> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = load_entries(store, key) else { return Ok(false) };
+    let dir = layer_dir(store, key);
+    for e in &entries {
+        let Ok(meta) = fs::symlink_metadata(dir.join(&e.path)) else { return Ok(false) };
+        let ok = meta.mode() & 0o7777 == e.mode
+            && match &e.kind {
+                EntryKind::Dir => meta.is_dir(),
+                EntryKind::File { size, .. } => meta.is_file() && meta.len() == *size,
+                EntryKind::Symlink { .. } => meta.file_type().is_symlink(),
+            };
+        if !ok {
+            return Ok(false);
+        }
+    }
+    Ok(count_entries(&dir).is_ok_and(|n| n == entries.len()))
+}
+
+fn count_entries(dir: &Path) -> std::io::Result<usize> {
+    let mut n = 0;
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        n += 1;
+        if entry.file_type()?.is_dir() {
+            n += count_entries(&entry.path())?;
+        }
+    }
+    Ok(n)
+}
+
+/// Marks a layer as used now (what `gc` reads).
+pub fn touch(store: &Store, key: &Sha256) {
+    let now = filetime::FileTime::now();
+    let _ = filetime::set_file_mtime(info_path(store, key), now);
+}
+
 /// A stored layer, if complete.
 pub fn load(store: &Store, key: &Sha256) -> Result<Option<LayerInfo>, LayerError> {
     let path = info_path(store, key);
@@ -161,6 +212,11 @@ pub fn build(
     remove_any(&dest)?;
     fs::rename(&tree, &dest).map_err(io_at(&dest))?;
     let json = serde_json::to_vec_pretty(&info).map_err(|e| LayerError::Json { path: dest.clone(), reason: e.to_string() })?;
+    let tmp_entries = staging.join("tree.json");
+    let entries_json = serde_json::to_vec(&scan.entries).map_err(|e| LayerError::Json { path: dest.clone(), reason: e.to_string() })?;
+    fs::write(&tmp_entries, entries_json).map_err(io_at(&tmp_entries))?;
+    let entries_dest = entries_path(store, &key);
+    fs::rename(&tmp_entries, &entries_dest).map_err(io_at(&entries_dest))?;
     let tmp_info = staging.join("info.json");
     fs::write(&tmp_info, json).map_err(io_at(&tmp_info))?;
     let info_dest = info_path(store, &key);

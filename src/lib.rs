@@ -24,3 +24,4 @@ pub mod report;
 pub mod runtime;
 pub mod store;
 pub mod treehash;
+pub mod verify;

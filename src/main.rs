@@ -55,6 +55,62 @@ enum Command {
         #[arg(long = "set", value_name = "NAME=VALUE")]
         set: Vec<String>,
     },
+    /// Resolve the settings to an exact lock file (packages, hashes, recipe, options).
+    Lock {
+        #[command(flatten)]
+        settings: SettingsArgs,
+        /// Write the lock here instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Do not write: say whether this lock file is still current for the settings.
+        #[arg(long, value_name = "LOCKFILE")]
+        check: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Fill a cache directory so that a later compile needs no network.
+    Fetch {
+        #[command(flatten)]
+        settings: SettingsArgs,
+        /// Cache directory (CACHE_DIR of the later compile).
+        #[arg(long)]
+        cache: PathBuf,
+        /// Fetch exactly what this lock file names instead of resolving the settings.
+        #[arg(long)]
+        lock: Option<PathBuf>,
+    },
+    /// Check a slug against its manifest (exit 0 only when identical).
+    Verify {
+        build_dir: PathBuf,
+        /// Also rebuild the layer from the blobs in an empty scratch store and compare.
+        #[arg(long)]
+        rebuild: bool,
+        /// Take blobs from this cache when it has them (else download them).
+        #[arg(long)]
+        cache: Option<PathBuf>,
+        /// Forbid network access.
+        #[arg(long)]
+        offline: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Compare two slugs or manifests.
+    Diff {
+        a: PathBuf,
+        b: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove blobs and layers no build used recently (dry run unless --delete).
+    Gc {
+        #[arg(long)]
+        cache: PathBuf,
+        /// Unused for this many days.
+        #[arg(long, default_value_t = 30)]
+        days: u64,
+        #[arg(long)]
+        delete: bool,
+    },
     /// Dyno start steps run by .profile.d/datadog.sh (prints `export` lines to eval).
     Dyno {
         #[command(subcommand)]
@@ -67,6 +123,43 @@ enum Command {
         /// Target directory (created if missing).
         dir: PathBuf,
     },
+}
+
+/// Settings for commands that resolve like compile does.
+#[derive(Args)]
+struct SettingsArgs {
+    /// Heroku-style ENV_DIR (one file per variable); the environment fills the gaps.
+    #[arg(long)]
+    env_dir: Option<PathBuf>,
+    /// Override a setting, e.g. --set DD_AGENT_VERSION=7.81.2-1 (repeatable).
+    #[arg(long = "set", value_name = "NAME=VALUE")]
+    set: Vec<String>,
+    /// Cache directory for the resolution (default: a temporary one).
+    #[arg(long = "resolve-cache")]
+    resolve_cache: Option<PathBuf>,
+    /// Forbid network access.
+    #[arg(long)]
+    offline: bool,
+}
+
+impl SettingsArgs {
+    fn overrides(&self) -> Result<Vec<(String, String)>> {
+        let mut out = parse_pairs(&self.set)?;
+        if self.offline {
+            out.push(("DD_OFFLINE".into(), "true".into()));
+        }
+        Ok(out)
+    }
+}
+
+fn parse_pairs(pairs: &[String]) -> Result<Vec<(String, String)>> {
+    pairs
+        .iter()
+        .map(|pair| {
+            let (name, value) = pair.split_once('=').with_context(|| format!("--set {pair:?}: expected NAME=VALUE"))?;
+            Ok((name.to_string(), value.to_string()))
+        })
+        .collect()
 }
 
 #[derive(Subcommand)]
@@ -146,13 +239,15 @@ fn run(cli: Cli) -> Result<()> {
             copy_out(&blob, &dest)?;
             println!("{}", dest.display());
         }
+        Command::Lock { settings, out, check, json } => return commands::lock(settings, out, check, json),
+        Command::Fetch { settings, cache, lock } => return commands::fetch(settings, cache, lock),
+        Command::Verify { build_dir, rebuild, cache, offline, json } => {
+            return commands::verify(&build_dir, rebuild, cache, offline, json);
+        }
+        Command::Diff { a, b, json } => return commands::diff(&a, &b, json),
+        Command::Gc { cache, days, delete } => return commands::gc(&cache, days, delete),
         Command::Compile { build_dir, cache_dir, env_dir, set } => {
-            let mut overrides = Vec::new();
-            for pair in set {
-                let (name, value) =
-                    pair.split_once('=').with_context(|| format!("--set {pair:?}: expected NAME=VALUE"))?;
-                overrides.push((name.to_string(), value.to_string()));
-            }
+            let overrides = parse_pairs(&set)?;
             let args = CompileArgs {
                 build_dir,
                 cache_dir,
@@ -194,6 +289,8 @@ fn run(cli: Cli) -> Result<()> {
     }
     Ok(())
 }
+
+mod commands;
 
 /// `$XDG_CACHE_HOME`, else `~/.cache`, else a folder in the temp dir.
 fn default_cache_dir() -> PathBuf {

@@ -33,10 +33,10 @@ pub enum StoreError {
     #[error(transparent)]
     Fetch(#[from] FetchError),
     #[error(
-        "{path} is missing from the cache and network access is disabled; \
+        "blob sha256:{sha256} ({url}) is not in the cache {path} and network access is disabled; \
          run `ddslug fetch` with network access to fill the cache first"
     )]
-    MissingOffline { path: PathBuf },
+    MissingOffline { sha256: Sha256, url: String, path: PathBuf },
 }
 
 fn io_at(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
@@ -152,7 +152,11 @@ impl Store {
     pub fn ensure_blob(&self, fetcher: &Fetcher, url: &str, expected: Downloaded) -> Result<(PathBuf, bool), StoreError> {
         let path = self.blob_path(&expected.sha256);
         if self.check_blob(expected)? {
+            let _ = filetime::set_file_mtime(&path, filetime::FileTime::now());
             return Ok((path, false));
+        }
+        if fetcher.is_offline() && !url.starts_with("file://") {
+            return Err(StoreError::MissingOffline { sha256: expected.sha256, url: url.into(), path: self.root.clone() });
         }
         let part = self.root.join("tmp/downloads").join(format!("{}.part", expected.sha256.hex()));
         fetcher.download(url, &part, Some(expected))?;
@@ -160,6 +164,69 @@ impl Store {
         fs::rename(&part, &path).map_err(io_at(&path))?;
         Ok((path, true))
     }
+}
+
+/// One stored item `gc` would remove.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Garbage {
+    pub path: PathBuf,
+    pub bytes: u64,
+    /// Days since a build last used it.
+    pub idle_days: u64,
+}
+
+impl Store {
+    /// Blobs and layers no build used in the last `days` days (use is recorded in their
+    /// mtimes). With `delete`, removes them; the store lock must be held.
+    pub fn gc(&self, days: u64, delete: bool) -> Result<Vec<Garbage>, StoreError> {
+        let cutoff = SystemTime::now() - Duration::from_secs(days * 86_400);
+        let mut garbage = Vec::new();
+        let blobs = self.root.join("blobs/sha256");
+        for entry in fs::read_dir(&blobs).map_err(io_at(&blobs))? {
+            let entry = entry.map_err(io_at(&blobs))?;
+            let meta = entry.metadata().map_err(io_at(&entry.path()))?;
+            if let Some(idle) = idle(&meta, cutoff) {
+                garbage.push(Garbage { path: entry.path(), bytes: meta.len(), idle_days: idle });
+            }
+        }
+        let layers = self.root.join("layers");
+        for entry in fs::read_dir(&layers).map_err(io_at(&layers))? {
+            let entry = entry.map_err(io_at(&layers))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(key) = name.strip_suffix(".json").filter(|k| !k.ends_with(".tree")) else { continue };
+            let meta = entry.metadata().map_err(io_at(&entry.path()))?;
+            if let Some(idle) = idle(&meta, cutoff) {
+                let dir = layers.join(key);
+                garbage.push(Garbage { path: dir.clone(), bytes: tree_bytes(&dir), idle_days: idle });
+            }
+        }
+        garbage.sort_by(|a, b| a.path.cmp(&b.path));
+        if delete {
+            for g in &garbage {
+                // The description goes first: a layer without it is never reused.
+                if g.path.parent().is_some_and(|p| p.ends_with("layers")) {
+                    let base = g.path.to_string_lossy().into_owned();
+                    remove_any(Path::new(&format!("{base}.json")))?;
+                    remove_any(Path::new(&format!("{base}.tree.json")))?;
+                }
+                remove_any(&g.path)?;
+            }
+        }
+        Ok(garbage)
+    }
+}
+
+fn idle(meta: &fs::Metadata, cutoff: SystemTime) -> Option<u64> {
+    let used = meta.modified().ok()?;
+    (used < cutoff).then(|| SystemTime::now().duration_since(used).map(|d| d.as_secs() / 86_400).unwrap_or(0))
+}
+
+fn tree_bytes(path: &Path) -> u64 {
+    let Ok(meta) = fs::symlink_metadata(path) else { return 0 };
+    if !meta.is_dir() {
+        return meta.len();
+    }
+    fs::read_dir(path).map(|d| d.filter_map(|e| e.ok()).map(|e| tree_bytes(&e.path())).sum()).unwrap_or(0)
 }
 
 /// Clears write permission so that nothing edits a stored item in place by accident.
