@@ -22,3 +22,8 @@ demo: release
 
 clean:
 	$(CARGO) clean
+
+# Benchmarks against the classic buildpack's mechanics (results: target/bench/results.md;
+# recorded in BENCHMARKS.md). Set CLASSIC_BUILDPACK to also time the classic dyno start.
+bench: release
+	$(CARGO) run --release -p ddslug-testsupport --bin ddslug-bench

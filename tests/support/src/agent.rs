@@ -66,6 +66,8 @@ pub struct Scale {
 impl Scale {
     /// A few hundred files: for tests.
     pub const SMALL: Scale = Scale { modules_per_package: 3, packages: 6, binary_bytes: 20_000 };
+    /// Close to the real agent 7 package: ~25,000 files, several hundred MB unpacked.
+    pub const REAL: Scale = Scale { modules_per_package: 60, packages: 400, binary_bytes: 24_000_000 };
 }
 
 /// A generated agent package: `package` is `datadog-agent` or `datadog-heroku-agent`,
@@ -75,9 +77,11 @@ pub fn agent_deb(package: &str, version: &str, scale: Scale) -> DebSpec {
     let major = v.first().copied().unwrap_or(7);
     let mut d = DebSpec::new(package, version);
     d.compression = Compression::Xz;
+    // Binaries compress like real ones do (about 3:1): part code-like text, part noise.
     let bin = |seed: u64| {
         let mut b = b"\x7fELF-fake-binary\n".to_vec();
-        b.extend(noise(seed, scale.binary_bytes));
+        b.extend(noise(seed, scale.binary_bytes / 4));
+        b.extend(text(seed, scale.binary_bytes - scale.binary_bytes / 4));
         b
     };
     let root = "opt/datadog-agent";
