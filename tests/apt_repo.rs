@@ -153,6 +153,18 @@ fn signature_from_another_key_is_rejected() {
 }
 
 #[test]
+fn keyring_with_several_keys() {
+    let f = fixture_with(standard_spec(), KeyKind::Ed25519, true);
+    let other = SigningKey::generate(KeyKind::Ed25519, "another repository").unwrap();
+    let mut keyring = other.public_armored().unwrap();
+    keyring.extend(std::fs::read(&f.keyring).unwrap());
+    std::fs::write(&f.keyring, keyring).unwrap();
+    let (ok, stdout, stderr) = versions(&f);
+    assert!(ok, "{stderr}");
+    assert!(stdout.starts_with("1:1.0-1\n"));
+}
+
+#[test]
 fn unsigned_repository_is_rejected() {
     let mut spec = standard_spec();
     spec.sign = SignMode::Unsigned;
