@@ -21,7 +21,7 @@ use crate::fetch::{Downloaded, FetchOptions, Fetcher};
 use crate::hash::Sha256;
 use crate::layer::{self, DebInput, LAYER_FORMAT, LayerInputs};
 use crate::manifest::{Lock, LockedPackage, Manifest, Removed, SCHEMA, read_lock, to_json};
-use crate::materialize::{copy_tree, merge_into};
+use crate::materialize::{Materialize, materialize_tree, merge_into};
 use crate::recipe::{Options, Recipe};
 use crate::report::{Reporter, bytes, seconds};
 use crate::store::{Store, remove_any};
@@ -115,7 +115,7 @@ pub fn compile(args: &CompileArgs, report: &Reporter) -> Result<CompileOutcome> 
     let key = built.info.key;
     install(args, &layer::layer_dir(&store, &key), &layer::entries_path(&store, &key), &manifest)?;
     report.detail(&format!(
-        "{} files, {} in .apt (copied in {}); tree hash {}",
+        "{} files, {} in .apt (in place in {}); tree hash {}",
         built.info.files,
         bytes(built.info.bytes),
         seconds(t.elapsed()),
@@ -188,25 +188,10 @@ pub struct BuiltLayer {
     pub reused: bool,
 }
 
-/// Fetches the locked blobs and builds (or reuses) the layer they and the recipe make.
+/// Builds (or reuses) the layer the locked blobs and the recipe make. A layer already in the
+/// store (and unchanged on disk) needs no blob at all; otherwise the blobs are fetched and
+/// verified first.
 pub fn build_layer(store: &Store, fetcher: &Fetcher, lock: &Lock, report: &Reporter) -> Result<BuiltLayer> {
-    let mut blobs = Vec::new();
-    let mut downloaded = false;
-    for package in &lock.packages {
-        report.topic(&format!("Fetching {}", file_name(&package.filename)));
-        let expected = Downloaded { sha256: package.sha256, size: package.size };
-        let t = Instant::now();
-        let url = format!("{}/{}", lock.repository.trim_end_matches('/'), package.filename);
-        let (blob, fetched) = store.ensure_blob(fetcher, &url, expected)?;
-        report.detail(&format!(
-            "{} {}, SHA-256 {}",
-            if fetched { format!("downloaded in {};", seconds(t.elapsed())) } else { "already in the cache;".into() },
-            bytes(package.size),
-            package.sha256
-        ));
-        downloaded |= fetched;
-        blobs.push(blob);
-    }
     let recipe = Recipe::parse(RECIPE, "recipes/datadog-agent.toml")?;
     let inputs = LayerInputs {
         format: LAYER_FORMAT,
@@ -220,7 +205,6 @@ pub fn build_layer(store: &Store, fetcher: &Fetcher, lock: &Lock, report: &Repor
         wrapper_sha256: Sha256::of(AGENT_WRAPPER.as_bytes()),
     };
     let key = inputs.key();
-    let t = Instant::now();
     let existing = match layer::load(store, &key)? {
         Some(info) if layer::quick_check(store, &key)? => Some(info),
         Some(_) => {
@@ -229,13 +213,31 @@ pub fn build_layer(store: &Store, fetcher: &Fetcher, lock: &Lock, report: &Repor
         }
         None => None,
     };
+    let mut downloaded = false;
     let (info, reused) = match existing {
         Some(info) => {
-            report.topic(&format!("Reusing layer {}", &key.hex()[..12]));
+            report.topic(&format!("Reusing layer {} (nothing to download or unpack)", &key.hex()[..12]));
             (info, true)
         }
         None => {
+            let mut blobs = Vec::new();
+            for package in &lock.packages {
+                report.topic(&format!("Fetching {}", file_name(&package.filename)));
+                let expected = Downloaded { sha256: package.sha256, size: package.size };
+                let t = Instant::now();
+                let url = format!("{}/{}", lock.repository.trim_end_matches('/'), package.filename);
+                let (blob, fetched) = store.ensure_blob(fetcher, &url, expected)?;
+                report.detail(&format!(
+                    "{} {}, SHA-256 {}",
+                    if fetched { format!("downloaded in {};", seconds(t.elapsed())) } else { "already in the cache;".into() },
+                    bytes(package.size),
+                    package.sha256
+                ));
+                downloaded |= fetched;
+                blobs.push(blob);
+            }
             report.topic(&format!("Building layer {}", &key.hex()[..12]));
+            let t = Instant::now();
             let info = layer::build(store, &inputs, &blobs, &recipe, (AGENT_WRAPPER_PATH, AGENT_WRAPPER.as_bytes()))?;
             report.detail(&format!("unpacked and stripped in {}", seconds(t.elapsed())));
             (info, false)
@@ -331,7 +333,7 @@ fn install(args: &CompileArgs, layer_dir: &Path, entries: &Path, manifest: &Mani
     remove_any(&staging)?;
     fs::create_dir(&staging).with_context(|| format!("creating {}", staging.display()))?;
     let result = (|| -> Result<()> {
-        copy_tree(layer_dir, &staging.join("apt"))?;
+        materialize_tree(layer_dir, &staging.join("apt"), Materialize::from_env())?;
         fs::create_dir_all(staging.join("profile"))?;
         fs::write(staging.join("profile/datadog.sh"), PROFILE_SCRIPT)?;
         fs::create_dir_all(staging.join("ddslug/bin"))?;

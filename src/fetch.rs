@@ -176,7 +176,9 @@ impl Fetcher {
                 }
             }
         }
-        file.sync_all().map_err(io_err)?;
+        // No fsync: a blob is re-hashed on every use, so a torn write after a power loss is
+        // caught and fetched again; syncing 100+ MB would only slow every cold build.
+        file.flush().map_err(io_err)?;
         let size = hasher.len();
         let got = Downloaded { sha256: hasher.finish(), size };
         if let Some(exp) = expected {

@@ -95,6 +95,23 @@ pub fn entries_path(store: &Store, key: &Sha256) -> PathBuf {
     store.root().join("layers").join(format!("{}.tree.json", key.hex()))
 }
 
+/// Each file's mtime in the layer (`layers/<key>.mtimes.json`), in entry order: slugs share
+/// the layer's files through hard links, so an in-place edit of a slug file shows up here.
+pub fn mtimes_path(store: &Store, key: &Sha256) -> PathBuf {
+    store.root().join("layers").join(format!("{}.mtimes.json", key.hex()))
+}
+
+fn file_mtimes(dir: &Path, entries: &[TreeEntry]) -> Result<Vec<(i64, i64)>, LayerError> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    for e in entries.iter().filter(|e| matches!(e.kind, EntryKind::File { .. })) {
+        let path = dir.join(&e.path);
+        let meta = fs::symlink_metadata(&path).map_err(io_at(&path))?;
+        out.push((meta.mtime(), meta.mtime_nsec()));
+    }
+    Ok(out)
+}
+
 /// The stored entry list of a layer.
 pub fn load_entries(store: &Store, key: &Sha256) -> Result<Vec<TreeEntry>, LayerError> {
     let path = entries_path(store, key);
@@ -103,17 +120,27 @@ pub fn load_entries(store: &Store, key: &Sha256) -> Result<Vec<TreeEntry>, Layer
 }
 
 /// A cheap check that a stored layer was not changed on disk: every entry's type, mode and
-/// size (no hashing) against the recorded list, and nothing extra. Full hashing is `verify`'s.
+/// size, and every file's mtime (no hashing), against what was recorded, and nothing extra.
+/// An in-place edit of a file changes its mtime; full hashing is `verify`'s.
 pub fn quick_check(store: &Store, key: &Sha256) -> Result<bool, LayerError> {
     use std::os::unix::fs::MetadataExt;
     let Ok(entries) = load_entries(store, key) else { return Ok(false) };
+    let mtimes: Vec<(i64, i64)> = match fs::read(mtimes_path(store, key)).map(|b| serde_json::from_slice(&b)) {
+        Ok(Ok(m)) => m,
+        _ => return Ok(false),
+    };
     let dir = layer_dir(store, key);
+    let mut files = mtimes.iter();
     for e in &entries {
         let Ok(meta) = fs::symlink_metadata(dir.join(&e.path)) else { return Ok(false) };
         let ok = meta.mode() & 0o7777 == e.mode
             && match &e.kind {
                 EntryKind::Dir => meta.is_dir(),
-                EntryKind::File { size, .. } => meta.is_file() && meta.len() == *size,
+                EntryKind::File { size, .. } => {
+                    meta.is_file()
+                        && meta.len() == *size
+                        && files.next() == Some(&(meta.mtime(), meta.mtime_nsec()))
+                }
                 EntryKind::Symlink { .. } => meta.file_type().is_symlink(),
             };
         if !ok {
@@ -212,6 +239,12 @@ pub fn build(
     remove_any(&dest)?;
     fs::rename(&tree, &dest).map_err(io_at(&dest))?;
     let json = serde_json::to_vec_pretty(&info).map_err(|e| LayerError::Json { path: dest.clone(), reason: e.to_string() })?;
+    let mtimes = file_mtimes(&dest, &scan.entries)?;
+    let tmp_mtimes = staging.join("mtimes.json");
+    fs::write(&tmp_mtimes, serde_json::to_vec(&mtimes).map_err(|e| LayerError::Json { path: dest.clone(), reason: e.to_string() })?)
+        .map_err(io_at(&tmp_mtimes))?;
+    let mtimes_dest = mtimes_path(store, &key);
+    fs::rename(&tmp_mtimes, &mtimes_dest).map_err(io_at(&mtimes_dest))?;
     let tmp_entries = staging.join("tree.json");
     let entries_json = serde_json::to_vec(&scan.entries).map_err(|e| LayerError::Json { path: dest.clone(), reason: e.to_string() })?;
     fs::write(&tmp_entries, entries_json).map_err(io_at(&tmp_entries))?;

@@ -1,8 +1,14 @@
-//! Copies a layer into a slug: reflink where the filesystem allows, else a parallel copy;
-//! hard links, modes, symlink targets and mtimes preserved.
+//! Puts a layer into a slug. By default files are hard-linked to the layer (no data is
+//! copied: a warm build costs metadata only); `Materialize::Copy` copies instead (reflink
+//! where the filesystem allows, else a parallel copy). Across filesystems linking falls back
+//! to copying. Hard links, modes, symlink targets and mtimes are preserved either way.
 //!
-//! Contract: the copy is made in a staging directory inside BUILD_DIR and moved into place
-//! only when complete, so a failure leaves BUILD_DIR as it was. The layer is only read.
+//! Sharing inodes with the store means an in-place edit of a slug file would also edit the
+//! layer: the store guards against that by checking each layer file's size, mode and mtime
+//! before reuse (`layer::quick_check`) and rebuilding a layer that changed.
+//!
+//! Contract: the slug tree is made in a staging directory inside BUILD_DIR and moved into
+//! place only when complete, so a failure leaves BUILD_DIR as it was. The layer is only read.
 
 use std::collections::HashMap;
 use std::fs;
@@ -30,6 +36,8 @@ pub struct CopyStats {
     pub files: u64,
     pub bytes: u64,
     pub reflinked: bool,
+    /// Files are hard links to the layer's.
+    pub linked: bool,
 }
 
 enum Item {
@@ -38,8 +46,32 @@ enum Item {
     Symlink { rel: PathBuf, mtime: FileTime },
 }
 
+/// How files get from the layer into the slug.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Materialize {
+    /// Hard links to the layer's files (copy when they are on different filesystems).
+    Link,
+    /// Independent copies (reflink where possible).
+    Copy,
+}
+
+impl Materialize {
+    /// From DDSLUG_MATERIALIZE (`link`, the default, or `copy`).
+    pub fn from_env() -> Materialize {
+        match std::env::var("DDSLUG_MATERIALIZE").as_deref() {
+            Ok("copy") => Materialize::Copy,
+            _ => Materialize::Link,
+        }
+    }
+}
+
 /// Copies the tree at `src` to `dst` (which must not exist).
 pub fn copy_tree(src: &Path, dst: &Path) -> Result<CopyStats, CopyError> {
+    materialize_tree(src, dst, Materialize::Copy)
+}
+
+/// Makes `dst` (which must not exist) a tree equal to `src`, by links or copies.
+pub fn materialize_tree(src: &Path, dst: &Path, how: Materialize) -> Result<CopyStats, CopyError> {
     let mut items = Vec::new();
     list(src, PathBuf::new(), &mut items)?;
     fs::create_dir(dst).map_err(io_at(dst))?;
@@ -65,6 +97,7 @@ pub fn copy_tree(src: &Path, dst: &Path) -> Result<CopyStats, CopyError> {
             copies.push((rel, *mode, *size));
         }
     }
+    let link_works = AtomicBool::new(how == Materialize::Link);
     let reflink_works = AtomicBool::new(true);
     let reflinked = AtomicBool::new(false);
     let next = AtomicUsize::new(0);
@@ -77,6 +110,13 @@ pub fn copy_tree(src: &Path, dst: &Path) -> Result<CopyStats, CopyError> {
                         let i = next.fetch_add(1, Ordering::Relaxed);
                         let Some((rel, mode, _)) = copies.get(i) else { return Ok(()) };
                         let (from, to) = (src.join(rel), dst.join(rel));
+                        if link_works.load(Ordering::Relaxed) {
+                            match fs::hard_link(&from, &to) {
+                                Ok(()) => continue,
+                                // Different filesystems (or no link support): copy from now on.
+                                Err(_) => link_works.store(false, Ordering::Relaxed),
+                            }
+                        }
                         if reflink_works.load(Ordering::Relaxed) {
                             match reflink_copy::reflink(&from, &to) {
                                 Ok(()) => reflinked.store(true, Ordering::Relaxed),
@@ -106,7 +146,7 @@ pub fn copy_tree(src: &Path, dst: &Path) -> Result<CopyStats, CopyError> {
         let path = dst.join(rel);
         fs::hard_link(dst.join(target), &path).map_err(io_at(&path))?;
     }
-    let mut stats = CopyStats { reflinked: reflinked.load(Ordering::Relaxed), ..Default::default() };
+    let mut stats = CopyStats { reflinked: reflinked.load(Ordering::Relaxed), linked: link_works.load(Ordering::Relaxed), ..Default::default() };
     for item in &items {
         match item {
             Item::Symlink { rel, mtime } => {
@@ -118,7 +158,10 @@ pub fn copy_tree(src: &Path, dst: &Path) -> Result<CopyStats, CopyError> {
             }
             Item::File { rel, mtime, size, .. } => {
                 let path = dst.join(rel);
-                filetime::set_file_mtime(&path, *mtime).map_err(io_at(&path))?;
+                // A linked file already has the layer's mtime (setting it would touch the layer).
+                if !stats.linked {
+                    filetime::set_file_mtime(&path, *mtime).map_err(io_at(&path))?;
+                }
                 stats.files += 1;
                 stats.bytes += size;
             }

@@ -161,7 +161,10 @@ impl Recipe {
                     return Walk::Skip;
                 }
             }
-            Walk::Descend
+            // Only descend where some pattern could still match below: most of the tree
+            // (site-packages, binaries) is never visited.
+            let reachable = rules.iter().any(|r| r.remove.iter().any(|g| glob_is_below(g, rel)));
+            if is_dir && reachable { Walk::Descend } else { Walk::Skip }
         })?;
         for (rel, i) in doomed {
             let path = root.join(&rel);

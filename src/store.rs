@@ -193,7 +193,8 @@ impl Store {
         for entry in fs::read_dir(&layers).map_err(io_at(&layers))? {
             let entry = entry.map_err(io_at(&layers))?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            let Some(key) = name.strip_suffix(".json").filter(|k| !k.ends_with(".tree")) else { continue };
+            // `<key>.json` describes a layer; `<key>.tree.json` and `<key>.mtimes.json` go with it.
+            let Some(key) = name.strip_suffix(".json").filter(|k| !k.contains('.')) else { continue };
             let meta = entry.metadata().map_err(io_at(&entry.path()))?;
             if let Some(idle) = idle(&meta, cutoff) {
                 let dir = layers.join(key);
@@ -208,6 +209,7 @@ impl Store {
                     let base = g.path.to_string_lossy().into_owned();
                     remove_any(Path::new(&format!("{base}.json")))?;
                     remove_any(Path::new(&format!("{base}.tree.json")))?;
+                    remove_any(Path::new(&format!("{base}.mtimes.json")))?;
                 }
                 remove_any(&g.path)?;
             }

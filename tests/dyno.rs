@@ -27,7 +27,11 @@ fn slug(served: &Served, name: &str, settings: &[(&str, &str)]) -> Slug {
     for program in ["bin/agent/agent", "embedded/bin/trace-agent", "embedded/bin/process-agent"] {
         let path = dd.join(program);
         if path.exists() {
+            // Replace, never write in place: slug files are hard links into the layer cache.
+            fs::remove_file(&path).unwrap();
             fs::write(&path, FAKE_AGENT).unwrap();
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
         }
     }
     Slug { dir: build }

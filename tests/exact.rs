@@ -228,7 +228,8 @@ fn tampered_blobs_and_layers_are_rebuilt_never_shipped() {
     let store = cache.join("ddslug/v1");
     let pool = format!("/{}", m.lock.packages[0].filename);
     let downloads = served.server.count(&pool);
-    // A blob whose bytes changed is detected by hash on use and fetched again.
+    // A blob whose bytes changed is detected by hash on use and fetched again (another
+    // option makes a new layer from the same blob, so the blob is used).
     let blob = store.join("blobs/sha256").join(m.lock.packages[0].sha256.hex());
     let mut perms = fs::metadata(&blob).unwrap().permissions();
     #[allow(clippy::permissions_set_readonly_false)]
@@ -236,9 +237,19 @@ fn tampered_blobs_and_layers_are_rebuilt_never_shipped() {
     fs::set_permissions(&blob, perms).unwrap();
     fs::write(&blob, b"not the package").unwrap();
     let b1 = served.build_dir("t1");
-    let out = bin_compile(&b1, &cache, &env);
+    let out = bin_compile(&b1, &cache, &served.env_dir("t-no-apm", &[("DD_APM_ENABLED", "false")]));
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(served.server.count(&pool), downloads + 1);
+    assert!(!b1.join(".apt/opt/datadog-agent/embedded/bin/trace-agent").exists());
+    // An in-place edit of a slug file (slugs share inodes with the layer) is caught by its
+    // mtime even when the size is unchanged, and the layer is rebuilt.
+    let agent = build.join(".apt/opt/datadog-agent/bin/agent/agent");
+    let len = fs::metadata(&agent).unwrap().len() as usize;
+    fs::write(&agent, vec![b'x'; len]).unwrap();
+    let b1 = served.build_dir("t1b");
+    let out = bin_compile(&b1, &cache, &env);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("changed on disk; rebuilding"), "{}", text(&out));
     assert_eq!(tree_hash(&b1), reference);
     // A layer file whose size changed is caught cheaply on reuse and the layer rebuilt.
     let layer_file = store.join("layers").join(m.layer_key.hex()).join("opt/datadog-agent/bin/agent/agent");

@@ -196,7 +196,11 @@ fn dyno_start(build: &Path) -> Result<Command> {
     let fake = "#!/bin/sh\necho 'Agent 7.81.2 - Commit: bench'\n";
     let dd = build.join(".apt/opt/datadog-agent");
     for p in ["bin/agent/agent", "embedded/bin/trace-agent"] {
+        // Replace, never write in place: slug files are hard links into the layer cache.
+        let _ = fs::remove_file(dd.join(p));
         fs::write(dd.join(p), fake)?;
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(dd.join(p), fs::Permissions::from_mode(0o755))?;
     }
     let mut c = Command::new("bash");
     c.arg("-c").arg("source .profile.d/datadog.sh").current_dir(build).env("HOME", build).env("DD_API_KEY", "bench").env("DYNO", "web.1");
