@@ -44,8 +44,22 @@ pub enum DebError {
     Write { deb: String, path: PathBuf, source: io::Error },
 }
 
+/// Decides, entry by entry, what not to write at all (the strip recipe, applied while
+/// unpacking, so that removed files cost no disk writes).
+pub trait EntryFilter {
+    /// `rel` is the entry's `/`-separated path; `size` its content length. Returns true to
+    /// skip the entry. The filter sees every entry, including those below a directory it
+    /// skipped, and must skip those too.
+    fn skip(&mut self, rel: &str, is_dir: bool, size: u64) -> bool;
+}
+
 /// Extracts the data archive of `deb` into `dest` (created if missing).
 pub fn unpack_deb(deb: &Path, dest: &Path) -> Result<UnpackReport, DebError> {
+    unpack_deb_filtered(deb, dest, None)
+}
+
+/// [`unpack_deb`], leaving out what `filter` skips.
+pub fn unpack_deb_filtered(deb: &Path, dest: &Path, filter: Option<&mut dyn EntryFilter>) -> Result<UnpackReport, DebError> {
     let label = deb.display().to_string();
     let file = File::open(deb).map_err(|source| DebError::Io { deb: label.clone(), source })?;
     let mut ar = ArReader::new(BufReader::with_capacity(1 << 16, file), &label)?;
@@ -53,7 +67,7 @@ pub fn unpack_deb(deb: &Path, dest: &Path) -> Result<UnpackReport, DebError> {
     while let Some(member) = ar.next_member()? {
         if member.name.starts_with("data.tar") {
             let body = (&mut ar.inner).take(member.size);
-            let report = unpack_data_tar(decompressor(&member.name, body, &label)?, dest, &label)?;
+            let report = unpack_tar_filtered(decompressor(&member.name, body, &label)?, dest, &label, filter)?;
             return Ok(report);
         }
         ar.skip(member.size)?;
@@ -203,12 +217,22 @@ fn xz_reader<R: Read>(body: R) -> io::Result<liblzma::read::XzDecoder<R>> {
 /// Extracts an (already decompressed) tar stream into `dest`. `label` names the source in
 /// errors and warnings.
 pub fn unpack_data_tar<R: Read>(tar_stream: R, dest: &Path, label: &str) -> Result<UnpackReport, DebError> {
+    unpack_tar_filtered(tar_stream, dest, label, None)
+}
+
+fn unpack_tar_filtered<R: Read>(
+    tar_stream: R,
+    dest: &Path,
+    label: &str,
+    filter: Option<&mut dyn EntryFilter>,
+) -> Result<UnpackReport, DebError> {
     let write_err = |path: &Path| {
         let path = path.to_owned();
         move |source| DebError::Write { deb: label.into(), path, source }
     };
     fs::create_dir_all(dest).map_err(write_err(dest))?;
-    let mut unpacker = Unpacker { dest, label, known_dirs: HashSet::new(), dirs: Vec::new(), report: UnpackReport::default() };
+    let mut unpacker =
+        Unpacker { dest, label, known_dirs: HashSet::new(), dirs: Vec::new(), report: UnpackReport::default(), filter };
     let mut archive = tar::Archive::new(tar_stream);
     let io_err = |source| DebError::Io { deb: label.into(), source };
     let mut buf = vec![0u8; 1 << 16];
@@ -227,16 +251,17 @@ pub fn unpack_data_tar<R: Read>(tar_stream: R, dest: &Path, label: &str) -> Resu
     Ok(unpacker.report)
 }
 
-struct Unpacker<'a> {
+struct Unpacker<'a, 'f> {
     dest: &'a Path,
     label: &'a str,
     /// Relative paths known to be real directories inside `dest`.
     known_dirs: HashSet<PathBuf>,
     dirs: Vec<(PathBuf, u32, FileTime)>,
     report: UnpackReport,
+    filter: Option<&'f mut dyn EntryFilter>,
 }
 
-impl Unpacker<'_> {
+impl Unpacker<'_, '_> {
     fn unsafe_entry(&self, entry: &str, reason: &str) -> DebError {
         DebError::Unsafe { deb: self.label.into(), entry: entry.into(), reason: reason.into() }
     }
@@ -260,6 +285,12 @@ impl Unpacker<'_> {
                 self.dirs.push((rel, mode, mtime));
             }
             return Ok(());
+        }
+        if let Some(filter) = self.filter.as_deref_mut() {
+            let size = if kind.is_file() { header.size().unwrap_or(0) } else { 0 };
+            if filter.skip(&rel.to_string_lossy(), kind.is_dir(), size) {
+                return Ok(());
+            }
         }
         if kind.is_character_special() || kind.is_block_special() || kind.is_fifo() {
             let what = if kind.is_fifo() { "FIFO" } else { "device node" };

@@ -14,7 +14,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use crate::hash::Sha256;
-use crate::recipe::{Options, Recipe, RuleOutcome};
+use crate::recipe::{Options, Recipe, RuleOutcome, StripFilter, merge_outcomes};
 use crate::store::{Store, StoreError, remove_any};
 use crate::treehash::{EntryKind, TreeEntry, TreeHash, scan_tree};
 
@@ -199,23 +199,36 @@ pub fn build(
     let staging = store.staging_dir("layer")?;
     let tree = staging.join("tree");
     fs::create_dir(&tree).map_err(io_at(&tree))?;
-    // Several packages unpack in parallel; later packages win on conflicts, as with dpkg.
+    // Several packages unpack in parallel, each through the recipe's filter so that removed
+    // files are never written; later packages win on conflicts, as with dpkg.
     let parts: Vec<PathBuf> = (0..debs.len()).map(|i| staging.join(format!("part{i}"))).collect();
-    std::thread::scope(|scope| -> Result<(), LayerError> {
+    let filtered: Vec<Vec<RuleOutcome>> = std::thread::scope(|scope| -> Result<Vec<Vec<RuleOutcome>>, LayerError> {
         let handles: Vec<_> = debs
             .iter()
             .zip(&parts)
-            .map(|(deb, part)| scope.spawn(move || crate::deb::unpack_deb(deb, part)))
+            .map(|(deb, part)| {
+                scope.spawn(move || -> Result<Vec<RuleOutcome>, LayerError> {
+                    let mut filter = StripFilter::new(recipe, &inputs.options)?;
+                    crate::deb::unpack_deb_filtered(deb, part, Some(&mut filter))?;
+                    Ok(filter.outcomes)
+                })
+            })
             .collect();
+        let mut all = Vec::new();
         for handle in handles {
-            handle.join().map_err(|_| LayerError::Json { path: staging.clone(), reason: "unpack thread panicked".into() })??;
+            all.push(
+                handle.join().map_err(|_| LayerError::Json { path: staging.clone(), reason: "unpack thread panicked".into() })??,
+            );
         }
-        for part in &parts {
-            crate::materialize::merge_into(part, &tree).map_err(|e| LayerError::Io { path: e.path, source: e.source })?;
-        }
-        Ok(())
+        Ok(all)
     })?;
-    let removed = recipe.apply(&tree, &inputs.options)?;
+    for part in &parts {
+        crate::materialize::merge_into(part, &tree).map_err(|e| LayerError::Io { path: e.path, source: e.source })?;
+    }
+    let mut removed = recipe.apply(&tree, &inputs.options)?;
+    for outcome in &filtered {
+        merge_outcomes(&mut removed, outcome);
+    }
     let pkgconfig = relocate_pkgconfig(&tree)?;
     let (wrapper_path, wrapper_text) = wrapper;
     let wrapper_dest = tree.join(wrapper_path);

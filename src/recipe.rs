@@ -195,6 +195,86 @@ impl Recipe {
     }
 }
 
+/// What the streaming filter decided for a directory.
+#[derive(Clone, Copy)]
+enum Decision {
+    Removed(usize),
+    /// Some pattern could match below: look at each child.
+    Open,
+    /// No pattern can match below: keep everything without looking.
+    Closed,
+}
+
+/// The recipe applied while unpacking ([`crate::deb::EntryFilter`]): entries it removes are
+/// never written. Its outcomes merge with [`Recipe::apply`]'s, which runs afterwards for
+/// renames and for anything several packages put together.
+pub struct StripFilter<'r> {
+    rules: Vec<&'r Rule>,
+    decisions: std::collections::HashMap<String, Decision>,
+    pub outcomes: Vec<RuleOutcome>,
+}
+
+impl<'r> StripFilter<'r> {
+    /// A filter for the rules active under `options`.
+    pub fn new(recipe: &'r Recipe, options: &Options) -> Result<StripFilter<'r>, RecipeError> {
+        let rules = recipe.active_rules(options)?;
+        let outcomes =
+            rules.iter().map(|r| RuleOutcome { rule: r.name.clone(), why: r.why.clone(), ..Default::default() }).collect();
+        Ok(StripFilter { rules, decisions: std::collections::HashMap::new(), outcomes })
+    }
+
+    fn decide(&self, rel: &str, is_dir: bool) -> Decision {
+        for (i, rule) in self.rules.iter().enumerate() {
+            let kept = rule.keep.iter().any(|k| glob_match(k, rel) || (is_dir && glob_is_below(k, rel)));
+            if !kept && rule.remove.iter().any(|g| glob_match(g, rel)) {
+                return Decision::Removed(i);
+            }
+        }
+        if self.rules.iter().any(|r| r.remove.iter().any(|g| glob_is_below(g, rel))) { Decision::Open } else { Decision::Closed }
+    }
+}
+
+impl crate::deb::EntryFilter for StripFilter<'_> {
+    fn skip(&mut self, rel: &str, is_dir: bool, size: u64) -> bool {
+        let parent = rel.rsplit_once('/').map(|(p, _)| p).unwrap_or("");
+        let decision = match self.decisions.get(parent) {
+            Some(Decision::Removed(i)) => Decision::Removed(*i),
+            Some(Decision::Closed) => Decision::Closed,
+            _ => {
+                let d = self.decide(rel, is_dir);
+                if let Decision::Removed(i) = d {
+                    self.outcomes[i].paths.push(rel.to_string());
+                }
+                d
+            }
+        };
+        if is_dir {
+            self.decisions.insert(rel.to_string(), decision);
+        }
+        match decision {
+            Decision::Removed(i) => {
+                if !is_dir {
+                    self.outcomes[i].files += 1;
+                    self.outcomes[i].bytes += size;
+                }
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Adds `more` into `into` (same rules, same order), paths sorted.
+pub fn merge_outcomes(into: &mut [RuleOutcome], more: &[RuleOutcome]) {
+    for (a, b) in into.iter_mut().zip(more) {
+        a.paths.extend(b.paths.iter().cloned());
+        a.files += b.files;
+        a.bytes += b.bytes;
+        a.paths.sort();
+        a.paths.dedup();
+    }
+}
+
 enum Walk {
     Descend,
     Skip,
