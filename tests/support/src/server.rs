@@ -151,34 +151,41 @@ fn serve(stream: TcpStream, root: &Path, shared: &Shared) -> std::io::Result<()>
         write!(stream, "HTTP/1.1 404 Not Found\r\nContent-Length: 10\r\nConnection: close\r\n\r\nnot found\n")?;
         return Ok(());
     };
-    let data = std::fs::read(&file)?;
+    // Streamed from disk, so that serving a large package costs no memory.
+    let mut data = std::fs::File::open(&file)?;
+    let total = data.metadata()?.len();
     let honour_range = !matches!(fault, Some(Fault::IgnoreRange));
-    let (status, body) = match range_start {
-        Some(start) if honour_range && start < data.len() as u64 => (206, &data[start as usize..]),
-        Some(start) if honour_range && start == data.len() as u64 && !data.is_empty() => {
+    let (status, offset) = match range_start {
+        Some(start) if honour_range && start < total => (206, start),
+        Some(start) if honour_range && start == total && total > 0 => {
             log(416);
             write!(stream, "HTTP/1.1 416 Range Not Satisfiable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")?;
             return Ok(());
         }
-        _ => (200, &data[..]),
+        _ => (200, 0),
     };
     log(status);
-    let mut head = format!("HTTP/1.1 {status} OK\r\nContent-Length: {}\r\nAccept-Ranges: bytes\r\n", body.len());
+    let body_len = total - offset;
+    let mut head = format!("HTTP/1.1 {status} OK\r\nContent-Length: {body_len}\r\nAccept-Ranges: bytes\r\n");
     if status == 206 {
-        head += &format!("Content-Range: bytes {}-{}/{}\r\n", data.len() - body.len(), data.len() - 1, data.len());
+        head += &format!("Content-Range: bytes {offset}-{}/{total}\r\n", total - 1);
     }
     head += "Connection: close\r\n\r\n";
     stream.write_all(head.as_bytes())?;
     if method == "HEAD" {
         return Ok(());
     }
+    use std::io::Seek;
+    data.seek(std::io::SeekFrom::Start(offset))?;
     match fault {
         Some(Fault::DropAfter(n)) => {
-            stream.write_all(&body[..(n as usize).min(body.len())])?;
+            std::io::copy(&mut (&mut data).take(n.min(body_len)), &mut stream)?;
             stream.flush()?;
             stream.shutdown(Shutdown::Both)?;
         }
-        _ => stream.write_all(body)?,
+        _ => {
+            std::io::copy(&mut data, &mut stream)?;
+        }
     }
     // Drain anything left so the client sees a clean close.
     let _ = reader.read(&mut [0u8; 16]);
