@@ -92,7 +92,7 @@ pub fn compile(args: &CompileArgs, report: &Reporter) -> Result<CompileOutcome> 
     let lock = if app_lock.exists() {
         report.topic(&format!("Using {APP_LOCK}"));
         let lock = read_lock(&app_lock)?;
-        check_lock_against(&lock, &config, &fetcher, &store, report)?;
+        check_lock_against(&lock, &config, report)?;
         lock
     } else {
         plan(&config, &fetcher, &store, report, true)?
@@ -127,7 +127,7 @@ pub fn compile(args: &CompileArgs, report: &Reporter) -> Result<CompileOutcome> 
 
 /// A lock committed by the app pins packages, recipe and options; settings that would now
 /// give other options are reported, not silently applied.
-fn check_lock_against(lock: &Lock, config: &Config, fetcher: &Fetcher, store: &Store, report: &Reporter) -> Result<()> {
+fn check_lock_against(lock: &Lock, config: &Config, report: &Reporter) -> Result<()> {
     if lock.schema != SCHEMA {
         anyhow::bail!("{APP_LOCK}: schema {} is not supported (expected {SCHEMA}); regenerate it with `ddslug lock`", lock.schema);
     }
@@ -149,7 +149,6 @@ fn check_lock_against(lock: &Lock, config: &Config, fetcher: &Fetcher, store: &S
             describe_options(&lock.options)
         ));
     }
-    let _ = (fetcher, store);
     report.detail(&format!("{} {} from {} (locked)", package.name, package.version, lock.repository));
     Ok(())
 }

@@ -282,3 +282,17 @@ fn unreachable_repository_names_the_url() {
     assert!(stderr.contains(&format!("{url}/dists/stable/InRelease")), "{stderr}");
     assert_eq!(stderr.trim().lines().count(), 1, "one clear line: {stderr}");
 }
+
+#[test]
+fn datadog_default_keys_must_carry_a_pinned_fingerprint() {
+    // A key server that hands out a key which is not one of Datadog's: refused.
+    let dir = tempfile::tempdir().unwrap();
+    let impostor = SigningKey::generate(KeyKind::Ed25519, "not datadog").unwrap();
+    std::fs::write(dir.path().join("DATADOG_APT_KEY_CURRENT.public"), impostor.public_armored().unwrap()).unwrap();
+    let server = Server::start(dir.path()).unwrap();
+    let fetcher = ddslug::fetch::Fetcher::new(ddslug::fetch::FetchOptions::default());
+    let err = ddslug::apt::datadog_keys::datadog_keyring(&fetcher, &server.url()).unwrap_err().to_string();
+    assert!(err.contains("has a pinned Datadog fingerprint"), "{err}");
+    assert!(err.contains(&impostor.fingerprint()), "{err}");
+    assert!(err.contains("DD_APT_KEYRING"), "{err}");
+}

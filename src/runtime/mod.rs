@@ -153,6 +153,7 @@ pub fn normalize_tags(tags: &str) -> String {
 }
 
 /// The dyno's host name (`hostname`), as the classic script reads it.
+/// `DDSLUG_HOSTNAME_OVERRIDE` replaces it (the tests use it: a sandbox's host name is fixed).
 pub fn dyno_host(env: &Env) -> String {
     if let Some(h) = env.get("DDSLUG_HOSTNAME_OVERRIDE") {
         return h.clone();
