@@ -275,12 +275,11 @@ fn resolve(
     let memo_path = store.root().join("indexes").join(format!("{}.json", memo_key.hex()));
     report.topic(&format!("Resolving Datadog Agent {wanted} ({} {} {})", source.url, source.suite, source.component));
     if use_memo || fetcher.is_offline() {
-        if let Ok(text) = fs::read_to_string(&memo_path) {
-            if let Ok((lock, package)) = serde_json::from_str::<(Lock, LockedPackage)>(&text) {
+        if let Ok(text) = fs::read_to_string(&memo_path)
+            && let Ok((lock, package)) = serde_json::from_str::<(Lock, LockedPackage)>(&text) {
                 report.detail(&format!("{} {} (resolved before; signed by {})", package.name, package.version, lock.signed_by));
                 return Ok((lock, package));
             }
-        }
         if fetcher.is_offline() {
             anyhow::bail!(
                 "network access is disabled ({}) and the cache has no resolution of agent {wanted} from {}; \

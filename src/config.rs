@@ -69,8 +69,8 @@ impl Settings {
     /// writes them), then from the process environment for names ENV_DIR lacks.
     pub fn load(env_dir: Option<&Path>) -> std::io::Result<Settings> {
         let mut values = BTreeMap::new();
-        if let Some(dir) = env_dir {
-            if dir.is_dir() {
+        if let Some(dir) = env_dir
+            && dir.is_dir() {
                 for entry in std::fs::read_dir(dir)? {
                     let entry = entry?;
                     let name = entry.file_name().to_string_lossy().to_string();
@@ -80,7 +80,6 @@ impl Settings {
                     }
                 }
             }
-        }
         for (name, value) in std::env::vars() {
             if is_ours(&name) {
                 values.entry(name).or_insert(value);

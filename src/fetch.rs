@@ -146,13 +146,12 @@ impl Fetcher {
             }
             hasher.update(&buf[..n]);
         }
-        if let Some(exp) = expected {
-            if hasher.len() > exp.size {
+        if let Some(exp) = expected
+            && hasher.len() > exp.size {
                 hasher = Hasher::new();
                 file.set_len(0).map_err(io_err)?;
                 file.seek(SeekFrom::Start(0)).map_err(io_err)?;
             }
-        }
         let complete = |hasher: &Hasher| expected.is_some_and(|e| hasher.len() == e.size);
         if !complete(&hasher) {
             if let Some(path) = url.strip_prefix("file://") {
@@ -181,8 +180,8 @@ impl Fetcher {
         file.flush().map_err(io_err)?;
         let size = hasher.len();
         let got = Downloaded { sha256: hasher.finish(), size };
-        if let Some(exp) = expected {
-            if got != exp {
+        if let Some(exp) = expected
+            && got != exp {
                 drop(file);
                 let _ = std::fs::remove_file(part);
                 return Err(FetchError::Mismatch {
@@ -193,7 +192,6 @@ impl Fetcher {
                     actual_size: got.size,
                 });
             }
-        }
         Ok(got)
     }
 
@@ -283,17 +281,15 @@ fn copy_hashing(
         file.write_all(&buf[..n])
             .map_err(|source| Attempt::Fatal(FetchError::Io { path: part.to_owned(), source }))?;
         hasher.update(&buf[..n]);
-        if let Some(exp) = expected {
-            if hasher.len() > exp.size {
+        if let Some(exp) = expected
+            && hasher.len() > exp.size {
                 return Err(Attempt::Fatal(FetchError::TooLarge { url: url.into(), limit: exp.size }));
             }
-        }
     }
-    if let Some(exp) = expected {
-        if hasher.len() < exp.size {
+    if let Some(exp) = expected
+        && hasher.len() < exp.size {
             return Err(Attempt::Retry(format!("body ended after {} of {} bytes", hasher.len(), exp.size)));
         }
-    }
     Ok(())
 }
 

@@ -313,8 +313,8 @@ pub fn relocate_pc_text(text: &str, rel: &Path) -> Option<String> {
     let mut changed = false;
     for line in text.split_inclusive('\n') {
         let body = line.trim_end_matches('\n');
-        if let Some(prefix) = body.strip_prefix("prefix=") {
-            if let Some(abs) = prefix.strip_prefix('/') {
+        if let Some(prefix) = body.strip_prefix("prefix=")
+            && let Some(abs) = prefix.strip_prefix('/') {
                 // The prefix is a path inside the tree (the tree is the slug's .apt root):
                 // walk from the .pc file's directory to it.
                 let from: Vec<String> = rel
@@ -330,7 +330,6 @@ pub fn relocate_pc_text(text: &str, rel: &Path) -> Option<String> {
                 changed = true;
                 continue;
             }
-        }
         out.push_str(line);
     }
     changed.then_some(out)

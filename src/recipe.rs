@@ -290,11 +290,10 @@ fn walk(dir: &Path, rel: &str, visit: &mut dyn FnMut(&str, bool) -> Walk) -> Res
         let name = name.to_string_lossy();
         let child = if rel.is_empty() { name.to_string() } else { format!("{rel}/{name}") };
         let is_dir = entry.file_type().map_err(io)?.is_dir();
-        if let Walk::Descend = visit(&child, is_dir) {
-            if is_dir {
+        if let Walk::Descend = visit(&child, is_dir)
+            && is_dir {
                 walk(&entry.path(), &child, visit)?;
             }
-        }
     }
     Ok(())
 }

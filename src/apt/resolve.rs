@@ -75,11 +75,10 @@ pub fn resolve_agent<'a>(index: &'a RepoIndex, wanted: &str) -> Result<&'a Packa
         if let Ok(entry) = find(index, package, wanted) {
             return Ok(entry);
         }
-        if !wanted.contains(':') {
-            if let Ok(entry) = find(index, package, &format!("1:{wanted}")) {
+        if !wanted.contains(':')
+            && let Ok(entry) = find(index, package, &format!("1:{wanted}")) {
                 return Ok(entry);
             }
-        }
     }
     let list = |package: &str| {
         let versions: Vec<String> = available(index, package).iter().map(|e| e.version.to_string()).collect();

@@ -5,11 +5,10 @@ use std::path::Path;
 
 /// A Debian mirror base URL that serves `suite`, from the environment or apt's sources.
 pub fn debian_mirror(suite: &str) -> Option<String> {
-    if let Ok(url) = std::env::var("DDSLUG_DEBIAN_MIRROR") {
-        if !url.is_empty() {
+    if let Ok(url) = std::env::var("DDSLUG_DEBIAN_MIRROR")
+        && !url.is_empty() {
             return Some(url.trim_end_matches('/').to_string());
         }
-    }
     let mut files: Vec<std::path::PathBuf> = std::fs::read_dir("/etc/apt/sources.list.d")
         .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
         .unwrap_or_default();

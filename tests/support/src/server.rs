@@ -121,15 +121,14 @@ fn serve(stream: TcpStream, root: &Path, shared: &Shared) -> std::io::Result<()>
         if reader.read_line(&mut header)? == 0 || header.trim().is_empty() {
             break;
         }
-        if let Some((name, value)) = header.split_once(':') {
-            if name.trim().eq_ignore_ascii_case("range") {
+        if let Some((name, value)) = header.split_once(':')
+            && name.trim().eq_ignore_ascii_case("range") {
                 range_start = value
                     .trim()
                     .strip_prefix("bytes=")
                     .and_then(|r| r.strip_suffix('-'))
                     .and_then(|n| n.parse::<u64>().ok());
             }
-        }
     }
     let fault = shared.faults.lock().ok().and_then(|mut f| f.get_mut(&path).and_then(|q| q.pop_front()));
     let log = |status: u16| {

@@ -46,7 +46,7 @@ impl SigningKey {
 
     /// The public certificate, ASCII-armored.
     pub fn public_armored(&self) -> Result<Vec<u8>> {
-        Ok(self.cert.armored().to_vec()?)
+        self.cert.armored().to_vec()
     }
 
     /// The public certificate in binary form (as in /usr/share/keyrings/*.gpg).
@@ -69,7 +69,7 @@ impl SigningKey {
             .for_signing()
             .next()
             .context("the generated key has no signing subkey")?;
-        Ok(key.key().clone().into_keypair()?)
+        key.key().clone().into_keypair()
     }
 
     /// Clear-signs `text` (the InRelease form).
