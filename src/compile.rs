@@ -267,7 +267,13 @@ fn resolve(
     let keyring_id = match &config.keyring {
         KeyringSetting::DatadogDefault => "datadog-pinned".to_string(),
         KeyringSetting::File(path) => {
-            let bytes = fs::read(path).with_context(|| format!("DD_APT_KEYRING={}: cannot read the keyring", path.display()))?;
+            let bytes = fs::read(path).with_context(|| {
+                format!(
+                    "DD_APT_KEYRING={}: cannot read the keyring; point it at a readable OpenPGP keyring \
+                     (armored or binary), or unset it to use Datadog's pinned keys",
+                    path.display()
+                )
+            })?;
             Sha256::of(&bytes).hex()
         }
     };
