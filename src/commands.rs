@@ -9,6 +9,7 @@ use ddslug::fetch::{Downloaded, FetchOptions, Fetcher};
 use ddslug::manifest::{read_lock, to_json};
 use ddslug::report::{Reporter, bytes};
 use ddslug::store::Store;
+use ddslug::treehash::TreeDiff;
 use ddslug::verify::{diff_slugs, entry_size, rebuild, verify as verify_slug};
 
 use crate::SettingsArgs;
@@ -108,15 +109,7 @@ pub fn verify(build_dir: &Path, rebuild_too: bool, cache: Option<PathBuf>, offli
             d.removed.len(),
             d.changed.len()
         );
-        for e in &d.added {
-            println!("  added    {} ({})", e.path, bytes(entry_size(e)));
-        }
-        for e in &d.removed {
-            println!("  missing  {} ({})", e.path, bytes(entry_size(e)));
-        }
-        for (old, new) in &d.changed {
-            println!("  changed  {} ({} -> {})", new.path, bytes(entry_size(old)), bytes(entry_size(new)));
-        }
+        print_tree_diff(d, ["added   ", "missing ", "changed "]);
         if !report.written_at_dyno_start.is_empty() {
             println!("  ({} paths written at dyno start, not counted)", report.written_at_dyno_start.len());
         }
@@ -148,17 +141,22 @@ pub fn diff(a: &Path, b: &Path, json: bool) -> Result<()> {
         println!("{line}");
     }
     if let Some(tree) = &d.tree {
-        for e in &tree.added {
-            println!("  + {} ({})", e.path, bytes(entry_size(e)));
-        }
-        for e in &tree.removed {
-            println!("  - {} ({})", e.path, bytes(entry_size(e)));
-        }
-        for (old, new) in &tree.changed {
-            println!("  ~ {} ({} -> {})", new.path, bytes(entry_size(old)), bytes(entry_size(new)));
-        }
+        print_tree_diff(tree, ["+", "-", "~"]);
     }
     Ok(())
+}
+
+/// One line per added, removed and changed path, with sizes; `marks` label the three kinds.
+fn print_tree_diff(d: &TreeDiff, [added, removed, changed]: [&str; 3]) {
+    for e in &d.added {
+        println!("  {added} {} ({})", e.path, bytes(entry_size(e)));
+    }
+    for e in &d.removed {
+        println!("  {removed} {} ({})", e.path, bytes(entry_size(e)));
+    }
+    for (old, new) in &d.changed {
+        println!("  {changed} {} ({} -> {})", new.path, bytes(entry_size(old)), bytes(entry_size(new)));
+    }
 }
 
 pub fn gc(cache: &Path, days: u64, delete: bool) -> Result<()> {

@@ -139,25 +139,16 @@ impl Fetcher {
         // Bytes left by an interrupted run were never hashed by this process: hash them once.
         let mut hasher = Hasher::new();
         let mut buf = vec![0u8; 1 << 16];
-        loop {
-            let n = file.read(&mut buf).map_err(io_err)?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-        }
+        hasher.update_from(&mut file, &mut buf).map_err(io_err)?;
         if let Some(exp) = expected
-            && hasher.len() > exp.size {
-                hasher = Hasher::new();
-                file.set_len(0).map_err(io_err)?;
-                file.seek(SeekFrom::Start(0)).map_err(io_err)?;
-            }
+            && hasher.len() > exp.size
+        {
+            start_over(&mut file, &mut hasher).map_err(io_err)?;
+        }
         let complete = |hasher: &Hasher| expected.is_some_and(|e| hasher.len() == e.size);
         if !complete(&hasher) {
             if let Some(path) = url.strip_prefix("file://") {
-                hasher = Hasher::new();
-                file.set_len(0).map_err(io_err)?;
-                file.seek(SeekFrom::Start(0)).map_err(io_err)?;
+                start_over(&mut file, &mut hasher).map_err(io_err)?;
                 let mut src = File::open(path).map_err(|source| FetchError::Io { path: path.into(), source })?;
                 copy_hashing(&mut src, part, &mut file, &mut hasher, expected, url, &mut buf).map_err(|e| match e {
                     Attempt::Fatal(f) => f,
@@ -217,16 +208,12 @@ impl Fetcher {
             // The server ignored Range (or we asked for none): start over.
             200 => {
                 if have > 0 {
-                    *hasher = Hasher::new();
-                    file.set_len(0).map_err(io_fatal)?;
-                    file.seek(SeekFrom::Start(0)).map_err(io_fatal)?;
+                    start_over(file, hasher).map_err(io_fatal)?;
                 }
             }
             // What we hold is at least as long as the file: restart so the hash decides.
             416 => {
-                *hasher = Hasher::new();
-                file.set_len(0).map_err(io_fatal)?;
-                file.seek(SeekFrom::Start(0)).map_err(io_fatal)?;
+                start_over(file, hasher).map_err(io_fatal)?;
                 return Err(Attempt::Retry("server refused the resume range".into()));
             }
             other => check_status(url, other)?,
@@ -259,6 +246,14 @@ impl Fetcher {
         }
         Err(FetchError::Network { url: url.into(), reason: last, attempts })
     }
+}
+
+/// Empties the partial file and the hash of what it held.
+fn start_over(file: &mut File, hasher: &mut Hasher) -> io::Result<()> {
+    *hasher = Hasher::new();
+    file.set_len(0)?;
+    file.seek(SeekFrom::Start(0))?;
+    Ok(())
 }
 
 fn copy_hashing(

@@ -1,10 +1,10 @@
 //! SHA-256 identities and hashing while streaming.
 //!
-//! Every byte ddslug trusts is hashed exactly once, as it streams past: [`HashingReader`]
-//! wraps the network body or the file being read so that verification costs no second pass.
+//! Every byte ddslug trusts is hashed exactly once, as it streams past: downloads feed a
+//! [`Hasher`] while they write, so verification costs no second pass.
 
 use std::fmt;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::str::FromStr;
 
 use sha2::{Digest, Sha256 as Sha256Hasher};
@@ -106,60 +106,17 @@ impl Hasher {
     pub fn finish(self) -> Sha256 {
         Sha256(self.inner.finalize().into())
     }
-}
 
-/// A reader that hashes everything read through it.
-pub struct HashingReader<R> {
-    inner: R,
-    hasher: Hasher,
-}
-
-impl<R: Read> HashingReader<R> {
-    pub fn new(inner: R) -> Self {
-        HashingReader { inner, hasher: Hasher::new() }
-    }
-    /// Digest and length of everything read so far.
-    pub fn finish(self) -> (Sha256, u64) {
-        let len = self.hasher.len();
-        (self.hasher.finish(), len)
-    }
-    pub fn get_mut(&mut self) -> &mut R {
-        &mut self.inner
-    }
-}
-
-impl<R: Read> Read for HashingReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        Ok(n)
-    }
-}
-
-/// A writer that hashes everything written through it.
-pub struct HashingWriter<W> {
-    inner: W,
-    hasher: Hasher,
-}
-
-impl<W: Write> HashingWriter<W> {
-    pub fn new(inner: W) -> Self {
-        HashingWriter { inner, hasher: Hasher::new() }
-    }
-    pub fn finish(self) -> (W, Sha256, u64) {
-        let len = self.hasher.len();
-        (self.inner, self.hasher.finish(), len)
-    }
-}
-
-impl<W: Write> Write for HashingWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
+    /// Hashes everything `reader` gives until its end, through `buf`.
+    pub fn update_from(&mut self, reader: &mut impl Read, buf: &mut [u8]) -> io::Result<()> {
+        loop {
+            match reader.read(buf) {
+                Ok(0) => return Ok(()),
+                Ok(n) => self.update(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
     }
 }
 
@@ -179,13 +136,11 @@ mod tests {
     }
 
     #[test]
-    fn reader_hashes_what_streams_past() {
+    fn update_from_hashes_a_whole_reader() {
         let data = b"hello world".repeat(1000);
-        let mut r = HashingReader::new(&data[..]);
-        let mut sink = Vec::new();
-        r.read_to_end(&mut sink).unwrap();
-        let (digest, len) = r.finish();
-        assert_eq!(len, data.len() as u64);
-        assert_eq!(digest, Sha256::of(&data));
+        let mut h = Hasher::new();
+        h.update_from(&mut &data[..], &mut [0u8; 100]).unwrap();
+        assert_eq!(h.len(), data.len() as u64);
+        assert_eq!(h.finish(), Sha256::of(&data));
     }
 }

@@ -213,8 +213,7 @@ fn list(root: &Path, rel: PathBuf, items: &mut Vec<Item>) -> Result<(), CopyErro
 }
 
 /// Moves everything under `from` into `to`, merging directories and replacing files, so
-/// that other buildpacks' files already in `to` are kept. Returns the paths it created or
-/// replaced at the top of each merge (for messages).
+/// that other buildpacks' files already in `to` are kept.
 pub fn merge_into(from: &Path, to: &Path) -> Result<(), CopyError> {
     if fs::symlink_metadata(to).is_err() {
         return fs::rename(from, to).map_err(io_at(to));

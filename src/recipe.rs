@@ -153,18 +153,15 @@ impl Recipe {
             .map(|r| RuleOutcome { rule: r.name.clone(), why: r.why.clone(), ..Default::default() })
             .collect();
         let mut doomed: BTreeMap<String, usize> = BTreeMap::new();
-        walk(root, "", &mut |rel, is_dir| {
-            for (i, rule) in rules.iter().enumerate() {
-                let kept = rule.keep.iter().any(|k| glob_match(k, rel) || (is_dir && glob_is_below(k, rel)));
-                if !kept && rule.remove.iter().any(|g| glob_match(g, rel)) {
-                    doomed.insert(rel.to_string(), i);
-                    return Walk::Skip;
-                }
+        walk(root, "", &mut |rel, is_dir| match decide(&rules, rel, is_dir) {
+            Decision::Removed(i) => {
+                doomed.insert(rel.to_string(), i);
+                Walk::Skip
             }
             // Only descend where some pattern could still match below: most of the tree
             // (site-packages, binaries) is never visited.
-            let reachable = rules.iter().any(|r| r.remove.iter().any(|g| glob_is_below(g, rel)));
-            if is_dir && reachable { Walk::Descend } else { Walk::Skip }
+            Decision::Open if is_dir => Walk::Descend,
+            _ => Walk::Skip,
         })?;
         for (rel, i) in doomed {
             let path = root.join(&rel);
@@ -195,7 +192,7 @@ impl Recipe {
     }
 }
 
-/// What the streaming filter decided for a directory.
+/// What the rules decided for a path.
 #[derive(Clone, Copy)]
 enum Decision {
     Removed(usize),
@@ -222,16 +219,18 @@ impl<'r> StripFilter<'r> {
             rules.iter().map(|r| RuleOutcome { rule: r.name.clone(), why: r.why.clone(), ..Default::default() }).collect();
         Ok(StripFilter { rules, decisions: std::collections::HashMap::new(), outcomes })
     }
+}
 
-    fn decide(&self, rel: &str, is_dir: bool) -> Decision {
-        for (i, rule) in self.rules.iter().enumerate() {
-            let kept = rule.keep.iter().any(|k| glob_match(k, rel) || (is_dir && glob_is_below(k, rel)));
-            if !kept && rule.remove.iter().any(|g| glob_match(g, rel)) {
-                return Decision::Removed(i);
-            }
+/// What the rules say about one path: removed by the first rule that matches it (and does
+/// not keep it), else whether any pattern could still match below it.
+fn decide(rules: &[&Rule], rel: &str, is_dir: bool) -> Decision {
+    for (i, rule) in rules.iter().enumerate() {
+        let kept = rule.keep.iter().any(|k| glob_match(k, rel) || (is_dir && glob_is_below(k, rel)));
+        if !kept && rule.remove.iter().any(|g| glob_match(g, rel)) {
+            return Decision::Removed(i);
         }
-        if self.rules.iter().any(|r| r.remove.iter().any(|g| glob_is_below(g, rel))) { Decision::Open } else { Decision::Closed }
     }
+    if rules.iter().any(|r| r.remove.iter().any(|g| glob_is_below(g, rel))) { Decision::Open } else { Decision::Closed }
 }
 
 impl crate::deb::EntryFilter for StripFilter<'_> {
@@ -241,7 +240,7 @@ impl crate::deb::EntryFilter for StripFilter<'_> {
             Some(Decision::Removed(i)) => Decision::Removed(*i),
             Some(Decision::Closed) => Decision::Closed,
             _ => {
-                let d = self.decide(rel, is_dir);
+                let d = decide(&self.rules, rel, is_dir);
                 if let Decision::Removed(i) = d {
                     self.outcomes[i].paths.push(rel.to_string());
                 }

@@ -15,7 +15,7 @@
 //! takes the lock. A blob whose bytes do not hash to its name is deleted and fetched again.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -131,14 +131,7 @@ impl Store {
             Err(e) => return Err(io_at(&path)(e)),
         };
         let mut hasher = Hasher::new();
-        let mut buf = vec![0u8; 1 << 17];
-        loop {
-            let n = file.read(&mut buf).map_err(io_at(&path))?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-        }
+        hasher.update_from(&mut file, &mut vec![0u8; 1 << 17]).map_err(io_at(&path))?;
         let size = hasher.len();
         if size == expected.size && hasher.finish() == expected.sha256 {
             return Ok(true);

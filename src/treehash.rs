@@ -173,16 +173,10 @@ fn hash_files(root: &Path, entries: &[TreeEntry], files: &[usize]) -> Result<Vec
 }
 
 fn hash_file(path: &Path, buf: &mut [u8]) -> Result<Sha256, TreeError> {
-    use std::io::Read;
     let mut file = fs::File::open(path).map_err(io_at(path))?;
     let mut h = Hasher::new();
-    loop {
-        let n = file.read(buf).map_err(io_at(path))?;
-        if n == 0 {
-            return Ok(h.finish());
-        }
-        h.update(&buf[..n]);
-    }
+    h.update_from(&mut file, buf).map_err(io_at(path))?;
+    Ok(h.finish())
 }
 
 /// How two sorted entry lists differ.

@@ -123,21 +123,63 @@ pub fn parse_redis(url: &str) -> Option<RedisUrl> {
     Some(RedisUrl { tls, user: user.into(), password: password.into(), host: host.into(), port: port.into(), db: db.into() })
 }
 
-/// Writes postgres.d/conf.yaml and redisdb.d/conf.yaml when their integrations are enabled.
-pub fn database_integrations(env: &Env, conf_dir: &Path, log: &mut Log) -> Result<()> {
-    let pg_enabled = with_deprecated(env, log, "DD_ENABLE_HEROKU_POSTGRES", "ENABLE_HEROKU_POSTGRES");
-    if pg_enabled.is_some_and(|v| v.eq_ignore_ascii_case("true")) {
-        let vars = with_deprecated(env, log, "DD_POSTGRES_URL_VAR", "POSTGRES_URL_VAR").unwrap_or_else(|| "DATABASE_URL".into());
-        let mut yaml = String::from("init_config: \ninstances: \n\n");
+/// One database integration: its settings (current and deprecated names) and URL form.
+struct Database<T> {
+    label: &'static str,
+    enable: (&'static str, &'static str),
+    url_vars: (&'static str, &'static str),
+    default_var: &'static str,
+    form: &'static str,
+    parse: fn(&str) -> Option<T>,
+}
+
+impl<T> Database<T> {
+    /// `None` when the integration is off; else each usable URL, by the variable naming it.
+    /// Unset or malformed variables are skipped with a warning that never shows the URL.
+    fn urls(&self, env: &Env, log: &mut Log) -> Option<Vec<(String, T)>> {
+        let enabled = with_deprecated(env, log, self.enable.0, self.enable.1);
+        if !enabled.is_some_and(|v| v.eq_ignore_ascii_case("true")) {
+            return None;
+        }
+        let vars = with_deprecated(env, log, self.url_vars.0, self.url_vars.1).unwrap_or_else(|| self.default_var.into());
+        let mut found = Vec::new();
         for var in vars.split(',').map(str::trim).filter(|v| !v.is_empty()) {
             let Some(url) = env.get(var).filter(|u| !u.is_empty()) else {
-                log.say(Level::Warn, &format!("Postgres integration: {var} is not set; skipping it"));
+                log.say(Level::Warn, &format!("{} integration: {var} is not set; skipping it", self.label));
                 continue;
             };
-            let Some(pg) = parse_pg(url) else {
-                log.say(Level::Warn, &format!("Postgres integration: {var} is not a postgres://user:password@host:port/db URL; skipping it"));
-                continue;
-            };
+            match (self.parse)(url) {
+                Some(parsed) => found.push((var.to_string(), parsed)),
+                None => log.say(Level::Warn, &format!("{} integration: {var} is not a {} URL; skipping it", self.label, self.form)),
+            }
+        }
+        Some(found)
+    }
+}
+
+const POSTGRES: Database<PgUrl> = Database {
+    label: "Postgres",
+    enable: ("DD_ENABLE_HEROKU_POSTGRES", "ENABLE_HEROKU_POSTGRES"),
+    url_vars: ("DD_POSTGRES_URL_VAR", "POSTGRES_URL_VAR"),
+    default_var: "DATABASE_URL",
+    form: "postgres://user:password@host:port/db",
+    parse: parse_pg,
+};
+
+const REDIS: Database<RedisUrl> = Database {
+    label: "Redis",
+    enable: ("DD_ENABLE_HEROKU_REDIS", "ENABLE_HEROKU_REDIS"),
+    url_vars: ("DD_REDIS_URL_VAR", "REDIS_URL_VAR"),
+    default_var: "REDIS_URL",
+    form: "redis[s]://[user]:password@host:port[/db]",
+    parse: parse_redis,
+};
+
+/// Writes postgres.d/conf.yaml and redisdb.d/conf.yaml when their integrations are enabled.
+pub fn database_integrations(env: &Env, conf_dir: &Path, log: &mut Log) -> Result<()> {
+    if let Some(urls) = POSTGRES.urls(env, log) {
+        let mut yaml = String::from("init_config: \ninstances: \n\n");
+        for (var, pg) in urls {
             yaml += &format!(
                 "  - host: {}\n    username: {}\n    password: {}\n    port: {}\n    dbname: {}\n    ssl: require\n    disable_generic_tags: false\n",
                 pg.host, pg.user, pg.password, pg.port, pg.db
@@ -149,19 +191,9 @@ pub fn database_integrations(env: &Env, conf_dir: &Path, log: &mut Log) -> Resul
         }
         write(&conf_dir.join("conf.d/postgres.d/conf.yaml"), &yaml)?;
     }
-    let redis_enabled = with_deprecated(env, log, "DD_ENABLE_HEROKU_REDIS", "ENABLE_HEROKU_REDIS");
-    if redis_enabled.is_some_and(|v| v.eq_ignore_ascii_case("true")) {
-        let vars = with_deprecated(env, log, "DD_REDIS_URL_VAR", "REDIS_URL_VAR").unwrap_or_else(|| "REDIS_URL".into());
+    if let Some(urls) = REDIS.urls(env, log) {
         let mut yaml = String::from("init_config: \ninstances: \n\n");
-        for var in vars.split(',').map(str::trim).filter(|v| !v.is_empty()) {
-            let Some(url) = env.get(var).filter(|u| !u.is_empty()) else {
-                log.say(Level::Warn, &format!("Redis integration: {var} is not set; skipping it"));
-                continue;
-            };
-            let Some(r) = parse_redis(url) else {
-                log.say(Level::Warn, &format!("Redis integration: {var} is not a redis[s]://[user]:password@host:port[/db] URL; skipping it"));
-                continue;
-            };
+        for (var, r) in urls {
             yaml += &format!("  - host: {}\n    password: {}\n    port: {}\n", r.host, r.password, r.port);
             if r.tls {
                 yaml += "    ssl: true\n    ssl_cert_reqs: 0\n";

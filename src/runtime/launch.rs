@@ -165,7 +165,8 @@ pub fn launches(paths: &Paths, env: &Env, version: &[u64], major: u64) -> Result
 fn spawn(program: &Path, args: &[String], env: &Env) -> Result<()> {
     // The agents write to the dyno's log stream (our stderr), never to the stdout the shell
     // is capturing for `eval`, and run on after ddslug exits.
-    let stderr = std::io::stderr().as_fd_owned().context("duplicating stderr")?;
+    use std::os::fd::AsFd;
+    let stderr = std::io::stderr().as_fd().try_clone_to_owned().context("duplicating stderr")?;
     let stderr2 = stderr.try_clone().context("duplicating stderr")?;
     Command::new(program)
         .args(args)
@@ -177,17 +178,6 @@ fn spawn(program: &Path, args: &[String], env: &Env) -> Result<()> {
         .spawn()
         .with_context(|| format!("starting {}", program.display()))?;
     Ok(())
-}
-
-trait AsFdOwned {
-    fn as_fd_owned(&self) -> std::io::Result<std::os::fd::OwnedFd>;
-}
-
-impl AsFdOwned for std::io::Stderr {
-    fn as_fd_owned(&self) -> std::io::Result<std::os::fd::OwnedFd> {
-        use std::os::fd::AsFd;
-        self.as_fd().try_clone_to_owned()
-    }
 }
 
 /// `python2.7` or `python3.12`: the one Python directory the recipe left.

@@ -15,7 +15,7 @@ pub mod launch;
 pub mod yaml;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 
@@ -52,12 +52,11 @@ impl Level {
 /// Messages to stderr, filtered by level.
 pub struct Log {
     pub level: Level,
-    pub lines: Vec<String>,
 }
 
 impl Log {
     pub fn new(env: &Env) -> Log {
-        Log { level: Level::from_env(env), lines: Vec::new() }
+        Log { level: Level::from_env(env) }
     }
     /// Records (and prints to stderr) a message of `level`.
     pub fn say(&mut self, level: Level, text: &str) {
@@ -70,9 +69,7 @@ impl Log {
                 Level::Error => "ERROR",
                 Level::Critical | Level::Off => "CRITICAL",
             };
-            let line = format!("[datadog] [{tag}] {text}");
-            eprintln!("{line}");
-            self.lines.push(line);
+            eprintln!("[datadog] [{tag}] {text}");
         }
     }
 }
@@ -167,11 +164,6 @@ pub fn dyno_host(env: &Env) -> String {
 /// Collects the process environment.
 pub fn process_env() -> Env {
     std::env::vars().collect()
-}
-
-/// Whether a path exists (file or directory).
-pub fn exists(p: &Path) -> bool {
-    std::fs::symlink_metadata(p).is_ok()
 }
 
 #[cfg(test)]
