@@ -21,10 +21,11 @@ use crate::fetch::{Downloaded, FetchOptions, Fetcher};
 use crate::hash::Sha256;
 use crate::layer::{self, DebInput, LAYER_FORMAT, LayerInputs};
 use crate::manifest::{Lock, LockedPackage, Manifest, Removed, SCHEMA, read_lock, to_json};
-use crate::materialize::{Materialize, materialize_tree, merge_into};
+use crate::materialize::{Materialize, materialize_entries, merge_into};
 use crate::recipe::{Options, Recipe};
 use crate::report::{Reporter, bytes, seconds};
 use crate::store::{Store, remove_any};
+use crate::treehash::TreeEntry;
 
 /// The strip recipe shipped with this binary.
 pub const RECIPE: &str = include_str!("../recipes/datadog-agent.toml");
@@ -113,7 +114,7 @@ pub fn compile(args: &CompileArgs, report: &Reporter) -> Result<CompileOutcome> 
     report.topic("Installing into the slug");
     let t = Instant::now();
     let key = built.info.key;
-    install(args, &layer::layer_dir(&store, &key), &layer::entries_path(&store, &key), &manifest)?;
+    install(args, &layer::layer_dir(&store, &key), &layer::entries_path(&store, &key), &built.entries, &manifest)?;
     report.detail(&format!(
         "{} files, {} in .apt (in place in {}); tree hash {}",
         built.info.files,
@@ -183,6 +184,8 @@ pub fn plan(config: &Config, fetcher: &Fetcher, store: &Store, report: &Reporter
 /// A layer ready in the store.
 pub struct BuiltLayer {
     pub info: layer::LayerInfo,
+    /// The layer's entries, sorted by path: what the slug is made of.
+    pub entries: Vec<TreeEntry>,
     pub downloaded: bool,
     pub reused: bool,
 }
@@ -205,18 +208,20 @@ pub fn build_layer(store: &Store, fetcher: &Fetcher, lock: &Lock, report: &Repor
     };
     let key = inputs.key();
     let existing = match layer::load(store, &key)? {
-        Some(info) if layer::quick_check(store, &key)? => Some(info),
-        Some(_) => {
-            report.warn(&format!("layer {} was changed on disk; rebuilding it", &key.hex()[..12]));
-            None
-        }
+        Some(info) => match layer::quick_check(store, &key)? {
+            Some(entries) => Some((info, entries)),
+            None => {
+                report.warn(&format!("layer {} was changed on disk; rebuilding it", &key.hex()[..12]));
+                None
+            }
+        },
         None => None,
     };
     let mut downloaded = false;
-    let (info, reused) = match existing {
-        Some(info) => {
+    let (info, entries, reused) = match existing {
+        Some((info, entries)) => {
             report.topic(&format!("Reusing layer {} (nothing to download or unpack)", &key.hex()[..12]));
-            (info, true)
+            (info, entries, true)
         }
         None => {
             let mut blobs = Vec::new();
@@ -237,9 +242,10 @@ pub fn build_layer(store: &Store, fetcher: &Fetcher, lock: &Lock, report: &Repor
             }
             report.topic(&format!("Building layer {}", &key.hex()[..12]));
             let t = Instant::now();
-            let info = layer::build(store, &inputs, &blobs, &recipe, (AGENT_WRAPPER_PATH, AGENT_WRAPPER.as_bytes()))?;
+            let (info, entries) =
+                layer::build(store, &inputs, &blobs, &recipe, (AGENT_WRAPPER_PATH, AGENT_WRAPPER.as_bytes()))?;
             report.detail(&format!("unpacked and stripped in {}", seconds(t.elapsed())));
-            (info, false)
+            (info, entries, false)
         }
     };
     layer::touch(store, &key);
@@ -252,7 +258,7 @@ pub fn build_layer(store: &Store, fetcher: &Fetcher, lock: &Lock, report: &Repor
             removed.why
         ));
     }
-    Ok(BuiltLayer { info, downloaded, reused })
+    Ok(BuiltLayer { info, entries, downloaded, reused })
 }
 
 fn resolve(
@@ -332,19 +338,19 @@ fn file_name(path: &str) -> &str {
 
 /// Assembles the slug's files in a staging directory inside BUILD_DIR, then moves them
 /// into place.
-fn install(args: &CompileArgs, layer_dir: &Path, entries: &Path, manifest: &Manifest) -> Result<()> {
+fn install(args: &CompileArgs, layer_dir: &Path, entries_file: &Path, entries: &[TreeEntry], manifest: &Manifest) -> Result<()> {
     let staging = args.build_dir.join(format!(".ddslug-staging.{}", std::process::id()));
     remove_any(&staging)?;
     fs::create_dir(&staging).with_context(|| format!("creating {}", staging.display()))?;
     let result = (|| -> Result<()> {
-        materialize_tree(layer_dir, &staging.join("apt"), Materialize::from_env())?;
+        materialize_entries(layer_dir, &staging.join("apt"), entries, Materialize::from_env())?;
         fs::create_dir_all(staging.join("profile"))?;
         fs::write(staging.join("profile/datadog.sh"), PROFILE_SCRIPT)?;
         fs::create_dir_all(staging.join("ddslug/bin"))?;
         fs::copy(&args.self_exe, staging.join("ddslug/bin/ddslug"))
             .with_context(|| format!("copying the ddslug binary from {}", args.self_exe.display()))?;
         fs::write(staging.join("ddslug/manifest.json"), to_json(manifest))?;
-        fs::copy(entries, staging.join("ddslug/tree.json")).context("copying the layer's entry list")?;
+        fs::copy(entries_file, staging.join("ddslug/tree.json")).context("copying the layer's entry list")?;
         Ok(())
     })();
     if let Err(e) = result {

@@ -120,46 +120,56 @@ pub fn load_entries(store: &Store, key: &Sha256) -> Result<Vec<TreeEntry>, Layer
 }
 
 /// A cheap check that a stored layer was not changed on disk: every entry's type, mode and
-/// size, and every file's mtime (no hashing), against what was recorded, and nothing extra.
-/// An in-place edit of a file changes its mtime; full hashing is `verify`'s.
-pub fn quick_check(store: &Store, key: &Sha256) -> Result<bool, LayerError> {
+/// size, and every file's mtime (no hashing), against what was recorded. An in-place edit of
+/// a file changes its mtime; full hashing is `verify`'s. Returns the layer's entries when it
+/// is intact. Files added to the layer are not looked for: slugs are made from the entry
+/// list, so they never reach one.
+pub fn quick_check(store: &Store, key: &Sha256) -> Result<Option<Vec<TreeEntry>>, LayerError> {
     use std::os::unix::fs::MetadataExt;
-    let Ok(entries) = load_entries(store, key) else { return Ok(false) };
+    let Ok(entries) = load_entries(store, key) else { return Ok(None) };
     let mtimes: Vec<(i64, i64)> = match fs::read(mtimes_path(store, key)).map(|b| serde_json::from_slice(&b)) {
         Ok(Ok(m)) => m,
-        _ => return Ok(false),
+        _ => return Ok(None),
     };
-    let dir = layer_dir(store, key);
-    let mut files = mtimes.iter();
+    // The recorded mtime of each entry (files only), so that chunks can be checked apart.
+    let mut recorded = mtimes.into_iter();
+    let mut expected = Vec::with_capacity(entries.len());
     for e in &entries {
-        let Ok(meta) = fs::symlink_metadata(dir.join(&e.path)) else { return Ok(false) };
-        let ok = meta.mode() & 0o7777 == e.mode
+        match e.kind {
+            EntryKind::File { .. } => match recorded.next() {
+                Some(m) => expected.push(Some(m)),
+                None => return Ok(None),
+            },
+            _ => expected.push(None),
+        }
+    }
+    if recorded.next().is_some() {
+        return Ok(None);
+    }
+    let dir = layer_dir(store, key);
+    let intact = |e: &TreeEntry, mtime: &Option<(i64, i64)>| {
+        let Ok(meta) = fs::symlink_metadata(dir.join(&e.path)) else { return false };
+        meta.mode() & 0o7777 == e.mode
             && match &e.kind {
                 EntryKind::Dir => meta.is_dir(),
                 EntryKind::File { size, .. } => {
-                    meta.is_file()
-                        && meta.len() == *size
-                        && files.next() == Some(&(meta.mtime(), meta.mtime_nsec()))
+                    meta.is_file() && meta.len() == *size && *mtime == Some((meta.mtime(), meta.mtime_nsec()))
                 }
                 EntryKind::Symlink { .. } => meta.file_type().is_symlink(),
-            };
-        if !ok {
-            return Ok(false);
-        }
-    }
-    Ok(count_entries(&dir).is_ok_and(|n| n == entries.len()))
-}
-
-fn count_entries(dir: &Path) -> std::io::Result<usize> {
-    let mut n = 0;
-    for entry in fs::read_dir(dir)? {
-        let entry = entry?;
-        n += 1;
-        if entry.file_type()?.is_dir() {
-            n += count_entries(&entry.path())?;
-        }
-    }
-    Ok(n)
+            }
+    };
+    // Tens of thousands of stats: spread them over the cores.
+    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).min(8);
+    let chunk = entries.len().div_ceil(workers).max(1);
+    let all_intact = std::thread::scope(|scope| {
+        let handles: Vec<_> = entries
+            .chunks(chunk)
+            .zip(expected.chunks(chunk))
+            .map(|(es, ms)| scope.spawn(move || es.iter().zip(ms).all(|(e, m)| intact(e, m))))
+            .collect();
+        handles.into_iter().all(|h| h.join().unwrap_or(false))
+    });
+    Ok(all_intact.then_some(entries))
 }
 
 /// Marks a layer as used now (what `gc` reads).
@@ -194,7 +204,7 @@ pub fn build(
     debs: &[PathBuf],
     recipe: &Recipe,
     wrapper: (&str, &[u8]),
-) -> Result<LayerInfo, LayerError> {
+) -> Result<(LayerInfo, Vec<TreeEntry>), LayerError> {
     let key = inputs.key();
     let staging = store.staging_dir("layer")?;
     let tree = staging.join("tree");
@@ -268,7 +278,7 @@ pub fn build(
     let info_dest = info_path(store, &key);
     fs::rename(&tmp_info, &info_dest).map_err(io_at(&info_dest))?;
     remove_any(&staging)?;
-    Ok(info)
+    Ok((info, scan.entries))
 }
 
 fn set_mode(path: &Path, mode: u32) -> Result<(), LayerError> {

@@ -5,7 +5,9 @@
 //!
 //! Sharing inodes with the store means an in-place edit of a slug file would also edit the
 //! layer: the store guards against that by checking each layer file's size, mode and mtime
-//! before reuse (`layer::quick_check`) and rebuilding a layer that changed.
+//! before reuse (`layer::quick_check`) and rebuilding a layer that changed. A warm build
+//! links from the layer's recorded entry list ([`materialize_entries`]), so it neither
+//! lists nor reads the layer.
 //!
 //! Contract: the slug tree is made in a staging directory inside BUILD_DIR and moved into
 //! place only when complete, so a failure leaves BUILD_DIR as it was. The layer is only read.
@@ -17,6 +19,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use filetime::FileTime;
+
+use crate::treehash::{EntryKind, TreeEntry};
 
 /// A copy failed.
 #[derive(Debug, thiserror::Error)]
@@ -181,6 +185,91 @@ pub fn materialize_tree(src: &Path, dst: &Path, how: Materialize) -> Result<Copy
     Ok(stats)
 }
 
+/// Makes `dst` (which must not exist) equal to the layer at `src` whose sorted entry list
+/// is `entries`: the fast path of a warm build. Directories and symlinks are made from the
+/// list, files are hard-linked on all cores; nothing is listed or read. Where the layer
+/// cannot be linked (another filesystem) or `how` asks for copies, this is
+/// [`materialize_tree`].
+pub fn materialize_entries(src: &Path, dst: &Path, entries: &[TreeEntry], how: Materialize) -> Result<CopyStats, CopyError> {
+    if how == Materialize::Copy {
+        return materialize_tree(src, dst, how);
+    }
+    fs::create_dir(dst).map_err(io_at(dst))?;
+    // Sorted by path bytes, a directory comes before everything below it.
+    for e in entries.iter().filter(|e| matches!(e.kind, EntryKind::Dir)) {
+        let path = dst.join(&e.path);
+        fs::create_dir(&path).map_err(io_at(&path))?;
+    }
+    let files: Vec<&TreeEntry> = entries.iter().filter(|e| matches!(e.kind, EntryKind::File { .. })).collect();
+    let cross_device = AtomicBool::new(false);
+    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).min(8);
+    let chunk = files.len().div_ceil(workers).max(1);
+    std::thread::scope(|scope| -> Result<(), CopyError> {
+        let handles: Vec<_> = files
+            .chunks(chunk)
+            .map(|part| {
+                let cross_device = &cross_device;
+                scope.spawn(move || -> Result<(), CopyError> {
+                    for e in part {
+                        let to = dst.join(&e.path);
+                        match fs::hard_link(src.join(&e.path), &to) {
+                            Ok(()) => {}
+                            Err(err) if err.raw_os_error() == Some(libc::EXDEV) => {
+                                cross_device.store(true, Ordering::Relaxed);
+                                return Ok(());
+                            }
+                            Err(err) => return Err(CopyError { path: to, source: err }),
+                        }
+                        if cross_device.load(Ordering::Relaxed) {
+                            return Ok(());
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for handle in handles {
+            handle.join().map_err(|_| CopyError { path: dst.to_owned(), source: std::io::Error::other("link thread panicked") })??;
+        }
+        Ok(())
+    })?;
+    if cross_device.load(Ordering::Relaxed) {
+        fs::remove_dir_all(dst).map_err(io_at(dst))?;
+        return materialize_tree(src, dst, Materialize::Copy);
+    }
+    let mut stats = CopyStats { linked: true, ..Default::default() };
+    for e in entries {
+        match &e.kind {
+            EntryKind::Symlink { target } => {
+                let (from, path) = (src.join(&e.path), dst.join(&e.path));
+                let meta = fs::symlink_metadata(&from).map_err(io_at(&from))?;
+                std::os::unix::fs::symlink(target, &path).map_err(io_at(&path))?;
+                let mtime = FileTime::from_last_modification_time(&meta);
+                filetime::set_symlink_file_times(&path, mtime, mtime).map_err(io_at(&path))?;
+                stats.files += 1;
+            }
+            EntryKind::File { size, .. } => {
+                stats.files += 1;
+                stats.bytes += size;
+            }
+            EntryKind::Dir => {}
+        }
+    }
+    // Directories last, deepest first: filling them changed their mtimes.
+    let root = std::iter::once((src.to_owned(), dst.to_owned(), None));
+    let below = entries.iter().filter(|e| matches!(e.kind, EntryKind::Dir)).map(|e| (src.join(&e.path), dst.join(&e.path), Some(e.mode)));
+    let dirs: Vec<_> = root.chain(below).collect();
+    for (from, to, mode) in dirs.iter().rev() {
+        let meta = fs::metadata(from).map_err(io_at(from))?;
+        let mode = mode.unwrap_or(meta.mode() & 0o7777);
+        fs::set_permissions(to, fs::Permissions::from_mode(mode)).map_err(io_at(to))?;
+        if to != dst {
+            filetime::set_file_mtime(to, FileTime::from_last_modification_time(&meta)).map_err(io_at(to))?;
+        }
+    }
+    Ok(stats)
+}
+
 fn list(root: &Path, rel: PathBuf, items: &mut Vec<Item>) -> Result<(), CopyError> {
     let dir = root.join(&rel);
     let mut entries: Vec<_> = fs::read_dir(&dir).map_err(io_at(&dir))?.collect::<Result<_, _>>().map_err(io_at(&dir))?;
@@ -237,4 +326,53 @@ pub fn merge_into(from: &Path, to: &Path) -> Result<(), CopyError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::treehash::scan_tree;
+
+    fn sample_tree(root: &Path) {
+        fs::create_dir_all(root.join("opt/agent/bin")).unwrap();
+        fs::create_dir_all(root.join("opt/agent/etc")).unwrap();
+        fs::write(root.join("opt/agent/bin/agent"), b"binary").unwrap();
+        fs::set_permissions(root.join("opt/agent/bin/agent"), fs::Permissions::from_mode(0o755)).unwrap();
+        fs::hard_link(root.join("opt/agent/bin/agent"), root.join("opt/agent/bin/agent-copy")).unwrap();
+        fs::write(root.join("opt/agent/etc/conf.yaml"), b"a: 1\n").unwrap();
+        std::os::unix::fs::symlink("../bin/agent", root.join("opt/agent/etc/agent")).unwrap();
+        fs::set_permissions(root.join("opt/agent/etc"), fs::Permissions::from_mode(0o750)).unwrap();
+    }
+
+    #[test]
+    fn linking_from_entries_gives_the_same_tree_and_only_the_listed_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let (src, dst) = (dir.path().join("layer"), dir.path().join("slug"));
+        sample_tree(&src);
+        let scan = scan_tree(&src).unwrap();
+        // Something added to the layer after it was recorded never reaches a slug.
+        fs::write(src.join("opt/agent/bin/intruder"), b"x").unwrap();
+        let stats = materialize_entries(&src, &dst, &scan.entries, Materialize::Link).unwrap();
+        assert!(stats.linked);
+        assert_eq!(scan_tree(&dst).unwrap().hash, scan.hash);
+        assert!(!dst.join("opt/agent/bin/intruder").exists());
+        let (a, b) = (fs::metadata(dst.join("opt/agent/bin/agent")).unwrap(), fs::metadata(src.join("opt/agent/bin/agent")).unwrap());
+        assert_eq!(a.ino(), b.ino(), "files are links to the layer's");
+        let mtime = |p: &Path| fs::metadata(p).unwrap().mtime();
+        assert_eq!(mtime(&dst.join("opt/agent/etc")), mtime(&src.join("opt/agent/etc")));
+    }
+
+    #[test]
+    fn copy_mode_from_entries_shares_no_inode() {
+        let dir = tempfile::tempdir().unwrap();
+        let (src, dst) = (dir.path().join("layer"), dir.path().join("slug"));
+        sample_tree(&src);
+        let scan = scan_tree(&src).unwrap();
+        materialize_entries(&src, &dst, &scan.entries, Materialize::Copy).unwrap();
+        assert_eq!(scan_tree(&dst).unwrap().hash, scan.hash);
+        let (a, b) = (fs::metadata(dst.join("opt/agent/bin/agent")).unwrap(), fs::metadata(src.join("opt/agent/bin/agent")).unwrap());
+        assert_ne!(a.ino(), b.ino());
+        let copy = fs::metadata(dst.join("opt/agent/bin/agent-copy")).unwrap();
+        assert_eq!(a.ino(), copy.ino(), "hard links inside the tree stay hard links");
+    }
 }
