@@ -16,6 +16,8 @@ use std::path::{Component, Path, PathBuf};
 
 use filetime::FileTime;
 
+use crate::xzseek::ForwardSeek;
+
 /// What an unpack produced.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct UnpackReport {
@@ -53,26 +55,63 @@ pub trait EntryFilter {
     fn skip(&mut self, rel: &str, is_dir: bool, size: u64) -> bool;
 }
 
-/// Extracts the data archive of `deb` into `dest` (created if missing).
-pub fn unpack_deb(deb: &Path, dest: &Path) -> Result<UnpackReport, DebError> {
-    unpack_deb_filtered(deb, dest, None)
+/// Whether a package's bytes were verified (by SHA-256, against a signed index) before
+/// unpacking. Verified packages skip the compressor's own checks, which add nothing then.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Integrity {
+    Unverified,
+    Verified,
 }
 
-/// [`unpack_deb`], leaving out what `filter` skips.
-pub fn unpack_deb_filtered(deb: &Path, dest: &Path, filter: Option<&mut dyn EntryFilter>) -> Result<UnpackReport, DebError> {
+/// Extracts the data archive of `deb` into `dest` (created if missing).
+pub fn unpack_deb(deb: &Path, dest: &Path) -> Result<UnpackReport, DebError> {
+    unpack_deb_filtered(deb, dest, None, Integrity::Unverified)
+}
+
+/// [`unpack_deb`], leaving out what `filter` skips. A multi-block data.tar.xz is read block
+/// by block ([`crate::xzseek`]): blocks that hold only skipped contents are never decoded.
+pub fn unpack_deb_filtered(
+    deb: &Path,
+    dest: &Path,
+    filter: Option<&mut dyn EntryFilter>,
+    integrity: Integrity,
+) -> Result<UnpackReport, DebError> {
     let label = deb.display().to_string();
-    let file = File::open(deb).map_err(|source| DebError::Io { deb: label.clone(), source })?;
-    let mut ar = ArReader::new(BufReader::with_capacity(1 << 16, file), &label)?;
+    let io_err = |source| DebError::Io { deb: label.clone(), source };
+    let file = File::open(deb).map_err(io_err)?;
+    let mut ar = ArReader::new(Counted { inner: BufReader::with_capacity(1 << 16, file.try_clone().map_err(io_err)?), pos: 0 }, &label)?;
     ar.expect_debian_binary()?;
     while let Some(member) = ar.next_member()? {
         if member.name.starts_with("data.tar") {
+            let start = ar.inner.pos;
+            if member.name.ends_with(".xz")
+                && let Some(blocks) = crate::xzseek::blocks(&file, start, member.size)
+            {
+                let checks = integrity == Integrity::Unverified;
+                let reader = crate::xzseek::BlockReader::new(file, start, blocks, checks);
+                return unpack_tar_filtered(reader, dest, &label, filter);
+            }
             let body = (&mut ar.inner).take(member.size);
-            let report = unpack_tar_filtered(decompressor(&member.name, body, &label)?, dest, &label, filter)?;
-            return Ok(report);
+            let stream = ForwardSeek::new(decompressor(&member.name, body, &label)?);
+            return unpack_tar_filtered(stream, dest, &label, filter);
         }
         ar.skip(member.size)?;
     }
     Err(DebError::NotADeb { deb: label, reason: "no data.tar member".into() })
+}
+
+/// A reader that knows how far it has read.
+struct Counted<R> {
+    inner: R,
+    pos: u64,
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
 }
 
 /// The text of `./control` from the package's control archive.
@@ -217,10 +256,11 @@ fn xz_reader<R: Read>(body: R) -> io::Result<liblzma::read::XzDecoder<R>> {
 /// Extracts an (already decompressed) tar stream into `dest`. `label` names the source in
 /// errors and warnings.
 pub fn unpack_data_tar<R: Read>(tar_stream: R, dest: &Path, label: &str) -> Result<UnpackReport, DebError> {
-    unpack_tar_filtered(tar_stream, dest, label, None)
+    unpack_tar_filtered(ForwardSeek::new(tar_stream), dest, label, None)
 }
 
-fn unpack_tar_filtered<R: Read>(
+/// Unpacks a tar stream; contents of skipped entries are seeked over, not read.
+fn unpack_tar_filtered<R: Read + io::Seek>(
     tar_stream: R,
     dest: &Path,
     label: &str,
@@ -236,7 +276,7 @@ fn unpack_tar_filtered<R: Read>(
     let mut archive = tar::Archive::new(tar_stream);
     let io_err = |source| DebError::Io { deb: label.into(), source };
     let mut buf = vec![0u8; 1 << 16];
-    for entry in archive.entries().map_err(io_err)? {
+    for entry in archive.entries_with_seek().map_err(io_err)? {
         let mut entry = entry.map_err(io_err)?;
         unpacker.entry(&mut entry, &mut buf)?;
     }

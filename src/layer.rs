@@ -219,7 +219,8 @@ pub fn build(
             .map(|(deb, part)| {
                 scope.spawn(move || -> Result<Vec<RuleOutcome>, LayerError> {
                     let mut filter = StripFilter::new(recipe, &inputs.options)?;
-                    crate::deb::unpack_deb_filtered(deb, part, Some(&mut filter))?;
+                    // Blobs are verified against the lock's SHA-256 before a layer is built from them.
+                    crate::deb::unpack_deb_filtered(deb, part, Some(&mut filter), crate::deb::Integrity::Verified)?;
                     Ok(filter.outcomes)
                 })
             })

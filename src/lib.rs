@@ -25,3 +25,4 @@ pub mod runtime;
 pub mod store;
 pub mod treehash;
 pub mod verify;
+pub mod xzseek;

@@ -76,7 +76,8 @@ pub fn agent_deb(package: &str, version: &str, scale: Scale) -> DebSpec {
     let v = version_parts(version);
     let major = v.first().copied().unwrap_or(7);
     let mut d = DebSpec::new(package, version);
-    d.compression = Compression::Xz;
+    // Multi-block, as dpkg-deb ≥ 1.21 writes data.tar.xz.
+    d.compression = Compression::XzMultiBlock;
     // Binaries compress like real ones do (about 3:1): part code-like text, part noise.
     let bin = |seed: u64| {
         let mut b = b"\x7fELF-fake-binary\n".to_vec();

@@ -226,7 +226,8 @@ pub fn compress(data: &[u8], c: Compression) -> Result<Vec<u8>> {
             let threads = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
             let stream = liblzma::stream::MtStreamBuilder::new()
                 .threads(threads)
-                .block_size(8 << 20)
+                // As xz -T does for big inputs; small test packages still get several blocks.
+                .block_size((data.len() as u64 / 8).clamp(64 << 10, 8 << 20))
                 .preset(3)
                 .check(liblzma::stream::Check::Crc64)
                 .encoder()?;

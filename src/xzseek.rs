@@ -1,0 +1,502 @@
+//! Random access into multi-block xz: decode only the blocks an unpack needs, on all cores.
+//!
+//! dpkg-deb (≥ 1.21) and `xz -T` cut data.tar.xz into independently compressed blocks and
+//! list them in the stream's index. Most of what the strip recipe removes (system-probe,
+//! static libraries, ...) are big files whose contents cover whole blocks: when the tar
+//! reader skips such a file, [`BlockReader`] seeks past it and those blocks are never
+//! decompressed. The blocks that are needed are decoded ahead by a pool of worker threads,
+//! in order, so decompression overlaps writing.
+//!
+//! Only a single stream whose index describes exactly the member's bytes is read this way;
+//! anything else (one block, concatenated streams, padding, blocks too big to hold in
+//! memory) is left to the sequential decoder. Block checks (CRC64, about a tenth of the
+//! decoding time) are verified unless the caller says the bytes were already verified by
+//! SHA-256 against a signed index.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom};
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+
+use liblzma::stream::{Action, IGNORE_CHECK, Status, Stream};
+
+/// Blocks bigger than this are not held in memory: the sequential decoder streams them.
+const MAX_BLOCK: u64 = 32 << 20;
+const HEADER_LEN: u64 = 12;
+
+/// One block of the stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Block {
+    /// Offset of the block header from the start of the stream.
+    pub offset: u64,
+    /// Block header, compressed data, padding and check.
+    pub len: u64,
+    /// Offset of the block's first byte in the uncompressed data.
+    pub uncompressed_offset: u64,
+    pub uncompressed_len: u64,
+}
+
+/// The blocks of the xz stream held in `file` at `start..start + len`, if it is a single
+/// stream that this module can read block by block.
+pub fn blocks(file: &File, start: u64, len: u64) -> Option<Vec<Block>> {
+    if len < 2 * HEADER_LEN {
+        return None;
+    }
+    let mut header = [0u8; HEADER_LEN as usize];
+    file.read_exact_at(&mut header, start).ok()?;
+    let mut footer = [0u8; HEADER_LEN as usize];
+    file.read_exact_at(&mut footer, start + len - HEADER_LEN).ok()?;
+    if &header[..6] != b"\xfd7zXZ\0" || &footer[10..] != b"YZ" || header[6..8] != footer[8..10] {
+        return None;
+    }
+    if crc32(&header[6..8]) != u32::from_le_bytes(header[8..12].try_into().ok()?)
+        || crc32(&footer[4..10]) != u32::from_le_bytes(footer[..4].try_into().ok()?)
+    {
+        return None;
+    }
+    let index_len = (u64::from(u32::from_le_bytes(footer[4..8].try_into().ok()?)) + 1) * 4;
+    let index_start = len.checked_sub(HEADER_LEN + index_len)?;
+    if index_start < HEADER_LEN || index_len > 16 << 20 {
+        return None;
+    }
+    let mut index = vec![0u8; index_len as usize];
+    file.read_exact_at(&mut index, start + index_start).ok()?;
+    let records = parse_index(&index)?;
+    let mut out = Vec::with_capacity(records.len());
+    let (mut offset, mut uncompressed_offset) = (HEADER_LEN, 0u64);
+    for (unpadded, uncompressed) in records {
+        let padded = unpadded.checked_add(3)? & !3;
+        out.push(Block { offset, len: padded, uncompressed_offset, uncompressed_len: uncompressed });
+        offset = offset.checked_add(padded)?;
+        uncompressed_offset = uncompressed_offset.checked_add(uncompressed)?;
+    }
+    // The index must account for every byte: otherwise there is more than one stream.
+    if offset != index_start || out.len() < 2 || out.iter().any(|b| b.uncompressed_len > MAX_BLOCK || b.len > MAX_BLOCK + 4096) {
+        return None;
+    }
+    Some(out)
+}
+
+/// The (unpadded size, uncompressed size) records of an xz index.
+fn parse_index(index: &[u8]) -> Option<Vec<(u64, u64)>> {
+    let (body, crc) = index.split_at(index.len().checked_sub(4)?);
+    if crc32(body) != u32::from_le_bytes(crc.try_into().ok()?) || body.first() != Some(&0) {
+        return None;
+    }
+    let mut pos = 1;
+    let count = varint(body, &mut pos)?;
+    let mut records = Vec::with_capacity(count.min(1 << 16) as usize);
+    for _ in 0..count {
+        let unpadded = varint(body, &mut pos)?;
+        let uncompressed = varint(body, &mut pos)?;
+        records.push((unpadded, uncompressed));
+    }
+    // What is left is padding to a multiple of four, all zero.
+    if body.len() - pos > 3 || body[pos..].iter().any(|&b| b != 0) {
+        return None;
+    }
+    Some(records)
+}
+
+/// xz's variable-length integer: seven bits per byte, least significant first.
+fn varint(buf: &[u8], pos: &mut usize) -> Option<u64> {
+    let mut value = 0u64;
+    for i in 0..9 {
+        let byte = *buf.get(*pos)?;
+        *pos += 1;
+        value |= u64::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            return Some(value);
+        }
+    }
+    None
+}
+
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = flate2::Crc::new();
+    crc.update(bytes);
+    crc.sum()
+}
+
+/// Decodes block `block` of the stream at `start` in `file` (the stream's header is
+/// needed to know the check's size). Gives up early, returning `None`, once `wanted` says
+/// the reader has moved past this block.
+fn decode_block(file: &File, start: u64, block: &Block, index: usize, checks: bool, wanted: &AtomicUsize) -> io::Result<Option<Vec<u8>>> {
+    let mut input = vec![0u8; (HEADER_LEN + block.len) as usize];
+    file.read_exact_at(&mut input[..HEADER_LEN as usize], start)?;
+    file.read_exact_at(&mut input[HEADER_LEN as usize..], start + block.offset)?;
+    // A stream decoder fed the stream header and this one block decodes exactly this block;
+    // it would then expect the index, which it is never given.
+    let mut stream = Stream::new_stream_decoder(u64::MAX, if checks { 0 } else { IGNORE_CHECK }).map_err(io::Error::other)?;
+    let bad = |e: liblzma::stream::Error| io::Error::new(io::ErrorKind::InvalidData, e);
+    let total = block.uncompressed_len as usize;
+    let mut out = vec![0u8; total];
+    let (mut consumed, mut produced) = (0usize, 0usize);
+    while produced < total {
+        if wanted.load(Ordering::Relaxed) > index {
+            return Ok(None);
+        }
+        // A megabyte at a time, so that a block nobody wants any more is dropped quickly.
+        let end = (produced + (1 << 20)).min(total);
+        let (before_in, before_out) = (stream.total_in(), stream.total_out());
+        let status = stream.process(&input[consumed..], &mut out[produced..end], Action::Run).map_err(bad)?;
+        consumed += (stream.total_in() - before_in) as usize;
+        let made = (stream.total_out() - before_out) as usize;
+        produced += made;
+        if made == 0 && (consumed == input.len() || status == Status::StreamEnd) {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "xz block ended before its recorded size"));
+        }
+    }
+    // The rest of the block (padding, check) has to go through the decoder for the check to
+    // be verified; more output than recorded is an error too.
+    while consumed < input.len() {
+        let (before_in, before_out) = (stream.total_in(), stream.total_out());
+        let mut spare = [0u8; 1];
+        stream.process(&input[consumed..], &mut spare, Action::Run).map_err(bad)?;
+        if stream.total_out() != before_out {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "xz block is longer than its recorded size"));
+        }
+        if stream.total_in() == before_in {
+            break;
+        }
+        consumed += (stream.total_in() - before_in) as usize;
+    }
+    Ok(Some(out))
+}
+
+struct Shared {
+    state: Mutex<State>,
+    ready: Condvar,
+    /// The lowest block the reader may still need; workers drop anything below it.
+    wanted: AtomicUsize,
+}
+
+#[derive(Default)]
+struct State {
+    queue: BTreeSet<usize>,
+    decoding: BTreeSet<usize>,
+    done: BTreeMap<usize, Result<Arc<Vec<u8>>, String>>,
+    shutdown: bool,
+}
+
+/// A `Read + Seek` over the uncompressed data of a multi-block xz stream. Seeks go forward
+/// only (as a tar reader skipping contents does); blocks a seek jumps over are not decoded.
+pub struct BlockReader {
+    blocks: Arc<Vec<Block>>,
+    shared: Arc<Shared>,
+    workers: Vec<JoinHandle<()>>,
+    ahead: usize,
+    /// Position in the uncompressed data.
+    pos: u64,
+    current: Option<(usize, Arc<Vec<u8>>)>,
+}
+
+impl BlockReader {
+    /// Reads the stream at `start` in `file` whose blocks are `blocks` (from [`blocks`]),
+    /// verifying each block's check if `checks`.
+    pub fn new(file: File, start: u64, blocks: Vec<Block>, checks: bool) -> BlockReader {
+        let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).min(8);
+        let blocks = Arc::new(blocks);
+        let file = Arc::new(file);
+        let shared = Arc::new(Shared { state: Mutex::new(State::default()), ready: Condvar::new(), wanted: AtomicUsize::new(0) });
+        let workers = (0..threads)
+            .map(|_| {
+                let (blocks, file, shared) = (blocks.clone(), file.clone(), shared.clone());
+                std::thread::spawn(move || work(&file, start, &blocks, checks, &shared))
+            })
+            .collect();
+        BlockReader { blocks, shared, workers, ahead: threads, pos: 0, current: None }
+    }
+
+    fn total(&self) -> u64 {
+        self.blocks.last().map_or(0, |b| b.uncompressed_offset + b.uncompressed_len)
+    }
+
+    /// The block holding uncompressed offset `pos`.
+    fn block_at(&self, pos: u64) -> usize {
+        self.blocks.partition_point(|b| b.uncompressed_offset + b.uncompressed_len <= pos)
+    }
+
+    /// Waits for block `index`, queueing it and the next few, and dropping earlier ones.
+    fn fetch(&mut self, index: usize) -> io::Result<Arc<Vec<u8>>> {
+        self.shared.wanted.store(index, Ordering::Relaxed);
+        let mut state = self.shared.state.lock().map_err(|_| io::Error::other("xz worker panicked"))?;
+        state.queue.retain(|&b| b >= index);
+        state.done.retain(|&b, _| b >= index);
+        for b in index..(index + self.ahead).min(self.blocks.len()) {
+            if !state.decoding.contains(&b) && !state.done.contains_key(&b) {
+                state.queue.insert(b);
+            }
+        }
+        self.shared.ready.notify_all();
+        loop {
+            if let Some(result) = state.done.remove(&index) {
+                return result.map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e));
+            }
+            state = self.shared.ready.wait(state).map_err(|_| io::Error::other("xz worker panicked"))?;
+        }
+    }
+}
+
+fn work(file: &File, start: u64, blocks: &[Block], checks: bool, shared: &Shared) {
+    loop {
+        let index = {
+            let Ok(mut state) = shared.state.lock() else { return };
+            loop {
+                if state.shutdown {
+                    return;
+                }
+                if let Some(index) = state.queue.pop_first() {
+                    state.decoding.insert(index);
+                    break index;
+                }
+                state = match shared.ready.wait(state) {
+                    Ok(s) => s,
+                    Err(_) => return,
+                };
+            }
+        };
+        let result = decode_block(file, start, &blocks[index], index, checks, &shared.wanted);
+        let Ok(mut state) = shared.state.lock() else { return };
+        state.decoding.remove(&index);
+        match result {
+            Ok(Some(data)) => {
+                state.done.insert(index, Ok(Arc::new(data)));
+            }
+            Ok(None) => {}
+            Err(e) => {
+                state.done.insert(index, Err(format!("xz block {index}: {e}")));
+            }
+        }
+        shared.ready.notify_all();
+    }
+}
+
+impl Read for BlockReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.pos >= self.total() || buf.is_empty() {
+            return Ok(0);
+        }
+        let index = self.block_at(self.pos);
+        let data = match &self.current {
+            Some((i, data)) if *i == index => data.clone(),
+            _ => {
+                let data = self.fetch(index)?;
+                self.current = Some((index, data.clone()));
+                data
+            }
+        };
+        let from = (self.pos - self.blocks[index].uncompressed_offset) as usize;
+        let n = buf.len().min(data.len() - from);
+        buf[..n].copy_from_slice(&data[from..from + n]);
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl Seek for BlockReader {
+    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
+        let target = match to {
+            SeekFrom::Start(p) => Some(p),
+            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+            SeekFrom::End(d) => self.total().checked_add_signed(d),
+        };
+        match target {
+            Some(p) if p >= self.pos => {
+                self.pos = p;
+                Ok(p)
+            }
+            _ => Err(io::Error::new(io::ErrorKind::Unsupported, "xz block reader seeks forward only")),
+        }
+    }
+}
+
+impl Drop for BlockReader {
+    fn drop(&mut self) {
+        self.shared.wanted.store(usize::MAX, Ordering::Relaxed);
+        if let Ok(mut state) = self.shared.state.lock() {
+            state.shutdown = true;
+        }
+        self.shared.ready.notify_all();
+        for worker in self.workers.drain(..) {
+            let _ = worker.join();
+        }
+    }
+}
+
+/// A forward-only `Seek` for a plain stream: seeking reads and discards.
+pub struct ForwardSeek<R> {
+    inner: R,
+    pos: u64,
+}
+
+impl<R: Read> ForwardSeek<R> {
+    pub fn new(inner: R) -> Self {
+        ForwardSeek { inner, pos: 0 }
+    }
+}
+
+impl<R: Read> Read for ForwardSeek<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl<R: Read> Seek for ForwardSeek<R> {
+    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
+        let target = match to {
+            SeekFrom::Start(p) => Some(p),
+            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+            SeekFrom::End(_) => None,
+        };
+        let Some(target) = target.filter(|&p| p >= self.pos) else {
+            return Err(io::Error::new(io::ErrorKind::Unsupported, "this stream seeks forward only"));
+        };
+        let want = target - self.pos;
+        let skipped = io::copy(&mut (&mut self.inner).take(want), &mut io::sink())?;
+        self.pos += skipped;
+        if skipped != want {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "stream ended while skipping"));
+        }
+        Ok(self.pos)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    /// Deterministic, partly compressible bytes.
+    fn data(len: usize) -> Vec<u8> {
+        let mut x = 0x2545f491u32;
+        (0..len)
+            .map(|i| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                if i % 3 == 0 { (x & 0xff) as u8 } else { (i / 7) as u8 }
+            })
+            .collect()
+    }
+
+    fn xz_multiblock(bytes: &[u8], block_size: u64) -> Vec<u8> {
+        let stream = liblzma::stream::MtStreamBuilder::new()
+            .threads(2)
+            .block_size(block_size)
+            .preset(1)
+            .check(liblzma::stream::Check::Crc64)
+            .encoder()
+            .unwrap();
+        let mut enc = liblzma::write::XzEncoder::new_stream(Vec::new(), stream);
+        enc.write_all(bytes).unwrap();
+        enc.finish().unwrap()
+    }
+
+    fn in_file(prefix: &[u8], xz: &[u8]) -> (tempfile::NamedTempFile, u64) {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(prefix).unwrap();
+        f.write_all(xz).unwrap();
+        (f, prefix.len() as u64)
+    }
+
+    #[test]
+    fn index_lists_every_block() {
+        let plain = data(1_000_000);
+        let xz = xz_multiblock(&plain, 100_000);
+        let (f, start) = in_file(b"ar header bytes", &xz);
+        let blocks = blocks(f.as_file(), start, xz.len() as u64).expect("a multi-block stream");
+        assert_eq!(blocks.len(), 10);
+        assert_eq!(blocks.iter().map(|b| b.uncompressed_len).sum::<u64>(), plain.len() as u64);
+        assert_eq!(blocks[0].offset, HEADER_LEN);
+    }
+
+    #[test]
+    fn reads_everything_and_seeks_forward_across_blocks() {
+        let plain = data(1_000_000);
+        let xz = xz_multiblock(&plain, 100_000);
+        let (f, start) = in_file(b"0123456", &xz);
+        let list = blocks(f.as_file(), start, xz.len() as u64).unwrap();
+        let mut all = Vec::new();
+        BlockReader::new(f.reopen().unwrap(), start, list.clone(), true).read_to_end(&mut all).unwrap();
+        assert!(all == plain, "sequential read differs");
+
+        let mut r = BlockReader::new(f.reopen().unwrap(), start, list, false);
+        let mut got = vec![0u8; 1000];
+        r.read_exact(&mut got).unwrap();
+        assert_eq!(got, plain[..1000]);
+        // Jump over several whole blocks, then read across a block boundary.
+        r.seek(SeekFrom::Current(450_000)).unwrap();
+        let mut got = vec![0u8; 150_000];
+        r.read_exact(&mut got).unwrap();
+        assert!(got == plain[451_000..601_000]);
+        assert!(r.seek(SeekFrom::Start(10)).is_err(), "backward seeks are refused");
+        r.seek(SeekFrom::Start(999_990)).unwrap();
+        let mut rest = Vec::new();
+        r.read_to_end(&mut rest).unwrap();
+        assert_eq!(rest, plain[999_990..]);
+    }
+
+    #[test]
+    fn single_block_and_corrupt_indexes_are_left_to_the_stream_decoder() {
+        let plain = data(200_000);
+        let single = xz_multiblock(&plain, 1 << 30);
+        let (f, start) = in_file(b"", &single);
+        assert_eq!(blocks(f.as_file(), start, single.len() as u64), None);
+
+        let mut xz = xz_multiblock(&plain, 50_000);
+        let at = xz.len() - 20;
+        xz[at] ^= 0x55;
+        let (f, start) = in_file(b"", &xz);
+        assert_eq!(blocks(f.as_file(), start, xz.len() as u64), None);
+    }
+
+    #[test]
+    fn a_damaged_block_header_is_an_error() {
+        let plain = data(400_000);
+        let mut xz = xz_multiblock(&plain, 100_000);
+        let (f, start) = in_file(b"", &xz);
+        let list = blocks(f.as_file(), start, xz.len() as u64).unwrap();
+        // The block flags byte of the second block: its header's CRC32 no longer matches.
+        xz[list[1].offset as usize + 1] ^= 0x01;
+        let (f, start) = in_file(b"", &xz);
+        let mut all = Vec::new();
+        let err = BlockReader::new(f.reopen().unwrap(), start, list, false).read_to_end(&mut all).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+        assert!(all.len() <= 100_000, "nothing past the damaged block was returned");
+    }
+
+    #[test]
+    fn a_wrong_check_fails_only_when_checks_are_asked_for() {
+        let plain = data(400_000);
+        let mut xz = xz_multiblock(&plain, 100_000);
+        let (f, start) = in_file(b"", &xz);
+        let list = blocks(f.as_file(), start, xz.len() as u64).unwrap();
+        // The last byte of a block is the last byte of its CRC64.
+        xz[(list[2].offset + list[2].len - 1) as usize] ^= 0x01;
+        let (f, start) = in_file(b"", &xz);
+        let mut all = Vec::new();
+        let err = BlockReader::new(f.reopen().unwrap(), start, list.clone(), true).read_to_end(&mut all).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+        let mut all = Vec::new();
+        BlockReader::new(f.reopen().unwrap(), start, list, false).read_to_end(&mut all).unwrap();
+        assert!(all == plain, "without checks the (intact) data still decodes");
+    }
+
+    #[test]
+    fn forward_seek_skips_by_reading() {
+        let plain = data(10_000);
+        let mut r = ForwardSeek::new(&plain[..]);
+        r.seek(SeekFrom::Current(1234)).unwrap();
+        let mut b = [0u8; 10];
+        r.read_exact(&mut b).unwrap();
+        assert_eq!(b, plain[1234..1244]);
+        assert!(r.seek(SeekFrom::Start(0)).is_err());
+        assert!(r.seek(SeekFrom::Current(100_000)).is_err());
+    }
+}
