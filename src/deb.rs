@@ -7,7 +7,7 @@
 //! (setuid included) and mtimes are restored; device nodes and FIFOs are skipped with a
 //! warning. Ownership is not changed.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
 use std::fs::{self, File};
 use std::io::{self, BufReader, Read};
@@ -16,6 +16,8 @@ use std::path::{Component, Path, PathBuf};
 
 use filetime::FileTime;
 
+use crate::hash::{Hasher, Sha256};
+use crate::treehash::FileId;
 use crate::xzseek::ForwardSeek;
 
 /// What an unpack produced.
@@ -29,6 +31,11 @@ pub struct UnpackReport {
     pub bytes: u64,
     /// Warnings for entries that were not extracted (device nodes, FIFOs).
     pub skipped: Vec<String>,
+    /// SHA-256 of every regular file as written, by the file's identity (hashed while the
+    /// bytes passed, so that nobody has to read them back; see [`scan_tree_known`]).
+    ///
+    /// [`scan_tree_known`]: crate::treehash::scan_tree_known
+    pub digests: HashMap<FileId, Sha256>,
 }
 
 /// Why a .deb could not be unpacked.
@@ -221,6 +228,16 @@ impl<R: Read> ArReader<R> {
     }
 }
 
+fn mtime_of(t: FileTime) -> std::time::SystemTime {
+    let secs = t.unix_seconds();
+    let base = if secs >= 0 {
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs as u64)
+    } else {
+        std::time::UNIX_EPOCH - std::time::Duration::from_secs(secs.unsigned_abs())
+    };
+    base + std::time::Duration::from_nanos(u64::from(t.nanoseconds()))
+}
+
 fn not_a_deb(label: &str, reason: &str) -> DebError {
     DebError::NotADeb { deb: label.into(), reason: reason.into() }
 }
@@ -342,9 +359,39 @@ impl Unpacker<'_, '_> {
         let file_name = rel.file_name().map(PathBuf::from).unwrap_or_default();
         let real = parent_real.join(&file_name);
         let path = self.dest.join(&real);
-        let existing = fs::symlink_metadata(&path).ok();
+        if kind.is_file() || kind == tar::EntryType::Continuous {
+            // The common case, a new file, costs no lookup first.
+            let mut out = match fs::OpenOptions::new().write(true).create_new(true).open(&path) {
+                Ok(out) => out,
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    self.clear_for_non_dir(&path, &name)?;
+                    File::create(&path).map_err(self.write_err(&path))?
+                }
+                Err(e) => return Err(self.write_err(&path)(e)),
+            };
+            let mut hasher = Hasher::new();
+            let mut written = 0u64;
+            loop {
+                let n = entry.read(buf).map_err(|source| DebError::Io { deb: self.label.into(), source })?;
+                if n == 0 {
+                    break;
+                }
+                io::Write::write_all(&mut out, &buf[..n]).map_err(self.write_err(&path))?;
+                hasher.update(&buf[..n]);
+                written += n as u64;
+            }
+            // Through the open file: no second path lookup.
+            out.set_permissions(fs::Permissions::from_mode(mode)).map_err(self.write_err(&path))?;
+            out.set_modified(mtime_of(mtime)).map_err(self.write_err(&path))?;
+            let id = FileId::of(&out.metadata().map_err(self.write_err(&path))?);
+            drop(out);
+            self.report.digests.insert(id, hasher.finish());
+            self.report.files += 1;
+            self.report.bytes += written;
+            return Ok(());
+        }
         if kind.is_dir() {
-            match existing {
+            match fs::symlink_metadata(&path).ok() {
                 Some(m) if m.is_dir() => {}
                 Some(_) => {
                     fs::remove_file(&path).map_err(self.write_err(&path))?;
@@ -357,34 +404,8 @@ impl Unpacker<'_, '_> {
             self.report.dirs += 1;
             return Ok(());
         }
-        if let Some(m) = &existing {
-            if m.is_dir() {
-                return Err(DebError::Unsupported {
-                    deb: self.label.into(),
-                    entry: name,
-                    reason: "a non-directory entry replaces a directory".into(),
-                });
-            }
-            // Replace, never write into: the old path may be a hard link or a symlink.
-            fs::remove_file(&path).map_err(self.write_err(&path))?;
-        }
-        if kind.is_file() || kind == tar::EntryType::Continuous {
-            let mut out = File::create(&path).map_err(self.write_err(&path))?;
-            let mut written = 0u64;
-            loop {
-                let n = entry.read(buf).map_err(|source| DebError::Io { deb: self.label.into(), source })?;
-                if n == 0 {
-                    break;
-                }
-                io::Write::write_all(&mut out, &buf[..n]).map_err(self.write_err(&path))?;
-                written += n as u64;
-            }
-            drop(out);
-            fs::set_permissions(&path, fs::Permissions::from_mode(mode)).map_err(self.write_err(&path))?;
-            filetime::set_file_mtime(&path, mtime).map_err(self.write_err(&path))?;
-            self.report.files += 1;
-            self.report.bytes += written;
-        } else if kind.is_symlink() {
+        self.clear_for_non_dir(&path, &name)?;
+        if kind.is_symlink() {
             let target = entry
                 .link_name_bytes()
                 .ok_or_else(|| self.unsafe_entry(&name, "symlink without a target"))?
@@ -418,6 +439,21 @@ impl Unpacker<'_, '_> {
             });
         }
         Ok(())
+    }
+
+    /// Makes room at `path` for an entry that is not a directory: an existing file or
+    /// symlink is removed (never written through: it may be a hard link or a symlink); an
+    /// existing directory is an error.
+    fn clear_for_non_dir(&self, path: &Path, name: &str) -> Result<(), DebError> {
+        match fs::symlink_metadata(path) {
+            Ok(m) if m.is_dir() => Err(DebError::Unsupported {
+                deb: self.label.into(),
+                entry: name.into(),
+                reason: "a non-directory entry replaces a directory".into(),
+            }),
+            Ok(_) => fs::remove_file(path).map_err(self.write_err(path)),
+            Err(_) => Ok(()),
+        }
     }
 
     /// An archive path as a clean relative path: `./` and `.` dropped; `..` and absolute

@@ -10,13 +10,14 @@
 //! tree into place, and its `<key>.json` is written after it; a layer without its json is
 //! debris and is rebuilt.
 
+use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use crate::hash::Sha256;
 use crate::recipe::{Options, Recipe, RuleOutcome, StripFilter, merge_outcomes};
 use crate::store::{Store, StoreError, remove_any};
-use crate::treehash::{EntryKind, TreeEntry, TreeHash, scan_tree};
+use crate::treehash::{EntryKind, FileId, TreeEntry, TreeHash, scan_tree_known};
 
 /// Bump when the way a layer is produced from the same inputs changes.
 pub const LAYER_FORMAT: u32 = 1;
@@ -99,17 +100,6 @@ pub fn entries_path(store: &Store, key: &Sha256) -> PathBuf {
 /// the layer's files through hard links, so an in-place edit of a slug file shows up here.
 pub fn mtimes_path(store: &Store, key: &Sha256) -> PathBuf {
     store.root().join("layers").join(format!("{}.mtimes.json", key.hex()))
-}
-
-fn file_mtimes(dir: &Path, entries: &[TreeEntry]) -> Result<Vec<(i64, i64)>, LayerError> {
-    use std::os::unix::fs::MetadataExt;
-    let mut out = Vec::new();
-    for e in entries.iter().filter(|e| matches!(e.kind, EntryKind::File { .. })) {
-        let path = dir.join(&e.path);
-        let meta = fs::symlink_metadata(&path).map_err(io_at(&path))?;
-        out.push((meta.mtime(), meta.mtime_nsec()));
-    }
-    Ok(out)
 }
 
 /// The stored entry list of a layer.
@@ -212,16 +202,18 @@ pub fn build(
     // Several packages unpack in parallel, each through the recipe's filter so that removed
     // files are never written; later packages win on conflicts, as with dpkg.
     let parts: Vec<PathBuf> = (0..debs.len()).map(|i| staging.join(format!("part{i}"))).collect();
-    let filtered: Vec<Vec<RuleOutcome>> = std::thread::scope(|scope| -> Result<Vec<Vec<RuleOutcome>>, LayerError> {
+    type Unpacked = (Vec<RuleOutcome>, HashMap<FileId, Sha256>);
+    let unpacked: Vec<Unpacked> = std::thread::scope(|scope| -> Result<Vec<Unpacked>, LayerError> {
         let handles: Vec<_> = debs
             .iter()
             .zip(&parts)
             .map(|(deb, part)| {
-                scope.spawn(move || -> Result<Vec<RuleOutcome>, LayerError> {
+                scope.spawn(move || -> Result<Unpacked, LayerError> {
                     let mut filter = StripFilter::new(recipe, &inputs.options)?;
                     // Blobs are verified against the lock's SHA-256 before a layer is built from them.
-                    crate::deb::unpack_deb_filtered(deb, part, Some(&mut filter), crate::deb::Integrity::Verified)?;
-                    Ok(filter.outcomes)
+                    let report =
+                        crate::deb::unpack_deb_filtered(deb, part, Some(&mut filter), crate::deb::Integrity::Verified)?;
+                    Ok((filter.outcomes, report.digests))
                 })
             })
             .collect();
@@ -237,8 +229,12 @@ pub fn build(
         crate::materialize::merge_into(part, &tree).map_err(|e| LayerError::Io { path: e.path, source: e.source })?;
     }
     let mut removed = recipe.apply(&tree, &inputs.options)?;
-    for outcome in &filtered {
-        merge_outcomes(&mut removed, outcome);
+    // What each file holds, as hashed while it was written. Files changed since (renamed
+    // files keep theirs) no longer match their recorded identity and are read again.
+    let mut digests = HashMap::new();
+    for (outcome, written) in unpacked {
+        merge_outcomes(&mut removed, &outcome);
+        digests.extend(written);
     }
     let pkgconfig = relocate_pkgconfig(&tree)?;
     let (wrapper_path, wrapper_text) = wrapper;
@@ -248,7 +244,7 @@ pub fn build(
     }
     fs::write(&wrapper_dest, wrapper_text).map_err(io_at(&wrapper_dest))?;
     set_mode(&wrapper_dest, 0o755)?;
-    let scan = scan_tree(&tree)?;
+    let (scan, mtimes) = scan_tree_known(&tree, &digests)?;
     let info = LayerInfo {
         key,
         inputs: inputs.clone(),
@@ -263,7 +259,6 @@ pub fn build(
     remove_any(&dest)?;
     fs::rename(&tree, &dest).map_err(io_at(&dest))?;
     let json = serde_json::to_vec_pretty(&info).map_err(|e| LayerError::Json { path: dest.clone(), reason: e.to_string() })?;
-    let mtimes = file_mtimes(&dest, &scan.entries)?;
     let tmp_mtimes = staging.join("mtimes.json");
     fs::write(&tmp_mtimes, serde_json::to_vec(&mtimes).map_err(|e| LayerError::Json { path: dest.clone(), reason: e.to_string() })?)
         .map_err(io_at(&tmp_mtimes))?;

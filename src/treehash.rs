@@ -9,6 +9,7 @@
 //! `D <path>\0<mode octal>\n`, `F <path>\0<mode octal>\0<sha256 hex>\n`,
 //! `L <path>\0<mode octal>\0<target>\n`.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
@@ -78,20 +79,54 @@ fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> TreeError + '_ {
 
 /// Scans and hashes the tree at `root`, hashing file contents on all cores.
 pub fn scan_tree(root: &Path) -> Result<TreeScan, TreeError> {
-    let mut entries = Vec::new();
+    scan_tree_known(root, &HashMap::new()).map(|(scan, _)| scan)
+}
+
+/// Which bytes a file holds, as far as its metadata can tell: the same inode, size and
+/// mtime as when it was written means no one has written to it since (any write would have
+/// moved the mtime). Renames and hard links keep it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FileId {
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+    pub mtime: (i64, i64),
+}
+
+impl FileId {
+    pub fn of(meta: &fs::Metadata) -> FileId {
+        FileId { dev: meta.dev(), ino: meta.ino(), size: meta.len(), mtime: (meta.mtime(), meta.mtime_nsec()) }
+    }
+}
+
+/// [`scan_tree`], taking the digests of files found in `known` (what an unpacker hashed as
+/// it wrote them) instead of reading them again. Also returns each file's mtime (seconds,
+/// nanoseconds), in entry order.
+pub fn scan_tree_known(root: &Path, known: &HashMap<FileId, Sha256>) -> Result<(TreeScan, Vec<(i64, i64)>), TreeError> {
+    let mut listed = Vec::new();
+    list(root, String::new(), &mut listed)?;
+    listed.sort_by(|a, b| a.0.path.as_bytes().cmp(b.0.path.as_bytes()));
+    let (mut entries, ids): (Vec<TreeEntry>, Vec<FileId>) = listed.into_iter().unzip();
     let mut files = Vec::new();
-    list(root, String::new(), &mut entries, &mut files)?;
+    for (i, (e, id)) in entries.iter_mut().zip(&ids).enumerate() {
+        if let EntryKind::File { sha256, .. } = &mut e.kind {
+            match known.get(id) {
+                Some(digest) => *sha256 = *digest,
+                None => files.push(i),
+            }
+        }
+    }
     let digests = hash_files(root, &entries, &files)?;
     for (index, digest) in files.iter().zip(digests) {
         if let EntryKind::File { sha256, .. } = &mut entries[*index].kind {
             *sha256 = digest;
         }
     }
-    entries.sort_by(|a, b| a.path.as_bytes().cmp(b.path.as_bytes()));
+    let mtimes = entries.iter().zip(ids).filter(|(e, _)| matches!(e.kind, EntryKind::File { .. })).map(|(_, id)| id.mtime).collect();
     let file_count = entries.iter().filter(|e| !matches!(e.kind, EntryKind::Dir)).count() as u64;
     let bytes = entries.iter().map(|e| if let EntryKind::File { size, .. } = e.kind { size } else { 0 }).sum();
     let hash = hash_entries(&entries);
-    Ok(TreeScan { entries, hash, files: file_count, bytes })
+    Ok((TreeScan { entries, hash, files: file_count, bytes }, mtimes))
 }
 
 /// The tree hash of entries already sorted by path bytes.
@@ -108,7 +143,7 @@ pub fn hash_entries(entries: &[TreeEntry]) -> TreeHash {
     TreeHash(h.finish())
 }
 
-fn list(root: &Path, rel: String, entries: &mut Vec<TreeEntry>, files: &mut Vec<usize>) -> Result<(), TreeError> {
+fn list(root: &Path, rel: String, entries: &mut Vec<(TreeEntry, FileId)>) -> Result<(), TreeError> {
     let dir = if rel.is_empty() { root.to_path_buf() } else { root.join(&rel) };
     for entry in fs::read_dir(&dir).map_err(io_at(&dir))? {
         let entry = entry.map_err(io_at(&dir))?;
@@ -120,19 +155,20 @@ fn list(root: &Path, rel: String, entries: &mut Vec<TreeEntry>, files: &mut Vec<
         let child = if rel.is_empty() { name.to_string() } else { format!("{rel}/{name}") };
         let meta = fs::symlink_metadata(&path).map_err(io_at(&path))?;
         let mode = meta.mode() & 0o7777;
+        let id = FileId::of(&meta);
         let ft = meta.file_type();
         if ft.is_symlink() {
             let target = fs::read_link(&path).map_err(io_at(&path))?;
             let Some(target) = target.to_str() else {
                 return Err(TreeError::Unsupported { path, reason: "symlink target is not UTF-8" });
             };
-            entries.push(TreeEntry { path: child, mode, kind: EntryKind::Symlink { target: target.to_string() } });
+            entries.push((TreeEntry { path: child, mode, kind: EntryKind::Symlink { target: target.to_string() } }, id));
         } else if ft.is_dir() {
-            entries.push(TreeEntry { path: child.clone(), mode, kind: EntryKind::Dir });
-            list(root, child, entries, files)?;
+            entries.push((TreeEntry { path: child.clone(), mode, kind: EntryKind::Dir }, id));
+            list(root, child, entries)?;
         } else if ft.is_file() {
-            files.push(entries.len());
-            entries.push(TreeEntry { path: child, mode, kind: EntryKind::File { sha256: Sha256([0; 32]), size: meta.len() } });
+            let kind = EntryKind::File { sha256: Sha256([0; 32]), size: meta.len() };
+            entries.push((TreeEntry { path: child, mode, kind }, id));
         } else {
             return Err(TreeError::Unsupported { path, reason: "not a file, directory or symlink" });
         }
@@ -278,5 +314,31 @@ mod tests {
         assert_eq!(diff(&moded.entries, &with_dir.entries).added[0].path, "empty");
         fs::write(r.join("a/b/file"), b"contenT").unwrap();
         assert_ne!(scan_tree(r).unwrap().hash, with_dir.hash);
+    }
+
+    #[test]
+    fn known_digests_are_used_only_for_files_nobody_wrote_to_since() {
+        let dir = tree();
+        let r = dir.path();
+        let old = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_600_000_000);
+        let id_of = |p: &Path| {
+            let f = fs::OpenOptions::new().write(true).open(p).unwrap();
+            f.set_modified(old).unwrap();
+            FileId::of(&f.metadata().unwrap())
+        };
+        // Recorded digests that are deliberately not the contents' own, to see which are used.
+        let sentinel = Sha256::of(b"recorded while writing");
+        let known: HashMap<FileId, Sha256> = [(id_of(&r.join("a/b/file")), sentinel), (id_of(&r.join("top")), sentinel)].into();
+        fs::rename(r.join("a/b/file"), r.join("a/moved")).unwrap();
+        fs::write(r.join("top"), b"").unwrap();
+        let (scan, mtimes) = scan_tree_known(r, &known).unwrap();
+        let digest = |path: &str| match &scan.entries.iter().find(|e| e.path == path).unwrap().kind {
+            EntryKind::File { sha256, .. } => *sha256,
+            _ => panic!("{path} is not a file"),
+        };
+        assert_eq!(digest("a/moved"), sentinel, "a renamed file keeps its recorded digest");
+        assert_eq!(digest("top"), Sha256::of(b""), "a file written to since is read again");
+        assert_eq!(mtimes.len(), 2);
+        assert_eq!(mtimes[0], (1_600_000_000, 0));
     }
 }
