@@ -98,13 +98,97 @@ pub fn unpack_deb_filtered(
                 let reader = crate::xzseek::BlockReader::new(file, start, blocks, checks);
                 return unpack_tar_filtered(reader, dest, &label, filter);
             }
-            let body = (&mut ar.inner).take(member.size);
-            let stream = ForwardSeek::new(decompressor(&member.name, body, &label)?);
-            return unpack_tar_filtered(stream, dest, &label, filter);
+            let body = FileRange { file: &file, pos: start, end: start + member.size };
+            return unpack_pipelined(decompressor(&member.name, body, &label)?, dest, &label, filter);
         }
         ar.skip(member.size)?;
     }
     Err(DebError::NotADeb { deb: label, reason: "no data.tar member".into() })
+}
+
+/// Unpacks what `decompressed` gives, decompressing on a thread of its own so that
+/// inflating overlaps parsing, writing and hashing (the two take about as long).
+fn unpack_pipelined(
+    mut decompressed: Box<dyn Read + Send + '_>,
+    dest: &Path,
+    label: &str,
+    filter: Option<&mut dyn EntryFilter>,
+) -> Result<UnpackReport, DebError> {
+    const CHUNK: usize = 1 << 20;
+    // A few chunks in flight: enough to ride out uneven entry sizes, little memory.
+    let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(4);
+    std::thread::scope(|scope| {
+        scope.spawn(move || {
+            loop {
+                let mut chunk = vec![0u8; CHUNK];
+                let mut filled = 0;
+                while filled < CHUNK {
+                    match decompressed.read(&mut chunk[filled..]) {
+                        Ok(0) => break,
+                        Ok(n) => filled += n,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => {
+                            let _ = tx.send(Err(e));
+                            return;
+                        }
+                    }
+                }
+                chunk.truncate(filled);
+                // The end of the data (or a consumer that stopped early) ends the thread;
+                // dropping `tx` is the end-of-stream signal.
+                if filled == 0 || tx.send(Ok(chunk)).is_err() {
+                    return;
+                }
+            }
+        });
+        let chunks = ChunkReader { rx, chunk: Vec::new(), at: 0 };
+        unpack_tar_filtered(ForwardSeek::new(chunks), dest, label, filter)
+    })
+}
+
+/// Reads the chunks a decompressing thread sends.
+struct ChunkReader {
+    rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
+    chunk: Vec<u8>,
+    at: usize,
+}
+
+impl Read for ChunkReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.at == self.chunk.len() {
+            match self.rx.recv() {
+                Ok(chunk) => {
+                    self.chunk = chunk?;
+                    self.at = 0;
+                }
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.chunk.len() - self.at);
+        buf[..n].copy_from_slice(&self.chunk[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
+/// The bytes `pos..end` of a file, read with `pread` (no shared cursor).
+struct FileRange<'f> {
+    file: &'f File,
+    pos: u64,
+    end: u64,
+}
+
+impl Read for FileRange<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let want = buf.len().min((self.end - self.pos).try_into().unwrap_or(usize::MAX));
+        if want == 0 {
+            return Ok(0);
+        }
+        let n = self.file.read_at(&mut buf[..want], self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
 }
 
 /// A reader that knows how far it has read.
@@ -243,7 +327,7 @@ fn not_a_deb(label: &str, reason: &str) -> DebError {
 }
 
 /// A decompressing reader for an ar member, chosen by its name's suffix.
-fn decompressor<'a, R: Read + 'a>(name: &str, body: R, label: &str) -> Result<Box<dyn Read + 'a>, DebError> {
+fn decompressor<'a, R: Read + Send + 'a>(name: &str, body: R, label: &str) -> Result<Box<dyn Read + Send + 'a>, DebError> {
     let io_err = |source| DebError::Io { deb: label.into(), source };
     Ok(match name.rsplit_once('.').map(|(_, s)| s) {
         Some("xz") => Box::new(xz_reader(body).map_err(io_err)?),

@@ -122,6 +122,11 @@ fn main() -> Result<()> {
         let status = Command::new(std::env::current_exe()?).status()?;
         std::process::exit(status.code().unwrap_or(1));
     }
+    // The previous run's scratch trees go first, then a pause for the reason in bench_variant.
+    for v in &variants {
+        let _ = fs::remove_dir_all(work.join(format!("{}-scratch", v.name)));
+    }
+    std::thread::sleep(std::time::Duration::from_secs(35));
     let mut report = String::new();
     for variant in variants {
         report += &bench_variant(&project, &bin, &work, &variant, runs)?;
@@ -161,18 +166,21 @@ fn bench_variant(project: &Path, bin: &Path, work: &Path, v: &Variant, runs: usi
     let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); names.len()];
     for i in 0..runs {
         eprintln!("{}: run {}/{runs}", v.name, i + 1);
-        let build = fresh(&scratch.join("classic-build"))?;
-        let state = fresh(&scratch.join("classic-state"))?;
+        // New directories every run, nothing deleted while measuring: ext4 passes over
+        // inodes freed in the last ~30 s when it allocates new ones, so a big `rm -rf`
+        // just before a step slows every file that step creates (by seconds, here).
+        let build = fresh(&scratch.join(format!("classic-build-{i}")))?;
+        let state = fresh(&scratch.join(format!("classic-state-{i}")))?;
         samples[0].push(run(Command::new(project.join("bench/classic-mechanics.sh"))
             .arg(server.url())
             .arg(&v.keyring)
             .arg(&build)
             .arg(&state)
             .arg(format!("datadog-agent={VERSION}")))?);
-        let build = fresh(&scratch.join("cold-build"))?;
-        let cache = fresh(&scratch.join("cold-cache"))?;
+        let build = fresh(&scratch.join(format!("cold-build-{i}")))?;
+        let cache = fresh(&scratch.join(format!("cold-cache-{i}")))?;
         samples[1].push(run(&mut compile(&build, &cache))?);
-        let build = fresh(&scratch.join("warm-build"))?;
+        let build = fresh(&scratch.join(format!("warm-build-{i}")))?;
         samples[2].push(run(&mut compile(&build, &warm_cache))?);
         samples[3].push(run(Command::new(bin).arg("verify").arg(&build))?);
         samples[4].push(run(Command::new("sh").arg("-c").arg(format!("{} -dc '{}' > /dev/null", v.decompress, member.display())))?);
@@ -192,15 +200,15 @@ fn bench_variant(project: &Path, bin: &Path, work: &Path, v: &Variant, runs: usi
             wall / classic_wall
         );
     }
-    let scan = Command::new("du").arg("-sb").arg(scratch.join("warm-build/.apt")).output()?;
-    let count = Command::new("sh").arg("-c").arg(format!("find '{}' | wc -l", scratch.join("warm-build/.apt").display())).output()?;
+    let scan = Command::new("du").arg("-sb").arg(scratch.join("warm-build-0/.apt")).output()?;
+    let count = Command::new("sh").arg("-c").arg(format!("find '{}' | wc -l", scratch.join("warm-build-0/.apt").display())).output()?;
     table += &format!(
         "\nSlug .apt: {} bytes, {} entries (du -sb, find | wc -l). Medians of {runs} runs.\n",
         String::from_utf8_lossy(&scan.stdout).split_whitespace().next().unwrap_or("?"),
         String::from_utf8_lossy(&count.stdout).trim()
     );
     if let Ok(classic) = std::env::var("CLASSIC_BUILDPACK") {
-        table += &classic_dyno_start(&scratch.join("warm-build"), Path::new(&classic), runs)?;
+        table += &classic_dyno_start(&scratch.join("warm-build-0"), Path::new(&classic), runs)?;
     }
     Ok(table)
 }
