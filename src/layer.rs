@@ -115,7 +115,6 @@ pub fn load_entries(store: &Store, key: &Sha256) -> Result<Vec<TreeEntry>, Layer
 /// is intact. Files added to the layer are not looked for: slugs are made from the entry
 /// list, so they never reach one.
 pub fn quick_check(store: &Store, key: &Sha256) -> Result<Option<Vec<TreeEntry>>, LayerError> {
-    use std::os::unix::fs::MetadataExt;
     let Ok(entries) = load_entries(store, key) else { return Ok(None) };
     let mtimes: Vec<(i64, i64)> = match fs::read(mtimes_path(store, key)).map(|b| serde_json::from_slice(&b)) {
         Ok(Ok(m)) => m,
@@ -137,25 +136,29 @@ pub fn quick_check(store: &Store, key: &Sha256) -> Result<Option<Vec<TreeEntry>>
         return Ok(None);
     }
     let dir = layer_dir(store, key);
-    let intact = |e: &TreeEntry, mtime: &Option<(i64, i64)>| {
-        let Ok(meta) = fs::symlink_metadata(dir.join(&e.path)) else { return false };
-        meta.mode() & 0o7777 == e.mode
+    let intact = |st: &crate::fsat::Stat, e: &TreeEntry, mtime: &Option<(i64, i64)>| {
+        st.mode & 0o7777 == e.mode
             && match &e.kind {
-                EntryKind::Dir => meta.is_dir(),
-                EntryKind::File { size, .. } => {
-                    meta.is_file() && meta.len() == *size && *mtime == Some((meta.mtime(), meta.mtime_nsec()))
-                }
-                EntryKind::Symlink { .. } => meta.file_type().is_symlink(),
+                EntryKind::Dir => st.is_dir(),
+                EntryKind::File { size, .. } => st.is_file() && st.size == *size && *mtime == Some(st.mtime),
+                EntryKind::Symlink { .. } => st.is_symlink(),
             }
     };
-    // Tens of thousands of stats: spread them over the cores.
+    // Tens of thousands of stats: one directory lookup each, spread over the cores.
+    let groups = crate::fsat::by_directory(entries.iter().enumerate().map(|(i, e)| (i, e.path.as_str())));
     let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).min(8);
-    let chunk = entries.len().div_ceil(workers).max(1);
     let all_intact = std::thread::scope(|scope| {
-        let handles: Vec<_> = entries
-            .chunks(chunk)
-            .zip(expected.chunks(chunk))
-            .map(|(es, ms)| scope.spawn(move || es.iter().zip(ms).all(|(e, m)| intact(e, m))))
+        let handles: Vec<_> = crate::fsat::balanced(&groups, workers)
+            .into_iter()
+            .map(|run| {
+                let (groups, entries, expected, dir) = (&groups[run], &entries, &expected, &dir);
+                scope.spawn(move || {
+                    groups.iter().all(|(rel, names)| {
+                        let Ok(d) = crate::fsat::Dir::open(&crate::fsat::join(dir, rel)) else { return false };
+                        names.iter().all(|&(i, name)| d.stat(name).is_ok_and(|st| intact(&st, &entries[i], &expected[i])))
+                    })
+                })
+            })
             .collect();
         handles.into_iter().all(|h| h.join().unwrap_or(false))
     });

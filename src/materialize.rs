@@ -200,25 +200,29 @@ pub fn materialize_entries(src: &Path, dst: &Path, entries: &[TreeEntry], how: M
         let path = dst.join(&e.path);
         fs::create_dir(&path).map_err(io_at(&path))?;
     }
-    let files: Vec<&TreeEntry> = entries.iter().filter(|e| matches!(e.kind, EntryKind::File { .. })).collect();
+    let files = entries.iter().enumerate().filter(|(_, e)| matches!(e.kind, EntryKind::File { .. }));
+    let groups = crate::fsat::by_directory(files.map(|(i, e)| (i, e.path.as_str())));
     let cross_device = AtomicBool::new(false);
     let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).min(8);
-    let chunk = files.len().div_ceil(workers).max(1);
     std::thread::scope(|scope| -> Result<(), CopyError> {
-        let handles: Vec<_> = files
-            .chunks(chunk)
-            .map(|part| {
-                let cross_device = &cross_device;
+        let handles: Vec<_> = crate::fsat::balanced(&groups, workers)
+            .into_iter()
+            .map(|run| {
+                let (groups, cross_device) = (&groups[run], &cross_device);
                 scope.spawn(move || -> Result<(), CopyError> {
-                    for e in part {
-                        let to = dst.join(&e.path);
-                        match fs::hard_link(src.join(&e.path), &to) {
-                            Ok(()) => {}
-                            Err(err) if err.raw_os_error() == Some(libc::EXDEV) => {
-                                cross_device.store(true, Ordering::Relaxed);
-                                return Ok(());
+                    for (rel, names) in groups {
+                        let (from, to) = (crate::fsat::join(src, rel), crate::fsat::join(dst, rel));
+                        let from_dir = crate::fsat::Dir::open(&from).map_err(io_at(&from))?;
+                        let to_dir = crate::fsat::Dir::open(&to).map_err(io_at(&to))?;
+                        for (_, name) in names {
+                            match from_dir.link_into(name, &to_dir) {
+                                Ok(()) => {}
+                                Err(err) if err.raw_os_error() == Some(libc::EXDEV) => {
+                                    cross_device.store(true, Ordering::Relaxed);
+                                    return Ok(());
+                                }
+                                Err(err) => return Err(CopyError { path: to.join(name), source: err }),
                             }
-                            Err(err) => return Err(CopyError { path: to, source: err }),
                         }
                         if cross_device.load(Ordering::Relaxed) {
                             return Ok(());

@@ -1,0 +1,143 @@
+//! Directory-relative file operations for whole trees: checking or linking tens of thousands
+//! of files costs one path walk per directory instead of one (or two) per file.
+
+use std::collections::BTreeMap;
+use std::ffi::CString;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+/// An open directory (an `O_PATH` descriptor: it grants no reading, only lookups).
+pub struct Dir(OwnedFd);
+
+/// The metadata `fstatat` gives, reduced to what tree checks compare.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stat {
+    /// `st_mode`: type and permission bits.
+    pub mode: u32,
+    pub size: u64,
+    pub mtime: (i64, i64),
+}
+
+impl Stat {
+    pub fn is_dir(&self) -> bool {
+        self.mode & libc::S_IFMT == libc::S_IFDIR
+    }
+    pub fn is_file(&self) -> bool {
+        self.mode & libc::S_IFMT == libc::S_IFREG
+    }
+    pub fn is_symlink(&self) -> bool {
+        self.mode & libc::S_IFMT == libc::S_IFLNK
+    }
+}
+
+fn c_name(name: &str) -> io::Result<CString> {
+    CString::new(name).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "file name contains a NUL byte"))
+}
+
+impl Dir {
+    pub fn open(path: &Path) -> io::Result<Dir> {
+        let file = File::options().read(true).custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW).open(path)?;
+        Ok(Dir(file.into()))
+    }
+
+    /// `lstat` of `name` in this directory.
+    pub fn stat(&self, name: &str) -> io::Result<Stat> {
+        let name = c_name(name)?;
+        let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+        // SAFETY: `name` is NUL-terminated and `st` is a valid out-pointer; fstatat fills it on success.
+        let rc = unsafe { libc::fstatat(self.0.as_raw_fd(), name.as_ptr(), st.as_mut_ptr(), libc::AT_SYMLINK_NOFOLLOW) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fstatat succeeded, so `st` is initialised.
+        let st = unsafe { st.assume_init() };
+        Ok(Stat { mode: st.st_mode, size: st.st_size as u64, mtime: (st.st_mtime, st.st_mtime_nsec) })
+    }
+
+    /// Hard-links `name` in this directory as `name` in `dest`.
+    pub fn link_into(&self, name: &str, dest: &Dir) -> io::Result<()> {
+        let name = c_name(name)?;
+        // SAFETY: both names are NUL-terminated; the descriptors are open directories.
+        let rc = unsafe { libc::linkat(self.0.as_raw_fd(), name.as_ptr(), dest.0.as_raw_fd(), name.as_ptr(), 0) };
+        if rc != 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+    }
+}
+
+/// `/`-separated relative paths grouped by their directory (`""` for the root), each with
+/// the indices of the paths that live there.
+pub fn by_directory<'a>(paths: impl Iterator<Item = (usize, &'a str)>) -> Vec<(&'a str, Vec<(usize, &'a str)>)> {
+    let mut groups: BTreeMap<&str, Vec<(usize, &str)>> = BTreeMap::new();
+    for (i, path) in paths {
+        let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
+        groups.entry(dir).or_default().push((i, name));
+    }
+    groups.into_iter().collect()
+}
+
+/// Splits directory groups into about `parts` runs of similar numbers of entries, for
+/// worker threads.
+pub fn balanced<T>(groups: &[(&str, Vec<T>)], parts: usize) -> Vec<std::ops::Range<usize>> {
+    let total: usize = groups.iter().map(|g| g.1.len()).sum();
+    let target = total.div_ceil(parts.max(1)).max(1);
+    let mut out = Vec::new();
+    let (mut start, mut count) = (0, 0);
+    for (i, group) in groups.iter().enumerate() {
+        count += group.1.len();
+        if count >= target {
+            out.push(start..i + 1);
+            start = i + 1;
+            count = 0;
+        }
+    }
+    if start < groups.len() {
+        out.push(start..groups.len());
+    }
+    out
+}
+
+/// `path` joined with a `/`-separated relative directory (`""` is `path` itself).
+pub fn join(path: &Path, rel: &str) -> std::path::PathBuf {
+    if rel.is_empty() { path.to_owned() } else { path.join(std::ffi::OsStr::from_bytes(rel.as_bytes())) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn stat_and_link_relative_to_directories() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        fs::create_dir_all(&a).unwrap();
+        fs::create_dir_all(&b).unwrap();
+        fs::write(a.join("f"), b"12345").unwrap();
+        std::os::unix::fs::symlink("f", a.join("l")).unwrap();
+        let (da, db) = (Dir::open(&a).unwrap(), Dir::open(&b).unwrap());
+        let st = da.stat("f").unwrap();
+        assert!(st.is_file() && st.size == 5);
+        let meta = fs::metadata(a.join("f")).unwrap();
+        assert_eq!(st.mtime, (meta.mtime(), meta.mtime_nsec()));
+        assert!(da.stat("l").unwrap().is_symlink(), "symlinks are not followed");
+        assert_eq!(da.stat("missing").unwrap_err().kind(), io::ErrorKind::NotFound);
+        da.link_into("f", &db).unwrap();
+        assert_eq!(fs::metadata(b.join("f")).unwrap().ino(), meta.ino());
+    }
+
+    #[test]
+    fn groups_by_directory_and_balances() {
+        let paths = ["a", "a/x", "a/y", "b/c/z", "top"];
+        let groups = by_directory(paths.iter().copied().enumerate());
+        let dirs: Vec<&str> = groups.iter().map(|g| g.0).collect();
+        assert_eq!(dirs, ["", "a", "b/c"]);
+        assert_eq!(groups[1].1, [(1, "x"), (2, "y")]);
+        let runs = balanced(&groups, 2);
+        assert_eq!(runs.iter().map(|r| r.len()).sum::<usize>(), groups.len());
+        assert!(runs.len() <= 2 && runs.windows(2).all(|w| w[0].end == w[1].start));
+    }
+}
