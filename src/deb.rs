@@ -16,7 +16,8 @@ use std::path::{Component, Path, PathBuf};
 
 use filetime::FileTime;
 
-use crate::hash::{Hasher, Sha256};
+use crate::filewriter::{WriteError, WriterPool, Written, write_file};
+use crate::hash::Sha256;
 use crate::treehash::FileId;
 use crate::xzseek::ForwardSeek;
 
@@ -372,15 +373,41 @@ fn unpack_tar_filtered<R: Read + io::Seek>(
         move |source| DebError::Write { deb: label.into(), path, source }
     };
     fs::create_dir_all(dest).map_err(write_err(dest))?;
-    let mut unpacker =
-        Unpacker { dest, label, known_dirs: HashSet::new(), dirs: Vec::new(), report: UnpackReport::default(), filter };
-    let mut archive = tar::Archive::new(tar_stream);
-    let io_err = |source| DebError::Io { deb: label.into(), source };
-    let mut buf = vec![0u8; 1 << 16];
-    for entry in archive.entries_with_seek().map_err(io_err)? {
-        let mut entry = entry.map_err(io_err)?;
-        unpacker.entry(&mut entry, &mut buf)?;
-    }
+    let pool = WriterPool::new();
+    let writers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).min(8);
+    let mut unpacker = std::thread::scope(|scope| -> Result<Unpacker, DebError> {
+        for _ in 0..writers {
+            scope.spawn(|| pool.work());
+        }
+        let mut unpacker = Unpacker {
+            dest,
+            label,
+            known_dirs: HashSet::new(),
+            dirs: Vec::new(),
+            report: UnpackReport::default(),
+            filter,
+            pool: &pool,
+            queued: HashSet::new(),
+        };
+        let result = (|| -> Result<(), DebError> {
+            let mut archive = tar::Archive::new(tar_stream);
+            let io_err = |source| DebError::Io { deb: label.into(), source };
+            let mut buf = vec![0u8; 1 << 16];
+            for entry in archive.entries_with_seek().map_err(io_err)? {
+                let mut entry = entry.map_err(io_err)?;
+                unpacker.entry(&mut entry, &mut buf)?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = result {
+            pool.abandon();
+            return Err(e);
+        }
+        for w in pool.finish().map_err(|e| unpacker.written_err(e))? {
+            unpacker.record(w);
+        }
+        Ok(unpacker)
+    })?;
     // Directory modes and mtimes last, deepest first: filling a directory changes its mtime.
     let mut dirs = std::mem::take(&mut unpacker.dirs);
     dirs.sort_by_key(|(p, _, _)| std::cmp::Reverse(p.components().count()));
@@ -400,9 +427,36 @@ struct Unpacker<'a, 'f> {
     dirs: Vec<(PathBuf, u32, FileTime)>,
     report: UnpackReport,
     filter: Option<&'f mut dyn EntryFilter>,
+    pool: &'a WriterPool,
+    /// Files handed to the writers since they last drained: an entry at (or below) one of
+    /// these paths waits for them first.
+    queued: HashSet<PathBuf>,
 }
 
+/// Files up to this size are read into memory and written by the pool; bigger ones are
+/// streamed to disk by the reader itself.
+const POOLED_FILE: u64 = 8 << 20;
+
 impl Unpacker<'_, '_> {
+    fn written_err(&self, e: WriteError) -> DebError {
+        DebError::Write { deb: self.label.into(), path: e.path, source: e.source }
+    }
+
+    fn record(&mut self, w: Written) {
+        self.report.digests.insert(w.id, w.sha256);
+        self.report.files += 1;
+        self.report.bytes += w.bytes;
+    }
+
+    /// Waits for queued files if `rel` or one of its parents is among them.
+    fn order_after_queued(&mut self, rel: &Path, always: bool) -> Result<(), DebError> {
+        if !self.queued.is_empty() && (always || rel.ancestors().any(|a| self.queued.contains(a))) {
+            self.pool.drain().map_err(|e| self.written_err(e))?;
+            self.queued.clear();
+        }
+        Ok(())
+    }
+
     fn unsafe_entry(&self, entry: &str, reason: &str) -> DebError {
         DebError::Unsafe { deb: self.label.into(), entry: entry.into(), reason: reason.into() }
     }
@@ -438,40 +492,25 @@ impl Unpacker<'_, '_> {
             self.report.skipped.push(format!("{}: skipped {what} {name}", self.label));
             return Ok(());
         }
+        self.order_after_queued(&rel, false)?;
         let parent = rel.parent().unwrap_or(Path::new("")).to_path_buf();
         let parent_real = self.real_dir(&parent, &name)?;
         let file_name = rel.file_name().map(PathBuf::from).unwrap_or_default();
         let real = parent_real.join(&file_name);
         let path = self.dest.join(&real);
+        self.order_after_queued(&real, kind.is_hard_link())?;
         if kind.is_file() || kind == tar::EntryType::Continuous {
-            // The common case, a new file, costs no lookup first.
-            let mut out = match fs::OpenOptions::new().write(true).create_new(true).open(&path) {
-                Ok(out) => out,
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                    self.clear_for_non_dir(&path, &name)?;
-                    File::create(&path).map_err(self.write_err(&path))?
-                }
-                Err(e) => return Err(self.write_err(&path)(e)),
-            };
-            let mut hasher = Hasher::new();
-            let mut written = 0u64;
-            loop {
-                let n = entry.read(buf).map_err(|source| DebError::Io { deb: self.label.into(), source })?;
-                if n == 0 {
-                    break;
-                }
-                io::Write::write_all(&mut out, &buf[..n]).map_err(self.write_err(&path))?;
-                hasher.update(&buf[..n]);
-                written += n as u64;
+            let size = header.size().unwrap_or(0);
+            let mtime = mtime_of(mtime);
+            if size <= POOLED_FILE {
+                let mut data = Vec::with_capacity(size as usize);
+                entry.read_to_end(&mut data).map_err(|source| DebError::Io { deb: self.label.into(), source })?;
+                self.pool.submit(path, data, mode, mtime).map_err(|e| self.written_err(e))?;
+                self.queued.insert(real);
+            } else {
+                let w = write_file(&path, entry, mode, mtime, buf).map_err(|e| self.written_err(e))?;
+                self.record(w);
             }
-            // Through the open file: no second path lookup.
-            out.set_permissions(fs::Permissions::from_mode(mode)).map_err(self.write_err(&path))?;
-            out.set_modified(mtime_of(mtime)).map_err(self.write_err(&path))?;
-            let id = FileId::of(&out.metadata().map_err(self.write_err(&path))?);
-            drop(out);
-            self.report.digests.insert(id, hasher.finish());
-            self.report.files += 1;
-            self.report.bytes += written;
             return Ok(());
         }
         if kind.is_dir() {
@@ -758,6 +797,42 @@ mod tests {
         r.unwrap();
         assert!(!Path::new("/tmp/ddslug-victim").exists());
         assert_eq!(fs::read(dir.path().join("root/target/f")).unwrap(), b"new");
+    }
+
+    #[test]
+    fn archive_order_holds_while_files_are_written_in_parallel() {
+        use tar::EntryType::{Directory, Link, Regular, Symlink};
+        let many: Vec<String> = (0..300).map(|i| format!("./d/f{i}")).collect();
+        let mut entries = vec![raw("./d/", Directory)];
+        entries.extend(many.iter().map(|n| Raw { data: n.as_bytes(), ..raw(n, Regular) }));
+        entries.extend([
+            // The same path again: the later entry wins.
+            Raw { data: b"second", ..raw("./d/f7", Regular) },
+            // A hard link to a file that may still be queued.
+            Raw { link: "./d/f7", ..raw("./d/hard", Link) },
+            // A symlink replacing a queued file.
+            Raw { link: "f1", ..raw("./d/f9", Symlink) },
+            // A file replacing that symlink.
+            Raw { data: b"last", ..raw("./d/f9", Regular) },
+        ]);
+        let (r, dir) = unpack_hostile(&entries);
+        let report = r.unwrap();
+        let d = dir.path().join("root/target/d");
+        assert_eq!(fs::read(d.join("f7")).unwrap(), b"second");
+        assert_eq!(fs::read(d.join("hard")).unwrap(), b"second");
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(fs::metadata(d.join("hard")).unwrap().ino(), fs::metadata(d.join("f7")).unwrap().ino());
+        assert!(!fs::symlink_metadata(d.join("f9")).unwrap().file_type().is_symlink());
+        assert_eq!(fs::read(d.join("f9")).unwrap(), b"last");
+        assert_eq!(fs::read(d.join("f299")).unwrap(), b"./d/f299");
+        assert_eq!(report.files, 302);
+        assert_eq!(report.hardlinks, 1);
+        // Every file's digest is that of what is on disk.
+        for name in ["f7", "f9", "f0", "f123"] {
+            let meta = fs::metadata(d.join(name)).unwrap();
+            let digest = report.digests.get(&FileId::of(&meta)).copied();
+            assert_eq!(digest, Some(Sha256::of(&fs::read(d.join(name)).unwrap())), "{name}");
+        }
     }
 
     #[test]

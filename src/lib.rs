@@ -14,6 +14,7 @@ pub mod apt;
 pub mod compile;
 pub mod config;
 pub mod deb;
+pub mod filewriter;
 pub mod fsat;
 pub mod fetch;
 pub mod hash;

@@ -1,0 +1,238 @@
+//! Writing unpacked files: on worker threads, so that creating tens of thousands of files
+//! (mostly kernel time) runs on every core while the tar reader moves on.
+//!
+//! Order matters only where two entries touch the same path (or one is below the other);
+//! the unpacker calls [`WriterPool::drain`] before such an entry, so the result is the same
+//! as writing everything in archive order.
+
+use std::collections::VecDeque;
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Condvar, Mutex};
+use std::time::SystemTime;
+
+use crate::hash::{Hasher, Sha256};
+use crate::treehash::FileId;
+
+/// Bytes of file contents held in memory waiting for a writer, at most (a file bigger than
+/// this is still accepted alone).
+const IN_FLIGHT: usize = 32 << 20;
+
+/// A written file.
+#[derive(Clone, Copy, Debug)]
+pub struct Written {
+    pub id: FileId,
+    pub sha256: Sha256,
+    pub bytes: u64,
+}
+
+/// Creates `path` (replacing a file or symlink there, refusing a directory), writes what
+/// `source` gives, hashing it, then sets mode and mtime through the open file.
+pub fn write_file(path: &Path, source: &mut dyn Read, mode: u32, mtime: SystemTime, buf: &mut [u8]) -> Result<Written, WriteError> {
+    let at = |e| WriteError { path: path.to_owned(), source: e };
+    // The common case, a new file, costs no lookup first.
+    let mut out = match fs::OpenOptions::new().write(true).create_new(true).open(path) {
+        Ok(out) => out,
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            match fs::symlink_metadata(path) {
+                Ok(m) if m.is_dir() => {
+                    return Err(at(io::Error::new(io::ErrorKind::IsADirectory, "a file entry replaces a directory")));
+                }
+                // Replace, never write into: the old path may be a hard link or a symlink.
+                Ok(_) => fs::remove_file(path).map_err(at)?,
+                Err(_) => {}
+            }
+            File::create(path).map_err(at)?
+        }
+        Err(e) => return Err(at(e)),
+    };
+    let mut hasher = Hasher::new();
+    loop {
+        let n = match source.read(buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(WriteError { path: path.to_owned(), source: e }),
+        };
+        out.write_all(&buf[..n]).map_err(at)?;
+        hasher.update(&buf[..n]);
+    }
+    out.set_permissions(fs::Permissions::from_mode(mode)).map_err(at)?;
+    out.set_modified(mtime).map_err(at)?;
+    let meta = out.metadata().map_err(at)?;
+    Ok(Written { id: FileId::of(&meta), bytes: hasher.len(), sha256: hasher.finish() })
+}
+
+/// Writing a file failed.
+#[derive(Debug)]
+pub struct WriteError {
+    pub path: PathBuf,
+    pub source: io::Error,
+}
+
+struct Job {
+    path: PathBuf,
+    data: Vec<u8>,
+    mode: u32,
+    mtime: SystemTime,
+}
+
+#[derive(Default)]
+struct State {
+    queue: VecDeque<Job>,
+    /// Jobs queued or being written.
+    pending: usize,
+    bytes: usize,
+    closed: bool,
+    error: Option<WriteError>,
+    written: Vec<Written>,
+}
+
+/// Worker threads writing files whose contents are already in memory.
+pub struct WriterPool {
+    state: Mutex<State>,
+    work: Condvar,
+    progress: Condvar,
+}
+
+impl WriterPool {
+    pub fn new() -> WriterPool {
+        WriterPool { state: Mutex::new(State::default()), work: Condvar::new(), progress: Condvar::new() }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A writer that panicked leaves plain data behind; its error is reported anyway.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Queues a file, waiting while too many bytes are in flight. Returns a writer's error,
+    /// if one failed since.
+    pub fn submit(&self, path: PathBuf, data: Vec<u8>, mode: u32, mtime: SystemTime) -> Result<(), WriteError> {
+        let mut state = self.lock();
+        while state.error.is_none() && state.pending > 0 && state.bytes + data.len() > IN_FLIGHT {
+            state = self.progress.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+        if let Some(e) = state.error.take() {
+            return Err(e);
+        }
+        state.bytes += data.len();
+        state.pending += 1;
+        state.queue.push_back(Job { path, data, mode, mtime });
+        self.work.notify_one();
+        Ok(())
+    }
+
+    /// Waits until everything queued is written.
+    pub fn drain(&self) -> Result<(), WriteError> {
+        let mut state = self.lock();
+        while state.pending > 0 {
+            state = self.progress.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+        state.error.take().map_or(Ok(()), Err)
+    }
+
+    /// What the writers wrote; stops them once the queue is empty.
+    pub fn finish(&self) -> Result<Vec<Written>, WriteError> {
+        self.drain()?;
+        let mut state = self.lock();
+        state.closed = true;
+        self.work.notify_all();
+        Ok(std::mem::take(&mut state.written))
+    }
+
+    /// Stops the writers without waiting for the queue (after an error elsewhere).
+    pub fn abandon(&self) {
+        let mut state = self.lock();
+        state.queue.clear();
+        state.closed = true;
+        self.work.notify_all();
+    }
+
+    /// A writer thread's loop; returns once the pool is finished or abandoned.
+    pub fn work(&self) {
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            let job = {
+                let mut state = self.lock();
+                loop {
+                    if let Some(job) = state.queue.pop_front() {
+                        break job;
+                    }
+                    if state.closed {
+                        return;
+                    }
+                    state = self.work.wait(state).unwrap_or_else(|p| p.into_inner());
+                }
+            };
+            let result = write_file(&job.path, &mut &job.data[..], job.mode, job.mtime, &mut buf);
+            let mut state = self.lock();
+            state.pending -= 1;
+            state.bytes -= job.data.len();
+            match result {
+                Ok(w) => state.written.push(w),
+                Err(e) => {
+                    if state.error.is_none() {
+                        state.error = Some(e);
+                    }
+                }
+            }
+            self.progress.notify_all();
+        }
+    }
+}
+
+impl Default for WriterPool {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pool_writes_everything_with_modes_mtimes_and_digests() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = WriterPool::new();
+        let mtime = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+        let written = std::thread::scope(|scope| {
+            for _ in 0..3 {
+                scope.spawn(|| pool.work());
+            }
+            for i in 0..200 {
+                let data = format!("file {i}").repeat(i);
+                pool.submit(dir.path().join(format!("f{i}")), data.into_bytes(), 0o640, mtime).unwrap();
+            }
+            pool.finish().unwrap()
+        });
+        assert_eq!(written.len(), 200);
+        for i in [0usize, 7, 199] {
+            let path = dir.path().join(format!("f{i}"));
+            let data = fs::read(&path).unwrap();
+            assert_eq!(data, format!("file {i}").repeat(i).into_bytes());
+            let meta = fs::metadata(&path).unwrap();
+            assert_eq!(meta.permissions().mode() & 0o7777, 0o640);
+            assert_eq!(meta.modified().unwrap(), mtime);
+            let w = written.iter().find(|w| w.id == FileId::of(&meta)).unwrap();
+            assert_eq!(w.sha256, Sha256::of(&data));
+        }
+    }
+
+    #[test]
+    fn a_failed_write_is_reported_to_the_submitter() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir(dir.path().join("taken")).unwrap();
+        let pool = WriterPool::new();
+        let err = std::thread::scope(|scope| {
+            scope.spawn(|| pool.work());
+            pool.submit(dir.path().join("taken"), b"x".to_vec(), 0o644, SystemTime::now()).unwrap();
+            let err = pool.drain().unwrap_err();
+            pool.abandon();
+            err
+        });
+        assert_eq!(err.path, dir.path().join("taken"));
+    }
+}
