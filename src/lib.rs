@@ -9,14 +9,17 @@
 //! ```
 //!
 //! `compile` runs it end to end for `bin/compile`; the other commands use stages alone.
+//! Helpers of the unpack stage: `xzseek` (decode only the xz blocks an unpack needs),
+//! `filewriter` (files written on worker threads), `fsat` (directory-relative stat and link
+//! for whole trees).
 
 pub mod apt;
 pub mod compile;
 pub mod config;
 pub mod deb;
+pub mod fetch;
 pub mod filewriter;
 pub mod fsat;
-pub mod fetch;
 pub mod hash;
 pub mod layer;
 pub mod manifest;
