@@ -242,10 +242,16 @@ pub fn build_layer(store: &Store, fetcher: &Fetcher, lock: &Lock, report: &Repor
             }
             report.topic(&format!("Building layer {}", &key.hex()[..12]));
             let t = Instant::now();
-            let (info, entries) =
-                layer::build(store, &inputs, &blobs, &recipe, (AGENT_WRAPPER_PATH, AGENT_WRAPPER.as_bytes()))?;
+            let built = layer::build(store, &inputs, &blobs, &recipe, (AGENT_WRAPPER_PATH, AGENT_WRAPPER.as_bytes()))?;
             report.detail(&format!("unpacked and stripped in {}", seconds(t.elapsed())));
-            (info, entries, false)
+            for xz in &built.xz_blocks {
+                let ahead = xz.decoded.saturating_sub(xz.used);
+                report.detail(&format!(
+                    "used {} of {} xz blocks, the others held only stripped files ({} decoded ahead and not needed)",
+                    xz.used, xz.blocks, ahead
+                ));
+            }
+            (built.info, built.entries, false)
         }
     };
     layer::touch(store, &key);

@@ -37,6 +37,8 @@ pub struct UnpackReport {
     ///
     /// [`scan_tree_known`]: crate::treehash::scan_tree_known
     pub digests: HashMap<FileId, Sha256>,
+    /// For a multi-block data.tar.xz: how many blocks had to be decoded.
+    pub xz_blocks: Option<crate::xzseek::BlockStats>,
 }
 
 /// Why a .deb could not be unpacked.
@@ -96,8 +98,10 @@ pub fn unpack_deb_filtered(
                 && let Some(blocks) = crate::xzseek::blocks(&file, start, member.size)
             {
                 let checks = integrity == Integrity::Unverified;
-                let reader = crate::xzseek::BlockReader::new(file, start, blocks, checks);
-                return unpack_tar_filtered(reader, dest, &label, filter);
+                let mut reader = crate::xzseek::BlockReader::new(file, start, blocks, checks);
+                let mut report = unpack_tar_filtered(&mut reader, dest, &label, filter)?;
+                report.xz_blocks = Some(reader.stats());
+                return Ok(report);
             }
             let body = FileRange { file: &file, pos: start, end: start + member.size };
             return unpack_pipelined(decompressor(&member.name, body, &label)?, dest, &label, filter);

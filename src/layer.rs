@@ -18,6 +18,7 @@ use crate::hash::Sha256;
 use crate::recipe::{Options, Recipe, RuleOutcome, StripFilter, merge_outcomes};
 use crate::store::{Store, StoreError, remove_any};
 use crate::treehash::{EntryKind, FileId, TreeEntry, TreeHash, scan_tree_known};
+use crate::xzseek::BlockStats;
 
 /// Bump when the way a layer is produced from the same inputs changes.
 pub const LAYER_FORMAT: u32 = 1;
@@ -189,6 +190,15 @@ pub fn load(store: &Store, key: &Sha256) -> Result<Option<LayerInfo>, LayerError
     }
 }
 
+/// A layer just built.
+pub struct Built {
+    pub info: LayerInfo,
+    /// Its entries, sorted by path.
+    pub entries: Vec<TreeEntry>,
+    /// For each multi-block data.tar.xz: how many blocks were decoded.
+    pub xz_blocks: Vec<BlockStats>,
+}
+
 /// Unpacks the blobs, applies the recipe, adds the wrapper and stores the result.
 /// `debs` pairs each input with its verified blob path.
 pub fn build(
@@ -197,7 +207,7 @@ pub fn build(
     debs: &[PathBuf],
     recipe: &Recipe,
     wrapper: (&str, &[u8]),
-) -> Result<(LayerInfo, Vec<TreeEntry>), LayerError> {
+) -> Result<Built, LayerError> {
     let key = inputs.key();
     let staging = store.staging_dir("layer")?;
     let tree = staging.join("tree");
@@ -205,7 +215,7 @@ pub fn build(
     // Several packages unpack in parallel, each through the recipe's filter so that removed
     // files are never written; later packages win on conflicts, as with dpkg.
     let parts: Vec<PathBuf> = (0..debs.len()).map(|i| staging.join(format!("part{i}"))).collect();
-    type Unpacked = (Vec<RuleOutcome>, HashMap<FileId, Sha256>);
+    type Unpacked = (Vec<RuleOutcome>, HashMap<FileId, Sha256>, Option<BlockStats>);
     let unpacked: Vec<Unpacked> = std::thread::scope(|scope| -> Result<Vec<Unpacked>, LayerError> {
         let handles: Vec<_> = debs
             .iter()
@@ -216,7 +226,7 @@ pub fn build(
                     // Blobs are verified against the lock's SHA-256 before a layer is built from them.
                     let report =
                         crate::deb::unpack_deb_filtered(deb, part, Some(&mut filter), crate::deb::Integrity::Verified)?;
-                    Ok((filter.outcomes, report.digests))
+                    Ok((filter.outcomes, report.digests, report.xz_blocks))
                 })
             })
             .collect();
@@ -235,9 +245,11 @@ pub fn build(
     // What each file holds, as hashed while it was written. Files changed since (renamed
     // files keep theirs) no longer match their recorded identity and are read again.
     let mut digests = HashMap::new();
-    for (outcome, written) in unpacked {
+    let mut xz_blocks = Vec::new();
+    for (outcome, written, blocks) in unpacked {
         merge_outcomes(&mut removed, &outcome);
         digests.extend(written);
+        xz_blocks.extend(blocks);
     }
     let pkgconfig = relocate_pkgconfig(&tree)?;
     let (wrapper_path, wrapper_text) = wrapper;
@@ -277,7 +289,7 @@ pub fn build(
     let info_dest = info_path(store, &key);
     fs::rename(&tmp_info, &info_dest).map_err(io_at(&info_dest))?;
     remove_any(&staging)?;
-    Ok((info, scan.entries))
+    Ok(Built { info, entries: scan.entries, xz_blocks })
 }
 
 fn set_mode(path: &Path, mode: u32) -> Result<(), LayerError> {

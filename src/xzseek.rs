@@ -172,6 +172,8 @@ struct Shared {
     ready: Condvar,
     /// The lowest block the reader may still need; workers drop anything below it.
     wanted: AtomicUsize,
+    /// Blocks decoded to the end (some ahead of need, then skipped over).
+    decoded: AtomicUsize,
 }
 
 #[derive(Default)]
@@ -192,6 +194,18 @@ pub struct BlockReader {
     /// Position in the uncompressed data.
     pos: u64,
     current: Option<(usize, Arc<Vec<u8>>)>,
+    /// Blocks handed to the reader.
+    used: usize,
+}
+
+/// How much of a stream a [`BlockReader`] decoded.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BlockStats {
+    pub blocks: usize,
+    /// Blocks whose data the reader used.
+    pub used: usize,
+    /// Blocks decoded in full, including ones decoded ahead and then seeked over.
+    pub decoded: usize,
 }
 
 impl BlockReader {
@@ -201,14 +215,18 @@ impl BlockReader {
         let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).min(8);
         let blocks = Arc::new(blocks);
         let file = Arc::new(file);
-        let shared = Arc::new(Shared { state: Mutex::new(State::default()), ready: Condvar::new(), wanted: AtomicUsize::new(0) });
+        let shared = Arc::new(Shared { state: Mutex::new(State::default()), ready: Condvar::new(), wanted: AtomicUsize::new(0), decoded: AtomicUsize::new(0) });
         let workers = (0..threads)
             .map(|_| {
                 let (blocks, file, shared) = (blocks.clone(), file.clone(), shared.clone());
                 std::thread::spawn(move || work(&file, start, &blocks, checks, &shared))
             })
             .collect();
-        BlockReader { blocks, shared, workers, ahead: threads, pos: 0, current: None }
+        BlockReader { blocks, shared, workers, ahead: threads, pos: 0, current: None, used: 0 }
+    }
+
+    pub fn stats(&self) -> BlockStats {
+        BlockStats { blocks: self.blocks.len(), used: self.used, decoded: self.shared.decoded.load(Ordering::Relaxed) }
     }
 
     fn total(&self) -> u64 {
@@ -264,6 +282,7 @@ fn work(file: &File, start: u64, blocks: &[Block], checks: bool, shared: &Shared
         state.decoding.remove(&index);
         match result {
             Ok(Some(data)) => {
+                shared.decoded.fetch_add(1, Ordering::Relaxed);
                 state.done.insert(index, Ok(Arc::new(data)));
             }
             Ok(None) => {}
@@ -285,6 +304,7 @@ impl Read for BlockReader {
             Some((i, data)) if *i == index => data.clone(),
             _ => {
                 let data = self.fetch(index)?;
+                self.used += 1;
                 self.current = Some((index, data.clone()));
                 data
             }
@@ -440,6 +460,11 @@ mod tests {
         let mut rest = Vec::new();
         r.read_to_end(&mut rest).unwrap();
         assert_eq!(rest, plain[999_990..]);
+        // Blocks 0, 4, 5, 6 and 9 were read; 1-3, 7 and 8 were jumped over.
+        let stats = r.stats();
+        assert_eq!((stats.blocks, stats.used), (10, 5));
+        // Decoding ahead may have finished a block that was then jumped over, never fewer.
+        assert!(stats.decoded >= stats.used && stats.decoded <= stats.blocks, "{stats:?}");
     }
 
     #[test]

@@ -14,11 +14,14 @@ use ddslug::treehash::{TreeEntry, diff, scan_tree};
 fn same_tree_as_the_classic_buildpack_for_every_case() {
     let served = Served::start();
     let cache = served.dir.path().join("cache");
+    let mut block_reads = 0;
     for (case, settings) in CASES {
         let build = served.build_dir(case);
         let env = served.env_dir(case, settings);
         let out = bin_compile(&build, &cache, &env);
         assert!(out.status.success(), "{case}: {}", text(&out));
+        // The test packages are multi-block xz, as dpkg-deb writes them: read block by block.
+        block_reads += usize::from(text(&out).contains(" xz blocks"));
         let expected: Vec<TreeEntry> = serde_json::from_str(&fs::read_to_string(expected_path(case)).unwrap()).unwrap();
         let ours = normalized_tree(&build.join(".apt"));
         let d = diff(&expected, &ours);
@@ -32,6 +35,7 @@ fn same_tree_as_the_classic_buildpack_for_every_case() {
         assert_eq!(manifest.tree_hash, actual.hash, "{case}: manifest tree hash");
         assert_eq!(manifest.files, actual.files);
     }
+    assert!(block_reads > 0, "no layer was unpacked through the xz block reader");
 }
 
 /// Every symlink under `dir` resolves, reading absolute targets relative to `apt` (the slug
