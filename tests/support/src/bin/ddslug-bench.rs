@@ -122,15 +122,21 @@ fn main() -> Result<()> {
         let status = Command::new(std::env::current_exe()?).status()?;
         std::process::exit(status.code().unwrap_or(1));
     }
-    // The previous run's scratch trees go first, then a pause for the reason in bench_variant.
+    // Deleting gigabytes of trees slows this VM's file creation for minutes (see
+    // bench_variant): a previous run's scratch is moved aside now and deleted after measuring.
+    let trash = work.join("trash");
+    fs::create_dir_all(&trash)?;
     for v in &variants {
-        let _ = fs::remove_dir_all(work.join(format!("{}-scratch", v.name)));
+        let scratch = work.join(format!("{}-scratch", v.name));
+        if scratch.exists() {
+            fs::rename(&scratch, trash.join(format!("{}-{}", v.name, std::process::id())))?;
+        }
     }
-    std::thread::sleep(std::time::Duration::from_secs(35));
     let mut report = String::new();
-    for variant in variants {
-        report += &bench_variant(&project, &bin, &work, &variant, runs)?;
+    for variant in &variants {
+        report += &bench_variant(&project, &bin, &work, variant, runs)?;
     }
+    let _ = fs::remove_dir_all(&trash);
     println!("{report}");
     fs::write(work.join("results.md"), &report)?;
     eprintln!("results written to {}", work.join("results.md").display());
@@ -166,9 +172,9 @@ fn bench_variant(project: &Path, bin: &Path, work: &Path, v: &Variant, runs: usi
     let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); names.len()];
     for i in 0..runs {
         eprintln!("{}: run {}/{runs}", v.name, i + 1);
-        // New directories every run, nothing deleted while measuring: ext4 passes over
-        // inodes freed in the last ~30 s when it allocates new ones, so a big `rm -rf`
-        // just before a step slows every file that step creates (by seconds, here).
+        // New directories every run, nothing deleted while measuring: after a big `rm -rf`
+        // (ext4 skips recently freed inodes when allocating, and this disk is mounted with
+        // `discard`) every file a step creates costs more, by seconds per step here.
         let build = fresh(&scratch.join(format!("classic-build-{i}")))?;
         let state = fresh(&scratch.join(format!("classic-state-{i}")))?;
         samples[0].push(run(Command::new(project.join("bench/classic-mechanics.sh"))
