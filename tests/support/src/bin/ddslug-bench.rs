@@ -3,7 +3,8 @@
 //! memory of each step (from wait4's rusage of the whole process tree).
 //!
 //! Environment: BENCH_RUNS (default 5), CLASSIC_BUILDPACK (a directory holding the classic
-//! buildpack's extra/datadog.sh, to time its dyno start on the same slug; optional).
+//! buildpack's extra/datadog.sh, to time its dyno start on the same slug; optional),
+//! BENCH_SETTLE_SECS (pause after the classic mechanics' deletions, default 35).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -99,6 +100,13 @@ fn find_deb(dir: &Path) -> Result<Option<PathBuf>> {
     Ok(None)
 }
 
+/// Flushes dirty data (so no step pays for the previous one's writeback), then waits.
+fn settle(secs: u64) -> Result<()> {
+    Command::new("sync").status()?;
+    std::thread::sleep(std::time::Duration::from_secs(secs));
+    Ok(())
+}
+
 fn fresh(path: &Path) -> Result<PathBuf> {
     let _ = fs::remove_dir_all(path);
     fs::create_dir_all(path)?;
@@ -170,7 +178,9 @@ fn bench_variant(project: &Path, bin: &Path, work: &Path, v: &Variant, runs: usi
     run(&mut compile(&fresh(&scratch.join("warm-prep"))?, &warm_cache))?;
     let names = ["classic mechanics", "ddslug compile, cold", "ddslug compile, warm", "ddslug verify", "decompression floor", "dyno start (source datadog.sh)"];
     let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); names.len()];
+    let settle_secs: u64 = std::env::var("BENCH_SETTLE_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(35);
     for i in 0..runs {
+        settle(0)?;
         eprintln!("{}: run {}/{runs}", v.name, i + 1);
         // New directories every run, nothing deleted while measuring: after a big `rm -rf`
         // (ext4 skips recently freed inodes when allocating, and this disk is mounted with
@@ -183,9 +193,14 @@ fn bench_variant(project: &Path, bin: &Path, work: &Path, v: &Variant, runs: usi
             .arg(&build)
             .arg(&state)
             .arg(format!("datadog-agent={VERSION}")))?);
+        // The classic mechanics delete a few hundred MB of files; for about 30 s after
+        // that, creating files costs more (ext4 passes over recently freed inodes), which
+        // would be billed to whichever step comes next. Let it pass.
+        settle(settle_secs)?;
         let build = fresh(&scratch.join(format!("cold-build-{i}")))?;
         let cache = fresh(&scratch.join(format!("cold-cache-{i}")))?;
         samples[1].push(run(&mut compile(&build, &cache))?);
+        settle(0)?;
         let build = fresh(&scratch.join(format!("warm-build-{i}")))?;
         samples[2].push(run(&mut compile(&build, &warm_cache))?);
         samples[3].push(run(Command::new(bin).arg("verify").arg(&build))?);
