@@ -383,6 +383,7 @@ fn unpack_tar_filtered<R: Read + io::Seek>(
         for _ in 0..writers {
             scope.spawn(|| pool.work());
         }
+        let _close_on_exit = pool.closer();
         let mut unpacker = Unpacker {
             dest,
             label,
@@ -403,10 +404,7 @@ fn unpack_tar_filtered<R: Read + io::Seek>(
             }
             Ok(())
         })();
-        if let Err(e) = result {
-            pool.abandon();
-            return Err(e);
-        }
+        result?;
         for w in pool.finish().map_err(|e| unpacker.written_err(e))? {
             unpacker.record(w);
         }

@@ -133,13 +133,19 @@ impl WriterPool {
         state.error.take().map_or(Ok(()), Err)
     }
 
-    /// What the writers wrote; stops them once the queue is empty.
+    /// What the writers wrote; stops them once the queue is empty (also on an error).
     pub fn finish(&self) -> Result<Vec<Written>, WriteError> {
-        self.drain()?;
+        let drained = self.drain();
         let mut state = self.lock();
         state.closed = true;
         self.work.notify_all();
-        Ok(std::mem::take(&mut state.written))
+        drained.map(|()| std::mem::take(&mut state.written))
+    }
+
+    /// A guard that stops the writers when dropped, however the scope that runs them ends
+    /// (an error or a panic in the reader must not leave them waiting for work forever).
+    pub fn closer(&self) -> Closer<'_> {
+        Closer(self)
     }
 
     /// Stops the writers without waiting for the queue (after an error elsewhere).
@@ -180,6 +186,15 @@ impl WriterPool {
             }
             self.progress.notify_all();
         }
+    }
+}
+
+/// See [`WriterPool::closer`].
+pub struct Closer<'p>(&'p WriterPool);
+
+impl Drop for Closer<'_> {
+    fn drop(&mut self) {
+        self.0.abandon();
     }
 }
 
@@ -234,5 +249,14 @@ mod tests {
             err
         });
         assert_eq!(err.path, dir.path().join("taken"));
+        // finish() after a failure returns the error and still stops the writers (the scope
+        // would never end otherwise).
+        let pool = WriterPool::new();
+        let result = std::thread::scope(|scope| {
+            scope.spawn(|| pool.work());
+            pool.submit(dir.path().join("taken"), b"x".to_vec(), 0o644, SystemTime::now()).unwrap();
+            pool.finish()
+        });
+        assert!(result.is_err());
     }
 }

@@ -143,10 +143,12 @@ fn decode_block(file: &File, start: u64, block: &Block, index: usize, checks: bo
         let end = (produced + (1 << 20)).min(total);
         let (before_in, before_out) = (stream.total_in(), stream.total_out());
         let status = stream.process(&input[consumed..], &mut out[produced..end], Action::Run).map_err(bad)?;
-        consumed += (stream.total_in() - before_in) as usize;
+        let taken = (stream.total_in() - before_in) as usize;
+        consumed += taken;
         let made = (stream.total_out() - before_out) as usize;
         produced += made;
-        if made == 0 && (consumed == input.len() || status == Status::StreamEnd) {
+        // No progress at all, or no input left to make the rest from: the block is short.
+        if made == 0 && (taken == 0 || consumed == input.len() || status == Status::StreamEnd) {
             return Err(io::Error::new(io::ErrorKind::InvalidData, "xz block ended before its recorded size"));
         }
     }
