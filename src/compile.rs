@@ -353,8 +353,15 @@ fn install(args: &CompileArgs, layer_dir: &Path, entries_file: &Path, entries: &
         fs::create_dir_all(staging.join("profile"))?;
         fs::write(staging.join("profile/datadog.sh"), PROFILE_SCRIPT)?;
         fs::create_dir_all(staging.join("ddslug/bin"))?;
-        fs::copy(&args.self_exe, staging.join("ddslug/bin/ddslug"))
-            .with_context(|| format!("copying the ddslug binary from {}", args.self_exe.display()))?;
+        let bin = staging.join("ddslug/bin/ddslug");
+        // Builds replace the buildpack's binary, they never edit it in place: a hard link
+        // is as good as a copy and costs nothing (a copy is a few MB on every build).
+        let plain_file = fs::symlink_metadata(&args.self_exe).is_ok_and(|m| m.is_file());
+        let linked = Materialize::from_env() == Materialize::Link && plain_file && fs::hard_link(&args.self_exe, &bin).is_ok();
+        if !linked {
+            fs::copy(&args.self_exe, &bin)
+                .with_context(|| format!("copying the ddslug binary from {}", args.self_exe.display()))?;
+        }
         fs::write(staging.join("ddslug/manifest.json"), to_json(manifest))?;
         fs::copy(entries_file, staging.join("ddslug/tree.json")).context("copying the layer's entry list")?;
         Ok(())

@@ -350,7 +350,8 @@ fn xz_reader<R: Read>(body: R) -> io::Result<liblzma::read::XzDecoder<R>> {
     let threads = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
     let stream = liblzma::stream::MtStreamBuilder::new()
         .threads(threads)
-        .memlimit_threading(256 << 20)
+        // Beyond this liblzma decodes on one thread: a compile stays well under 256 MB.
+        .memlimit_threading(128 << 20)
         .memlimit_stop(u64::MAX)
         .decoder();
     match stream {

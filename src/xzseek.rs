@@ -25,6 +25,8 @@ use liblzma::stream::{Action, IGNORE_CHECK, Status, Stream};
 
 /// Blocks bigger than this are not held in memory: the sequential decoder streams them.
 const MAX_BLOCK: u64 = 32 << 20;
+/// Memory for blocks in flight, at most (at least one block ahead is always allowed).
+const MEMORY: u64 = 128 << 20;
 const HEADER_LEN: u64 = 12;
 
 /// One block of the stream.
@@ -215,16 +217,20 @@ impl BlockReader {
     /// verifying each block's check if `checks`.
     pub fn new(file: File, start: u64, blocks: Vec<Block>, checks: bool) -> BlockReader {
         let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).min(8);
+        // Each block ahead holds its compressed and decoded bytes, plus the one being read:
+        // keep that under MEMORY whatever the core count.
+        let biggest = blocks.iter().map(|b| b.uncompressed_len.max(b.len)).max().unwrap_or(1).max(1);
+        let ahead = threads.min(((MEMORY / biggest).saturating_sub(1) / 2).max(1) as usize);
         let blocks = Arc::new(blocks);
         let file = Arc::new(file);
         let shared = Arc::new(Shared { state: Mutex::new(State::default()), ready: Condvar::new(), wanted: AtomicUsize::new(0), decoded: AtomicUsize::new(0) });
-        let workers = (0..threads)
+        let workers = (0..ahead)
             .map(|_| {
                 let (blocks, file, shared) = (blocks.clone(), file.clone(), shared.clone());
                 std::thread::spawn(move || work(&file, start, &blocks, checks, &shared))
             })
             .collect();
-        BlockReader { blocks, shared, workers, ahead: threads, pos: 0, current: None, used: 0 }
+        BlockReader { blocks, shared, workers, ahead, pos: 0, current: None, used: 0 }
     }
 
     pub fn stats(&self) -> BlockStats {
