@@ -192,7 +192,7 @@ pub fn materialize_tree(src: &Path, dst: &Path, how: Materialize) -> Result<Copy
 /// [`materialize_tree`].
 pub fn materialize_entries(src: &Path, dst: &Path, entries: &[TreeEntry], how: Materialize) -> Result<CopyStats, CopyError> {
     if how == Materialize::Copy {
-        return materialize_tree(src, dst, how);
+        return copy_listed(src, dst, entries);
     }
     fs::create_dir(dst).map_err(io_at(dst))?;
     // Sorted by path bytes, a directory comes before everything below it.
@@ -239,7 +239,7 @@ pub fn materialize_entries(src: &Path, dst: &Path, entries: &[TreeEntry], how: M
     })?;
     if cross_device.load(Ordering::Relaxed) {
         fs::remove_dir_all(dst).map_err(io_at(dst))?;
-        return materialize_tree(src, dst, Materialize::Copy);
+        return copy_listed(src, dst, entries);
     }
     let mut stats = CopyStats { linked: true, ..Default::default() };
     for e in entries {
@@ -269,6 +269,29 @@ pub fn materialize_entries(src: &Path, dst: &Path, entries: &[TreeEntry], how: M
         fs::set_permissions(to, fs::Permissions::from_mode(mode)).map_err(io_at(to))?;
         if to != dst {
             filetime::set_file_mtime(to, FileTime::from_last_modification_time(&meta)).map_err(io_at(to))?;
+        }
+    }
+    Ok(stats)
+}
+
+/// [`copy_tree`], then removes whatever `entries` does not list (a file added to the layer
+/// after it was recorded must not reach a slug, copied or linked).
+fn copy_listed(src: &Path, dst: &Path, entries: &[TreeEntry]) -> Result<CopyStats, CopyError> {
+    let stats = copy_tree(src, dst)?;
+    let listed: std::collections::HashSet<&str> = entries.iter().map(|e| e.path.as_str()).collect();
+    let mut stack = vec![(dst.to_owned(), String::new())];
+    while let Some((dir, rel)) = stack.pop() {
+        for entry in fs::read_dir(&dir).map_err(io_at(&dir))? {
+            let entry = entry.map_err(io_at(&dir))?;
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let child = if rel.is_empty() { name } else { format!("{rel}/{name}") };
+            let is_dir = entry.file_type().map_err(io_at(&path))?.is_dir();
+            if !listed.contains(child.as_str()) {
+                if is_dir { fs::remove_dir_all(&path) } else { fs::remove_file(&path) }.map_err(io_at(&path))?;
+            } else if is_dir {
+                stack.push((path, child));
+            }
         }
     }
     Ok(stats)
@@ -372,8 +395,10 @@ mod tests {
         let (src, dst) = (dir.path().join("layer"), dir.path().join("slug"));
         sample_tree(&src);
         let scan = scan_tree(&src).unwrap();
+        fs::write(src.join("opt/agent/bin/intruder"), b"x").unwrap();
         materialize_entries(&src, &dst, &scan.entries, Materialize::Copy).unwrap();
         assert_eq!(scan_tree(&dst).unwrap().hash, scan.hash);
+        assert!(!dst.join("opt/agent/bin/intruder").exists());
         let (a, b) = (fs::metadata(dst.join("opt/agent/bin/agent")).unwrap(), fs::metadata(src.join("opt/agent/bin/agent")).unwrap());
         assert_ne!(a.ino(), b.ino());
         let copy = fs::metadata(dst.join("opt/agent/bin/agent-copy")).unwrap();
