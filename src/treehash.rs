@@ -46,11 +46,52 @@ pub enum EntryKind {
 
 /// One entry of a tree.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+// Read through a flat struct: serde's `flatten` of a tagged enum buffers every entry, which
+// made loading a 24,000-entry list a tenth of a warm compile.
+#[serde(try_from = "FlatEntry")]
 pub struct TreeEntry {
     pub path: String,
     pub mode: u32,
     #[serde(flatten)]
     pub kind: EntryKind,
+}
+
+/// [`TreeEntry`] as its JSON reads: the kind's fields side by side.
+#[derive(serde::Deserialize)]
+struct FlatEntry {
+    path: String,
+    mode: u32,
+    #[serde(rename = "type")]
+    kind: FlatKind,
+    sha256: Option<Sha256>,
+    size: Option<u64>,
+    target: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum FlatKind {
+    Dir,
+    File,
+    Symlink,
+}
+
+impl TryFrom<FlatEntry> for TreeEntry {
+    type Error = String;
+    fn try_from(e: FlatEntry) -> Result<TreeEntry, String> {
+        let kind = match e.kind {
+            FlatKind::Dir => EntryKind::Dir,
+            FlatKind::File => match (e.sha256, e.size) {
+                (Some(sha256), Some(size)) => EntryKind::File { sha256, size },
+                _ => return Err(format!("{}: a file entry needs sha256 and size", e.path)),
+            },
+            FlatKind::Symlink => match e.target {
+                Some(target) => EntryKind::Symlink { target },
+                None => return Err(format!("{}: a symlink entry needs a target", e.path)),
+            },
+        };
+        Ok(TreeEntry { path: e.path, mode: e.mode, kind })
+    }
 }
 
 /// A scanned tree.
@@ -340,5 +381,17 @@ mod tests {
         assert_eq!(digest("top"), Sha256::of(b""), "a file written to since is read again");
         assert_eq!(mtimes.len(), 2);
         assert_eq!(mtimes[0], (1_600_000_000, 0));
+    }
+
+    #[test]
+    fn entry_lists_read_back_what_was_written() {
+        let dir = tree();
+        let scan = scan_tree(dir.path()).unwrap();
+        let json = serde_json::to_string(&scan.entries).unwrap();
+        assert!(json.contains(r#""type":"file","sha256":""#), "{json}");
+        let back: Vec<TreeEntry> = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, scan.entries);
+        let err = serde_json::from_str::<TreeEntry>(r#"{"path":"f","mode":420,"type":"file","size":1}"#).unwrap_err();
+        assert!(err.to_string().contains("needs sha256 and size"), "{err}");
     }
 }
