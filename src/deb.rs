@@ -16,7 +16,7 @@ use std::path::{Component, Path, PathBuf};
 
 use filetime::FileTime;
 
-use crate::filewriter::{WriteError, WriterPool, Written, write_file};
+use crate::filewriter::{WriteError, WriterPool, Written, make_room, write_file};
 use crate::hash::Sha256;
 use crate::treehash::FileId;
 use crate::xzseek::ForwardSeek;
@@ -567,19 +567,16 @@ impl Unpacker<'_, '_> {
         Ok(())
     }
 
-    /// Makes room at `path` for an entry that is not a directory: an existing file or
-    /// symlink is removed (never written through: it may be a hard link or a symlink); an
-    /// existing directory is an error.
+    /// [`make_room`] for an entry that is not a directory.
     fn clear_for_non_dir(&self, path: &Path, name: &str) -> Result<(), DebError> {
-        match fs::symlink_metadata(path) {
-            Ok(m) if m.is_dir() => Err(DebError::Unsupported {
+        make_room(path).map_err(|e| match e.kind() {
+            io::ErrorKind::IsADirectory => DebError::Unsupported {
                 deb: self.label.into(),
                 entry: name.into(),
                 reason: "a non-directory entry replaces a directory".into(),
-            }),
-            Ok(_) => fs::remove_file(path).map_err(self.write_err(path)),
-            Err(_) => Ok(()),
-        }
+            },
+            _ => self.write_err(path)(e),
+        })
     }
 
     /// An archive path as a clean relative path: `./` and `.` dropped; `..` and absolute

@@ -36,14 +36,7 @@ pub fn write_file(path: &Path, source: &mut dyn Read, mode: u32, mtime: SystemTi
     let mut out = match fs::OpenOptions::new().write(true).create_new(true).open(path) {
         Ok(out) => out,
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-            match fs::symlink_metadata(path) {
-                Ok(m) if m.is_dir() => {
-                    return Err(at(io::Error::new(io::ErrorKind::IsADirectory, "a file entry replaces a directory")));
-                }
-                // Replace, never write into: the old path may be a hard link or a symlink.
-                Ok(_) => fs::remove_file(path).map_err(at)?,
-                Err(_) => {}
-            }
+            make_room(path).map_err(at)?;
             File::create(path).map_err(at)?
         }
         Err(e) => return Err(at(e)),
@@ -63,6 +56,17 @@ pub fn write_file(path: &Path, source: &mut dyn Read, mode: u32, mtime: SystemTi
     out.set_modified(mtime).map_err(at)?;
     let meta = out.metadata().map_err(at)?;
     Ok(Written { id: FileId::of(&meta), bytes: hasher.len(), sha256: hasher.finish() })
+}
+
+/// Makes room at `path` for an entry that is not a directory: an existing file or symlink
+/// is removed (never written through: it may be a hard link or a symlink); an existing
+/// directory is an `IsADirectory` error.
+pub fn make_room(path: &Path) -> io::Result<()> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => Err(io::Error::new(io::ErrorKind::IsADirectory, "a non-directory entry replaces a directory")),
+        Ok(_) => fs::remove_file(path),
+        Err(_) => Ok(()),
+    }
 }
 
 /// Writing a file failed.

@@ -188,8 +188,8 @@ pub fn materialize_tree(src: &Path, dst: &Path, how: Materialize) -> Result<Copy
 /// Makes `dst` (which must not exist) equal to the layer at `src` whose sorted entry list
 /// is `entries`: the fast path of a warm build. Directories and symlinks are made from the
 /// list, files are hard-linked on all cores; nothing is listed or read. Where the layer
-/// cannot be linked (another filesystem) or `how` asks for copies, this is
-/// [`materialize_tree`].
+/// cannot be linked (another filesystem) or `how` asks for copies, the layer is copied and
+/// what the list does not name is left out.
 pub fn materialize_entries(src: &Path, dst: &Path, entries: &[TreeEntry], how: Materialize) -> Result<CopyStats, CopyError> {
     if how == Materialize::Copy {
         return copy_listed(src, dst, entries);

@@ -327,18 +327,8 @@ impl Read for BlockReader {
 
 impl Seek for BlockReader {
     fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
-        let target = match to {
-            SeekFrom::Start(p) => Some(p),
-            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
-            SeekFrom::End(d) => self.total().checked_add_signed(d),
-        };
-        match target {
-            Some(p) if p >= self.pos => {
-                self.pos = p;
-                Ok(p)
-            }
-            _ => Err(io::Error::new(io::ErrorKind::Unsupported, "xz block reader seeks forward only")),
-        }
+        self.pos = forward_target(self.pos, Some(self.total()), to)?;
+        Ok(self.pos)
     }
 }
 
@@ -353,6 +343,19 @@ impl Drop for BlockReader {
             let _ = worker.join();
         }
     }
+}
+
+/// Where a seek from `pos` lands, if it goes forward (`len`, when known, allows seeking
+/// from the end); backward seeks are refused.
+fn forward_target(pos: u64, len: Option<u64>, to: SeekFrom) -> io::Result<u64> {
+    let target = match to {
+        SeekFrom::Start(p) => Some(p),
+        SeekFrom::Current(d) => pos.checked_add_signed(d),
+        SeekFrom::End(d) => len.and_then(|l| l.checked_add_signed(d)),
+    };
+    target
+        .filter(|&p| p >= pos)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::Unsupported, "this reader seeks forward only"))
 }
 
 /// A forward-only `Seek` for a plain stream: seeking reads and discards.
@@ -377,14 +380,7 @@ impl<R: Read> Read for ForwardSeek<R> {
 
 impl<R: Read> Seek for ForwardSeek<R> {
     fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
-        let target = match to {
-            SeekFrom::Start(p) => Some(p),
-            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
-            SeekFrom::End(_) => None,
-        };
-        let Some(target) = target.filter(|&p| p >= self.pos) else {
-            return Err(io::Error::new(io::ErrorKind::Unsupported, "this stream seeks forward only"));
-        };
+        let target = forward_target(self.pos, None, to)?;
         let want = target - self.pos;
         let skipped = io::copy(&mut (&mut self.inner).take(want), &mut io::sink())?;
         self.pos += skipped;
