@@ -295,7 +295,7 @@ fn work(file: &File, start: u64, blocks: &[Block], checks: bool, shared: &Shared
             }
             Ok(None) => {}
             Err(e) => {
-                state.done.insert(index, Err(format!("xz block {index}: {e}")));
+                state.done.insert(index, Err(format!("xz block {index} of data.tar.xz cannot be decoded ({e}): the package is damaged; fetch it again")));
             }
         }
         shared.ready.notify_all();
