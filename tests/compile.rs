@@ -105,6 +105,22 @@ fn warm_compile_downloads_and_unpacks_nothing() {
     assert!(text(&out).contains("nothing to download or unpack"), "{}", text(&out));
     assert_eq!(served.server.requests().len(), requests, "the warm compile made HTTP requests");
     assert_eq!(scan_tree(&first.join(".apt")).unwrap().hash, scan_tree(&second.join(".apt")).unwrap().hash);
+    // ENV_DIR is optional: settings may come from the environment alone.
+    let third = served.build_dir("w3");
+    let out = std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/bin/compile"))
+        .arg(&third)
+        .arg(&cache)
+        .env("DDSLUG_BIN", env!("CARGO_BIN_EXE_ddslug"))
+        .env("STACK", "heroku-24")
+        .env("DD_APT_REPO_URL", fs::read_to_string(env.join("DD_APT_REPO_URL")).unwrap())
+        .env("DD_APT_KEYRING", fs::read_to_string(env.join("DD_APT_KEYRING")).unwrap())
+        .env_remove("DD_AGENT_VERSION")
+        .env_remove("DD_AGENT_MAJOR_VERSION")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("Reusing layer"), "{}", text(&out));
+    assert_eq!(scan_tree(&third.join(".apt")).unwrap().hash, scan_tree(&first.join(".apt")).unwrap().hash);
 }
 
 #[test]
