@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use ddslug::compile::{build_layer, fetcher_for, load_config, plan};
+use ddslug::compile::{Reuse, build_layer, fetcher_for, load_config, plan};
 use ddslug::fetch::{Downloaded, FetchOptions, Fetcher};
 use ddslug::manifest::{read_lock, to_json};
 use ddslug::report::{Reporter, bytes};
@@ -81,7 +81,7 @@ pub fn fetch(settings: SettingsArgs, cache: PathBuf, lock_file: Option<PathBuf>)
     };
     let fetcher = Fetcher::new(FetchOptions { offline: settings.offline.then(|| "--offline".to_string()), ..FetchOptions::default() });
     // Building the layer too means the later compile only copies.
-    build_layer(&store, &fetcher, &lock, &report)?;
+    build_layer(&store, &fetcher, &lock, &report, Reuse::Checked)?;
     for p in &lock.packages {
         let ok = store.check_blob(Downloaded { sha256: p.sha256, size: p.size })?;
         println!("{} {} {}", if ok { "cached" } else { "MISSING" }, p.name, p.version);

@@ -21,7 +21,8 @@ use crate::fetch::{Downloaded, FetchOptions, Fetcher};
 use crate::hash::Sha256;
 use crate::layer::{self, DebInput, LAYER_FORMAT, LayerInputs};
 use crate::manifest::{Lock, LockedPackage, Manifest, Removed, SCHEMA, read_lock, to_json};
-use crate::materialize::{Materialize, materialize_entries, merge_into};
+use crate::fsat::Stat;
+use crate::materialize::{Check, Materialize, Materialized, materialize_entries, merge_into};
 use crate::recipe::{Options, Recipe};
 use crate::report::{Reporter, bytes, seconds};
 use crate::store::{Store, remove_any};
@@ -98,8 +99,33 @@ pub fn compile(args: &CompileArgs, report: &Reporter) -> Result<CompileOutcome> 
     } else {
         plan(&config, &fetcher, &store, report, true)?
     };
-    let built = build_layer(&store, &fetcher, &lock, report)?;
-    let manifest = Manifest {
+    let mut built = build_layer(&store, &fetcher, &lock, report, Reuse::CheckWhileLinking)?;
+    report.topic("Installing into the slug");
+    let mut t = Instant::now();
+    let mut manifest = manifest_for(&lock, &config, &built);
+    if !install(args, &store, &built, &manifest)? {
+        report.warn(&layer_changed(&built.info.key));
+        built = build_layer(&store, &fetcher, &lock, report, Reuse::Never)?;
+        manifest = manifest_for(&lock, &config, &built);
+        report.topic("Installing into the slug");
+        t = Instant::now();
+        if !install(args, &store, &built, &manifest)? {
+            anyhow::bail!("layer {} changed while it was being installed; run the build again", &built.info.key.hex()[..12]);
+        }
+    }
+    report.detail(&format!(
+        "{} files, {} in .apt (in place in {}); tree hash {}",
+        built.info.files,
+        bytes(built.info.bytes),
+        seconds(t.elapsed()),
+        built.info.tree_hash
+    ));
+    report.topic(&format!("Datadog Agent {} installed in {}", lock.packages[0].version, seconds(started.elapsed())));
+    Ok(CompileOutcome { manifest, downloaded: built.downloaded, layer_reused: built.reused })
+}
+
+fn manifest_for(lock: &Lock, config: &Config, built: &BuiltLayer) -> Manifest {
+    Manifest {
         schema: SCHEMA,
         ddslug_version: env!("CARGO_PKG_VERSION").into(),
         lock: lock.clone(),
@@ -110,20 +136,7 @@ pub fn compile(args: &CompileArgs, report: &Reporter) -> Result<CompileOutcome> 
         bytes: built.info.bytes,
         removed: built.info.removed.iter().map(Removed::from).collect(),
         pkgconfig: built.info.pkgconfig.clone(),
-    };
-    report.topic("Installing into the slug");
-    let t = Instant::now();
-    let key = built.info.key;
-    install(args, &layer::layer_dir(&store, &key), &layer::entries_path(&store, &key), &built.entries, &manifest)?;
-    report.detail(&format!(
-        "{} files, {} in .apt (in place in {}); tree hash {}",
-        built.info.files,
-        bytes(built.info.bytes),
-        seconds(t.elapsed()),
-        built.info.tree_hash
-    ));
-    report.topic(&format!("Datadog Agent {} installed in {}", lock.packages[0].version, seconds(started.elapsed())));
-    Ok(CompileOutcome { manifest, downloaded: built.downloaded, layer_reused: built.reused })
+    }
 }
 
 /// A lock committed by the app pins packages, recipe and options; settings that would now
@@ -186,14 +199,28 @@ pub struct BuiltLayer {
     pub info: layer::LayerInfo,
     /// The layer's entries, sorted by path: what the slug is made of.
     pub entries: Vec<TreeEntry>,
+    /// Set for a reused layer whose files are still to be checked (see [`Reuse`]).
+    pub unchecked: Option<layer::RecordedMtimes>,
     pub downloaded: bool,
     pub reused: bool,
+}
+
+/// Whether [`build_layer`] may reuse a stored layer, and who checks it first.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Reuse {
+    /// Reuse a stored layer after checking it against its record.
+    Checked,
+    /// Reuse a stored layer; the caller checks it while linking it into a slug (one pass
+    /// over the layer instead of two).
+    CheckWhileLinking,
+    /// Build it again, as when the check failed.
+    Never,
 }
 
 /// Builds (or reuses) the layer the locked blobs and the recipe make. A layer already in the
 /// store (and unchanged on disk) needs no blob at all; otherwise the blobs are fetched and
 /// verified first.
-pub fn build_layer(store: &Store, fetcher: &Fetcher, lock: &Lock, report: &Reporter) -> Result<BuiltLayer> {
+pub fn build_layer(store: &Store, fetcher: &Fetcher, lock: &Lock, report: &Reporter, reuse: Reuse) -> Result<BuiltLayer> {
     let recipe = Recipe::parse(RECIPE, "recipes/datadog-agent.toml")?;
     let inputs = LayerInputs {
         format: LAYER_FORMAT,
@@ -207,21 +234,29 @@ pub fn build_layer(store: &Store, fetcher: &Fetcher, lock: &Lock, report: &Repor
         wrapper_sha256: Sha256::of(AGENT_WRAPPER.as_bytes()),
     };
     let key = inputs.key();
-    let existing = match layer::load(store, &key)? {
-        Some(info) => match layer::quick_check(store, &key)? {
-            Some(entries) => Some((info, entries)),
+    let stored = if reuse == Reuse::Never { None } else { layer::load(store, &key)? };
+    let existing = match stored {
+        Some(info) if reuse == Reuse::CheckWhileLinking => match layer::load_recorded(store, &key) {
+            Some(recorded) => Some((info, recorded.entries, Some(recorded.mtimes))),
             None => {
-                report.warn(&format!("layer {} was changed on disk; rebuilding it", &key.hex()[..12]));
+                report.warn(&format!("layer {} has no usable record of its files; rebuilding it", &key.hex()[..12]));
+                None
+            }
+        },
+        Some(info) => match layer::quick_check(store, &key) {
+            Some(entries) => Some((info, entries, None)),
+            None => {
+                report.warn(&layer_changed(&key));
                 None
             }
         },
         None => None,
     };
     let mut downloaded = false;
-    let (info, entries, reused) = match existing {
-        Some((info, entries)) => {
+    let (info, entries, unchecked, reused) = match existing {
+        Some((info, entries, unchecked)) => {
             report.topic(&format!("Reusing layer {} (nothing to download or unpack)", &key.hex()[..12]));
-            (info, entries, true)
+            (info, entries, unchecked, true)
         }
         None => {
             let mut blobs = Vec::new();
@@ -251,7 +286,7 @@ pub fn build_layer(store: &Store, fetcher: &Fetcher, lock: &Lock, report: &Repor
                     xz.used, xz.blocks, ahead
                 ));
             }
-            (built.info, built.entries, false)
+            (built.info, built.entries, None, false)
         }
     };
     layer::touch(store, &key);
@@ -264,7 +299,11 @@ pub fn build_layer(store: &Store, fetcher: &Fetcher, lock: &Lock, report: &Repor
             removed.why
         ));
     }
-    Ok(BuiltLayer { info, entries, downloaded, reused })
+    Ok(BuiltLayer { info, entries, unchecked, downloaded, reused })
+}
+
+fn layer_changed(key: &Sha256) -> String {
+    format!("layer {} was changed on disk; rebuilding it", &key.hex()[..12])
 }
 
 fn resolve(
@@ -343,13 +382,22 @@ fn file_name(path: &str) -> &str {
 }
 
 /// Assembles the slug's files in a staging directory inside BUILD_DIR, then moves them
-/// into place.
-fn install(args: &CompileArgs, layer_dir: &Path, entries_file: &Path, entries: &[TreeEntry], manifest: &Manifest) -> Result<()> {
+/// into place. Returns `false`, with BUILD_DIR untouched, when the layer's files turn out
+/// not to be what its record says (checked on the way when the layer was reused).
+fn install(args: &CompileArgs, store: &Store, built: &BuiltLayer, manifest: &Manifest) -> Result<bool> {
+    let key = built.info.key;
+    let (layer_dir, entries_file) = (layer::layer_dir(store, &key), layer::entries_path(store, &key));
+    let entries = &built.entries;
     let staging = args.build_dir.join(format!(".ddslug-staging.{}", std::process::id()));
     remove_any(&staging)?;
     fs::create_dir(&staging).with_context(|| format!("creating {}", staging.display()))?;
-    let result = (|| -> Result<()> {
-        materialize_entries(layer_dir, &staging.join("apt"), entries, Materialize::from_env())?;
+    let result = (|| -> Result<bool> {
+        let check = built.unchecked.as_ref().map(|mtimes| move |i: usize, st: &Stat| mtimes.intact(entries, i, st));
+        let check = check.as_ref().map(|c| c as Check);
+        let how = Materialize::from_env();
+        if let Materialized::SourceChanged = materialize_entries(&layer_dir, &staging.join("apt"), entries, how, check)? {
+            return Ok(false);
+        }
         fs::create_dir_all(staging.join("profile"))?;
         fs::write(staging.join("profile/datadog.sh"), PROFILE_SCRIPT)?;
         fs::create_dir_all(staging.join("ddslug/bin"))?;
@@ -363,12 +411,15 @@ fn install(args: &CompileArgs, layer_dir: &Path, entries_file: &Path, entries: &
                 .with_context(|| format!("copying the ddslug binary from {}", args.self_exe.display()))?;
         }
         fs::write(staging.join("ddslug/manifest.json"), to_json(manifest))?;
-        fs::copy(entries_file, staging.join("ddslug/tree.json")).context("copying the layer's entry list")?;
-        Ok(())
+        fs::copy(&entries_file, staging.join("ddslug/tree.json")).context("copying the layer's entry list")?;
+        Ok(true)
     })();
-    if let Err(e) = result {
-        let _ = remove_any(&staging);
-        return Err(e);
+    match result {
+        Ok(true) => {}
+        other => {
+            let _ = remove_any(&staging);
+            return other;
+        }
     }
     // From here on only renames: BUILD_DIR changes all at once, as far as a filesystem allows.
     merge_into(&staging.join("apt"), &args.build_dir.join(".apt"))?;
@@ -377,5 +428,5 @@ fn install(args: &CompileArgs, layer_dir: &Path, entries_file: &Path, entries: &
     remove_any(&ddslug_dir)?;
     fs::rename(staging.join("ddslug"), &ddslug_dir)?;
     remove_any(&staging)?;
-    Ok(())
+    Ok(true)
 }

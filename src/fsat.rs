@@ -47,15 +47,39 @@ impl Dir {
     /// `lstat` of `name` in this directory.
     pub fn stat(&self, name: &str) -> io::Result<Stat> {
         let name = c_name(name)?;
+        self.stat_at(&name, libc::AT_SYMLINK_NOFOLLOW)
+    }
+
+    /// The directory's own metadata.
+    pub fn metadata(&self) -> io::Result<Stat> {
+        self.stat_at(c"", libc::AT_EMPTY_PATH)
+    }
+
+    fn stat_at(&self, name: &std::ffi::CStr, flags: libc::c_int) -> io::Result<Stat> {
         let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
         // SAFETY: `name` is NUL-terminated and `st` is a valid out-pointer; fstatat fills it on success.
-        let rc = unsafe { libc::fstatat(self.0.as_raw_fd(), name.as_ptr(), st.as_mut_ptr(), libc::AT_SYMLINK_NOFOLLOW) };
+        let rc = unsafe { libc::fstatat(self.0.as_raw_fd(), name.as_ptr(), st.as_mut_ptr(), flags) };
         if rc != 0 {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: fstatat succeeded, so `st` is initialised.
         let st = unsafe { st.assume_init() };
         Ok(Stat { mode: st.st_mode, size: st.st_size as u64, mtime: (st.st_mtime, st.st_mtime_nsec) })
+    }
+
+    /// Creates the symlink `name` -> `target` in this directory with the given mtime (its
+    /// atime too: a symlink's times are only ever set together here).
+    pub fn symlink(&self, target: &str, name: &str, mtime: (i64, i64)) -> io::Result<()> {
+        let (target, name) = (c_name(target)?, c_name(name)?);
+        // SAFETY: both strings are NUL-terminated; the descriptor is an open directory.
+        if unsafe { libc::symlinkat(target.as_ptr(), self.0.as_raw_fd(), name.as_ptr()) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let time = libc::timespec { tv_sec: mtime.0, tv_nsec: mtime.1 };
+        let times = [time, time];
+        // SAFETY: `times` holds two timespecs as utimensat requires; `name` is NUL-terminated.
+        let rc = unsafe { libc::utimensat(self.0.as_raw_fd(), name.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) };
+        if rc != 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
     }
 
     /// Hard-links `name` in this directory as `name` in `dest`.
@@ -127,6 +151,14 @@ mod tests {
         assert_eq!(da.stat("missing").unwrap_err().kind(), io::ErrorKind::NotFound);
         da.link_into("f", &db).unwrap();
         assert_eq!(fs::metadata(b.join("f")).unwrap().ino(), meta.ino());
+        let own = da.metadata().unwrap();
+        let dir_meta = fs::metadata(&a).unwrap();
+        assert!(own.is_dir() && own.mode == dir_meta.mode() && own.mtime == (dir_meta.mtime(), dir_meta.mtime_nsec()));
+        db.symlink("../a/f", "l", (1_700_000_000, 5)).unwrap();
+        assert_eq!(fs::read_link(b.join("l")).unwrap(), Path::new("../a/f"));
+        let link_meta = fs::symlink_metadata(b.join("l")).unwrap();
+        assert_eq!((link_meta.mtime(), link_meta.mtime_nsec()), (1_700_000_000, 5));
+        assert_eq!(db.symlink("x", "l", (0, 0)).unwrap_err().kind(), io::ErrorKind::AlreadyExists);
     }
 
     #[test]

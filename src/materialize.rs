@@ -5,9 +5,9 @@
 //!
 //! Sharing inodes with the store means an in-place edit of a slug file would also edit the
 //! layer: the store guards against that by checking each layer file's size, mode and mtime
-//! before reuse (`layer::quick_check`) and rebuilding a layer that changed. A warm build
-//! links from the layer's recorded entry list ([`materialize_entries`]), so it neither
-//! lists nor reads the layer.
+//! against the layer's record and rebuilding a layer that changed. A warm build links from
+//! the recorded entry list and checks each entry as it links it ([`materialize_entries`]),
+//! so it neither lists nor reads the layer, and visits each of its directories once.
 //!
 //! Contract: the slug tree is made in a staging directory inside BUILD_DIR and moved into
 //! place only when complete, so a failure leaves BUILD_DIR as it was. The layer is only read.
@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use filetime::FileTime;
 
+use crate::fsat::Stat;
 use crate::treehash::{EntryKind, TreeEntry};
 
 /// A copy failed.
@@ -185,93 +186,269 @@ pub fn materialize_tree(src: &Path, dst: &Path, how: Materialize) -> Result<Copy
     Ok(stats)
 }
 
+/// Judges an entry of a stored tree by its index in the entry list and its lstat: `false`
+/// means the tree was changed since the list was recorded.
+pub type Check<'a> = &'a (dyn Fn(usize, &Stat) -> bool + Sync);
+
+/// What [`materialize_entries`] did.
+#[derive(Debug)]
+pub enum Materialized {
+    Done(CopyStats),
+    /// The check failed for some entry: `src` is not what the list says. `dst` was removed.
+    SourceChanged,
+}
+
 /// Makes `dst` (which must not exist) equal to the layer at `src` whose sorted entry list
-/// is `entries`: the fast path of a warm build. Directories and symlinks are made from the
-/// list, files are hard-linked on all cores; nothing is listed or read. Where the layer
-/// cannot be linked (another filesystem) or `how` asks for copies, the layer is copied and
-/// what the list does not name is left out.
-pub fn materialize_entries(src: &Path, dst: &Path, entries: &[TreeEntry], how: Materialize) -> Result<CopyStats, CopyError> {
+/// is `entries`: the fast path of a warm build. Each directory is made, checked and filled
+/// in one pass on all cores: files are hard-linked, symlinks and directories made from the
+/// list; nothing is listed or read. With `check`, every entry of `src` is judged on the
+/// way (one lstat each) and a failure stops everything. Where the layer cannot be linked
+/// (another filesystem) or `how` asks for copies, the layer is checked, then copied, and what
+/// the list does not name is left out.
+pub fn materialize_entries(src: &Path, dst: &Path, entries: &[TreeEntry], how: Materialize, check: Option<Check>) -> Result<Materialized, CopyError> {
     if how == Materialize::Copy {
-        return copy_listed(src, dst, entries);
+        return checked_copy(src, dst, entries, check);
     }
+    let groups = directory_groups(entries).map_err(|e| CopyError { path: src.to_owned(), source: e })?;
     fs::create_dir(dst).map_err(io_at(dst))?;
-    // Sorted by path bytes, a directory comes before everything below it.
-    for e in entries.iter().filter(|e| matches!(e.kind, EntryKind::Dir)) {
-        let path = dst.join(&e.path);
-        fs::create_dir(&path).map_err(io_at(&path))?;
-    }
-    let files = entries.iter().enumerate().filter(|(_, e)| matches!(e.kind, EntryKind::File { .. }));
-    let groups = crate::fsat::by_directory(files.map(|(i, e)| (i, e.path.as_str())));
-    let cross_device = AtomicBool::new(false);
-    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).min(8);
-    std::thread::scope(|scope| -> Result<(), CopyError> {
-        let handles: Vec<_> = crate::fsat::balanced(&groups, workers)
-            .into_iter()
-            .map(|run| {
-                let (groups, cross_device) = (&groups[run], &cross_device);
-                scope.spawn(move || -> Result<(), CopyError> {
-                    for (rel, names) in groups {
-                        let (from, to) = (crate::fsat::join(src, rel), crate::fsat::join(dst, rel));
-                        let from_dir = crate::fsat::Dir::open(&from).map_err(io_at(&from))?;
-                        let to_dir = crate::fsat::Dir::open(&to).map_err(io_at(&to))?;
-                        for (_, name) in names {
-                            match from_dir.link_into(name, &to_dir) {
-                                Ok(()) => {}
-                                Err(err) if err.raw_os_error() == Some(libc::EXDEV) => {
-                                    cross_device.store(true, Ordering::Relaxed);
-                                    return Ok(());
-                                }
-                                Err(err) => return Err(CopyError { path: to.join(name), source: err }),
-                            }
-                        }
-                        if cross_device.load(Ordering::Relaxed) {
-                            return Ok(());
-                        }
-                    }
-                    Ok(())
-                })
-            })
-            .collect();
-        for handle in handles {
-            handle.join().map_err(|_| CopyError { path: dst.to_owned(), source: std::io::Error::other("link thread panicked") })??;
+    let walked = walk_groups(src, Some(dst), entries, &groups, check);
+    let walked = match walked {
+        Ok(w) if !w.changed && !w.cross_device => w,
+        other => {
+            let _ = fs::remove_dir_all(dst);
+            let w = other?;
+            return if w.changed { Ok(Materialized::SourceChanged) } else { checked_copy(src, dst, entries, check) };
+        }
+    };
+    // Directories last: filling them changed their mtimes. Setting a directory's mode or
+    // mtime does not touch its parent's, so any order and any thread will do.
+    let fix = |run: std::ops::Range<usize>| -> Result<(), CopyError> {
+        for (group, stat) in groups[run.clone()].iter().zip(&walked.dir_stats[run]) {
+            let to = crate::fsat::join(dst, group.rel);
+            let mode = group.index.map_or(stat.mode & 0o7777, |i| entries[i].mode);
+            fs::set_permissions(&to, fs::Permissions::from_mode(mode)).map_err(io_at(&to))?;
+            if group.index.is_some() {
+                let mtime = FileTime::from_unix_time(stat.mtime.0, stat.mtime.1 as u32);
+                filetime::set_file_mtime(&to, mtime).map_err(io_at(&to))?;
+            }
         }
         Ok(())
-    })?;
-    if cross_device.load(Ordering::Relaxed) {
-        fs::remove_dir_all(dst).map_err(io_at(dst))?;
-        return copy_listed(src, dst, entries);
+    };
+    let half = groups.len() / 2;
+    let fixed = std::thread::scope(|scope| {
+        let other = scope.spawn(|| fix(half..groups.len()));
+        let mine = fix(0..half);
+        mine.and(other.join().unwrap_or_else(|_| Err(CopyError { path: dst.to_owned(), source: std::io::Error::other("thread panicked") })))
+    });
+    if let Err(e) = fixed {
+        let _ = fs::remove_dir_all(dst);
+        return Err(e);
     }
     let mut stats = CopyStats { linked: true, ..Default::default() };
     for e in entries {
-        match &e.kind {
-            EntryKind::Symlink { target } => {
-                let (from, path) = (src.join(&e.path), dst.join(&e.path));
-                let meta = fs::symlink_metadata(&from).map_err(io_at(&from))?;
-                std::os::unix::fs::symlink(target, &path).map_err(io_at(&path))?;
-                let mtime = FileTime::from_last_modification_time(&meta);
-                filetime::set_symlink_file_times(&path, mtime, mtime).map_err(io_at(&path))?;
-                stats.files += 1;
-            }
+        match e.kind {
             EntryKind::File { size, .. } => {
                 stats.files += 1;
                 stats.bytes += size;
             }
+            EntryKind::Symlink { .. } => stats.files += 1,
             EntryKind::Dir => {}
         }
     }
-    // Directories last, deepest first: filling them changed their mtimes.
-    let root = std::iter::once((src.to_owned(), dst.to_owned(), None));
-    let below = entries.iter().filter(|e| matches!(e.kind, EntryKind::Dir)).map(|e| (src.join(&e.path), dst.join(&e.path), Some(e.mode)));
-    let dirs: Vec<_> = root.chain(below).collect();
-    for (from, to, mode) in dirs.iter().rev() {
-        let meta = fs::metadata(from).map_err(io_at(from))?;
-        let mode = mode.unwrap_or(meta.mode() & 0o7777);
-        fs::set_permissions(to, fs::Permissions::from_mode(mode)).map_err(io_at(to))?;
-        if to != dst {
-            filetime::set_file_mtime(to, FileTime::from_last_modification_time(&meta)).map_err(io_at(to))?;
+    Ok(Materialized::Done(stats))
+}
+
+/// Whether every entry of the tree at `src` passes `check` (one lstat each, on all cores).
+/// A missing entry fails.
+pub fn check_entries(src: &Path, entries: &[TreeEntry], check: Check) -> bool {
+    let Ok(groups) = directory_groups(entries) else { return false };
+    walk_groups(src, None, entries, &groups, Some(check)).is_ok_and(|w| !w.changed)
+}
+
+fn checked_copy(src: &Path, dst: &Path, entries: &[TreeEntry], check: Option<Check>) -> Result<Materialized, CopyError> {
+    if let Some(check) = check
+        && !check_entries(src, entries, check)
+    {
+        return Ok(Materialized::SourceChanged);
+    }
+    Ok(Materialized::Done(copy_listed(src, dst, entries)?))
+}
+
+/// A directory of a tree and what is directly in it but directories (each its own group).
+struct Group<'a> {
+    /// `/`-separated path below the root; `""` for the root.
+    rel: &'a str,
+    /// The directory's own entry; `None` for the root.
+    index: Option<usize>,
+    /// Index and name of each file and symlink in it.
+    children: Vec<(usize, &'a str)>,
+}
+
+/// The groups of a sorted entry list, parents before their subdirectories.
+fn directory_groups(entries: &[TreeEntry]) -> std::io::Result<Vec<Group<'_>>> {
+    let mut groups = vec![Group { rel: "", index: None, children: Vec::new() }];
+    let mut by_path: HashMap<&str, usize> = HashMap::from([("", 0)]);
+    for (i, e) in entries.iter().enumerate() {
+        let (parent, name) = e.path.rsplit_once('/').unwrap_or(("", &e.path));
+        let Some(&group) = by_path.get(parent) else {
+            let msg = format!("the entry list names {} before (or without) its directory", e.path);
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, msg));
+        };
+        if let EntryKind::Dir = e.kind {
+            by_path.insert(&e.path, groups.len());
+            groups.push(Group { rel: &e.path, index: Some(i), children: Vec::new() });
+        } else {
+            groups[group].children.push((i, name));
         }
     }
-    Ok(stats)
+    Ok(groups)
+}
+
+/// What walking the groups found.
+struct Walked {
+    /// Some check failed (or an entry to check was missing).
+    changed: bool,
+    /// A hard link failed with EXDEV: `src` and `dst` are on different filesystems.
+    cross_device: bool,
+    /// By group: the source directory's own metadata.
+    dir_stats: Vec<Stat>,
+}
+
+/// Visits every group on all cores: checks each entry of `src` with `check`, and with a
+/// `dst`, makes each directory there and links (or, for symlinks, recreates) its entries.
+/// Stops early, everywhere, at the first failed check or EXDEV.
+fn walk_groups(src: &Path, dst: Option<&Path>, entries: &[TreeEntry], groups: &[Group], check: Option<Check>) -> Result<Walked, CopyError> {
+    let stop = AtomicBool::new(false);
+    let changed = AtomicBool::new(false);
+    let cross_device = AtomicBool::new(false);
+    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).min(8);
+    // Making a directory costs about what linking a few files does.
+    let runs = balanced_runs(groups.iter().map(|g| g.children.len() + 3), workers);
+    let failed = |flag: &AtomicBool| {
+        flag.store(true, Ordering::Relaxed);
+        stop.store(true, Ordering::Relaxed);
+    };
+    let walk_run = |run: std::ops::Range<usize>| -> Result<Vec<Stat>, CopyError> {
+        let mut stats = Vec::with_capacity(run.len());
+        for group in &groups[run] {
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            let from = crate::fsat::join(src, group.rel);
+            let from_dir = match crate::fsat::Dir::open(&from).and_then(|d| d.metadata().map(|st| (d, st))) {
+                Ok((d, st)) if check.is_none_or(|check| group.index.is_none_or(|i| check(i, &st))) => {
+                    stats.push(st);
+                    d
+                }
+                Ok(_) => {
+                    failed(&changed);
+                    break;
+                }
+                Err(_) if check.is_some() => {
+                    failed(&changed);
+                    break;
+                }
+                Err(e) => return Err(CopyError { path: from, source: e }),
+            };
+            let to_dir = match dst {
+                Some(dst) => {
+                    let to = crate::fsat::join(dst, group.rel);
+                    if group.index.is_some() {
+                        make_dir(&to)?;
+                    }
+                    Some(crate::fsat::Dir::open(&to).map_err(io_at(&to))?)
+                }
+                None => None,
+            };
+            for &(i, name) in &group.children {
+                let symlink_target = match &entries[i].kind {
+                    EntryKind::Symlink { target } => Some(target),
+                    _ => None,
+                };
+                let stat = if check.is_some() || symlink_target.is_some() {
+                    match from_dir.stat(name) {
+                        Ok(st) if check.is_none_or(|check| check(i, &st)) => Some(st),
+                        Ok(_) => {
+                            failed(&changed);
+                            break;
+                        }
+                        Err(_) if check.is_some() => {
+                            failed(&changed);
+                            break;
+                        }
+                        Err(e) => return Err(CopyError { path: from.join(name), source: e }),
+                    }
+                } else {
+                    None
+                };
+                let Some(to_dir) = &to_dir else { continue };
+                let made = match (symlink_target, stat) {
+                    (Some(target), Some(st)) => to_dir.symlink(target, name, st.mtime),
+                    _ => from_dir.link_into(name, to_dir),
+                };
+                match made {
+                    Ok(()) => {}
+                    Err(err) if err.raw_os_error() == Some(libc::EXDEV) => {
+                        failed(&cross_device);
+                        break;
+                    }
+                    Err(err) => {
+                        stop.store(true, Ordering::Relaxed);
+                        return Err(CopyError { path: crate::fsat::join(dst.unwrap_or(src), group.rel).join(name), source: err });
+                    }
+                }
+            }
+        }
+        Ok(stats)
+    };
+    let per_run = std::thread::scope(|scope| {
+        let handles: Vec<_> = runs.iter().skip(1).map(|run| scope.spawn(|| walk_run(run.clone()))).collect();
+        let mut results = vec![runs.first().map_or(Ok(Vec::new()), |run| walk_run(run.clone()))];
+        for handle in handles {
+            results.push(handle.join().unwrap_or_else(|_| Err(CopyError { path: src.to_owned(), source: std::io::Error::other("thread panicked") })));
+        }
+        results
+    });
+    let mut dir_stats = Vec::with_capacity(groups.len());
+    for stats in per_run {
+        dir_stats.extend(stats?);
+    }
+    let (changed, cross_device) = (changed.into_inner(), cross_device.into_inner());
+    if !changed && !cross_device && dir_stats.len() != groups.len() {
+        return Err(CopyError { path: src.to_owned(), source: std::io::Error::other("a directory was skipped") });
+    }
+    Ok(Walked { changed, cross_device, dir_stats })
+}
+
+/// Creates a directory of the slug. Its parent may belong to another thread's run and not
+/// exist yet: then the parents are made here (and the other thread finds them made).
+fn make_dir(path: &Path) -> Result<(), CopyError> {
+    match fs::create_dir(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => fs::create_dir_all(path).map_err(io_at(path)),
+        Err(e) => Err(CopyError { path: path.to_owned(), source: e }),
+    }
+}
+
+/// Splits items of the given weights into at most `parts` consecutive runs of similar weight.
+fn balanced_runs(weights: impl ExactSizeIterator<Item = usize> + Clone, parts: usize) -> Vec<std::ops::Range<usize>> {
+    let total: usize = weights.clone().sum();
+    let target = total.div_ceil(parts.max(1)).max(1);
+    let (mut runs, mut start, mut acc) = (Vec::new(), 0, 0);
+    let len = weights.len();
+    for (i, w) in weights.enumerate() {
+        acc += w;
+        if acc >= target {
+            runs.push(start..i + 1);
+            start = i + 1;
+            acc = 0;
+        }
+    }
+    if start < len {
+        runs.push(start..len);
+    }
+    runs
 }
 
 /// [`copy_tree`], then removes whatever `entries` does not list (a file added to the layer
@@ -371,6 +548,13 @@ mod tests {
         fs::set_permissions(root.join("opt/agent/etc"), fs::Permissions::from_mode(0o750)).unwrap();
     }
 
+    fn done(m: Materialized) -> CopyStats {
+        match m {
+            Materialized::Done(stats) => stats,
+            Materialized::SourceChanged => panic!("the source was reported changed"),
+        }
+    }
+
     #[test]
     fn linking_from_entries_gives_the_same_tree_and_only_the_listed_entries() {
         let dir = tempfile::tempdir().unwrap();
@@ -379,14 +563,17 @@ mod tests {
         let scan = scan_tree(&src).unwrap();
         // Something added to the layer after it was recorded never reaches a slug.
         fs::write(src.join("opt/agent/bin/intruder"), b"x").unwrap();
-        let stats = materialize_entries(&src, &dst, &scan.entries, Materialize::Link).unwrap();
+        let stats = done(materialize_entries(&src, &dst, &scan.entries, Materialize::Link, None).unwrap());
         assert!(stats.linked);
+        assert_eq!((stats.files, stats.bytes), (scan.files, scan.bytes));
         assert_eq!(scan_tree(&dst).unwrap().hash, scan.hash);
         assert!(!dst.join("opt/agent/bin/intruder").exists());
         let (a, b) = (fs::metadata(dst.join("opt/agent/bin/agent")).unwrap(), fs::metadata(src.join("opt/agent/bin/agent")).unwrap());
         assert_eq!(a.ino(), b.ino(), "files are links to the layer's");
-        let mtime = |p: &Path| fs::metadata(p).unwrap().mtime();
+        let mtime = |p: &Path| fs::symlink_metadata(p).unwrap().mtime();
         assert_eq!(mtime(&dst.join("opt/agent/etc")), mtime(&src.join("opt/agent/etc")));
+        assert_eq!(mtime(&dst.join("opt/agent/etc/agent")), mtime(&src.join("opt/agent/etc/agent")));
+        assert_eq!(fs::metadata(dst.join("opt/agent/etc")).unwrap().mode() & 0o7777, 0o750);
     }
 
     #[test]
@@ -396,12 +583,77 @@ mod tests {
         sample_tree(&src);
         let scan = scan_tree(&src).unwrap();
         fs::write(src.join("opt/agent/bin/intruder"), b"x").unwrap();
-        materialize_entries(&src, &dst, &scan.entries, Materialize::Copy).unwrap();
+        done(materialize_entries(&src, &dst, &scan.entries, Materialize::Copy, None).unwrap());
         assert_eq!(scan_tree(&dst).unwrap().hash, scan.hash);
         assert!(!dst.join("opt/agent/bin/intruder").exists());
         let (a, b) = (fs::metadata(dst.join("opt/agent/bin/agent")).unwrap(), fs::metadata(src.join("opt/agent/bin/agent")).unwrap());
         assert_ne!(a.ino(), b.ino());
         let copy = fs::metadata(dst.join("opt/agent/bin/agent-copy")).unwrap();
         assert_eq!(a.ino(), copy.ino(), "hard links inside the tree stay hard links");
+    }
+
+    #[test]
+    fn a_failed_check_stops_the_slug_and_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("layer");
+        sample_tree(&src);
+        let scan = scan_tree(&src).unwrap();
+        let sizes: Vec<Option<u64>> = scan.entries.iter().map(|e| if let EntryKind::File { size, .. } = e.kind { Some(size) } else { None }).collect();
+        // Judges by size only, so that the test controls what "changed" means.
+        let same_size = |i: usize, st: &Stat| sizes[i].is_none_or(|size| st.size == size);
+        for (n, how) in [Materialize::Link, Materialize::Copy].into_iter().enumerate() {
+            let dst = dir.path().join(format!("intact{n}"));
+            done(materialize_entries(&src, &dst, &scan.entries, how, Some(&same_size)).unwrap());
+            assert_eq!(scan_tree(&dst).unwrap().hash, scan.hash);
+        }
+        fs::write(src.join("opt/agent/etc/conf.yaml"), b"a: 12\n").unwrap();
+        for (n, how) in [Materialize::Link, Materialize::Copy].into_iter().enumerate() {
+            let dst = dir.path().join(format!("changed{n}"));
+            let m = materialize_entries(&src, &dst, &scan.entries, how, Some(&same_size)).unwrap();
+            assert!(matches!(m, Materialized::SourceChanged), "{how:?}");
+            assert!(!dst.exists(), "{how:?} left a partial slug");
+        }
+        assert!(!check_entries(&src, &scan.entries, &same_size));
+        fs::remove_file(src.join("opt/agent/etc/conf.yaml")).unwrap();
+        assert!(!check_entries(&src, &scan.entries, &|_, _| true), "a missing entry fails the check");
+    }
+
+    #[test]
+    fn deep_trees_split_across_threads_come_out_whole() {
+        // A chain of nested directories, each with files, so that a thread's run starts
+        // below directories another thread has not made yet.
+        let dir = tempfile::tempdir().unwrap();
+        let (src, dst) = (dir.path().join("layer"), dir.path().join("slug"));
+        let mut path = src.clone();
+        for depth in 0..40 {
+            path = path.join(format!("d{depth}"));
+            fs::create_dir_all(&path).unwrap();
+            for f in 0..5 {
+                fs::write(path.join(format!("f{f}")), format!("{depth}.{f}")).unwrap();
+            }
+        }
+        let scan = scan_tree(&src).unwrap();
+        let groups = directory_groups(&scan.entries).unwrap();
+        assert_eq!(groups.len(), 41);
+        assert!(balanced_runs(groups.iter().map(|g| g.children.len() + 3), 4).len() > 1);
+        done(materialize_entries(&src, &dst, &scan.entries, Materialize::Link, Some(&|_, _| true)).unwrap());
+        assert_eq!(scan_tree(&dst).unwrap().hash, scan.hash);
+    }
+
+    #[test]
+    fn an_entry_list_without_a_files_directory_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let entries = vec![TreeEntry { path: "a/b".into(), mode: 0o644, kind: EntryKind::Symlink { target: "x".into() } }];
+        let err = materialize_entries(dir.path(), &dir.path().join("out"), &entries, Materialize::Link, None).unwrap_err();
+        assert!(err.to_string().contains("a/b"), "{err}");
+        assert!(!dir.path().join("out").exists());
+    }
+
+    #[test]
+    fn runs_are_consecutive_and_cover_everything() {
+        let runs = balanced_runs([5, 1, 1, 1, 5, 1].into_iter(), 2);
+        assert_eq!(runs, [0..3, 3..6]);
+        assert_eq!(balanced_runs([1, 1].into_iter(), 8), [0..1, 1..2]);
+        assert!(balanced_runs(std::iter::empty::<usize>().collect::<Vec<_>>().into_iter(), 2).is_empty());
     }
 }

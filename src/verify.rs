@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use crate::compile::{RECIPE, build_layer};
+use crate::compile::{RECIPE, Reuse, build_layer};
 use crate::fetch::{Downloaded, FetchOptions, Fetcher};
 use crate::hash::Sha256;
 use crate::manifest::{Manifest, read_manifest};
@@ -127,7 +127,7 @@ pub fn rebuild(build_dir: &Path, cache: Option<&Path>, offline: Option<String>) 
             }
         }
         let fetcher = Fetcher::new(FetchOptions { offline, ..FetchOptions::default() });
-        let built = build_layer(&scratch, &fetcher, &manifest.lock, &Reporter { quiet: true })?;
+        let built = build_layer(&scratch, &fetcher, &manifest.lock, &Reporter { quiet: true }, Reuse::Never)?;
         Ok(RebuildReport {
             manifest_tree_hash: manifest.tree_hash,
             rebuilt_tree_hash: built.info.tree_hash,
