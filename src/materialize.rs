@@ -392,18 +392,23 @@ fn walk_groups(src: &Path, dst: Option<&Path>, entries: &[TreeEntry], groups: &[
                         failed(&cross_device);
                         break;
                     }
-                    Err(err) => {
-                        stop.store(true, Ordering::Relaxed);
-                        return Err(CopyError { path: crate::fsat::join(dst.unwrap_or(src), group.rel).join(name), source: err });
-                    }
+                    Err(err) => return Err(CopyError { path: crate::fsat::join(dst.unwrap_or(src), group.rel).join(name), source: err }),
                 }
             }
         }
         Ok(stats)
     };
+    // An error anywhere stops the other threads too.
+    let walk_or_stop = |run: &std::ops::Range<usize>| {
+        let walked = walk_run(run.clone());
+        if walked.is_err() {
+            stop.store(true, Ordering::Relaxed);
+        }
+        walked
+    };
     let per_run = std::thread::scope(|scope| {
-        let handles: Vec<_> = runs.iter().skip(1).map(|run| scope.spawn(|| walk_run(run.clone()))).collect();
-        let mut results = vec![runs.first().map_or(Ok(Vec::new()), |run| walk_run(run.clone()))];
+        let handles: Vec<_> = runs.iter().skip(1).map(|run| scope.spawn(|| walk_or_stop(run))).collect();
+        let mut results = vec![runs.first().map_or(Ok(Vec::new()), walk_or_stop)];
         for handle in handles {
             results.push(handle.join().unwrap_or_else(|_| Err(CopyError { path: src.to_owned(), source: std::io::Error::other("thread panicked") })));
         }
