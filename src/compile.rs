@@ -21,12 +21,11 @@ use crate::fetch::{Downloaded, FetchOptions, Fetcher};
 use crate::hash::Sha256;
 use crate::layer::{self, DebInput, LAYER_FORMAT, LayerInputs};
 use crate::manifest::{Lock, LockedPackage, Manifest, Removed, SCHEMA, read_lock, to_json};
-use crate::fsat::Stat;
-use crate::materialize::{Check, Materialize, Materialized, materialize_entries, merge_into};
+use crate::layerindex::LayerIndex;
+use crate::materialize::{Materialize, Materialized, materialize_index, merge_into};
 use crate::recipe::{Options, Recipe};
 use crate::report::{Reporter, bytes, seconds};
 use crate::store::{Store, remove_any};
-use crate::treehash::TreeEntry;
 
 /// The strip recipe shipped with this binary.
 pub const RECIPE: &str = include_str!("../recipes/datadog-agent.toml");
@@ -197,10 +196,10 @@ pub fn plan(config: &Config, fetcher: &Fetcher, store: &Store, report: &Reporter
 /// A layer ready in the store.
 pub struct BuiltLayer {
     pub info: layer::LayerInfo,
-    /// The layer's entries, sorted by path: what the slug is made of.
-    pub entries: Vec<TreeEntry>,
-    /// Set for a reused layer whose files are still to be checked (see [`Reuse`]).
-    pub unchecked: Option<layer::RecordedMtimes>,
+    /// The layer's index: what the slug is made of.
+    pub index: LayerIndex,
+    /// A reused layer whose files are still to be checked against the index (see [`Reuse`]).
+    pub unchecked: bool,
     pub downloaded: bool,
     pub reused: bool,
 }
@@ -236,15 +235,15 @@ pub fn build_layer(store: &Store, fetcher: &Fetcher, lock: &Lock, report: &Repor
     let key = inputs.key();
     let stored = if reuse == Reuse::Never { None } else { layer::load(store, &key)? };
     let existing = match stored {
-        Some(info) if reuse == Reuse::CheckWhileLinking => match layer::load_recorded(store, &key) {
-            Some(recorded) => Some((info, recorded.entries, Some(recorded.mtimes))),
+        Some(info) if reuse == Reuse::CheckWhileLinking => match layer::load_index(store, &key) {
+            Some(index) => Some((info, index, true)),
             None => {
-                report.warn(&format!("layer {} has no usable record of its files; rebuilding it", &key.hex()[..12]));
+                report.warn(&format!("layer {} has no usable index of its files; rebuilding it", &key.hex()[..12]));
                 None
             }
         },
         Some(info) => match layer::quick_check(store, &key) {
-            Some(entries) => Some((info, entries, None)),
+            Some(index) => Some((info, index, false)),
             None => {
                 report.warn(&layer_changed(&key));
                 None
@@ -253,10 +252,10 @@ pub fn build_layer(store: &Store, fetcher: &Fetcher, lock: &Lock, report: &Repor
         None => None,
     };
     let mut downloaded = false;
-    let (info, entries, unchecked, reused) = match existing {
-        Some((info, entries, unchecked)) => {
+    let (info, index, unchecked, reused) = match existing {
+        Some((info, index, unchecked)) => {
             report.topic(&format!("Reusing layer {} (nothing to download or unpack)", &key.hex()[..12]));
-            (info, entries, unchecked, true)
+            (info, index, unchecked, true)
         }
         None => {
             let mut blobs = Vec::new();
@@ -286,7 +285,7 @@ pub fn build_layer(store: &Store, fetcher: &Fetcher, lock: &Lock, report: &Repor
                     xz.used, xz.blocks, ahead
                 ));
             }
-            (built.info, built.entries, None, false)
+            (built.info, built.index, false, false)
         }
     };
     layer::touch(store, &key);
@@ -299,7 +298,7 @@ pub fn build_layer(store: &Store, fetcher: &Fetcher, lock: &Lock, report: &Repor
             removed.why
         ));
     }
-    Ok(BuiltLayer { info, entries, unchecked, downloaded, reused })
+    Ok(BuiltLayer { info, index, unchecked, downloaded, reused })
 }
 
 fn layer_changed(key: &Sha256) -> String {
@@ -387,15 +386,12 @@ fn file_name(path: &str) -> &str {
 fn install(args: &CompileArgs, store: &Store, built: &BuiltLayer, manifest: &Manifest) -> Result<bool> {
     let key = built.info.key;
     let (layer_dir, entries_file) = (layer::layer_dir(store, &key), layer::entries_path(store, &key));
-    let entries = &built.entries;
     let staging = args.build_dir.join(format!(".ddslug-staging.{}", std::process::id()));
     remove_any(&staging)?;
     fs::create_dir(&staging).with_context(|| format!("creating {}", staging.display()))?;
     let result = (|| -> Result<bool> {
-        let check = built.unchecked.as_ref().map(|mtimes| move |i: usize, st: &Stat| mtimes.intact(entries, i, st));
-        let check = check.as_ref().map(|c| c as Check);
         let how = Materialize::from_env();
-        if let Materialized::SourceChanged = materialize_entries(&layer_dir, &staging.join("apt"), entries, how, check)? {
+        if let Materialized::SourceChanged = materialize_index(&layer_dir, &staging.join("apt"), &built.index, how, built.unchecked)? {
             return Ok(false);
         }
         fs::create_dir_all(staging.join("profile"))?;

@@ -14,15 +14,15 @@ use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use crate::fsat::Stat;
 use crate::hash::Sha256;
+use crate::layerindex::LayerIndex;
 use crate::recipe::{Options, Recipe, RuleOutcome, StripFilter, merge_outcomes};
 use crate::store::{Store, StoreError, remove_any};
-use crate::treehash::{EntryKind, FileId, TreeEntry, TreeHash, scan_tree_known};
+use crate::treehash::{FileId, TreeHash, scan_tree_known};
 use crate::xzseek::BlockStats;
 
 /// Bump when the way a layer is produced from the same inputs, or what is stored with it,
-/// changes (2: the `.check` record replaced `.mtimes.json`).
+/// changes (2: the binary `.index` replaced `.mtimes.json`).
 pub const LAYER_FORMAT: u32 = 2;
 
 /// Why a layer could not be built or read.
@@ -99,138 +99,26 @@ pub fn entries_path(store: &Store, key: &Sha256) -> PathBuf {
     store.root().join("layers").join(format!("{}.tree.json", key.hex()))
 }
 
-/// What the layer's entries looked like on disk when it was stored (`layers/<key>.check`):
-/// slugs share the layer's files through hard links, so an in-place edit of a slug file
-/// shows up there. Binary, because a warm build reads it first thing (the JSON entry list
-/// took ten times as long to parse).
-pub fn check_path(store: &Store, key: &Sha256) -> PathBuf {
-    store.root().join("layers").join(format!("{}.check", key.hex()))
+/// The layer's index (`layers/<key>.index`, see [`crate::layerindex`]): its entries by
+/// directory with what each looked like on disk when it was stored. Slugs share the layer's
+/// files through hard links, so an in-place edit of a slug file shows up against it.
+pub fn index_path(store: &Store, key: &Sha256) -> PathBuf {
+    store.root().join("layers").join(format!("{}.index", key.hex()))
 }
 
-/// A stored layer's entries, each with the mtime its file had when the layer was stored.
-pub struct Recorded {
-    /// Sorted by path.
-    pub entries: Vec<TreeEntry>,
-    pub mtimes: RecordedMtimes,
+/// A stored layer's index, not checked against the disk yet; `None` when it is missing or
+/// damaged.
+pub fn load_index(store: &Store, key: &Sha256) -> Option<LayerIndex> {
+    LayerIndex::decode(fs::read(index_path(store, key)).ok()?)
 }
 
-/// By entry index: the file's mtime (seconds, nanoseconds); `None` for other entries.
-pub struct RecordedMtimes(Vec<Option<(i64, i64)>>);
-
-impl RecordedMtimes {
-    /// Whether `st` (an lstat of entry `i` of the recorded `entries`, in the layer) is what
-    /// was recorded: same type and mode, and for files the same size and mtime. An in-place
-    /// edit moves the mtime.
-    pub fn intact(&self, entries: &[TreeEntry], i: usize, st: &Stat) -> bool {
-        let Some(e) = entries.get(i) else { return false };
-        st.mode & 0o7777 == e.mode
-            && match &e.kind {
-                EntryKind::Dir => st.is_dir(),
-                EntryKind::File { size, .. } => st.is_file() && st.size == *size && self.0.get(i) == Some(&Some(st.mtime)),
-                EntryKind::Symlink { .. } => st.is_symlink(),
-            }
-    }
-}
-
-const CHECK_MAGIC: &[u8] = b"ddslug layer check 1\n";
-
-/// `entries` with their files' `mtimes` (in entry order), as stored in `<key>.check`:
-/// the magic line, the entry count, then per entry its kind (0 directory, 1 file,
-/// 2 symlink), mode and path, and for a file its size, SHA-256 and mtime, for a symlink its
-/// target. Integers are little-endian; strings are a u32 length and UTF-8 bytes.
-fn encode_recorded(entries: &[TreeEntry], mtimes: &[(i64, i64)]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(CHECK_MAGIC.len() + entries.len() * 128);
-    out.extend_from_slice(CHECK_MAGIC);
-    out.extend_from_slice(&(entries.len() as u64).to_le_bytes());
-    let put_str = |out: &mut Vec<u8>, s: &str| {
-        out.extend_from_slice(&(s.len() as u32).to_le_bytes());
-        out.extend_from_slice(s.as_bytes());
-    };
-    let mut mtimes = mtimes.iter();
-    for e in entries {
-        let kind: u8 = match e.kind {
-            EntryKind::Dir => 0,
-            EntryKind::File { .. } => 1,
-            EntryKind::Symlink { .. } => 2,
-        };
-        out.push(kind);
-        out.extend_from_slice(&e.mode.to_le_bytes());
-        put_str(&mut out, &e.path);
-        match &e.kind {
-            EntryKind::Dir => {}
-            EntryKind::File { sha256, size } => {
-                let (sec, nsec) = mtimes.next().copied().unwrap_or_default();
-                out.extend_from_slice(&size.to_le_bytes());
-                out.extend_from_slice(&sha256.0);
-                out.extend_from_slice(&sec.to_le_bytes());
-                out.extend_from_slice(&nsec.to_le_bytes());
-            }
-            EntryKind::Symlink { target } => put_str(&mut out, target),
-        }
-    }
-    out
-}
-
-/// Reads what [`encode_recorded`] wrote; `None` for anything else (damaged or truncated).
-fn decode_recorded(bytes: &[u8]) -> Option<Recorded> {
-    struct Reader<'a>(&'a [u8]);
-    impl<'a> Reader<'a> {
-        fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-            let (head, rest) = self.0.split_at_checked(n)?;
-            self.0 = rest;
-            Some(head)
-        }
-        fn array<const N: usize>(&mut self) -> Option<[u8; N]> {
-            self.take(N)?.try_into().ok()
-        }
-        fn string(&mut self) -> Option<String> {
-            let len = u32::from_le_bytes(self.array()?) as usize;
-            std::str::from_utf8(self.take(len)?).ok().map(str::to_owned)
-        }
-    }
-    let mut r = Reader(bytes.strip_prefix(CHECK_MAGIC)?);
-    let count = usize::try_from(u64::from_le_bytes(r.array()?)).ok()?;
-    // Every entry takes at least 9 bytes: a count beyond that is damage, not a huge layer.
-    if count > r.0.len() / 9 {
-        return None;
-    }
-    let (mut entries, mut mtimes) = (Vec::with_capacity(count), Vec::with_capacity(count));
-    for _ in 0..count {
-        let [kind] = r.array()?;
-        let mode = u32::from_le_bytes(r.array()?);
-        let path = r.string()?;
-        let (kind, mtime) = match kind {
-            0 => (EntryKind::Dir, None),
-            1 => {
-                let size = u64::from_le_bytes(r.array()?);
-                let sha256 = Sha256(r.array()?);
-                let mtime = (i64::from_le_bytes(r.array()?), i64::from_le_bytes(r.array()?));
-                (EntryKind::File { sha256, size }, Some(mtime))
-            }
-            2 => (EntryKind::Symlink { target: r.string()? }, None),
-            _ => return None,
-        };
-        entries.push(TreeEntry { path, mode, kind });
-        mtimes.push(mtime);
-    }
-    r.0.is_empty().then_some(Recorded { entries, mtimes: RecordedMtimes(mtimes) })
-}
-
-/// A stored layer's recorded entries, not checked against the disk yet; `None` when the
-/// record is missing or damaged.
-pub fn load_recorded(store: &Store, key: &Sha256) -> Option<Recorded> {
-    decode_recorded(&fs::read(check_path(store, key)).ok()?)
-}
-
-/// A cheap check that a stored layer was not changed on disk: every entry's type, mode and
-/// size, and every file's mtime (no hashing), against what was recorded
-/// ([`Recorded::intact`]). Full hashing is `verify`'s. Returns the layer's entries when it
-/// is intact. Files added to the layer are not looked for: slugs are made from the entry
-/// list, so they never reach one.
-pub fn quick_check(store: &Store, key: &Sha256) -> Option<Vec<TreeEntry>> {
-    let Recorded { entries, mtimes } = load_recorded(store, key)?;
-    let intact = crate::materialize::check_entries(&layer_dir(store, key), &entries, &|i, st| mtimes.intact(&entries, i, st));
-    intact.then_some(entries)
+/// A cheap check that a stored layer was not changed on disk: every entry's type and mode,
+/// and every file's size and mtime (no hashing), against its index. Full hashing is
+/// `verify`'s. Returns the index when the layer is intact. Files added to the layer are not
+/// looked for: slugs are made from the index, so they never reach one.
+pub fn quick_check(store: &Store, key: &Sha256) -> Option<LayerIndex> {
+    let index = load_index(store, key)?;
+    crate::materialize::check_index(&layer_dir(store, key), &index).then_some(index)
 }
 
 /// Marks a layer as used now (what `gc` reads).
@@ -260,8 +148,8 @@ pub fn load(store: &Store, key: &Sha256) -> Result<Option<LayerInfo>, LayerError
 /// A layer just built.
 pub struct Built {
     pub info: LayerInfo,
-    /// Its entries, sorted by path.
-    pub entries: Vec<TreeEntry>,
+    /// Its index.
+    pub index: LayerIndex,
     /// For each multi-block data.tar.xz: how many blocks were decoded.
     pub xz_blocks: Vec<BlockStats>,
 }
@@ -341,10 +229,14 @@ pub fn build(
     remove_any(&dest)?;
     fs::rename(&tree, &dest).map_err(io_at(&dest))?;
     let json = serde_json::to_vec_pretty(&info).map_err(|e| LayerError::Json { path: dest.clone(), reason: e.to_string() })?;
-    let tmp_check = staging.join("check");
-    fs::write(&tmp_check, encode_recorded(&scan.entries, &mtimes)).map_err(io_at(&tmp_check))?;
-    let check_dest = check_path(store, &key);
-    fs::rename(&tmp_check, &check_dest).map_err(io_at(&check_dest))?;
+    let index_bytes = LayerIndex::encode(&scan.entries, &mtimes)
+        .ok_or_else(|| LayerError::Json { path: dest.clone(), reason: "a scanned entry has no directory entry".into() })?;
+    let tmp_index = staging.join("index");
+    fs::write(&tmp_index, &index_bytes).map_err(io_at(&tmp_index))?;
+    let index = LayerIndex::decode(index_bytes)
+        .ok_or_else(|| LayerError::Json { path: tmp_index.clone(), reason: "the index just written does not read back".into() })?;
+    let index_dest = index_path(store, &key);
+    fs::rename(&tmp_index, &index_dest).map_err(io_at(&index_dest))?;
     let tmp_entries = staging.join("tree.json");
     let entries_json = serde_json::to_vec(&scan.entries).map_err(|e| LayerError::Json { path: dest.clone(), reason: e.to_string() })?;
     fs::write(&tmp_entries, entries_json).map_err(io_at(&tmp_entries))?;
@@ -355,7 +247,7 @@ pub fn build(
     let info_dest = info_path(store, &key);
     fs::rename(&tmp_info, &info_dest).map_err(io_at(&info_dest))?;
     remove_any(&staging)?;
-    Ok(Built { info, entries: scan.entries, xz_blocks })
+    Ok(Built { info, index, xz_blocks })
 }
 
 fn set_mode(path: &Path, mode: u32) -> Result<(), LayerError> {
@@ -425,40 +317,6 @@ pub fn relocate_pc_text(text: &str, rel: &Path) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn check_records_read_back_and_damage_is_refused() {
-        let entries = vec![
-            TreeEntry { path: "opt".into(), mode: 0o755, kind: EntryKind::Dir },
-            TreeEntry { path: "opt/a".into(), mode: 0o644, kind: EntryKind::File { sha256: Sha256::of(b"a"), size: 1 } },
-            TreeEntry { path: "opt/l".into(), mode: 0o777, kind: EntryKind::Symlink { target: "a".into() } },
-            TreeEntry { path: "opt/z\u{e9}".into(), mode: 0o600, kind: EntryKind::File { sha256: Sha256::of(b""), size: 0 } },
-        ];
-        let bytes = encode_recorded(&entries, &[(1_700_000_000, 7), (-1, 999_999_999)]);
-        let back = decode_recorded(&bytes).unwrap();
-        assert_eq!(back.entries, entries);
-        assert_eq!(back.mtimes.0, [None, Some((1_700_000_000, 7)), None, Some((-1, 999_999_999))]);
-        let stat = |mode: u32, size: u64, mtime: (i64, i64)| Stat { mode, size, mtime };
-        assert!(back.mtimes.intact(&entries, 1, &stat(libc::S_IFREG | 0o644, 1, (1_700_000_000, 7))));
-        assert!(!back.mtimes.intact(&entries, 1, &stat(libc::S_IFREG | 0o644, 1, (1_700_000_000, 8))), "mtime");
-        assert!(!back.mtimes.intact(&entries, 1, &stat(libc::S_IFREG | 0o600, 1, (1_700_000_000, 7))), "mode");
-        assert!(!back.mtimes.intact(&entries, 1, &stat(libc::S_IFREG | 0o644, 2, (1_700_000_000, 7))), "size");
-        assert!(!back.mtimes.intact(&entries, 0, &stat(libc::S_IFREG | 0o755, 0, (0, 0))), "type");
-        assert!(back.mtimes.intact(&entries, 2, &stat(libc::S_IFLNK | 0o777, 1, (5, 5))));
-        assert!(!back.mtimes.intact(&entries, 9, &stat(libc::S_IFREG | 0o644, 1, (0, 0))), "no such entry");
-        for cut in [0, CHECK_MAGIC.len(), CHECK_MAGIC.len() + 8, bytes.len() - 1] {
-            assert!(decode_recorded(&bytes[..cut]).is_none(), "truncated at {cut}");
-        }
-        let mut longer = bytes.clone();
-        longer.push(0);
-        assert!(decode_recorded(&longer).is_none(), "trailing bytes");
-        let mut bad_kind = bytes.clone();
-        bad_kind[CHECK_MAGIC.len() + 8] = 7;
-        assert!(decode_recorded(&bad_kind).is_none(), "unknown kind");
-        let mut huge = bytes.clone();
-        huge[CHECK_MAGIC.len()..CHECK_MAGIC.len() + 8].copy_from_slice(&u64::MAX.to_le_bytes());
-        assert!(decode_recorded(&huge).is_none(), "impossible count");
-    }
 
     #[test]
     fn pkgconfig_prefix_becomes_relative() {

@@ -11,7 +11,8 @@
 //! `compile` runs it end to end for `bin/compile`; the other commands use stages alone.
 //! Helpers of the unpack stage: `xzseek` (decode only the xz blocks an unpack needs),
 //! `filewriter` (files written on worker threads), `fsat` (directory-relative stat and link
-//! for whole trees).
+//! for whole trees); of the layer stage: `layerindex` (the binary per-directory record a warm
+//! build checks and links from).
 
 pub mod apt;
 pub mod compile;
@@ -22,6 +23,7 @@ pub mod filewriter;
 pub mod fsat;
 pub mod hash;
 pub mod layer;
+pub mod layerindex;
 pub mod manifest;
 pub mod materialize;
 pub mod recipe;

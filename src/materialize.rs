@@ -6,7 +6,7 @@
 //! Sharing inodes with the store means an in-place edit of a slug file would also edit the
 //! layer: the store guards against that by checking each layer file's size, mode and mtime
 //! against the layer's record and rebuilding a layer that changed. A warm build links from
-//! the recorded entry list and checks each entry as it links it ([`materialize_entries`]),
+//! the layer's index and checks each entry as it links it ([`materialize_index`]),
 //! so it neither lists nor reads the layer, and visits each of its directories once.
 //!
 //! Contract: the slug tree is made in a staging directory inside BUILD_DIR and moved into
@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use filetime::FileTime;
 
 use crate::fsat::Stat;
-use crate::treehash::{EntryKind, TreeEntry};
+use crate::layerindex::{ChildKind, LayerIndex};
 
 /// A copy failed.
 #[derive(Debug, thiserror::Error)]
@@ -186,48 +186,43 @@ pub fn materialize_tree(src: &Path, dst: &Path, how: Materialize) -> Result<Copy
     Ok(stats)
 }
 
-/// Judges an entry of a stored tree by its index in the entry list and its lstat: `false`
-/// means the tree was changed since the list was recorded.
-pub type Check<'a> = &'a (dyn Fn(usize, &Stat) -> bool + Sync);
-
-/// What [`materialize_entries`] did.
+/// What [`materialize_index`] did.
 #[derive(Debug)]
 pub enum Materialized {
     Done(CopyStats),
-    /// The check failed for some entry: `src` is not what the list says. `dst` was removed.
+    /// A checked entry of `src` is not what the index says. `dst` was removed.
     SourceChanged,
 }
 
-/// Makes `dst` (which must not exist) equal to the layer at `src` whose sorted entry list
-/// is `entries`: the fast path of a warm build. Each directory is made, checked and filled
-/// in one pass on all cores: files are hard-linked, symlinks and directories made from the
-/// list; nothing is listed or read. With `check`, every entry of `src` is judged on the
-/// way (one lstat each) and a failure stops everything. Where the layer cannot be linked
-/// (another filesystem) or `how` asks for copies, the layer is checked, then copied, and what
-/// the list does not name is left out.
-pub fn materialize_entries(src: &Path, dst: &Path, entries: &[TreeEntry], how: Materialize, check: Option<Check>) -> Result<Materialized, CopyError> {
+/// Makes `dst` (which must not exist) equal to the layer at `src` that `index` describes:
+/// the fast path of a warm build. Each directory is made, checked and filled in one pass on
+/// all cores: files are hard-linked, symlinks and directories made from the index; nothing
+/// is listed or read. With `check`, every entry of `src` is compared with the index on the
+/// way (one lstat each) and a difference stops everything. Where the layer cannot be
+/// linked (another filesystem) or `how` asks for copies, the layer is checked, then copied,
+/// and what the index does not name is left out.
+pub fn materialize_index(src: &Path, dst: &Path, index: &LayerIndex, how: Materialize, check: bool) -> Result<Materialized, CopyError> {
     if how == Materialize::Copy {
-        return checked_copy(src, dst, entries, check);
+        return checked_copy(src, dst, index, check);
     }
-    let groups = directory_groups(entries).map_err(|e| CopyError { path: src.to_owned(), source: e })?;
     fs::create_dir(dst).map_err(io_at(dst))?;
-    let walked = walk_groups(src, Some(dst), entries, &groups, check);
-    let walked = match walked {
+    let walked = match walk(src, Some(dst), index, check) {
         Ok(w) if !w.changed && !w.cross_device => w,
         other => {
             let _ = fs::remove_dir_all(dst);
             let w = other?;
-            return if w.changed { Ok(Materialized::SourceChanged) } else { checked_copy(src, dst, entries, check) };
+            return if w.changed { Ok(Materialized::SourceChanged) } else { checked_copy(src, dst, index, check) };
         }
     };
     // Directories last: filling them changed their mtimes. Setting a directory's mode or
     // mtime does not touch its parent's, so any order and any thread will do.
+    let groups = &index.groups;
     let fix = |run: std::ops::Range<usize>| -> Result<(), CopyError> {
         for (group, stat) in groups[run.clone()].iter().zip(&walked.dir_stats[run]) {
-            let to = crate::fsat::join(dst, group.rel);
-            let mode = group.index.map_or(stat.mode & 0o7777, |i| entries[i].mode);
+            let to = crate::fsat::join(dst, index.rel(group));
+            let mode = if group.is_root() { stat.mode & 0o7777 } else { group.mode };
             fs::set_permissions(&to, fs::Permissions::from_mode(mode)).map_err(io_at(&to))?;
-            if group.index.is_some() {
+            if !group.is_root() {
                 let mtime = FileTime::from_unix_time(stat.mtime.0, stat.mtime.1 as u32);
                 filetime::set_file_mtime(&to, mtime).map_err(io_at(&to))?;
             }
@@ -244,69 +239,26 @@ pub fn materialize_entries(src: &Path, dst: &Path, entries: &[TreeEntry], how: M
         let _ = fs::remove_dir_all(dst);
         return Err(e);
     }
-    let mut stats = CopyStats { linked: true, ..Default::default() };
-    for e in entries {
-        match e.kind {
-            EntryKind::File { size, .. } => {
-                stats.files += 1;
-                stats.bytes += size;
-            }
-            EntryKind::Symlink { .. } => stats.files += 1,
-            EntryKind::Dir => {}
-        }
-    }
-    Ok(Materialized::Done(stats))
+    let (files, bytes) = index.totals();
+    Ok(Materialized::Done(CopyStats { files, bytes, linked: true, reflinked: false }))
 }
 
-/// Whether every entry of the tree at `src` passes `check` (one lstat each, on all cores).
-/// A missing entry fails.
-pub fn check_entries(src: &Path, entries: &[TreeEntry], check: Check) -> bool {
-    let Ok(groups) = directory_groups(entries) else { return false };
-    walk_groups(src, None, entries, &groups, Some(check)).is_ok_and(|w| !w.changed)
+/// Whether every entry of the layer at `src` is what `index` says (one lstat each, on all
+/// cores). A missing entry fails.
+pub fn check_index(src: &Path, index: &LayerIndex) -> bool {
+    walk(src, None, index, true).is_ok_and(|w| !w.changed)
 }
 
-fn checked_copy(src: &Path, dst: &Path, entries: &[TreeEntry], check: Option<Check>) -> Result<Materialized, CopyError> {
-    if let Some(check) = check
-        && !check_entries(src, entries, check)
-    {
+fn checked_copy(src: &Path, dst: &Path, index: &LayerIndex, check: bool) -> Result<Materialized, CopyError> {
+    if check && !check_index(src, index) {
         return Ok(Materialized::SourceChanged);
     }
-    Ok(Materialized::Done(copy_listed(src, dst, entries)?))
-}
-
-/// A directory of a tree and what is directly in it but directories (each its own group).
-struct Group<'a> {
-    /// `/`-separated path below the root; `""` for the root.
-    rel: &'a str,
-    /// The directory's own entry; `None` for the root.
-    index: Option<usize>,
-    /// Index and name of each file and symlink in it.
-    children: Vec<(usize, &'a str)>,
-}
-
-/// The groups of a sorted entry list, parents before their subdirectories.
-fn directory_groups(entries: &[TreeEntry]) -> std::io::Result<Vec<Group<'_>>> {
-    let mut groups = vec![Group { rel: "", index: None, children: Vec::new() }];
-    let mut by_path: HashMap<&str, usize> = HashMap::from([("", 0)]);
-    for (i, e) in entries.iter().enumerate() {
-        let (parent, name) = e.path.rsplit_once('/').unwrap_or(("", &e.path));
-        let Some(&group) = by_path.get(parent) else {
-            let msg = format!("the entry list names {} before (or without) its directory", e.path);
-            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, msg));
-        };
-        if let EntryKind::Dir = e.kind {
-            by_path.insert(&e.path, groups.len());
-            groups.push(Group { rel: &e.path, index: Some(i), children: Vec::new() });
-        } else {
-            groups[group].children.push((i, name));
-        }
-    }
-    Ok(groups)
+    Ok(Materialized::Done(copy_listed(src, dst, index)?))
 }
 
 /// What walking the groups found.
 struct Walked {
-    /// Some check failed (or an entry to check was missing).
+    /// Some entry differed from the index (or an entry to check was missing).
     changed: bool,
     /// A hard link failed with EXDEV: `src` and `dst` are on different filesystems.
     cross_device: bool,
@@ -314,16 +266,18 @@ struct Walked {
     dir_stats: Vec<Stat>,
 }
 
-/// Visits every group on all cores: checks each entry of `src` with `check`, and with a
-/// `dst`, makes each directory there and links (or, for symlinks, recreates) its entries.
-/// Stops early, everywhere, at the first failed check or EXDEV.
-fn walk_groups(src: &Path, dst: Option<&Path>, entries: &[TreeEntry], groups: &[Group], check: Option<Check>) -> Result<Walked, CopyError> {
+/// Visits every group of the index on all cores: with `check`, compares each entry of `src`
+/// with the index, and with a `dst`, makes each directory there and links (or, for
+/// symlinks, recreates) its entries. Stops early, everywhere, at the first difference or
+/// EXDEV.
+fn walk(src: &Path, dst: Option<&Path>, index: &LayerIndex, check: bool) -> Result<Walked, CopyError> {
+    let groups = &index.groups;
     let stop = AtomicBool::new(false);
     let changed = AtomicBool::new(false);
     let cross_device = AtomicBool::new(false);
     let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).min(8);
     // Making a directory costs about what linking a few files does.
-    let runs = balanced_runs(groups.iter().map(|g| g.children.len() + 3), workers);
+    let runs = balanced_runs(groups.iter().map(|g| index.children(g).len() + 3), workers);
     let failed = |flag: &AtomicBool| {
         flag.store(true, Ordering::Relaxed);
         stop.store(true, Ordering::Relaxed);
@@ -334,9 +288,10 @@ fn walk_groups(src: &Path, dst: Option<&Path>, entries: &[TreeEntry], groups: &[
             if stop.load(Ordering::Relaxed) {
                 break;
             }
-            let from = crate::fsat::join(src, group.rel);
+            let rel = index.rel(group);
+            let from = crate::fsat::join(src, rel);
             let from_dir = match crate::fsat::Dir::open(&from).and_then(|d| d.metadata().map(|st| (d, st))) {
-                Ok((d, st)) if check.is_none_or(|check| group.index.is_none_or(|i| check(i, &st))) => {
+                Ok((d, st)) if !check || group.intact(&st) => {
                     stats.push(st);
                     d
                 }
@@ -344,7 +299,7 @@ fn walk_groups(src: &Path, dst: Option<&Path>, entries: &[TreeEntry], groups: &[
                     failed(&changed);
                     break;
                 }
-                Err(_) if check.is_some() => {
+                Err(_) if check => {
                     failed(&changed);
                     break;
                 }
@@ -352,27 +307,25 @@ fn walk_groups(src: &Path, dst: Option<&Path>, entries: &[TreeEntry], groups: &[
             };
             let to_dir = match dst {
                 Some(dst) => {
-                    let to = crate::fsat::join(dst, group.rel);
-                    if group.index.is_some() {
+                    let to = crate::fsat::join(dst, rel);
+                    if !group.is_root() {
                         make_dir(&to)?;
                     }
                     Some(crate::fsat::Dir::open(&to).map_err(io_at(&to))?)
                 }
                 None => None,
             };
-            for &(i, name) in &group.children {
-                let symlink_target = match &entries[i].kind {
-                    EntryKind::Symlink { target } => Some(target),
-                    _ => None,
-                };
-                let stat = if check.is_some() || symlink_target.is_some() {
+            for child in index.children(group) {
+                let name = index.name(child);
+                let is_symlink = child.kind == ChildKind::Symlink;
+                let stat = if check || is_symlink {
                     match from_dir.stat(name) {
-                        Ok(st) if check.is_none_or(|check| check(i, &st)) => Some(st),
+                        Ok(st) if !check || child.intact(&st) => Some(st),
                         Ok(_) => {
                             failed(&changed);
                             break;
                         }
-                        Err(_) if check.is_some() => {
+                        Err(_) if check => {
                             failed(&changed);
                             break;
                         }
@@ -382,8 +335,8 @@ fn walk_groups(src: &Path, dst: Option<&Path>, entries: &[TreeEntry], groups: &[
                     None
                 };
                 let Some(to_dir) = &to_dir else { continue };
-                let made = match (symlink_target, stat) {
-                    (Some(target), Some(st)) => to_dir.symlink(target, name, st.mtime),
+                let made = match stat {
+                    Some(st) if is_symlink => to_dir.symlink(index.target(child), name, st.mtime),
                     _ => from_dir.link_into(name, to_dir),
                 };
                 match made {
@@ -392,7 +345,7 @@ fn walk_groups(src: &Path, dst: Option<&Path>, entries: &[TreeEntry], groups: &[
                         failed(&cross_device);
                         break;
                     }
-                    Err(err) => return Err(CopyError { path: crate::fsat::join(dst.unwrap_or(src), group.rel).join(name), source: err }),
+                    Err(err) => return Err(CopyError { path: crate::fsat::join(dst.unwrap_or(src), rel).join(name), source: err }),
                 }
             }
         }
@@ -456,11 +409,11 @@ fn balanced_runs(weights: impl ExactSizeIterator<Item = usize> + Clone, parts: u
     runs
 }
 
-/// [`copy_tree`], then removes whatever `entries` does not list (a file added to the layer
+/// [`copy_tree`], then removes whatever `index` does not list (a file added to the layer
 /// after it was recorded must not reach a slug, copied or linked).
-fn copy_listed(src: &Path, dst: &Path, entries: &[TreeEntry]) -> Result<CopyStats, CopyError> {
+fn copy_listed(src: &Path, dst: &Path, index: &LayerIndex) -> Result<CopyStats, CopyError> {
     let stats = copy_tree(src, dst)?;
-    let listed: std::collections::HashSet<&str> = entries.iter().map(|e| e.path.as_str()).collect();
+    let listed: std::collections::HashSet<String> = index.paths().collect();
     let mut stack = vec![(dst.to_owned(), String::new())];
     while let Some((dir, rel)) = stack.pop() {
         for entry in fs::read_dir(&dir).map_err(io_at(&dir))? {
@@ -469,7 +422,7 @@ fn copy_listed(src: &Path, dst: &Path, entries: &[TreeEntry]) -> Result<CopyStat
             let name = entry.file_name().to_string_lossy().into_owned();
             let child = if rel.is_empty() { name } else { format!("{rel}/{name}") };
             let is_dir = entry.file_type().map_err(io_at(&path))?.is_dir();
-            if !listed.contains(child.as_str()) {
+            if !listed.contains(&child) {
                 if is_dir { fs::remove_dir_all(&path) } else { fs::remove_file(&path) }.map_err(io_at(&path))?;
             } else if is_dir {
                 stack.push((path, child));
@@ -560,15 +513,22 @@ mod tests {
         }
     }
 
+    /// The tree's scan and its index, as a layer build records them.
+    fn indexed(root: &Path) -> (crate::treehash::TreeScan, LayerIndex) {
+        let (scan, mtimes) = crate::treehash::scan_tree_known(root, &HashMap::new()).unwrap();
+        let index = LayerIndex::decode(LayerIndex::encode(&scan.entries, &mtimes).unwrap()).unwrap();
+        (scan, index)
+    }
+
     #[test]
-    fn linking_from_entries_gives_the_same_tree_and_only_the_listed_entries() {
+    fn linking_from_the_index_gives_the_same_tree_and_only_the_listed_entries() {
         let dir = tempfile::tempdir().unwrap();
         let (src, dst) = (dir.path().join("layer"), dir.path().join("slug"));
         sample_tree(&src);
-        let scan = scan_tree(&src).unwrap();
+        let (scan, index) = indexed(&src);
         // Something added to the layer after it was recorded never reaches a slug.
         fs::write(src.join("opt/agent/bin/intruder"), b"x").unwrap();
-        let stats = done(materialize_entries(&src, &dst, &scan.entries, Materialize::Link, None).unwrap());
+        let stats = done(materialize_index(&src, &dst, &index, Materialize::Link, true).unwrap());
         assert!(stats.linked);
         assert_eq!((stats.files, stats.bytes), (scan.files, scan.bytes));
         assert_eq!(scan_tree(&dst).unwrap().hash, scan.hash);
@@ -582,13 +542,13 @@ mod tests {
     }
 
     #[test]
-    fn copy_mode_from_entries_shares_no_inode() {
+    fn copy_mode_from_the_index_shares_no_inode() {
         let dir = tempfile::tempdir().unwrap();
         let (src, dst) = (dir.path().join("layer"), dir.path().join("slug"));
         sample_tree(&src);
-        let scan = scan_tree(&src).unwrap();
+        let (scan, index) = indexed(&src);
         fs::write(src.join("opt/agent/bin/intruder"), b"x").unwrap();
-        done(materialize_entries(&src, &dst, &scan.entries, Materialize::Copy, None).unwrap());
+        done(materialize_index(&src, &dst, &index, Materialize::Copy, true).unwrap());
         assert_eq!(scan_tree(&dst).unwrap().hash, scan.hash);
         assert!(!dst.join("opt/agent/bin/intruder").exists());
         let (a, b) = (fs::metadata(dst.join("opt/agent/bin/agent")).unwrap(), fs::metadata(src.join("opt/agent/bin/agent")).unwrap());
@@ -598,29 +558,37 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_check_stops_the_slug_and_leaves_nothing() {
+    fn a_changed_layer_stops_the_slug_and_leaves_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let src = dir.path().join("layer");
         sample_tree(&src);
-        let scan = scan_tree(&src).unwrap();
-        let sizes: Vec<Option<u64>> = scan.entries.iter().map(|e| if let EntryKind::File { size, .. } = e.kind { Some(size) } else { None }).collect();
-        // Judges by size only, so that the test controls what "changed" means.
-        let same_size = |i: usize, st: &Stat| sizes[i].is_none_or(|size| st.size == size);
-        for (n, how) in [Materialize::Link, Materialize::Copy].into_iter().enumerate() {
-            let dst = dir.path().join(format!("intact{n}"));
-            done(materialize_entries(&src, &dst, &scan.entries, how, Some(&same_size)).unwrap());
-            assert_eq!(scan_tree(&dst).unwrap().hash, scan.hash);
+        let (_, index) = indexed(&src);
+        assert!(check_index(&src, &index));
+        type Edit<'a> = (&'a str, &'a dyn Fn(&Path));
+        let edits: [Edit; 4] = [
+            ("an in-place edit", &|p| fs::write(p.join("opt/agent/etc/conf.yaml"), b"a: 2\n").unwrap()),
+            ("a mode", &|p| fs::set_permissions(p.join("opt/agent/bin"), fs::Permissions::from_mode(0o700)).unwrap()),
+            ("a missing file", &|p| fs::remove_file(p.join("opt/agent/bin/agent-copy")).unwrap()),
+            ("a file for a symlink", &|p| {
+                fs::remove_file(p.join("opt/agent/etc/agent")).unwrap();
+                fs::write(p.join("opt/agent/etc/agent"), b"").unwrap();
+            }),
+        ];
+        for (n, (what, edit)) in edits.iter().enumerate() {
+            let layer = dir.path().join(format!("layer{n}"));
+            sample_tree(&layer);
+            // An old mtime, so that an edit of the same size within the same second shows.
+            filetime::set_file_mtime(layer.join("opt/agent/etc/conf.yaml"), FileTime::from_unix_time(1_600_000_000, 0)).unwrap();
+            let (_, index) = indexed(&layer);
+            edit(&layer);
+            for how in [Materialize::Link, Materialize::Copy] {
+                let dst = dir.path().join(format!("slug{n}-{how:?}"));
+                let m = materialize_index(&layer, &dst, &index, how, true).unwrap();
+                assert!(matches!(m, Materialized::SourceChanged), "{what}, {how:?}");
+                assert!(!dst.exists(), "{what}, {how:?}: a partial slug was left");
+            }
+            assert!(!check_index(&layer, &index), "{what}");
         }
-        fs::write(src.join("opt/agent/etc/conf.yaml"), b"a: 12\n").unwrap();
-        for (n, how) in [Materialize::Link, Materialize::Copy].into_iter().enumerate() {
-            let dst = dir.path().join(format!("changed{n}"));
-            let m = materialize_entries(&src, &dst, &scan.entries, how, Some(&same_size)).unwrap();
-            assert!(matches!(m, Materialized::SourceChanged), "{how:?}");
-            assert!(!dst.exists(), "{how:?} left a partial slug");
-        }
-        assert!(!check_entries(&src, &scan.entries, &same_size));
-        fs::remove_file(src.join("opt/agent/etc/conf.yaml")).unwrap();
-        assert!(!check_entries(&src, &scan.entries, &|_, _| true), "a missing entry fails the check");
     }
 
     #[test]
@@ -637,21 +605,11 @@ mod tests {
                 fs::write(path.join(format!("f{f}")), format!("{depth}.{f}")).unwrap();
             }
         }
-        let scan = scan_tree(&src).unwrap();
-        let groups = directory_groups(&scan.entries).unwrap();
-        assert_eq!(groups.len(), 41);
-        assert!(balanced_runs(groups.iter().map(|g| g.children.len() + 3), 4).len() > 1);
-        done(materialize_entries(&src, &dst, &scan.entries, Materialize::Link, Some(&|_, _| true)).unwrap());
+        let (scan, index) = indexed(&src);
+        assert_eq!(index.groups.len(), 41);
+        assert!(balanced_runs(index.groups.iter().map(|g| index.children(g).len() + 3), 4).len() > 1);
+        done(materialize_index(&src, &dst, &index, Materialize::Link, true).unwrap());
         assert_eq!(scan_tree(&dst).unwrap().hash, scan.hash);
-    }
-
-    #[test]
-    fn an_entry_list_without_a_files_directory_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let entries = vec![TreeEntry { path: "a/b".into(), mode: 0o644, kind: EntryKind::Symlink { target: "x".into() } }];
-        let err = materialize_entries(dir.path(), &dir.path().join("out"), &entries, Materialize::Link, None).unwrap_err();
-        assert!(err.to_string().contains("a/b"), "{err}");
-        assert!(!dir.path().join("out").exists());
     }
 
     #[test]

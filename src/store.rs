@@ -5,7 +5,7 @@
 //!   blobs/sha256/<hex>      verified .deb files, named by their SHA-256
 //!   layers/<key>/           unpacked and stripped trees, read-only, never edited in place
 //!   layers/<key>.json       what a layer was made from, its tree hash, counts and bytes
-//!   layers/<key>.tree.json  its entries; `<key>.check`: the same with file mtimes (binary)
+//!   layers/<key>.tree.json  its entries; `<key>.index`: the same by directory, with mtimes (binary)
 //!   tmp/                    staging; finished items are renamed into place (atomic)
 //!   tmp/downloads/<hex>.part  partial downloads, resumed by the next run
 //!   lock                    advisory lock held by a build: builds sharing a cache wait
@@ -187,7 +187,7 @@ impl Store {
         for entry in fs::read_dir(&layers).map_err(io_at(&layers))? {
             let entry = entry.map_err(io_at(&layers))?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            // `<key>.json` describes a layer; `<key>.tree.json` and `<key>.check` go with it.
+            // `<key>.json` describes a layer; `<key>.tree.json` and `<key>.index` go with it.
             let Some(key) = name.strip_suffix(".json").filter(|k| !k.contains('.')) else { continue };
             let meta = entry.metadata().map_err(io_at(&entry.path()))?;
             if let Some(idle) = idle(&meta, cutoff) {
@@ -203,8 +203,8 @@ impl Store {
                     let base = g.path.to_string_lossy().into_owned();
                     remove_any(Path::new(&format!("{base}.json")))?;
                     remove_any(Path::new(&format!("{base}.tree.json")))?;
-                    remove_any(Path::new(&format!("{base}.check")))?;
-                    // What layers of format 1 had instead of `.check`.
+                    remove_any(Path::new(&format!("{base}.index")))?;
+                    // What layers of format 1 had instead of `.index`.
                     remove_any(Path::new(&format!("{base}.mtimes.json")))?;
                 }
                 remove_any(&g.path)?;

@@ -259,15 +259,15 @@ fn tampered_blobs_and_layers_are_rebuilt_never_shipped() {
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("changed on disk; rebuilding"), "{}", text(&out));
     assert_eq!(tree_hash(&b2), reference);
-    // A damaged record of the layer's files means the layer cannot be checked: rebuilt too.
-    let record = store.join("layers").join(format!("{}.check", m.layer_key.hex()));
+    // A damaged index of the layer's files means the layer cannot be checked: rebuilt too.
+    let record = store.join("layers").join(format!("{}.index", m.layer_key.hex()));
     let mut bytes = fs::read(&record).unwrap();
     bytes.truncate(bytes.len() / 2);
     fs::write(&record, bytes).unwrap();
     let b3 = served.build_dir("t3");
     let out = bin_compile(&b3, &cache, &env);
     assert!(out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("no usable record of its files; rebuilding"), "{}", text(&out));
+    assert!(text(&out).contains("no usable index of its files; rebuilding"), "{}", text(&out));
     assert_eq!(tree_hash(&b3), reference);
     let out = bin_compile(&served.build_dir("t4"), &cache, &env);
     assert!(text(&out).contains("Reusing layer"), "the rebuilt layer is reused: {}", text(&out));
