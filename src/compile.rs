@@ -207,7 +207,7 @@ pub struct BuiltLayer {
 /// Whether [`build_layer`] may reuse a stored layer, and who checks it first.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Reuse {
-    /// Reuse a stored layer after checking it against its record.
+    /// Reuse a stored layer after checking its files against its index.
     Checked,
     /// Reuse a stored layer; the caller checks it while linking it into a slug (one pass
     /// over the layer instead of two).
@@ -235,17 +235,15 @@ pub fn build_layer(store: &Store, fetcher: &Fetcher, lock: &Lock, report: &Repor
     let key = inputs.key();
     let stored = if reuse == Reuse::Never { None } else { layer::load(store, &key)? };
     let existing = match stored {
-        Some(info) if reuse == Reuse::CheckWhileLinking => match layer::load_index(store, &key) {
-            Some(index) => Some((info, index, true)),
-            None => {
-                report.warn(&format!("layer {} has no usable index of its files; rebuilding it", &key.hex()[..12]));
+        Some(info) => match layer::load_index(store, &key) {
+            Some(index) if reuse == Reuse::CheckWhileLinking => Some((info, index, true)),
+            Some(index) if crate::materialize::check_index(&layer::layer_dir(store, &key), &index) => Some((info, index, false)),
+            Some(_) => {
+                report.warn(&layer_changed(&key));
                 None
             }
-        },
-        Some(info) => match layer::quick_check(store, &key) {
-            Some(index) => Some((info, index, false)),
             None => {
-                report.warn(&layer_changed(&key));
+                report.warn(&format!("layer {} has no usable index of its files; rebuilding it", &key.hex()[..12]));
                 None
             }
         },

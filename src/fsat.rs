@@ -1,7 +1,6 @@
 //! Directory-relative file operations for whole trees: checking or linking tens of thousands
 //! of files costs one path walk per directory instead of one (or two) per file.
 
-use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::fs::File;
 use std::io;
@@ -20,6 +19,8 @@ pub struct Stat {
     pub mode: u32,
     pub size: u64,
     pub mtime: (i64, i64),
+    pub dev: u64,
+    pub ino: u64,
 }
 
 impl Stat {
@@ -64,7 +65,7 @@ impl Dir {
         }
         // SAFETY: fstatat succeeded, so `st` is initialised.
         let st = unsafe { st.assume_init() };
-        Ok(Stat { mode: st.st_mode, size: st.st_size as u64, mtime: (st.st_mtime, st.st_mtime_nsec) })
+        Ok(Stat { mode: st.st_mode, size: st.st_size as u64, mtime: (st.st_mtime, st.st_mtime_nsec), dev: st.st_dev, ino: st.st_ino })
     }
 
     /// Creates the symlink `name` -> `target` in this directory with the given mtime (its
@@ -91,38 +92,6 @@ impl Dir {
     }
 }
 
-/// `/`-separated relative paths grouped by their directory (`""` for the root), each with
-/// the indices of the paths that live there.
-pub fn by_directory<'a>(paths: impl Iterator<Item = (usize, &'a str)>) -> Vec<(&'a str, Vec<(usize, &'a str)>)> {
-    let mut groups: BTreeMap<&str, Vec<(usize, &str)>> = BTreeMap::new();
-    for (i, path) in paths {
-        let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
-        groups.entry(dir).or_default().push((i, name));
-    }
-    groups.into_iter().collect()
-}
-
-/// Splits directory groups into about `parts` runs of similar numbers of entries, for
-/// worker threads.
-pub fn balanced<T>(groups: &[(&str, Vec<T>)], parts: usize) -> Vec<std::ops::Range<usize>> {
-    let total: usize = groups.iter().map(|g| g.1.len()).sum();
-    let target = total.div_ceil(parts.max(1)).max(1);
-    let mut out = Vec::new();
-    let (mut start, mut count) = (0, 0);
-    for (i, group) in groups.iter().enumerate() {
-        count += group.1.len();
-        if count >= target {
-            out.push(start..i + 1);
-            start = i + 1;
-            count = 0;
-        }
-    }
-    if start < groups.len() {
-        out.push(start..groups.len());
-    }
-    out
-}
-
 /// `path` joined with a `/`-separated relative directory (`""` is `path` itself).
 pub fn join(path: &Path, rel: &str) -> std::path::PathBuf {
     if rel.is_empty() { path.to_owned() } else { path.join(std::ffi::OsStr::from_bytes(rel.as_bytes())) }
@@ -146,6 +115,7 @@ mod tests {
         let st = da.stat("f").unwrap();
         assert!(st.is_file() && st.size == 5);
         let meta = fs::metadata(a.join("f")).unwrap();
+        assert_eq!((st.dev, st.ino), (meta.dev(), meta.ino()));
         assert_eq!(st.mtime, (meta.mtime(), meta.mtime_nsec()));
         assert!(da.stat("l").unwrap().is_symlink(), "symlinks are not followed");
         assert_eq!(da.stat("missing").unwrap_err().kind(), io::ErrorKind::NotFound);
@@ -159,17 +129,5 @@ mod tests {
         let link_meta = fs::symlink_metadata(b.join("l")).unwrap();
         assert_eq!((link_meta.mtime(), link_meta.mtime_nsec()), (1_700_000_000, 5));
         assert_eq!(db.symlink("x", "l", (0, 0)).unwrap_err().kind(), io::ErrorKind::AlreadyExists);
-    }
-
-    #[test]
-    fn groups_by_directory_and_balances() {
-        let paths = ["a", "a/x", "a/y", "b/c/z", "top"];
-        let groups = by_directory(paths.iter().copied().enumerate());
-        let dirs: Vec<&str> = groups.iter().map(|g| g.0).collect();
-        assert_eq!(dirs, ["", "a", "b/c"]);
-        assert_eq!(groups[1].1, [(1, "x"), (2, "y")]);
-        let runs = balanced(&groups, 2);
-        assert_eq!(runs.iter().map(|r| r.len()).sum::<usize>(), groups.len());
-        assert!(runs.len() <= 2 && runs.windows(2).all(|w| w[0].end == w[1].start));
     }
 }

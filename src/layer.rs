@@ -112,15 +112,6 @@ pub fn load_index(store: &Store, key: &Sha256) -> Option<LayerIndex> {
     LayerIndex::decode(fs::read(index_path(store, key)).ok()?)
 }
 
-/// A cheap check that a stored layer was not changed on disk: every entry's type and mode,
-/// and every file's size and mtime (no hashing), against its index. Full hashing is
-/// `verify`'s. Returns the index when the layer is intact. Files added to the layer are not
-/// looked for: slugs are made from the index, so they never reach one.
-pub fn quick_check(store: &Store, key: &Sha256) -> Option<LayerIndex> {
-    let index = load_index(store, key)?;
-    crate::materialize::check_index(&layer_dir(store, key), &index).then_some(index)
-}
-
 /// Marks a layer as used now (what `gc` reads).
 pub fn touch(store: &Store, key: &Sha256) {
     let now = filetime::FileTime::now();

@@ -144,8 +144,7 @@ impl FileId {
 /// it wrote them) instead of reading them again. Also returns each file's mtime (seconds,
 /// nanoseconds), in entry order.
 pub fn scan_tree_known(root: &Path, known: &HashMap<FileId, Sha256>) -> Result<(TreeScan, Vec<(i64, i64)>), TreeError> {
-    let mut listed = Vec::new();
-    list(root, String::new(), &mut listed)?;
+    let mut listed = list(root)?;
     listed.sort_by(|a, b| a.0.path.as_bytes().cmp(b.0.path.as_bytes()));
     let (mut entries, ids): (Vec<TreeEntry>, Vec<FileId>) = listed.into_iter().unzip();
     let mut files = Vec::new();
@@ -184,37 +183,76 @@ pub fn hash_entries(entries: &[TreeEntry]) -> TreeHash {
     TreeHash(h.finish())
 }
 
-fn list(root: &Path, rel: String, entries: &mut Vec<(TreeEntry, FileId)>) -> Result<(), TreeError> {
-    let dir = if rel.is_empty() { root.to_path_buf() } else { root.join(&rel) };
-    for entry in fs::read_dir(&dir).map_err(io_at(&dir))? {
-        let entry = entry.map_err(io_at(&dir))?;
-        let path = entry.path();
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else {
-            return Err(TreeError::Unsupported { path, reason: "file name is not UTF-8" });
-        };
-        let child = if rel.is_empty() { name.to_string() } else { format!("{rel}/{name}") };
-        let meta = fs::symlink_metadata(&path).map_err(io_at(&path))?;
-        let mode = meta.mode() & 0o7777;
-        let id = FileId::of(&meta);
-        let ft = meta.file_type();
-        if ft.is_symlink() {
-            let target = fs::read_link(&path).map_err(io_at(&path))?;
-            let Some(target) = target.to_str() else {
-                return Err(TreeError::Unsupported { path, reason: "symlink target is not UTF-8" });
+/// Every entry below `root` with its identity, unsorted. Directories are read first (their
+/// listings say which children are directories), then every entry is lstat'ed relative to
+/// its directory on all cores: a layer has tens of thousands of them.
+fn list(root: &Path) -> Result<Vec<(TreeEntry, FileId)>, TreeError> {
+    let mut dirs: Vec<(String, Vec<String>)> = Vec::new();
+    let mut pending = vec![String::new()];
+    while let Some(rel) = pending.pop() {
+        let dir = crate::fsat::join(root, &rel);
+        let mut names = Vec::new();
+        for entry in fs::read_dir(&dir).map_err(io_at(&dir))? {
+            let entry = entry.map_err(io_at(&dir))?;
+            let Ok(name) = entry.file_name().into_string() else {
+                return Err(TreeError::Unsupported { path: entry.path(), reason: "file name is not UTF-8" });
             };
-            entries.push((TreeEntry { path: child, mode, kind: EntryKind::Symlink { target: target.to_string() } }, id));
-        } else if ft.is_dir() {
-            entries.push((TreeEntry { path: child.clone(), mode, kind: EntryKind::Dir }, id));
-            list(root, child, entries)?;
-        } else if ft.is_file() {
-            let kind = EntryKind::File { sha256: Sha256([0; 32]), size: meta.len() };
-            entries.push((TreeEntry { path: child, mode, kind }, id));
-        } else {
-            return Err(TreeError::Unsupported { path, reason: "not a file, directory or symlink" });
+            if entry.file_type().map_err(io_at(&entry.path()))?.is_dir() {
+                pending.push(if rel.is_empty() { name.clone() } else { format!("{rel}/{name}") });
+            }
+            names.push(name);
+        }
+        dirs.push((rel, names));
+    }
+    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).min(8);
+    let per_worker = dirs.iter().map(|d| d.1.len()).sum::<usize>().div_ceil(workers).max(1);
+    let mut runs = Vec::new();
+    let (mut start, mut count) = (0, 0);
+    for (i, (_, names)) in dirs.iter().enumerate() {
+        count += names.len();
+        if count >= per_worker {
+            runs.push(start..i + 1);
+            (start, count) = (i + 1, 0);
         }
     }
-    Ok(())
+    runs.push(start..dirs.len());
+    let stat_run = |run: std::ops::Range<usize>| -> Result<Vec<(TreeEntry, FileId)>, TreeError> {
+        let mut out = Vec::new();
+        for (rel, names) in &dirs[run] {
+            let dir = crate::fsat::join(root, rel);
+            let handle = crate::fsat::Dir::open(&dir).map_err(io_at(&dir))?;
+            for name in names {
+                let path = dir.join(name);
+                let st = handle.stat(name).map_err(io_at(&path))?;
+                let child = if rel.is_empty() { name.clone() } else { format!("{rel}/{name}") };
+                let mode = st.mode & 0o7777;
+                let id = FileId { dev: st.dev, ino: st.ino, size: st.size, mtime: st.mtime };
+                let kind = if st.is_symlink() {
+                    let target = fs::read_link(&path).map_err(io_at(&path))?;
+                    let Some(target) = target.to_str() else {
+                        return Err(TreeError::Unsupported { path, reason: "symlink target is not UTF-8" });
+                    };
+                    EntryKind::Symlink { target: target.to_string() }
+                } else if st.is_dir() {
+                    EntryKind::Dir
+                } else if st.is_file() {
+                    EntryKind::File { sha256: Sha256([0; 32]), size: st.size }
+                } else {
+                    return Err(TreeError::Unsupported { path, reason: "not a file, directory or symlink" });
+                };
+                out.push((TreeEntry { path: child, mode, kind }, id));
+            }
+        }
+        Ok(out)
+    };
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = runs.iter().skip(1).map(|run| scope.spawn(|| stat_run(run.clone()))).collect();
+        let mut listed = stat_run(runs[0].clone())?;
+        for handle in handles {
+            listed.extend(handle.join().map_err(|_| TreeError::Unsupported { path: root.to_owned(), reason: "listing thread panicked" })??);
+        }
+        Ok(listed)
+    })
 }
 
 fn hash_files(root: &Path, entries: &[TreeEntry], files: &[usize]) -> Result<Vec<Sha256>, TreeError> {
