@@ -17,7 +17,7 @@ use crate::apt::datadog_keys::{KEY_SERVER, datadog_keyring};
 use crate::apt::resolve::resolve_agent;
 use crate::apt::signature::Keyring;
 use crate::config::{Config, KeyringSetting, Settings, effective_python};
-use crate::fetch::{Downloaded, FetchOptions, Fetcher};
+use crate::fetch::{Downloaded, FetchOptions, Fetcher, Progress};
 use crate::hash::Sha256;
 use crate::layer::{self, DebInput, LAYER_FORMAT, LayerInputs};
 use crate::manifest::{Lock, LockedPackage, Manifest, Removed, SCHEMA, read_lock, to_json};
@@ -25,7 +25,7 @@ use crate::layerindex::LayerIndex;
 use crate::materialize::{Materialize, Materialized, materialize_index, merge_into};
 use crate::recipe::{Options, Recipe};
 use crate::report::{Reporter, bytes, seconds};
-use crate::store::{Store, remove_any};
+use crate::store::{Blob, Store, remove_any};
 
 /// The strip recipe shipped with this binary.
 pub const RECIPE: &str = include_str!("../recipes/datadog-agent.toml");
@@ -256,26 +256,9 @@ pub fn build_layer(store: &Store, fetcher: &Fetcher, lock: &Lock, report: &Repor
             (info, index, unchecked, true)
         }
         None => {
-            let mut blobs = Vec::new();
-            for package in &lock.packages {
-                report.topic(&format!("Fetching {}", file_name(&package.filename)));
-                let expected = Downloaded { sha256: package.sha256, size: package.size };
-                let t = Instant::now();
-                let url = format!("{}/{}", lock.repository.trim_end_matches('/'), package.filename);
-                let (blob, fetched) = store.ensure_blob(fetcher, &url, expected)?;
-                report.detail(&format!(
-                    "{} {}, SHA-256 {}",
-                    if fetched { format!("downloaded in {};", seconds(t.elapsed())) } else { "already in the cache;".into() },
-                    bytes(package.size),
-                    package.sha256
-                ));
-                downloaded |= fetched;
-                blobs.push(blob);
-            }
-            report.topic(&format!("Building layer {}", &key.hex()[..12]));
-            let t = Instant::now();
-            let built = layer::build(store, &inputs, &blobs, &recipe, (AGENT_WRAPPER_PATH, AGENT_WRAPPER.as_bytes()))?;
-            report.detail(&format!("unpacked and stripped in {}", seconds(t.elapsed())));
+            let built = fetch_and_build(store, fetcher, lock, &inputs, &recipe, report, &key)?;
+            downloaded = built.1;
+            let built = built.0;
             for xz in &built.xz_blocks {
                 let ahead = xz.decoded.saturating_sub(xz.used);
                 report.detail(&format!(
@@ -297,6 +280,93 @@ pub fn build_layer(store: &Store, fetcher: &Fetcher, lock: &Lock, report: &Repor
         ));
     }
     Ok(BuiltLayer { info, index, unchecked, downloaded, reused })
+}
+
+/// Fetches what the store lacks and builds the layer from the blobs. A blob being
+/// downloaded is unpacked as it arrives (the xz block index is at the end of a package, so
+/// for data.tar.xz only the decoding waits for the last byte); the layer is stored only
+/// once every download has matched its SHA-256. Returns whether anything was downloaded.
+fn fetch_and_build(
+    store: &Store,
+    fetcher: &Fetcher,
+    lock: &Lock,
+    inputs: &LayerInputs,
+    recipe: &Recipe,
+    report: &Reporter,
+    key: &Sha256,
+) -> Result<(layer::Built, bool)> {
+    let mut found = Vec::new();
+    for package in &lock.packages {
+        let expected = Downloaded { sha256: package.sha256, size: package.size };
+        let url = format!("{}/{}", lock.repository.trim_end_matches('/'), package.filename);
+        let blob = store.find_blob(fetcher, &url, expected)?;
+        match &blob {
+            Blob::Stored(_) => {
+                report.topic(&format!("Fetching {}", file_name(&package.filename)));
+                report.detail(&format!("already in the cache; {}, SHA-256 {}", bytes(package.size), package.sha256));
+            }
+            Blob::Missing { .. } => report.topic(&format!("Fetching {} (unpacking it as it arrives)", file_name(&package.filename))),
+        }
+        found.push((package, url, expected, blob));
+    }
+    let progress: Vec<Progress> = found.iter().map(|_| Progress::default()).collect();
+    report.topic(&format!("Building layer {}", &key.hex()[..12]));
+    let t = Instant::now();
+    let (built, downloads) = std::thread::scope(|scope| {
+        let downloads: Vec<_> = found
+            .iter()
+            .zip(&progress)
+            .filter_map(|((package, url, expected, blob), progress)| match blob {
+                Blob::Stored(_) => None,
+                Blob::Missing { part } => Some((
+                    package,
+                    part,
+                    scope.spawn(move || {
+                        // Whatever happens here, the unpacker waiting for bytes hears the end.
+                        let _finish = FinishOnDrop(progress);
+                        let t = Instant::now();
+                        let result = store.download_part(fetcher, url, *expected, part, Some(progress));
+                        progress.finish(result.is_ok());
+                        result.map(|()| t.elapsed())
+                    }),
+                )),
+            })
+            .collect();
+        let debs: Vec<layer::DebBlob> = found
+            .iter()
+            .zip(&progress)
+            .map(|((.., blob), progress)| match blob {
+                Blob::Stored(path) => layer::DebBlob { path: path.clone(), downloading: None },
+                Blob::Missing { part } => layer::DebBlob { path: part.clone(), downloading: Some(progress) },
+            })
+            .collect();
+        let built = layer::build(store, inputs, &debs, recipe, (AGENT_WRAPPER_PATH, AGENT_WRAPPER.as_bytes()));
+        let downloads: Vec<_> = downloads.into_iter().map(|(package, part, handle)| (package, part, handle.join())).collect();
+        (built, downloads)
+    });
+    // A failed download explains a failed unpack: it is reported first. A good one is kept
+    // (moved into the store only now: the unpacker read it by its partial name).
+    let downloaded = !downloads.is_empty();
+    for (package, part, result) in downloads {
+        let took = result.map_err(|_| anyhow::anyhow!("the download of {} panicked", package.filename))??;
+        store.keep_part(part, Downloaded { sha256: package.sha256, size: package.size })?;
+        report.detail(&format!("{}: downloaded in {}; {}, SHA-256 {}", file_name(&package.filename), seconds(took), bytes(package.size), package.sha256));
+    }
+    let built = built?;
+    report.detail(&format!("unpacked and stripped in {}", seconds(t.elapsed())));
+    Ok((built, downloaded))
+}
+
+/// Marks a download failed if it ends without saying (a panic): an unpacker waiting for
+/// its bytes must not wait forever.
+struct FinishOnDrop<'a>(&'a Progress);
+
+impl Drop for FinishOnDrop<'_> {
+    fn drop(&mut self) {
+        if !self.0.is_done() {
+            self.0.finish(false);
+        }
+    }
 }
 
 fn layer_changed(key: &Sha256) -> String {

@@ -16,6 +16,7 @@ use std::path::{Component, Path, PathBuf};
 
 use filetime::FileTime;
 
+use crate::fetch::Progress;
 use crate::filewriter::{WriteError, WriterPool, Written, make_room, write_file};
 use crate::hash::Sha256;
 use crate::treehash::FileId;
@@ -67,10 +68,14 @@ pub trait EntryFilter {
 
 /// Whether a package's bytes were verified (by SHA-256, against a signed index) before
 /// unpacking. Verified packages skip the compressor's own checks, which add nothing then.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Integrity {
+#[derive(Clone, Copy, Debug)]
+pub enum Integrity<'a> {
     Unverified,
     Verified,
+    /// Still being downloaded (so not verified yet): reads wait for bytes to arrive, and
+    /// fail if the download does. Whoever unpacks must not trust the result before the
+    /// download has completed and matched.
+    Downloading(&'a Progress),
 }
 
 /// Extracts the data archive of `deb` into `dest` (created if missing).
@@ -89,21 +94,33 @@ pub fn unpack_deb_filtered(
     let label = deb.display().to_string();
     let io_err = |source| DebError::Io { deb: label.clone(), source };
     let file = File::open(deb).map_err(io_err)?;
-    let mut ar = ArReader::new(Counted { inner: BufReader::with_capacity(1 << 16, file.try_clone().map_err(io_err)?), pos: 0 }, &label)?;
+    let growing = match integrity {
+        Integrity::Downloading(progress) => Some(progress),
+        _ => None,
+    };
+    let sequential = Arriving { file: &file, pos: 0, end: u64::MAX, growing };
+    let mut ar = ArReader::new(Counted { inner: BufReader::with_capacity(1 << 16, sequential), pos: 0 }, &label)?;
     ar.expect_debian_binary()?;
     while let Some(member) = ar.next_member()? {
         if member.name.starts_with("data.tar") {
             let start = ar.inner.pos;
-            if member.name.ends_with(".xz")
-                && let Some(blocks) = crate::xzseek::blocks(&file, start, member.size)
-            {
-                let checks = integrity == Integrity::Unverified;
-                let mut reader = crate::xzseek::BlockReader::new(file, start, blocks, checks);
-                let mut report = unpack_tar_filtered(&mut reader, dest, &label, filter)?;
-                report.xz_blocks = Some(reader.stats());
-                return Ok(report);
+            let end = start + member.size;
+            if member.name.ends_with(".xz") {
+                // The block index is at the end of the stream: wait for all of it.
+                if let Some(progress) = growing
+                    && progress.wait_beyond(end - 1).map_err(io_err)? < end
+                {
+                    return Err(not_a_deb(&label, "truncated data.tar member"));
+                }
+                if let Some(blocks) = crate::xzseek::blocks(&file, start, member.size) {
+                    let checks = !matches!(integrity, Integrity::Verified);
+                    let mut reader = crate::xzseek::BlockReader::new(file, start, blocks, checks);
+                    let mut report = unpack_tar_filtered(&mut reader, dest, &label, filter)?;
+                    report.xz_blocks = Some(reader.stats());
+                    return Ok(report);
+                }
             }
-            let body = FileRange { file: &file, pos: start, end: start + member.size };
+            let body = Arriving { file: &file, pos: start, end, growing };
             return unpack_pipelined(decompressor(&member.name, body, &label)?, dest, &label, filter);
         }
         ar.skip(member.size)?;
@@ -177,22 +194,35 @@ impl Read for ChunkReader {
 }
 
 /// The bytes `pos..end` of a file, read with `pread` (no shared cursor).
-struct FileRange<'f> {
+/// Bytes `pos..end` of a file, read with `pread`; with `growing`, a file still being
+/// downloaded: a read waits for bytes that have not arrived yet.
+struct Arriving<'f> {
     file: &'f File,
     pos: u64,
     end: u64,
+    growing: Option<&'f Progress>,
 }
 
-impl Read for FileRange<'_> {
+impl Read for Arriving<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         use std::os::unix::fs::FileExt;
-        let want = buf.len().min((self.end - self.pos).try_into().unwrap_or(usize::MAX));
-        if want == 0 {
-            return Ok(0);
+        loop {
+            let available = match self.growing {
+                Some(progress) => progress.wait_beyond(self.pos)?.min(self.end),
+                None => self.end,
+            };
+            let want = buf.len().min(available.saturating_sub(self.pos).try_into().unwrap_or(usize::MAX));
+            if want == 0 {
+                return Ok(0);
+            }
+            let n = self.file.read_at(&mut buf[..want], self.pos)?;
+            // A download that started over shrank the file under us: wait for it to grow back.
+            if n == 0 && self.growing.is_some_and(|p| !p.is_done()) {
+                continue;
+            }
+            self.pos += n as u64;
+            return Ok(n);
         }
-        let n = self.file.read_at(&mut buf[..want], self.pos)?;
-        self.pos += n as u64;
-        Ok(n)
     }
 }
 

@@ -7,6 +7,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
 use crate::hash::{Hasher, Sha256};
@@ -33,6 +34,69 @@ pub enum FetchError {
     TooLarge { url: String, limit: u64 },
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: io::Error },
+}
+
+/// How far a download has written its file, for a reader that consumes the file while it
+/// grows (an unpacker that starts before the last byte arrives).
+#[derive(Debug, Default)]
+pub struct Progress {
+    state: Mutex<ProgressState>,
+    changed: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct ProgressState {
+    written: u64,
+    /// `Some(true)`: the whole body is on disk and matched what was expected.
+    done: Option<bool>,
+}
+
+impl Progress {
+    fn update(&self, f: impl FnOnce(&mut ProgressState)) {
+        // A poisoned lock only means a reader panicked; the numbers are still right.
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut state);
+        self.changed.notify_all();
+    }
+
+    fn set_written(&self, written: u64) {
+        self.update(|s| s.written = written);
+    }
+
+    /// The download is over: complete and verified (`true`), or failed.
+    pub fn finish(&self, ok: bool) {
+        self.update(|s| s.done = Some(ok));
+    }
+
+    /// Waits until the file holds more than `pos` bytes, or the download is over; returns
+    /// how many bytes it holds then (`pos` or fewer means the body ended there).
+    pub fn wait_beyond(&self, pos: u64) -> io::Result<u64> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            match state.done {
+                Some(false) => return Err(io::Error::other("the download failed (its error is reported separately)")),
+                Some(true) => return Ok(state.written),
+                None if state.written > pos => return Ok(state.written),
+                None => state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner()),
+            }
+        }
+    }
+
+    /// Whether the download is over (either way).
+    pub fn is_done(&self) -> bool {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).done.is_some()
+    }
+
+    /// Waits for the end of the download; whether it completed and matched.
+    pub fn wait_done(&self) -> bool {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(ok) = state.done {
+                return ok;
+            }
+            state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+    }
 }
 
 /// How downloads behave.
@@ -131,8 +195,9 @@ impl Fetcher {
 
     /// Downloads `url` into `part`, resuming what a previous attempt (or process) left there,
     /// and checks the result against `expected` (SHA-256 and size) when given. On a mismatch
-    /// `part` is deleted.
-    pub fn download(&self, url: &str, part: &Path, expected: Option<Downloaded>) -> Result<Downloaded, FetchError> {
+    /// `part` is deleted. `progress`, when given, hears of every write (it is not finished
+    /// here: the caller knows when the file is really done).
+    pub fn download(&self, url: &str, part: &Path, expected: Option<Downloaded>, progress: Option<&Progress>) -> Result<Downloaded, FetchError> {
         self.refuse_if_offline(url)?;
         let io_err = |source| FetchError::Io { path: part.to_owned(), source };
         let mut file = OpenOptions::new().create(true).truncate(false).read(true).write(true).open(part).map_err(io_err)?;
@@ -143,19 +208,24 @@ impl Fetcher {
         if let Some(exp) = expected
             && hasher.len() > exp.size
         {
-            start_over(&mut file, &mut hasher).map_err(io_err)?;
+            start_over(&mut file, &mut hasher, progress).map_err(io_err)?;
+        }
+        if let Some(p) = progress {
+            p.set_written(hasher.len());
         }
         let complete = |hasher: &Hasher| expected.is_some_and(|e| hasher.len() == e.size);
         if !complete(&hasher) {
             if let Some(path) = url.strip_prefix("file://") {
-                start_over(&mut file, &mut hasher).map_err(io_err)?;
+                start_over(&mut file, &mut hasher, progress).map_err(io_err)?;
                 let mut src = File::open(path).map_err(|source| FetchError::Io { path: path.into(), source })?;
-                copy_hashing(&mut src, part, &mut file, &mut hasher, expected, url, &mut buf).map_err(|e| match e {
+                let mut sink = Sink { file: &mut file, hasher: &mut hasher, progress };
+                copy_hashing(&mut src, part, &mut sink, expected, url, &mut buf).map_err(|e| match e {
                     Attempt::Fatal(f) => f,
                     Attempt::Retry(reason) => FetchError::Network { url: url.into(), reason, attempts: 1 },
                 })?;
             } else {
-                let result = self.with_retries(url, || self.download_attempt(url, part, &mut file, &mut hasher, expected, &mut buf));
+                let mut sink = Sink { file: &mut file, hasher: &mut hasher, progress };
+                let result = self.with_retries(url, || self.download_attempt(url, part, &mut sink, expected, &mut buf));
                 if let Err(e) = result {
                     // A body longer than promised is not worth resuming.
                     if matches!(e, FetchError::TooLarge { .. }) {
@@ -186,16 +256,8 @@ impl Fetcher {
         Ok(got)
     }
 
-    fn download_attempt(
-        &self,
-        url: &str,
-        part: &Path,
-        file: &mut File,
-        hasher: &mut Hasher,
-        expected: Option<Downloaded>,
-        buf: &mut [u8],
-    ) -> Result<(), Attempt> {
-        let have = hasher.len();
+    fn download_attempt(&self, url: &str, part: &Path, sink: &mut Sink, expected: Option<Downloaded>, buf: &mut [u8]) -> Result<(), Attempt> {
+        let have = sink.hasher.len();
         let mut request = self.agent.get(url);
         if have > 0 {
             request = request.header("Range", format!("bytes={have}-"));
@@ -208,18 +270,18 @@ impl Fetcher {
             // The server ignored Range (or we asked for none): start over.
             200 => {
                 if have > 0 {
-                    start_over(file, hasher).map_err(io_fatal)?;
+                    sink.start_over().map_err(io_fatal)?;
                 }
             }
             // What we hold is at least as long as the file: restart so the hash decides.
             416 => {
-                start_over(file, hasher).map_err(io_fatal)?;
+                sink.start_over().map_err(io_fatal)?;
                 return Err(Attempt::Retry("server refused the resume range".into()));
             }
             other => check_status(url, other)?,
         }
         let mut body = response.into_body().into_reader();
-        copy_hashing(&mut body, part, file, hasher, expected, url, buf)
+        copy_hashing(&mut body, part, sink, expected, url, buf)
     }
 
     fn refuse_if_offline(&self, url: &str) -> Result<(), FetchError> {
@@ -248,23 +310,33 @@ impl Fetcher {
     }
 }
 
-/// Empties the partial file and the hash of what it held.
-fn start_over(file: &mut File, hasher: &mut Hasher) -> io::Result<()> {
+/// Empties the partial file and the hash of what it held. Readers hear of it first, so
+/// that none reads past the new end.
+fn start_over(file: &mut File, hasher: &mut Hasher, progress: Option<&Progress>) -> io::Result<()> {
+    if let Some(p) = progress {
+        p.set_written(0);
+    }
     *hasher = Hasher::new();
     file.set_len(0)?;
     file.seek(SeekFrom::Start(0))?;
     Ok(())
 }
 
-fn copy_hashing(
-    src: &mut impl Read,
-    part: &Path,
-    file: &mut File,
-    hasher: &mut Hasher,
-    expected: Option<Downloaded>,
-    url: &str,
-    buf: &mut [u8],
-) -> Result<(), Attempt> {
+/// Where a body goes: the partial file, its hash, and whoever reads the file as it grows.
+struct Sink<'a> {
+    file: &'a mut File,
+    hasher: &'a mut Hasher,
+    progress: Option<&'a Progress>,
+}
+
+impl Sink<'_> {
+    fn start_over(&mut self) -> io::Result<()> {
+        start_over(self.file, self.hasher, self.progress)
+    }
+}
+
+fn copy_hashing(src: &mut impl Read, part: &Path, sink: &mut Sink, expected: Option<Downloaded>, url: &str, buf: &mut [u8]) -> Result<(), Attempt> {
+    let Sink { file, hasher, progress } = sink;
     loop {
         let n = match src.read(buf) {
             Ok(0) => break,
@@ -276,6 +348,9 @@ fn copy_hashing(
         file.write_all(&buf[..n])
             .map_err(|source| Attempt::Fatal(FetchError::Io { path: part.to_owned(), source }))?;
         hasher.update(&buf[..n]);
+        if let Some(p) = progress {
+            p.set_written(hasher.len());
+        }
         if let Some(exp) = expected
             && hasher.len() > exp.size {
                 return Err(Attempt::Fatal(FetchError::TooLarge { url: url.into(), limit: exp.size }));

@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use crate::fetch::Progress;
 use crate::hash::Sha256;
 use crate::layerindex::LayerIndex;
 use crate::recipe::{Options, Recipe, RuleOutcome, StripFilter, merge_outcomes};
@@ -40,6 +41,8 @@ pub enum LayerError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("{path}: {reason}")]
     Json { path: PathBuf, reason: String },
+    #[error("{path}: the download did not complete or did not match its SHA-256; nothing was stored")]
+    Download { path: PathBuf },
 }
 
 fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> LayerError + '_ {
@@ -136,6 +139,14 @@ pub fn load(store: &Store, key: &Sha256) -> Result<Option<LayerInfo>, LayerError
     }
 }
 
+/// A package to build a layer from: its blob, verified, or still downloading.
+pub struct DebBlob<'a> {
+    pub path: PathBuf,
+    /// Set while the blob is being downloaded into `path`; its bytes are trusted only once
+    /// the download has completed and matched.
+    pub downloading: Option<&'a Progress>,
+}
+
 /// A layer just built.
 pub struct Built {
     pub info: LayerInfo,
@@ -150,7 +161,7 @@ pub struct Built {
 pub fn build(
     store: &Store,
     inputs: &LayerInputs,
-    debs: &[PathBuf],
+    debs: &[DebBlob],
     recipe: &Recipe,
     wrapper: (&str, &[u8]),
 ) -> Result<Built, LayerError> {
@@ -169,9 +180,13 @@ pub fn build(
             .map(|(deb, part)| {
                 scope.spawn(move || -> Result<Unpacked, LayerError> {
                     let mut filter = StripFilter::new(recipe, &inputs.options)?;
-                    // Blobs are verified against the lock's SHA-256 before a layer is built from them.
-                    let report =
-                        crate::deb::unpack_deb_filtered(deb, part, Some(&mut filter), crate::deb::Integrity::Verified)?;
+                    // Stored blobs were verified against the lock's SHA-256; a downloading one
+                    // is checked at the end (below).
+                    let integrity = match deb.downloading {
+                        Some(progress) => crate::deb::Integrity::Downloading(progress),
+                        None => crate::deb::Integrity::Verified,
+                    };
+                    let report = crate::deb::unpack_deb_filtered(&deb.path, part, Some(&mut filter), integrity)?;
                     Ok((filter.outcomes, report.digests, report.xz_blocks))
                 })
             })
@@ -184,6 +199,10 @@ pub fn build(
         }
         Ok(all)
     })?;
+    // What was unpacked while it downloaded counts only once the download matched.
+    if let Some(deb) = debs.iter().find(|d| d.downloading.is_some_and(|p| !p.wait_done())) {
+        return Err(LayerError::Download { path: deb.path.clone() });
+    }
     for part in &parts {
         crate::materialize::merge_into(part, &tree).map_err(|e| LayerError::Io { path: e.path, source: e.source })?;
     }

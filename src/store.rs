@@ -20,7 +20,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use crate::fetch::{Downloaded, FetchError, Fetcher};
+use crate::fetch::{Downloaded, FetchError, Fetcher, Progress};
 use crate::hash::{Hasher, Sha256};
 
 /// Layout version: bump when the meaning of anything in the store changes.
@@ -144,20 +144,58 @@ impl Store {
     /// Returns the path of a verified blob, downloading it from `url` if the store lacks it.
     /// The boolean says whether a download happened.
     pub fn ensure_blob(&self, fetcher: &Fetcher, url: &str, expected: Downloaded) -> Result<(PathBuf, bool), StoreError> {
+        match self.find_blob(fetcher, url, expected)? {
+            Blob::Stored(path) => Ok((path, false)),
+            Blob::Missing { part } => {
+                self.download_part(fetcher, url, expected, &part, None)?;
+                Ok((self.keep_part(&part, expected)?, true))
+            }
+        }
+    }
+
+    /// Where the blob is: verified in the store, or to be downloaded into `part` (which then
+    /// exists, so that a reader can open it before the first byte arrives).
+    pub fn find_blob(&self, fetcher: &Fetcher, url: &str, expected: Downloaded) -> Result<Blob, StoreError> {
         let path = self.blob_path(&expected.sha256);
         if self.check_blob(expected)? {
             let _ = filetime::set_file_mtime(&path, filetime::FileTime::now());
-            return Ok((path, false));
+            return Ok(Blob::Stored(path));
         }
         if fetcher.is_offline() && !url.starts_with("file://") {
             return Err(StoreError::MissingOffline { sha256: expected.sha256, url: url.into(), path: self.root.clone() });
         }
         let part = self.root.join("tmp/downloads").join(format!("{}.part", expected.sha256.hex()));
-        fetcher.download(url, &part, Some(expected))?;
-        make_read_only(&part)?;
-        fs::rename(&part, &path).map_err(io_at(&path))?;
-        Ok((path, true))
+        OpenOptions::new().create(true).truncate(false).write(true).open(&part).map_err(io_at(&part))?;
+        Ok(Blob::Missing { part })
     }
+
+    /// Downloads a blob [`Store::find_blob`] found missing into its `part` and checks it;
+    /// `progress` hears of every write. [`Store::keep_part`] then moves it into the store.
+    pub fn download_part(
+        &self,
+        fetcher: &Fetcher,
+        url: &str,
+        expected: Downloaded,
+        part: &Path,
+        progress: Option<&Progress>,
+    ) -> Result<(), StoreError> {
+        fetcher.download(url, part, Some(expected), progress)?;
+        Ok(())
+    }
+
+    /// Moves a downloaded and checked `part` into the store; returns the blob's path.
+    pub fn keep_part(&self, part: &Path, expected: Downloaded) -> Result<PathBuf, StoreError> {
+        make_read_only(part)?;
+        let path = self.blob_path(&expected.sha256);
+        fs::rename(part, &path).map_err(io_at(&path))?;
+        Ok(path)
+    }
+}
+
+/// What [`Store::find_blob`] found.
+pub enum Blob {
+    Stored(PathBuf),
+    Missing { part: PathBuf },
 }
 
 /// One stored item `gc` would remove.
