@@ -256,9 +256,8 @@ pub fn build_layer(store: &Store, fetcher: &Fetcher, lock: &Lock, report: &Repor
             (info, index, unchecked, true)
         }
         None => {
-            let built = fetch_and_build(store, fetcher, lock, &inputs, &recipe, report, &key)?;
-            downloaded = built.1;
-            let built = built.0;
+            let (built, fetched) = fetch_and_build(store, fetcher, lock, &inputs, &recipe, report, &key)?;
+            downloaded = fetched;
             for xz in &built.xz_blocks {
                 let ahead = xz.decoded.saturating_sub(xz.used);
                 report.detail(&format!(
@@ -296,9 +295,15 @@ fn fetch_and_build(
     key: &Sha256,
 ) -> Result<(layer::Built, bool)> {
     let mut found = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     for package in &lock.packages {
         let expected = Downloaded { sha256: package.sha256, size: package.size };
         let url = format!("{}/{}", lock.repository.trim_end_matches('/'), package.filename);
+        // A .deb listed twice is fetched and unpacked once: two writers of one partial file
+        // would garble it, and unpacking it again would change nothing.
+        if !seen.insert(package.sha256) {
+            continue;
+        }
         let blob = store.find_blob(fetcher, &url, expected)?;
         match &blob {
             Blob::Stored(_) => {
