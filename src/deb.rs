@@ -193,9 +193,8 @@ impl Read for ChunkReader {
     }
 }
 
-/// The bytes `pos..end` of a file, read with `pread` (no shared cursor).
-/// Bytes `pos..end` of a file, read with `pread`; with `growing`, a file still being
-/// downloaded: a read waits for bytes that have not arrived yet.
+/// The bytes `pos..end` of a file, read with `pread` (no shared cursor); with `growing`, a
+/// file still being downloaded: a read waits for bytes that have not arrived yet.
 struct Arriving<'f> {
     file: &'f File,
     pos: u64,
