@@ -92,6 +92,27 @@ impl Dir {
     }
 }
 
+/// Splits items of the given weights (directories, by how much work each is) into at most
+/// `parts` consecutive runs of similar weight, for worker threads.
+pub fn balanced_runs(weights: impl ExactSizeIterator<Item = usize> + Clone, parts: usize) -> Vec<std::ops::Range<usize>> {
+    let total: usize = weights.clone().sum();
+    let target = total.div_ceil(parts.max(1)).max(1);
+    let (mut runs, mut start, mut acc) = (Vec::new(), 0, 0);
+    let len = weights.len();
+    for (i, w) in weights.enumerate() {
+        acc += w;
+        if acc >= target {
+            runs.push(start..i + 1);
+            start = i + 1;
+            acc = 0;
+        }
+    }
+    if start < len {
+        runs.push(start..len);
+    }
+    runs
+}
+
 /// `path` joined with a `/`-separated relative directory (`""` is `path` itself).
 pub fn join(path: &Path, rel: &str) -> std::path::PathBuf {
     if rel.is_empty() { path.to_owned() } else { path.join(std::ffi::OsStr::from_bytes(rel.as_bytes())) }
@@ -129,5 +150,13 @@ mod tests {
         let link_meta = fs::symlink_metadata(b.join("l")).unwrap();
         assert_eq!((link_meta.mtime(), link_meta.mtime_nsec()), (1_700_000_000, 5));
         assert_eq!(db.symlink("x", "l", (0, 0)).unwrap_err().kind(), io::ErrorKind::AlreadyExists);
+    }
+
+    #[test]
+    fn runs_are_consecutive_and_cover_everything() {
+        let runs = balanced_runs([5, 1, 1, 1, 5, 1].into_iter(), 2);
+        assert_eq!(runs, [0..3, 3..6]);
+        assert_eq!(balanced_runs([1, 1].into_iter(), 8), [0..1, 1..2]);
+        assert!(balanced_runs(std::iter::empty::<usize>().collect::<Vec<_>>().into_iter(), 2).is_empty());
     }
 }

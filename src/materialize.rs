@@ -277,7 +277,7 @@ fn walk(src: &Path, dst: Option<&Path>, index: &LayerIndex, check: bool) -> Resu
     let cross_device = AtomicBool::new(false);
     let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).min(8);
     // Making a directory costs about what linking a few files does.
-    let runs = balanced_runs(groups.iter().map(|g| index.children(g).len() + 3), workers);
+    let runs = crate::fsat::balanced_runs(groups.iter().map(|g| index.children(g).len() + 3), workers);
     let failed = |flag: &AtomicBool| {
         flag.store(true, Ordering::Relaxed);
         stop.store(true, Ordering::Relaxed);
@@ -290,21 +290,13 @@ fn walk(src: &Path, dst: Option<&Path>, index: &LayerIndex, check: bool) -> Resu
             }
             let rel = index.rel(group);
             let from = crate::fsat::join(src, rel);
-            let from_dir = match crate::fsat::Dir::open(&from).and_then(|d| d.metadata().map(|st| (d, st))) {
-                Ok((d, st)) if !check || group.intact(&st) => {
-                    stats.push(st);
-                    d
-                }
-                Ok(_) => {
-                    failed(&changed);
-                    break;
-                }
-                Err(_) if check => {
-                    failed(&changed);
-                    break;
-                }
-                Err(e) => return Err(CopyError { path: from, source: e }),
+            let opened = crate::fsat::Dir::open(&from).and_then(|d| d.metadata().map(|st| (d, st)));
+            let judged = judge(opened, check, |(_, st)| group.intact(st)).map_err(io_at(&from))?;
+            let Some((from_dir, st)) = judged else {
+                failed(&changed);
+                break;
             };
+            stats.push(st);
             let to_dir = match dst {
                 Some(dst) => {
                     let to = crate::fsat::join(dst, rel);
@@ -319,18 +311,12 @@ fn walk(src: &Path, dst: Option<&Path>, index: &LayerIndex, check: bool) -> Resu
                 let name = index.name(child);
                 let is_symlink = child.kind == ChildKind::Symlink;
                 let stat = if check || is_symlink {
-                    match from_dir.stat(name) {
-                        Ok(st) if !check || child.intact(&st) => Some(st),
-                        Ok(_) => {
-                            failed(&changed);
-                            break;
-                        }
-                        Err(_) if check => {
-                            failed(&changed);
-                            break;
-                        }
-                        Err(e) => return Err(CopyError { path: from.join(name), source: e }),
-                    }
+                    let judged = judge(from_dir.stat(name), check, |st| child.intact(st)).map_err(io_at(&from.join(name)))?;
+                    let Some(st) = judged else {
+                        failed(&changed);
+                        break;
+                    };
+                    Some(st)
                 } else {
                     None
                 };
@@ -378,6 +364,18 @@ fn walk(src: &Path, dst: Option<&Path>, index: &LayerIndex, check: bool) -> Resu
     Ok(Walked { changed, cross_device, dir_stats })
 }
 
+/// What an lstat in the layer says: `Some` to go on; `None` when the layer changed (the
+/// check failed, or the entry is missing while checking); an error when nothing is checked
+/// and the entry cannot be read.
+fn judge<T>(found: std::io::Result<T>, check: bool, intact: impl FnOnce(&T) -> bool) -> std::io::Result<Option<T>> {
+    match found {
+        Ok(found) if !check || intact(&found) => Ok(Some(found)),
+        Ok(_) => Ok(None),
+        Err(_) if check => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// Creates a directory of the slug. Its parent may belong to another thread's run and not
 /// exist yet: then the parents are made here (and the other thread finds them made).
 fn make_dir(path: &Path) -> Result<(), CopyError> {
@@ -387,26 +385,6 @@ fn make_dir(path: &Path) -> Result<(), CopyError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => fs::create_dir_all(path).map_err(io_at(path)),
         Err(e) => Err(CopyError { path: path.to_owned(), source: e }),
     }
-}
-
-/// Splits items of the given weights into at most `parts` consecutive runs of similar weight.
-fn balanced_runs(weights: impl ExactSizeIterator<Item = usize> + Clone, parts: usize) -> Vec<std::ops::Range<usize>> {
-    let total: usize = weights.clone().sum();
-    let target = total.div_ceil(parts.max(1)).max(1);
-    let (mut runs, mut start, mut acc) = (Vec::new(), 0, 0);
-    let len = weights.len();
-    for (i, w) in weights.enumerate() {
-        acc += w;
-        if acc >= target {
-            runs.push(start..i + 1);
-            start = i + 1;
-            acc = 0;
-        }
-    }
-    if start < len {
-        runs.push(start..len);
-    }
-    runs
 }
 
 /// [`copy_tree`], then removes whatever `index` does not list (a file added to the layer
@@ -607,16 +585,8 @@ mod tests {
         }
         let (scan, index) = indexed(&src);
         assert_eq!(index.groups.len(), 41);
-        assert!(balanced_runs(index.groups.iter().map(|g| index.children(g).len() + 3), 4).len() > 1);
+        assert!(crate::fsat::balanced_runs(index.groups.iter().map(|g| index.children(g).len() + 3), 4).len() > 1);
         done(materialize_index(&src, &dst, &index, Materialize::Link, true).unwrap());
         assert_eq!(scan_tree(&dst).unwrap().hash, scan.hash);
-    }
-
-    #[test]
-    fn runs_are_consecutive_and_cover_everything() {
-        let runs = balanced_runs([5, 1, 1, 1, 5, 1].into_iter(), 2);
-        assert_eq!(runs, [0..3, 3..6]);
-        assert_eq!(balanced_runs([1, 1].into_iter(), 8), [0..1, 1..2]);
-        assert!(balanced_runs(std::iter::empty::<usize>().collect::<Vec<_>>().into_iter(), 2).is_empty());
     }
 }

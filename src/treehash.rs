@@ -205,17 +205,7 @@ fn list(root: &Path) -> Result<Vec<(TreeEntry, FileId)>, TreeError> {
         dirs.push((rel, names));
     }
     let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).min(8);
-    let per_worker = dirs.iter().map(|d| d.1.len()).sum::<usize>().div_ceil(workers).max(1);
-    let mut runs = Vec::new();
-    let (mut start, mut count) = (0, 0);
-    for (i, (_, names)) in dirs.iter().enumerate() {
-        count += names.len();
-        if count >= per_worker {
-            runs.push(start..i + 1);
-            (start, count) = (i + 1, 0);
-        }
-    }
-    runs.push(start..dirs.len());
+    let runs = crate::fsat::balanced_runs(dirs.iter().map(|d| d.1.len() + 1), workers);
     let stat_run = |run: std::ops::Range<usize>| -> Result<Vec<(TreeEntry, FileId)>, TreeError> {
         let mut out = Vec::new();
         for (rel, names) in &dirs[run] {
@@ -247,7 +237,7 @@ fn list(root: &Path) -> Result<Vec<(TreeEntry, FileId)>, TreeError> {
     };
     std::thread::scope(|scope| {
         let handles: Vec<_> = runs.iter().skip(1).map(|run| scope.spawn(|| stat_run(run.clone()))).collect();
-        let mut listed = stat_run(runs[0].clone())?;
+        let mut listed = runs.first().map_or(Ok(Vec::new()), |run| stat_run(run.clone()))?;
         for handle in handles {
             listed.extend(handle.join().map_err(|_| TreeError::Unsupported { path: root.to_owned(), reason: "listing thread panicked" })??);
         }
