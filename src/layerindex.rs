@@ -83,7 +83,7 @@ pub struct LayerIndex {
 
 impl LayerIndex {
     /// The index of `entries` (sorted by path, as a scan gives them) whose files had `mtimes`
-    /// (in entry order). `None` when a path has no listed directory.
+    /// (in entry order). `None` when a path has no listed directory or `mtimes` runs short.
     pub fn encode(entries: &[TreeEntry], mtimes: &[(i64, i64)]) -> Option<Vec<u8>> {
         // A directory's path, mode and children (name, entry, mtime), in entry order; the
         // directories in entry order after the root.
