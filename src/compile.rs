@@ -297,13 +297,13 @@ fn fetch_and_build(
     let mut found = Vec::new();
     let mut seen = std::collections::HashSet::new();
     for package in &lock.packages {
-        let expected = Downloaded { sha256: package.sha256, size: package.size };
-        let url = format!("{}/{}", lock.repository.trim_end_matches('/'), package.filename);
         // A .deb listed twice is fetched and unpacked once: two writers of one partial file
         // would garble it, and unpacking it again would change nothing.
         if !seen.insert(package.sha256) {
             continue;
         }
+        let expected = Downloaded { sha256: package.sha256, size: package.size };
+        let url = format!("{}/{}", lock.repository.trim_end_matches('/'), package.filename);
         let blob = store.find_blob(fetcher, &url, expected)?;
         match &blob {
             Blob::Stored(_) => {
@@ -326,13 +326,14 @@ fn fetch_and_build(
                 Blob::Missing { part } => Some((
                     package,
                     part,
+                    *expected,
                     scope.spawn(move || {
                         // Whatever happens here, the unpacker waiting for bytes hears the end.
                         let _finish = FinishOnDrop(progress);
                         let t = Instant::now();
-                        let result = store.download_part(fetcher, url, *expected, part, Some(progress));
+                        let result = fetcher.download(url, part, Some(*expected), Some(progress));
                         progress.finish(result.is_ok());
-                        result.map(|()| t.elapsed())
+                        result.map(|_| t.elapsed())
                     }),
                 )),
             })
@@ -346,15 +347,15 @@ fn fetch_and_build(
             })
             .collect();
         let built = layer::build(store, inputs, &debs, recipe, (AGENT_WRAPPER_PATH, AGENT_WRAPPER.as_bytes()));
-        let downloads: Vec<_> = downloads.into_iter().map(|(package, part, handle)| (package, part, handle.join())).collect();
+        let downloads: Vec<_> = downloads.into_iter().map(|(package, part, expected, handle)| (package, part, expected, handle.join())).collect();
         (built, downloads)
     });
     // A failed download explains a failed unpack: it is reported first. A good one is kept
     // (moved into the store only now: the unpacker read it by its partial name).
     let downloaded = !downloads.is_empty();
-    for (package, part, result) in downloads {
+    for (package, part, expected, result) in downloads {
         let took = result.map_err(|_| anyhow::anyhow!("the download of {} panicked", package.filename))??;
-        store.keep_part(part, Downloaded { sha256: package.sha256, size: package.size })?;
+        store.keep_part(part, expected)?;
         report.detail(&format!("{}: downloaded in {}; {}, SHA-256 {}", file_name(&package.filename), seconds(took), bytes(package.size), package.sha256));
     }
     let built = built?;
@@ -474,7 +475,7 @@ fn install(args: &CompileArgs, store: &Store, built: &BuiltLayer, manifest: &Man
         // Builds replace the buildpack's binary, they never edit it in place: a hard link
         // is as good as a copy and costs nothing (a copy is a few MB on every build).
         let plain_file = fs::symlink_metadata(&args.self_exe).is_ok_and(|m| m.is_file());
-        let linked = Materialize::from_env() == Materialize::Link && plain_file && fs::hard_link(&args.self_exe, &bin).is_ok();
+        let linked = how == Materialize::Link && plain_file && fs::hard_link(&args.self_exe, &bin).is_ok();
         if !linked {
             fs::copy(&args.self_exe, &bin)
                 .with_context(|| format!("copying the ddslug binary from {}", args.self_exe.display()))?;

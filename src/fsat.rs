@@ -113,6 +113,22 @@ pub fn balanced_runs(weights: impl ExactSizeIterator<Item = usize> + Clone, part
     runs
 }
 
+/// Runs `work` on each of `runs`, the first on this thread and each other on a thread of
+/// its own; the results in run order (`panicked()` for a thread that panicked).
+pub fn on_runs<T: Send, E: Send>(
+    runs: &[std::ops::Range<usize>],
+    work: impl Fn(std::ops::Range<usize>) -> Result<T, E> + Sync,
+    panicked: impl Fn() -> E,
+) -> Vec<Result<T, E>> {
+    std::thread::scope(|scope| {
+        let work = &work;
+        let handles: Vec<_> = runs.iter().skip(1).map(|run| scope.spawn(move || work(run.clone()))).collect();
+        let mut results: Vec<Result<T, E>> = runs.first().map(|run| work(run.clone())).into_iter().collect();
+        results.extend(handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(panicked()))));
+        results
+    })
+}
+
 /// `path` joined with a `/`-separated relative directory (`""` is `path` itself).
 pub fn join(path: &Path, rel: &str) -> std::path::PathBuf {
     if rel.is_empty() { path.to_owned() } else { path.join(std::ffi::OsStr::from_bytes(rel.as_bytes())) }
@@ -158,5 +174,16 @@ mod tests {
         assert_eq!(runs, [0..3, 3..6]);
         assert_eq!(balanced_runs([1, 1].into_iter(), 8), [0..1, 1..2]);
         assert!(balanced_runs(std::iter::empty::<usize>().collect::<Vec<_>>().into_iter(), 2).is_empty());
+    }
+
+    #[test]
+    fn runs_give_their_results_in_order() {
+        let runs = [0..1, 1..3, 3..4];
+        // A run that fails or panics keeps its place in the results.
+        let results = on_runs(&runs, |run| if run.start == 1 { Err(run.start) } else { Ok(run.len()) }, || 99);
+        assert_eq!(results, [Ok(1), Err(1), Ok(1)]);
+        let results = on_runs(&runs, |run| if run.start == 3 { panic!("run 3..4") } else { Ok(run.len()) }, || 99);
+        assert_eq!(results, [Ok(1), Ok(2), Err(99)]);
+        assert!(on_runs(&[], |_| Ok::<(), ()>(()), || ()).is_empty());
     }
 }

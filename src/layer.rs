@@ -156,8 +156,9 @@ pub struct Built {
     pub xz_blocks: Vec<BlockStats>,
 }
 
-/// Unpacks the blobs, applies the recipe, adds the wrapper and stores the result.
-/// `debs` pairs each input with its verified blob path.
+/// Unpacks the blobs, applies the recipe, adds the wrapper and stores the result. A blob
+/// still downloading is unpacked as it arrives; nothing is stored unless its download
+/// completes and matches.
 pub fn build(
     store: &Store,
     inputs: &LayerInputs,

@@ -70,13 +70,9 @@ impl Materialize {
     }
 }
 
-/// Copies the tree at `src` to `dst` (which must not exist).
+/// Copies the tree at `src` to `dst` (which must not exist): reflinks where the filesystem
+/// allows, else copies, on all cores; hard links inside the tree stay hard links.
 pub fn copy_tree(src: &Path, dst: &Path) -> Result<CopyStats, CopyError> {
-    materialize_tree(src, dst, Materialize::Copy)
-}
-
-/// Makes `dst` (which must not exist) a tree equal to `src`, by links or copies.
-pub fn materialize_tree(src: &Path, dst: &Path, how: Materialize) -> Result<CopyStats, CopyError> {
     let mut items = Vec::new();
     list(src, PathBuf::new(), &mut items)?;
     fs::create_dir(dst).map_err(io_at(dst))?;
@@ -102,7 +98,6 @@ pub fn materialize_tree(src: &Path, dst: &Path, how: Materialize) -> Result<Copy
             copies.push((rel, *mode, *size));
         }
     }
-    let link_works = AtomicBool::new(how == Materialize::Link);
     let reflink_works = AtomicBool::new(true);
     let reflinked = AtomicBool::new(false);
     let next = AtomicUsize::new(0);
@@ -115,13 +110,6 @@ pub fn materialize_tree(src: &Path, dst: &Path, how: Materialize) -> Result<Copy
                         let i = next.fetch_add(1, Ordering::Relaxed);
                         let Some((rel, mode, _)) = copies.get(i) else { return Ok(()) };
                         let (from, to) = (src.join(rel), dst.join(rel));
-                        if link_works.load(Ordering::Relaxed) {
-                            match fs::hard_link(&from, &to) {
-                                Ok(()) => continue,
-                                // Different filesystems (or no link support): copy from now on.
-                                Err(_) => link_works.store(false, Ordering::Relaxed),
-                            }
-                        }
                         if reflink_works.load(Ordering::Relaxed) {
                             match reflink_copy::reflink(&from, &to) {
                                 Ok(()) => reflinked.store(true, Ordering::Relaxed),
@@ -151,7 +139,7 @@ pub fn materialize_tree(src: &Path, dst: &Path, how: Materialize) -> Result<Copy
         let path = dst.join(rel);
         fs::hard_link(dst.join(target), &path).map_err(io_at(&path))?;
     }
-    let mut stats = CopyStats { reflinked: reflinked.load(Ordering::Relaxed), linked: link_works.load(Ordering::Relaxed), ..Default::default() };
+    let mut stats = CopyStats { reflinked: reflinked.load(Ordering::Relaxed), ..Default::default() };
     for item in &items {
         match item {
             Item::Symlink { rel, mtime } => {
@@ -163,10 +151,7 @@ pub fn materialize_tree(src: &Path, dst: &Path, how: Materialize) -> Result<Copy
             }
             Item::File { rel, mtime, size, .. } => {
                 let path = dst.join(rel);
-                // A linked file already has the layer's mtime (setting it would touch the layer).
-                if !stats.linked {
-                    filetime::set_file_mtime(&path, *mtime).map_err(io_at(&path))?;
-                }
+                filetime::set_file_mtime(&path, *mtime).map_err(io_at(&path))?;
                 stats.files += 1;
                 stats.bytes += size;
             }
@@ -229,12 +214,10 @@ pub fn materialize_index(src: &Path, dst: &Path, index: &LayerIndex, how: Materi
         }
         Ok(())
     };
-    let half = groups.len() / 2;
-    let fixed = std::thread::scope(|scope| {
-        let other = scope.spawn(|| fix(half..groups.len()));
-        let mine = fix(0..half);
-        mine.and(other.join().unwrap_or_else(|_| Err(CopyError { path: dst.to_owned(), source: std::io::Error::other("thread panicked") })))
-    });
+    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).min(8);
+    let runs = crate::fsat::balanced_runs(groups.iter().map(|_| 1), workers);
+    let panicked = || CopyError { path: dst.to_owned(), source: std::io::Error::other("thread panicked") };
+    let fixed: Result<Vec<()>, CopyError> = crate::fsat::on_runs(&runs, fix, panicked).into_iter().collect();
     if let Err(e) = fixed {
         let _ = fs::remove_dir_all(dst);
         return Err(e);
@@ -338,21 +321,15 @@ fn walk(src: &Path, dst: Option<&Path>, index: &LayerIndex, check: bool) -> Resu
         Ok(stats)
     };
     // An error anywhere stops the other threads too.
-    let walk_or_stop = |run: &std::ops::Range<usize>| {
-        let walked = walk_run(run.clone());
+    let walk_or_stop = |run: std::ops::Range<usize>| {
+        let walked = walk_run(run);
         if walked.is_err() {
             stop.store(true, Ordering::Relaxed);
         }
         walked
     };
-    let per_run = std::thread::scope(|scope| {
-        let handles: Vec<_> = runs.iter().skip(1).map(|run| scope.spawn(|| walk_or_stop(run))).collect();
-        let mut results = vec![runs.first().map_or(Ok(Vec::new()), walk_or_stop)];
-        for handle in handles {
-            results.push(handle.join().unwrap_or_else(|_| Err(CopyError { path: src.to_owned(), source: std::io::Error::other("thread panicked") })));
-        }
-        results
-    });
+    let panicked = || CopyError { path: src.to_owned(), source: std::io::Error::other("thread panicked") };
+    let per_run = crate::fsat::on_runs(&runs, walk_or_stop, panicked);
     let mut dir_stats = Vec::with_capacity(groups.len());
     for stats in per_run {
         dir_stats.extend(stats?);

@@ -20,7 +20,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use crate::fetch::{Downloaded, FetchError, Fetcher, Progress};
+use crate::fetch::{Downloaded, FetchError, Fetcher};
 use crate::hash::{Hasher, Sha256};
 
 /// Layout version: bump when the meaning of anything in the store changes.
@@ -147,14 +147,15 @@ impl Store {
         match self.find_blob(fetcher, url, expected)? {
             Blob::Stored(path) => Ok((path, false)),
             Blob::Missing { part } => {
-                self.download_part(fetcher, url, expected, &part, None)?;
+                fetcher.download(url, &part, Some(expected), None)?;
                 Ok((self.keep_part(&part, expected)?, true))
             }
         }
     }
 
     /// Where the blob is: verified in the store, or to be downloaded into `part` (which then
-    /// exists, so that a reader can open it before the first byte arrives).
+    /// exists, so that a reader can open it before the first byte arrives) with
+    /// [`Fetcher::download`] and moved into the store with [`Store::keep_part`].
     pub fn find_blob(&self, fetcher: &Fetcher, url: &str, expected: Downloaded) -> Result<Blob, StoreError> {
         let path = self.blob_path(&expected.sha256);
         if self.check_blob(expected)? {
@@ -167,20 +168,6 @@ impl Store {
         let part = self.root.join("tmp/downloads").join(format!("{}.part", expected.sha256.hex()));
         OpenOptions::new().create(true).truncate(false).write(true).open(&part).map_err(io_at(&part))?;
         Ok(Blob::Missing { part })
-    }
-
-    /// Downloads a blob [`Store::find_blob`] found missing into its `part` and checks it;
-    /// `progress` hears of every write. [`Store::keep_part`] then moves it into the store.
-    pub fn download_part(
-        &self,
-        fetcher: &Fetcher,
-        url: &str,
-        expected: Downloaded,
-        part: &Path,
-        progress: Option<&Progress>,
-    ) -> Result<(), StoreError> {
-        fetcher.download(url, part, Some(expected), progress)?;
-        Ok(())
     }
 
     /// Moves a downloaded and checked `part` into the store; returns the blob's path.
