@@ -41,7 +41,7 @@ pub enum LayerError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("{path}: {reason}")]
     Json { path: PathBuf, reason: String },
-    #[error("{path}: the download did not complete or did not match its SHA-256; nothing was stored")]
+    #[error("{path}: the download did not complete or did not match its SHA-256; nothing was stored. Run the build again (it resumes the download)")]
     Download { path: PathBuf },
 }
 
