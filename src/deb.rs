@@ -67,7 +67,8 @@ pub trait EntryFilter {
 }
 
 /// Whether a package's bytes were verified (by SHA-256, against a signed index) before
-/// unpacking. Verified packages skip the compressor's own checks, which add nothing then.
+/// unpacking, or will be before the result is used. Only unverified packages need the
+/// compressor's own checks.
 #[derive(Clone, Copy, Debug)]
 pub enum Integrity<'a> {
     Unverified,
@@ -98,6 +99,9 @@ pub fn unpack_deb_filtered(
         Integrity::Downloading(progress) => Some(progress),
         _ => None,
     };
+    // A download in progress is checked against its SHA-256 before the layer is kept, so
+    // the compressor's own checks (CRC64, CRC32) would add nothing there either.
+    let checks = matches!(integrity, Integrity::Unverified);
     let sequential = Arriving { file: &file, pos: 0, end: u64::MAX, growing };
     let mut ar = ArReader::new(Counted { inner: BufReader::with_capacity(1 << 16, sequential), pos: 0 }, &label)?;
     ar.expect_debian_binary()?;
@@ -113,7 +117,6 @@ pub fn unpack_deb_filtered(
                     return Err(not_a_deb(&label, "truncated data.tar member"));
                 }
                 if let Some(blocks) = crate::xzseek::blocks(&file, start, member.size) {
-                    let checks = !matches!(integrity, Integrity::Verified);
                     let mut reader = crate::xzseek::BlockReader::new(file, start, blocks, checks);
                     let mut report = unpack_tar_filtered(&mut reader, dest, &label, filter)?;
                     report.xz_blocks = Some(reader.stats());
@@ -121,7 +124,12 @@ pub fn unpack_deb_filtered(
                 }
             }
             let body = Arriving { file: &file, pos: start, end, growing };
-            return unpack_pipelined(decompressor(&member.name, body, &label)?, dest, &label, filter);
+            let decompressed = if checks || !member.name.ends_with(".gz") {
+                decompressor(&member.name, body, &label)?
+            } else {
+                Box::new(gzip_unchecked(body).map_err(io_err)?)
+            };
+            return unpack_pipelined(decompressed, dest, &label, filter);
         }
         ar.skip(member.size)?;
     }
@@ -139,10 +147,13 @@ fn unpack_pipelined(
     const CHUNK: usize = 1 << 20;
     // A few chunks in flight: enough to ride out uneven entry sizes, little memory.
     let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(4);
+    // Read chunks come back to be filled again: fresh memory costs page faults and zeroing.
+    let (recycle, recycled) = std::sync::mpsc::channel::<Vec<u8>>();
     std::thread::scope(|scope| {
         scope.spawn(move || {
             loop {
-                let mut chunk = vec![0u8; CHUNK];
+                let mut chunk = recycled.try_recv().unwrap_or_default();
+                chunk.resize(CHUNK, 0);
                 let mut filled = 0;
                 while filled < CHUNK {
                     match decompressed.read(&mut chunk[filled..]) {
@@ -163,14 +174,15 @@ fn unpack_pipelined(
                 }
             }
         });
-        let chunks = ChunkReader { rx, chunk: Vec::new(), at: 0 };
+        let chunks = ChunkReader { rx, recycle, chunk: Vec::new(), at: 0 };
         unpack_tar_filtered(ForwardSeek::new(chunks), dest, label, filter)
     })
 }
 
-/// Reads the chunks a decompressing thread sends.
+/// Reads the chunks a decompressing thread sends, and sends them back once read.
 struct ChunkReader {
     rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
+    recycle: std::sync::mpsc::Sender<Vec<u8>>,
     chunk: Vec<u8>,
     at: usize,
 }
@@ -180,7 +192,9 @@ impl Read for ChunkReader {
         if self.at == self.chunk.len() {
             match self.rx.recv() {
                 Ok(chunk) => {
-                    self.chunk = chunk?;
+                    let read = std::mem::replace(&mut self.chunk, chunk?);
+                    // The decompressing thread may have ended: then the chunk is just freed.
+                    let _ = self.recycle.send(read);
                     self.at = 0;
                 }
                 Err(_) => return Ok(0),
@@ -371,6 +385,49 @@ fn decompressor<'a, R: Read + Send + 'a>(name: &str, body: R, label: &str) -> Re
         Some("tar") => Box::new(body),
         _ => return Err(DebError::Unsupported { deb: label.into(), entry: name.into(), reason: "unknown compression".into() }),
     })
+}
+
+/// A gzip member's deflate data without its CRC32 and length check, for packages whose
+/// SHA-256 is checked (the check is about a twentieth of gzip's decoding time).
+fn gzip_unchecked<R: Read>(body: R) -> io::Result<flate2::read::DeflateDecoder<BufReader<R>>> {
+    let mut body = BufReader::new(body);
+    skip_gzip_header(&mut body)?;
+    Ok(flate2::read::DeflateDecoder::new_with_buf(body, vec![0u8; 1 << 16]))
+}
+
+/// Reads past a gzip member header (RFC 1952, section 2.3).
+fn skip_gzip_header<R: io::BufRead>(r: &mut R) -> io::Result<()> {
+    let bad = |why: &str| io::Error::new(io::ErrorKind::InvalidData, format!("not a gzip stream: {why}"));
+    let mut fixed = [0u8; 10];
+    r.read_exact(&mut fixed)?;
+    if fixed[..3] != [0x1f, 0x8b, 8] {
+        return Err(bad("wrong magic or compression method"));
+    }
+    let flags = fixed[3];
+    if flags & 0xe0 != 0 {
+        return Err(bad("reserved flags set"));
+    }
+    if flags & 0x04 != 0 {
+        let mut len = [0u8; 2];
+        r.read_exact(&mut len)?;
+        let len = u64::from(u16::from_le_bytes(len));
+        if io::copy(&mut r.take(len), &mut io::sink())? != len {
+            return Err(bad("header ends inside the extra field"));
+        }
+    }
+    for flag in [0x08, 0x10] {
+        // File name, comment: zero-terminated.
+        if flags & flag != 0 {
+            let mut text = Vec::new();
+            if r.read_until(0, &mut text)? == 0 || text.last() != Some(&0) {
+                return Err(bad("header ends inside a name or comment"));
+            }
+        }
+    }
+    if flags & 0x02 != 0 {
+        r.read_exact(&mut [0u8; 2])?;
+    }
+    Ok(())
 }
 
 /// xz with liblzma's multi-threaded decoder (it helps on multi-block streams, as dpkg-deb
@@ -870,5 +927,31 @@ mod tests {
         let path = dir.path().join("x.deb");
         fs::write(&path, b"PK\x03\x04 zip").unwrap();
         assert!(matches!(unpack_deb(&path, dir.path()), Err(DebError::NotADeb { .. })));
+    }
+
+    #[test]
+    fn unchecked_gzip_reads_past_every_optional_header_field() {
+        use std::io::Write;
+        let plain: Vec<u8> = (0..200_000u32).map(|i| (i * 7 / 3) as u8).collect();
+        let mut enc = flate2::GzBuilder::new()
+            .filename("data.tar")
+            .comment("a comment")
+            .extra(vec![1, 2, 3, 4, 5])
+            .write(Vec::new(), flate2::Compression::fast());
+        enc.write_all(&plain).unwrap();
+        let mut gz = enc.finish().unwrap();
+        // A header CRC too (GzBuilder cannot write one): set FHCRC and insert two bytes.
+        let header_len = 10 + 2 + 5 + "data.tar\0".len() + "a comment\0".len();
+        gz[3] |= 0x02;
+        gz.splice(header_len..header_len, [0xab, 0xcd]);
+        let mut out = Vec::new();
+        gzip_unchecked(&gz[..]).unwrap().read_to_end(&mut out).unwrap();
+        assert!(out == plain, "the deflate data after the header decodes to the input");
+
+        let mut not_gzip = gz.clone();
+        not_gzip[2] = 9;
+        assert_eq!(gzip_unchecked(&not_gzip[..]).err().map(|e| e.kind()), Some(io::ErrorKind::InvalidData));
+        let cut = gzip_unchecked(&gz[..14]).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(cut.contains("extra field"), "{cut}");
     }
 }

@@ -123,23 +123,42 @@ fn crc32(bytes: &[u8]) -> u32 {
     crc.sum()
 }
 
-/// Decodes block `block` of the stream at `start` in `file` (the stream's header is
-/// needed to know the check's size). Gives up early, returning `None`, once `wanted` says
-/// the reader has moved past this block.
-fn decode_block(file: &File, start: u64, block: &Block, index: usize, checks: bool, wanted: &AtomicUsize) -> io::Result<Option<Vec<u8>>> {
-    let mut input = vec![0u8; (HEADER_LEN + block.len) as usize];
-    file.read_exact_at(&mut input[..HEADER_LEN as usize], start)?;
-    file.read_exact_at(&mut input[HEADER_LEN as usize..], start + block.offset)?;
+/// Sets `buf` to `len` bytes, reusing its memory: only bytes beyond what it held before are
+/// zeroed (fresh memory costs page faults and zeroing; blocks are mostly the same size).
+fn reuse(buf: &mut Vec<u8>, len: usize) {
+    if buf.len() < len {
+        buf.resize(len, 0);
+    } else {
+        buf.truncate(len);
+    }
+}
+
+/// Where the stream is, and whether its blocks' checks are verified.
+struct Source {
+    file: File,
+    /// Offset of the stream in `file`.
+    start: u64,
+    checks: bool,
+}
+
+/// Decodes block `index` of `source` into `out`, reading it through `input`. Gives up
+/// early, returning `false`, once `wanted` says the reader has moved past this block.
+fn decode_block(source: &Source, block: &Block, index: usize, wanted: &AtomicUsize, input: &mut Vec<u8>, out: &mut Vec<u8>) -> io::Result<bool> {
+    reuse(input, (HEADER_LEN + block.len) as usize);
+    // The stream header is needed too: it says how big the block checks are.
+    source.file.read_exact_at(&mut input[..HEADER_LEN as usize], source.start)?;
+    source.file.read_exact_at(&mut input[HEADER_LEN as usize..], source.start + block.offset)?;
     // A stream decoder fed the stream header and this one block decodes exactly this block;
     // it would then expect the index, which it is never given.
-    let mut stream = Stream::new_stream_decoder(u64::MAX, if checks { 0 } else { IGNORE_CHECK }).map_err(io::Error::other)?;
+    let flags = if source.checks { 0 } else { IGNORE_CHECK };
+    let mut stream = Stream::new_stream_decoder(u64::MAX, flags).map_err(io::Error::other)?;
     let bad = |e: liblzma::stream::Error| io::Error::new(io::ErrorKind::InvalidData, e);
     let total = block.uncompressed_len as usize;
-    let mut out = vec![0u8; total];
+    reuse(out, total);
     let (mut consumed, mut produced) = (0usize, 0usize);
     while produced < total {
         if wanted.load(Ordering::Relaxed) > index {
-            return Ok(None);
+            return Ok(false);
         }
         // A megabyte at a time, so that a block nobody wants any more is dropped quickly.
         let end = (produced + (1 << 20)).min(total);
@@ -168,7 +187,7 @@ fn decode_block(file: &File, start: u64, block: &Block, index: usize, checks: bo
         }
         consumed += (stream.total_in() - before_in) as usize;
     }
-    Ok(Some(out))
+    Ok(true)
 }
 
 struct Shared {
@@ -178,6 +197,20 @@ struct Shared {
     wanted: AtomicUsize,
     /// Blocks decoded to the end (some ahead of need, then skipped over).
     decoded: AtomicUsize,
+    /// Buffers of blocks the reader is done with, for the workers to decode into again.
+    spare: Mutex<Vec<Vec<u8>>>,
+}
+
+impl Shared {
+    fn recycle(&self, block: Arc<Vec<u8>>) {
+        if let (Ok(buf), Ok(mut spare)) = (Arc::try_unwrap(block), self.spare.lock()) {
+            spare.push(buf);
+        }
+    }
+
+    fn spare_buffer(&self) -> Vec<u8> {
+        self.spare.lock().ok().and_then(|mut s| s.pop()).unwrap_or_default()
+    }
 }
 
 #[derive(Default)]
@@ -222,12 +255,18 @@ impl BlockReader {
         let biggest = blocks.iter().map(|b| b.uncompressed_len.max(b.len)).max().unwrap_or(1).max(1);
         let ahead = threads.min(((MEMORY / biggest).saturating_sub(1) / 2).max(1) as usize);
         let blocks = Arc::new(blocks);
-        let file = Arc::new(file);
-        let shared = Arc::new(Shared { state: Mutex::new(State::default()), ready: Condvar::new(), wanted: AtomicUsize::new(0), decoded: AtomicUsize::new(0) });
+        let source = Arc::new(Source { file, start, checks });
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State::default()),
+            ready: Condvar::new(),
+            wanted: AtomicUsize::new(0),
+            decoded: AtomicUsize::new(0),
+            spare: Mutex::new(Vec::new()),
+        });
         let workers = (0..ahead)
             .map(|_| {
-                let (blocks, file, shared) = (blocks.clone(), file.clone(), shared.clone());
-                std::thread::spawn(move || work(&file, start, &blocks, checks, &shared))
+                let (blocks, source, shared) = (blocks.clone(), source.clone(), shared.clone());
+                std::thread::spawn(move || work(&source, &blocks, &shared))
             })
             .collect();
         BlockReader { blocks, shared, workers, ahead, pos: 0, current: None, used: 0 }
@@ -251,7 +290,12 @@ impl BlockReader {
         self.shared.wanted.store(index, Ordering::Relaxed);
         let mut state = self.shared.state.lock().map_err(|_| io::Error::other("xz worker panicked"))?;
         state.queue.retain(|&b| b >= index);
-        state.done.retain(|&b, _| b >= index);
+        let passed: Vec<usize> = state.done.range(..index).map(|(&b, _)| b).collect();
+        for b in passed {
+            if let Some(Ok(data)) = state.done.remove(&b) {
+                self.shared.recycle(data);
+            }
+        }
         for b in index..(index + self.ahead).min(self.blocks.len()) {
             if !state.decoding.contains(&b) && !state.done.contains_key(&b) {
                 state.queue.insert(b);
@@ -267,7 +311,8 @@ impl BlockReader {
     }
 }
 
-fn work(file: &File, start: u64, blocks: &[Block], checks: bool, shared: &Shared) {
+fn work(source: &Source, blocks: &[Block], shared: &Shared) {
+    let mut input = Vec::new();
     loop {
         let index = {
             let Ok(mut state) = shared.state.lock() else { return };
@@ -285,15 +330,20 @@ fn work(file: &File, start: u64, blocks: &[Block], checks: bool, shared: &Shared
                 };
             }
         };
-        let result = decode_block(file, start, &blocks[index], index, checks, &shared.wanted);
+        let mut out = shared.spare_buffer();
+        let result = decode_block(source, &blocks[index], index, &shared.wanted, &mut input, &mut out);
         let Ok(mut state) = shared.state.lock() else { return };
         state.decoding.remove(&index);
         match result {
-            Ok(Some(data)) => {
+            Ok(true) => {
                 shared.decoded.fetch_add(1, Ordering::Relaxed);
-                state.done.insert(index, Ok(Arc::new(data)));
+                state.done.insert(index, Ok(Arc::new(out)));
             }
-            Ok(None) => {}
+            Ok(false) => {
+                if let Ok(mut spare) = shared.spare.lock() {
+                    spare.push(out);
+                }
+            }
             Err(e) => {
                 state.done.insert(index, Err(format!("xz block {index} of data.tar.xz cannot be decoded ({e}): the package is damaged; fetch it again")));
             }
@@ -311,6 +361,9 @@ impl Read for BlockReader {
         let data = match &self.current {
             Some((i, data)) if *i == index => data.clone(),
             _ => {
+                if let Some((_, done)) = self.current.take() {
+                    self.shared.recycle(done);
+                }
                 let data = self.fetch(index)?;
                 self.used += 1;
                 self.current = Some((index, data.clone()));
