@@ -11,6 +11,7 @@ use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
 use std::fs::{self, File};
 use std::io::{self, BufReader, Read};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 
@@ -511,15 +512,17 @@ fn unpack_tar_filtered<R: Read + io::Seek>(
 struct Unpacker<'a, 'f> {
     dest: &'a Path,
     label: &'a str,
-    /// Relative paths known to be real directories inside `dest`.
-    known_dirs: HashSet<PathBuf>,
+    /// Relative paths known to be real directories inside `dest`. Paths are kept as bytes
+    /// (hashing a `Path` parses its components): all of them are clean, so bytes compare
+    /// as paths do.
+    known_dirs: HashSet<Vec<u8>>,
     dirs: Vec<(PathBuf, u32, FileTime)>,
     report: UnpackReport,
     filter: Option<&'f mut dyn EntryFilter>,
     pool: &'a WriterPool,
     /// Files handed to the writers since they last drained: an entry at (or below) one of
     /// these paths waits for them first.
-    queued: HashSet<PathBuf>,
+    queued: HashSet<Vec<u8>>,
 }
 
 /// Files up to this size are read into memory and written by the pool; bigger ones are
@@ -539,7 +542,9 @@ impl Unpacker<'_, '_> {
 
     /// Waits for queued files if `rel` or one of its parents is among them.
     fn order_after_queued(&mut self, rel: &Path, always: bool) -> Result<(), DebError> {
-        if !self.queued.is_empty() && (always || rel.ancestors().any(|a| self.queued.contains(a))) {
+        let rel = rel.as_os_str().as_bytes();
+        let parents = rel.iter().enumerate().filter(|&(_, &b)| b == b'/').map(|(at, _)| &rel[..at]);
+        if !self.queued.is_empty() && (always || self.queued.contains(rel) || parents.clone().any(|p| self.queued.contains(p))) {
             self.pool.drain().map_err(|e| self.written_err(e))?;
             self.queued.clear();
         }
@@ -595,7 +600,7 @@ impl Unpacker<'_, '_> {
                 let mut data = Vec::with_capacity(size as usize);
                 entry.read_to_end(&mut data).map_err(|source| DebError::Io { deb: self.label.into(), source })?;
                 self.pool.submit(path, data, mode, mtime).map_err(|e| self.written_err(e))?;
-                self.queued.insert(real);
+                self.queued.insert(real.as_os_str().as_bytes().to_vec());
             } else {
                 let w = write_file(&path, entry, mode, mtime, buf).map_err(|e| self.written_err(e))?;
                 self.record(w);
@@ -611,7 +616,7 @@ impl Unpacker<'_, '_> {
                 }
                 None => fs::create_dir(&path).map_err(self.write_err(&path))?,
             }
-            self.known_dirs.insert(real.clone());
+            self.known_dirs.insert(real.as_os_str().as_bytes().to_vec());
             self.dirs.push((real, mode, mtime));
             self.report.dirs += 1;
             return Ok(());
@@ -690,7 +695,7 @@ impl Unpacker<'_, '_> {
     /// symlinks already extracted, and refusing any that lead outside `dest`. Missing
     /// directories are created (as tar does). Returns the resolved relative path.
     fn real_dir(&mut self, rel: &Path, entry: &str) -> Result<PathBuf, DebError> {
-        if rel.as_os_str().is_empty() || self.known_dirs.contains(rel) {
+        if rel.as_os_str().is_empty() || self.known_dirs.contains(rel.as_os_str().as_bytes()) {
             return Ok(rel.to_path_buf());
         }
         let mut resolved: Vec<OsString> = Vec::new();
@@ -736,7 +741,7 @@ impl Unpacker<'_, '_> {
         }
         let real: PathBuf = resolved.iter().collect();
         if real.as_path() == rel {
-            self.known_dirs.insert(real.clone());
+            self.known_dirs.insert(real.as_os_str().as_bytes().to_vec());
         }
         Ok(real)
     }

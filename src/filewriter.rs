@@ -6,9 +6,9 @@
 //! as writing everything in archive order.
 
 use std::collections::VecDeque;
-use std::fs::{self, File};
+use std::fs;
 use std::io::{self, Read, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex};
 use std::time::SystemTime;
@@ -19,6 +19,10 @@ use crate::treehash::FileId;
 /// Bytes of file contents held in memory waiting for a writer, at most (a file bigger than
 /// this is still accepted alone).
 const IN_FLIGHT: usize = 32 << 20;
+/// A sleeping writer is woken once this many files (or bytes) wait, and takes up to this
+/// many at a time: one wake-up per file would cost more than writing a small file.
+const BATCH: usize = 16;
+const BATCH_BYTES: usize = 1 << 20;
 
 /// A written file.
 #[derive(Clone, Copy, Debug)]
@@ -32,12 +36,15 @@ pub struct Written {
 /// `source` gives, hashing it, then sets mode and mtime through the open file.
 pub fn write_file(path: &Path, source: &mut dyn Read, mode: u32, mtime: SystemTime, buf: &mut [u8]) -> Result<Written, WriteError> {
     let at = |e| WriteError { path: path.to_owned(), source: e };
+    // Created with its final permission bits: unless the umask takes some away, no chmod
+    // is needed afterwards.
+    let create = |new: bool| fs::OpenOptions::new().write(true).create_new(new).create(true).truncate(true).mode(mode & 0o777).open(path);
     // The common case, a new file, costs no lookup first.
-    let mut out = match fs::OpenOptions::new().write(true).create_new(true).open(path) {
+    let mut out = match create(true) {
         Ok(out) => out,
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
             make_room(path).map_err(at)?;
-            File::create(path).map_err(at)?
+            create(false).map_err(at)?
         }
         Err(e) => return Err(at(e)),
     };
@@ -52,10 +59,29 @@ pub fn write_file(path: &Path, source: &mut dyn Read, mode: u32, mtime: SystemTi
         out.write_all(&buf[..n]).map_err(at)?;
         hasher.update(&buf[..n]);
     }
-    out.set_permissions(fs::Permissions::from_mode(mode)).map_err(at)?;
+    if !created_with(mode) {
+        out.set_permissions(fs::Permissions::from_mode(mode)).map_err(at)?;
+    }
     out.set_modified(mtime).map_err(at)?;
     let meta = out.metadata().map_err(at)?;
     Ok(Written { id: FileId::of(&meta), bytes: hasher.len(), sha256: hasher.finish() })
+}
+
+/// Whether a file created with `mode & 0o777` already has exactly `mode`: no setuid, setgid
+/// or sticky bit to add, and no bit the umask removes.
+fn created_with(mode: u32) -> bool {
+    mode & !0o777 == 0 && umask().is_some_and(|mask| mode & mask == 0)
+}
+
+/// The process's umask, as Linux reports it (reading it with umask(2) would mean setting
+/// it, which other threads creating files would see).
+fn umask() -> Option<u32> {
+    static UMASK: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
+    *UMASK.get_or_init(|| {
+        let status = fs::read_to_string("/proc/self/status").ok()?;
+        let line = status.lines().find_map(|l| l.strip_prefix("Umask:"))?;
+        u32::from_str_radix(line.trim(), 8).ok()
+    })
 }
 
 /// Makes room at `path` for an entry that is not a directory: an existing file or symlink
@@ -86,9 +112,15 @@ struct Job {
 #[derive(Default)]
 struct State {
     queue: VecDeque<Job>,
+    /// Bytes of the queued jobs.
+    queued_bytes: usize,
     /// Jobs queued or being written.
     pending: usize,
     bytes: usize,
+    /// Writers waiting for work.
+    idle: usize,
+    /// The submitter waits for writers to make progress.
+    waiting: bool,
     closed: bool,
     error: Option<WriteError>,
     written: Vec<Written>,
@@ -116,15 +148,18 @@ impl WriterPool {
     pub fn submit(&self, path: PathBuf, data: Vec<u8>, mode: u32, mtime: SystemTime) -> Result<(), WriteError> {
         let mut state = self.lock();
         while state.error.is_none() && state.pending > 0 && state.bytes + data.len() > IN_FLIGHT {
-            state = self.progress.wait(state).unwrap_or_else(|p| p.into_inner());
+            state = self.wait_for_progress(state);
         }
         if let Some(e) = state.error.take() {
             return Err(e);
         }
         state.bytes += data.len();
+        state.queued_bytes += data.len();
         state.pending += 1;
         state.queue.push_back(Job { path, data, mode, mtime });
-        self.work.notify_one();
+        if state.idle > 0 && (state.queue.len() >= BATCH || state.queued_bytes >= BATCH_BYTES) {
+            self.work.notify_one();
+        }
         Ok(())
     }
 
@@ -132,9 +167,21 @@ impl WriterPool {
     pub fn drain(&self) -> Result<(), WriteError> {
         let mut state = self.lock();
         while state.pending > 0 {
-            state = self.progress.wait(state).unwrap_or_else(|p| p.into_inner());
+            state = self.wait_for_progress(state);
         }
         state.error.take().map_or(Ok(()), Err)
+    }
+
+    /// Wakes the writers for whatever is queued (a short batch too), then waits for one of
+    /// them to finish something.
+    fn wait_for_progress<'a>(&'a self, mut state: std::sync::MutexGuard<'a, State>) -> std::sync::MutexGuard<'a, State> {
+        if state.idle > 0 && !state.queue.is_empty() {
+            self.work.notify_all();
+        }
+        state.waiting = true;
+        let mut state = self.progress.wait(state).unwrap_or_else(|p| p.into_inner());
+        state.waiting = false;
+        state
     }
 
     /// What the writers wrote; stops them once the queue is empty (also on an error).
@@ -156,6 +203,7 @@ impl WriterPool {
     pub fn abandon(&self) {
         let mut state = self.lock();
         state.queue.clear();
+        state.queued_bytes = 0;
         state.closed = true;
         self.work.notify_all();
     }
@@ -163,32 +211,39 @@ impl WriterPool {
     /// A writer thread's loop; returns once the pool is finished or abandoned.
     pub fn work(&self) {
         let mut buf = vec![0u8; 1 << 16];
+        let mut jobs = Vec::with_capacity(BATCH);
         loop {
-            let job = {
+            {
                 let mut state = self.lock();
-                loop {
-                    if let Some(job) = state.queue.pop_front() {
-                        break job;
-                    }
+                while state.queue.is_empty() {
                     if state.closed {
                         return;
                     }
+                    state.idle += 1;
                     state = self.work.wait(state).unwrap_or_else(|p| p.into_inner());
+                    state.idle -= 1;
                 }
-            };
-            let result = write_file(&job.path, &mut &job.data[..], job.mode, job.mtime, &mut buf);
+                let take = state.queue.len().min(BATCH);
+                jobs.extend(state.queue.drain(..take));
+                state.queued_bytes -= jobs.iter().map(|j: &Job| j.data.len()).sum::<usize>();
+            }
+            let results: Vec<_> = jobs.iter().map(|job| write_file(&job.path, &mut &job.data[..], job.mode, job.mtime, &mut buf)).collect();
             let mut state = self.lock();
-            state.pending -= 1;
-            state.bytes -= job.data.len();
-            match result {
-                Ok(w) => state.written.push(w),
-                Err(e) => {
-                    if state.error.is_none() {
-                        state.error = Some(e);
+            state.pending -= jobs.len();
+            state.bytes -= jobs.drain(..).map(|j| j.data.len()).sum::<usize>();
+            for result in results {
+                match result {
+                    Ok(w) => state.written.push(w),
+                    Err(e) => {
+                        if state.error.is_none() {
+                            state.error = Some(e);
+                        }
                     }
                 }
             }
-            self.progress.notify_all();
+            if state.waiting {
+                self.progress.notify_all();
+            }
         }
     }
 }
@@ -211,6 +266,24 @@ impl Default for WriterPool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn files_get_exact_modes_whether_or_not_the_umask_would_change_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut buf = vec![0u8; 64];
+        let mtime = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_600_000_000);
+        // 0o777 and 0o666 lose bits to the usual umask (022); 0o4755 carries setuid.
+        for mode in [0o644, 0o755, 0o600, 0o444, 0o777, 0o666, 0o4755, 0o1644] {
+            let path = dir.path().join(format!("m{mode:o}"));
+            write_file(&path, &mut &b"x"[..], mode, mtime, &mut buf).unwrap();
+            let meta = fs::metadata(&path).unwrap();
+            assert_eq!(meta.permissions().mode() & 0o7777, mode, "{mode:o}");
+            // Replacing an existing file goes through the second open.
+            write_file(&path, &mut &b"yy"[..], mode, mtime, &mut buf).unwrap();
+            assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o7777, mode, "{mode:o}, replaced");
+        }
+        assert!(umask().is_some(), "Linux reports the umask in /proc/self/status");
+    }
 
     #[test]
     fn pool_writes_everything_with_modes_mtimes_and_digests() {
