@@ -282,8 +282,8 @@ pub fn build_layer(store: &Store, fetcher: &Fetcher, lock: &Lock, report: &Repor
 }
 
 /// Fetches what the store lacks and builds the layer from the blobs. A blob being
-/// downloaded is unpacked as it arrives (the xz block index is at the end of a package, so
-/// for data.tar.xz only the decoding waits for the last byte); the layer is stored only
+/// downloaded is unpacked as it arrives (a multi-block data.tar.xz block by block, as the
+/// block headers come in); the layer is stored only
 /// once every download has matched its SHA-256. Returns whether anything was downloaded.
 fn fetch_and_build(
     store: &Store,

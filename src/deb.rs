@@ -111,17 +111,17 @@ pub fn unpack_deb_filtered(
             let start = ar.inner.pos;
             let end = start + member.size;
             if member.name.ends_with(".xz") {
-                // The block index is at the end of the stream: wait for all of it.
-                if let Some(progress) = growing
-                    && progress.wait_beyond(end - 1).map_err(io_err)? < end
-                {
-                    return Err(not_a_deb(&label, "truncated data.tar member"));
-                }
-                if let Some(blocks) = crate::xzseek::blocks(&file, start, member.size) {
-                    let mut reader = crate::xzseek::BlockReader::new(file, start, blocks, checks);
-                    let mut report = unpack_tar_filtered(&mut reader, dest, &label, filter)?;
-                    report.xz_blocks = Some(reader.stats());
-                    return Ok(report);
+                let layout = match growing {
+                    Some(progress) => crate::xzseek::arriving(&file, start, progress).map_err(io_err)?,
+                    None => crate::xzseek::blocks(&file, start, member.size).map(crate::xzseek::Layout::Indexed),
+                };
+                if let Some(layout) = layout {
+                    return std::thread::scope(|scope| {
+                        let mut reader = crate::xzseek::BlockReader::new(scope, &file, start, member.size, layout, checks);
+                        let mut report = unpack_tar_filtered(&mut reader, dest, &label, filter)?;
+                        report.xz_blocks = Some(reader.stats());
+                        Ok(report)
+                    });
                 }
             }
             let body = Arriving { file: &file, pos: start, end, growing };
@@ -229,9 +229,11 @@ impl Read for Arriving<'_> {
             if want == 0 {
                 return Ok(0);
             }
+            // Asked before reading: a download that ends during the read is read again.
+            let over = self.growing.is_none_or(|p| p.is_done());
             let n = self.file.read_at(&mut buf[..want], self.pos)?;
             // A download that started over shrank the file under us: wait for it to grow back.
-            if n == 0 && self.growing.is_some_and(|p| !p.is_done()) {
+            if n == 0 && !over {
                 continue;
             }
             self.pos += n as u64;

@@ -59,7 +59,7 @@ impl Progress {
         self.changed.notify_all();
     }
 
-    fn set_written(&self, written: u64) {
+    pub(crate) fn set_written(&self, written: u64) {
         self.update(|s| s.written = written);
     }
 
@@ -80,6 +80,12 @@ impl Progress {
                 None => state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner()),
             }
         }
+    }
+
+    /// How many bytes the file holds now, without waiting (a download that starts over
+    /// can lower it).
+    pub fn written(&self) -> u64 {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).written
     }
 
     /// Whether the download is over (either way).

@@ -1,7 +1,8 @@
-//! A package missing from the cache is unpacked while it downloads (data.tar.gz here: an
-//! xz member waits for its block index, which comes last). The slug must be the same as from
-//! a stored blob, also when the connection breaks and the download resumes or starts over,
-//! and a body that does not match the signed index must fail the build and store nothing.
+//! A package missing from the cache is unpacked while it downloads: data.tar.gz as a stream,
+//! multi-block data.tar.xz block by block as the block headers arrive. The slug must be the
+//! same as from a stored blob, also when the connection breaks and the download resumes or
+//! starts over, and a body that does not match the signed index must fail the build and
+//! store nothing.
 
 mod common;
 
@@ -15,18 +16,18 @@ use ddslug_testsupport::debs::Compression;
 use ddslug_testsupport::repo::{PublishedDeb, RepoSpec, write_repo};
 use ddslug_testsupport::{Fault, KeyKind, Server, SigningKey};
 
-struct GzipRepo {
+struct StreamRepo {
     dir: tempfile::TempDir,
     server: Server,
     env: PathBuf,
     deb: PublishedDeb,
 }
 
-/// One agent 7 package whose data.tar is gzip, served from a signed repository.
-fn gzip_repo() -> GzipRepo {
+/// One agent 7 package with data.tar compressed as given, served from a signed repository.
+fn repo(compression: Compression) -> StreamRepo {
     let dir = tempfile::tempdir().unwrap();
     let mut deb = agent_deb("datadog-agent", "1:7.81.2-1", Scale::SMALL);
-    deb.compression = Compression::Gzip;
+    deb.compression = compression;
     let key = SigningKey::generate(KeyKind::Ed25519, "ddslug streaming test").unwrap();
     let repo = write_repo(&dir.path().join("repo"), &RepoSpec::new("stable").component("7", vec![deb]), &key).unwrap();
     let keyring = dir.path().join("keyring.asc");
@@ -37,10 +38,10 @@ fn gzip_repo() -> GzipRepo {
     fs::write(env.join("DD_APT_REPO_URL"), server.url()).unwrap();
     fs::write(env.join("DD_APT_KEYRING"), keyring.to_str().unwrap()).unwrap();
     let deb = repo.deb("datadog-agent", "1:7.81.2-1").unwrap().clone();
-    GzipRepo { dir, server, env, deb }
+    StreamRepo { dir, server, env, deb }
 }
 
-impl GzipRepo {
+impl StreamRepo {
     fn build_dir(&self, name: &str) -> PathBuf {
         let build = self.dir.path().join(format!("build-{name}"));
         fs::create_dir_all(&build).unwrap();
@@ -68,9 +69,19 @@ fn blob_path(cache: &Path, sha256: &str) -> PathBuf {
 }
 
 #[test]
-fn streamed_unpacks_equal_the_stored_blob_also_across_broken_connections() {
-    let r = gzip_repo();
-    let streamed = r.cold_compile("streamed", &["unpacking it as it arrives", "downloaded in"]);
+fn streamed_gzip_equals_the_stored_blob_also_across_broken_connections() {
+    streamed_equals_the_stored_blob(Compression::Gzip, &[]);
+}
+
+#[test]
+fn streamed_xz_blocks_equal_the_stored_blob_also_across_broken_connections() {
+    streamed_equals_the_stored_blob(Compression::XzMultiBlock, &["xz blocks"]);
+}
+
+fn streamed_equals_the_stored_blob(compression: Compression, also_expected: &[&str]) {
+    let r = repo(compression);
+    let expected = [&["unpacking it as it arrives", "downloaded in"], also_expected].concat();
+    let streamed = r.cold_compile("streamed", &expected);
     let cache = r.dir.path().join("cache-streamed");
     assert!(blob_path(&cache, &r.deb.sha256).is_file(), "the download was kept in the store");
     assert_eq!(fs::read_dir(cache.join("ddslug/v1/tmp/downloads")).unwrap().count(), 0, "a partial download was left");
@@ -100,9 +111,19 @@ fn streamed_unpacks_equal_the_stored_blob_also_across_broken_connections() {
 }
 
 #[test]
-fn a_body_that_does_not_match_fails_the_build_and_stores_nothing() {
-    let r = gzip_repo();
-    // Corrupt a byte in the middle of data.tar.gz: gzip may or may not notice, SHA-256 does.
+fn a_gzip_body_that_does_not_match_fails_the_build_and_stores_nothing() {
+    a_body_that_does_not_match_fails_the_build(Compression::Gzip);
+}
+
+#[test]
+fn an_xz_body_that_does_not_match_fails_the_build_and_stores_nothing() {
+    a_body_that_does_not_match_fails_the_build(Compression::XzMultiBlock);
+}
+
+fn a_body_that_does_not_match_fails_the_build(compression: Compression) {
+    let r = repo(compression);
+    // Corrupt a byte in the middle of data.tar: the decompressor may or may not notice (its
+    // checks are off while downloading), SHA-256 does.
     let mut bytes = fs::read(&r.deb.path).unwrap();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0x55;
