@@ -112,7 +112,7 @@ pub fn unpack_deb_filtered(
             let end = start + member.size;
             if member.name.ends_with(".xz") {
                 let layout = match growing {
-                    Some(progress) => crate::xzseek::arriving(&file, start, progress).map_err(io_err)?,
+                    Some(progress) => crate::xzseek::arriving(&file, start, member.size, progress).map_err(io_err)?,
                     None => crate::xzseek::blocks(&file, start, member.size).map(crate::xzseek::Layout::Indexed),
                 };
                 if let Some(layout) = layout {

@@ -189,9 +189,12 @@ pub enum Layout<'a> {
     Arriving { progress: &'a Progress, check_len: u64 },
 }
 
-/// The layout of an xz stream still being downloaded into `file` at `start` (waiting for
-/// its 12-byte header), if the header is that of an xz stream.
-pub fn arriving<'a>(file: &File, start: u64, progress: &'a Progress) -> io::Result<Option<Layout<'a>>> {
+/// The layout of the xz stream of `len` bytes still being downloaded into `file` at
+/// `start` (waiting for its 12-byte header), if the header is that of an xz stream.
+pub fn arriving<'a>(file: &File, start: u64, len: u64, progress: &'a Progress) -> io::Result<Option<Layout<'a>>> {
+    if len < 2 * HEADER_LEN {
+        return Ok(None);
+    }
     let source = Source { file, start, checks: false, growing: Some(progress) };
     let mut header = [0u8; HEADER_LEN as usize];
     source.read_at(&mut header, 0)?;
@@ -463,9 +466,9 @@ impl<'a> BlockReader<'a> {
         Ok(())
     }
 
-    /// Queues the known blocks from `index` on (as many as decode ahead) that are not
+    /// Queues the known blocks from `index` up to (not including) `upto` that are not
     /// decoding or decoded yet, and drops what is below `index`.
-    fn queue_from(&self, index: usize, state: &mut State) {
+    fn queue(&self, index: usize, upto: usize, state: &mut State) {
         state.queue.retain(|&b, _| b >= index);
         let passed: Vec<usize> = state.done.range(..index).map(|(&b, _)| b).collect();
         for b in passed {
@@ -473,7 +476,7 @@ impl<'a> BlockReader<'a> {
                 self.shared.recycle(data);
             }
         }
-        for b in index..(index + self.ahead).min(self.blocks.len()) {
+        for b in index..upto.min(self.blocks.len()) {
             if !state.decoding.contains(&b) && !state.done.contains_key(&b) {
                 state.queue.insert(b, self.blocks[b]);
             }
@@ -486,7 +489,7 @@ impl<'a> BlockReader<'a> {
         self.walk_arrived(index + self.ahead)?;
         self.shared.wanted.store(index, Ordering::Relaxed);
         let mut state = self.shared.state.lock().map_err(|_| io::Error::other("xz worker panicked"))?;
-        self.queue_from(index, &mut state);
+        self.queue(index, index + self.ahead, &mut state);
         loop {
             if let Some(result) = state.done.remove(&index) {
                 return result.map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e));
@@ -506,7 +509,7 @@ impl<'a> BlockReader<'a> {
         self.walk_arrived(index + self.ahead)?;
         if self.blocks.len() > known {
             let mut state = self.shared.state.lock().map_err(|_| io::Error::other("xz worker panicked"))?;
-            self.queue_from(index + 1, &mut state);
+            self.queue(index + 1, index + self.ahead, &mut state);
         }
         Ok(())
     }
@@ -790,7 +793,7 @@ mod tests {
     }
 
     fn read_arriving(file: &File, progress: &Progress, len: u64) -> (Vec<u8>, BlockStats) {
-        let layout = super::arriving(file, 0, progress).unwrap().expect("an xz stream header");
+        let layout = super::arriving(file, 0, len, progress).unwrap().expect("an xz stream header");
         let mut all = Vec::new();
         let stats = with_reader(file, 0, len, layout, false, |r| {
             r.read_to_end(&mut all).unwrap();
@@ -809,7 +812,7 @@ mod tests {
         assert_eq!((stats.blocks, stats.used), (10, 10));
         // Seeking over blocks that have not arrived yet finds them by their headers.
         let stats = arriving(&xz, |file, progress| {
-            let layout = super::arriving(file, 0, progress).unwrap().unwrap();
+            let layout = super::arriving(file, 0, len, progress).unwrap().unwrap();
             with_reader(file, 0, len, layout, false, |r| jump_around(r, &plain))
         });
         assert_eq!((stats.blocks, stats.used), (10, 5));
@@ -846,7 +849,7 @@ mod tests {
         f.as_file().write_all_at(&xz, 0).unwrap();
         let progress = Progress::default();
         progress.set_written(xz.len() as u64);
-        let layout = super::arriving(f.as_file(), 0, &progress).unwrap().unwrap();
+        let layout = super::arriving(f.as_file(), 0, xz.len() as u64, &progress).unwrap().unwrap();
         // The moment a restarted download truncated the file, before it says so: reads
         // come up short although the progress says the bytes are there.
         f.as_file().set_len(0).unwrap();
@@ -871,7 +874,7 @@ mod tests {
         f.as_file().write_all_at(&xz[..xz.len() / 2], 0).unwrap();
         let progress = Progress::default();
         progress.set_written(xz.len() as u64 / 2);
-        let layout = super::arriving(f.as_file(), 0, &progress).unwrap().unwrap();
+        let layout = super::arriving(f.as_file(), 0, xz.len() as u64, &progress).unwrap().unwrap();
         progress.finish(false);
         let mut all = Vec::new();
         let err = with_reader(f.as_file(), 0, xz.len() as u64, layout, false, |r| r.read_to_end(&mut all).unwrap_err());
