@@ -506,7 +506,7 @@ fn unpack_tar_filtered<R: Read + io::Seek>(
     for (rel, mode, mtime) in dirs {
         let path = dest.join(&rel);
         fs::set_permissions(&path, fs::Permissions::from_mode(mode)).map_err(write_err(&path))?;
-        filetime::set_file_mtime(&path, mtime).map_err(write_err(&path))?;
+        crate::fsat::set_mtime(&path, (mtime.unix_seconds(), i64::from(mtime.nanoseconds()))).map_err(write_err(&path))?;
     }
     Ok(unpacker.report)
 }

@@ -92,6 +92,17 @@ impl Dir {
     }
 }
 
+/// Sets the mtime of `path` (following symlinks), leaving its atime: one `utimensat` by
+/// path, where `filetime::set_file_mtime` opens the file, sets the times through the
+/// descriptor and closes it again.
+pub fn set_mtime(path: &Path, mtime: (i64, i64)) -> io::Result<()> {
+    let path = CString::new(path.as_os_str().as_bytes()).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in a path"))?;
+    let times = [libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT }, libc::timespec { tv_sec: mtime.0, tv_nsec: mtime.1 }];
+    // SAFETY: `path` is NUL-terminated and `times` holds the two timespecs utimensat reads.
+    let rc = unsafe { libc::utimensat(libc::AT_FDCWD, path.as_ptr(), times.as_ptr(), 0) };
+    if rc != 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
 /// Splits items of the given weights (directories, by how much work each is) into at most
 /// `parts` consecutive runs of similar weight, for worker threads.
 pub fn balanced_runs(weights: impl ExactSizeIterator<Item = usize> + Clone, parts: usize) -> Vec<std::ops::Range<usize>> {
@@ -139,6 +150,20 @@ mod tests {
     use super::*;
     use std::fs;
     use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn set_mtime_leaves_the_atime() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().join("d");
+        std::fs::create_dir(&d).unwrap();
+        let atime = filetime::FileTime::from_unix_time(1_500_000_000, 0);
+        filetime::set_file_atime(&d, atime).unwrap();
+        set_mtime(&d, (1_600_000_000, 7)).unwrap();
+        let meta = std::fs::metadata(&d).unwrap();
+        assert_eq!(filetime::FileTime::from_last_modification_time(&meta), filetime::FileTime::from_unix_time(1_600_000_000, 7));
+        assert_eq!(filetime::FileTime::from_last_access_time(&meta), atime);
+        assert!(set_mtime(&dir.path().join("missing"), (1, 0)).is_err());
+    }
 
     #[test]
     fn stat_and_link_relative_to_directories() {

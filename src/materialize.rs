@@ -208,8 +208,7 @@ pub fn materialize_index(src: &Path, dst: &Path, index: &LayerIndex, how: Materi
             let mode = if group.is_root() { stat.mode & 0o7777 } else { group.mode };
             fs::set_permissions(&to, fs::Permissions::from_mode(mode)).map_err(io_at(&to))?;
             if !group.is_root() {
-                let mtime = FileTime::from_unix_time(stat.mtime.0, stat.mtime.1 as u32);
-                filetime::set_file_mtime(&to, mtime).map_err(io_at(&to))?;
+                crate::fsat::set_mtime(&to, stat.mtime).map_err(io_at(&to))?;
             }
         }
         Ok(())
