@@ -604,6 +604,7 @@ impl Unpacker<'_, '_> {
                 self.pool.submit(path, data, mode, mtime).map_err(|e| self.written_err(e))?;
                 self.queued.insert(real.as_os_str().as_bytes().to_vec());
             } else {
+                self.pool.wake();
                 let w = write_file(&path, entry, mode, mtime, buf).map_err(|e| self.written_err(e))?;
                 self.record(w);
             }

@@ -40,11 +40,11 @@ pub fn write_file(path: &Path, source: &mut dyn Read, mode: u32, mtime: SystemTi
     // is needed afterwards.
     let create = |new: bool| fs::OpenOptions::new().write(true).create_new(new).create(true).truncate(true).mode(mode & 0o777).open(path);
     // The common case, a new file, costs no lookup first.
-    let mut out = match create(true) {
-        Ok(out) => out,
+    let (mut out, replaced) = match create(true) {
+        Ok(out) => (out, false),
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
             make_room(path).map_err(at)?;
-            create(false).map_err(at)?
+            (create(false).map_err(at)?, true)
         }
         Err(e) => return Err(at(e)),
     };
@@ -59,7 +59,7 @@ pub fn write_file(path: &Path, source: &mut dyn Read, mode: u32, mtime: SystemTi
         out.write_all(&buf[..n]).map_err(at)?;
         hasher.update(&buf[..n]);
     }
-    if !created_with(mode) {
+    if replaced || !created_with(mode) {
         out.set_permissions(fs::Permissions::from_mode(mode)).map_err(at)?;
     }
     out.set_modified(mtime).map_err(at)?;
@@ -161,6 +161,15 @@ impl WriterPool {
             self.work.notify_one();
         }
         Ok(())
+    }
+
+    /// Wakes the writers for a short batch, before the submitter turns to something long
+    /// (writing a big file itself).
+    pub fn wake(&self) {
+        let state = self.lock();
+        if state.idle > 0 && !state.queue.is_empty() {
+            self.work.notify_all();
+        }
     }
 
     /// Waits until everything queued is written.
