@@ -283,8 +283,8 @@ pub fn build_layer(store: &Store, fetcher: &Fetcher, lock: &Lock, report: &Repor
 
 /// Fetches what the store lacks and builds the layer from the blobs. A blob being
 /// downloaded is unpacked as it arrives (a multi-block data.tar.xz block by block, as the
-/// block headers come in); the layer is stored only
-/// once every download has matched its SHA-256. Returns whether anything was downloaded.
+/// block headers come in); the layer is stored only once every download has matched its
+/// SHA-256. Returns whether anything was downloaded.
 fn fetch_and_build(
     store: &Store,
     fetcher: &Fetcher,
