@@ -220,25 +220,15 @@ struct Arriving<'f> {
 impl Read for Arriving<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         use std::os::unix::fs::FileExt;
-        loop {
-            let available = match self.growing {
-                Some(progress) => progress.wait_beyond(self.pos)?.min(self.end),
-                None => self.end,
-            };
-            let want = buf.len().min(available.saturating_sub(self.pos).try_into().unwrap_or(usize::MAX));
-            if want == 0 {
-                return Ok(0);
-            }
-            // Asked before reading: a download that ends during the read is read again.
-            let over = self.growing.is_none_or(|p| p.is_done());
-            let n = self.file.read_at(&mut buf[..want], self.pos)?;
-            // A download that started over shrank the file under us: wait for it to grow back.
-            if n == 0 && !over {
-                continue;
-            }
-            self.pos += n as u64;
-            return Ok(n);
-        }
+        let want = buf.len().min(self.end.saturating_sub(self.pos).try_into().unwrap_or(usize::MAX));
+        let buf = &mut buf[..want];
+        let n = match self.growing {
+            Some(progress) => progress.read_at(self.file, buf, self.pos)?,
+            None if want == 0 => 0,
+            None => self.file.read_at(buf, self.pos)?,
+        };
+        self.pos += n as u64;
+        Ok(n)
     }
 }
 
@@ -468,7 +458,7 @@ fn unpack_tar_filtered<R: Read + io::Seek>(
     };
     fs::create_dir_all(dest).map_err(write_err(dest))?;
     let pool = WriterPool::new();
-    let writers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).min(8);
+    let writers = crate::fsat::workers();
     let mut unpacker = std::thread::scope(|scope| -> Result<Unpacker, DebError> {
         for _ in 0..writers {
             scope.spawn(|| pool.work());

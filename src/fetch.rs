@@ -88,6 +88,30 @@ impl Progress {
         self.state.lock().unwrap_or_else(|e| e.into_inner()).written
     }
 
+    /// Reads from `file` (the download's file) at `pos` up to `buf.len()` bytes of what has
+    /// arrived, waiting for at least one; 0 means the download ended at `pos`. A download
+    /// that started over (the server ignored the resume range) shrinks the file under the
+    /// reader: the read then waits for it to grow back.
+    pub fn read_at(&self, file: &File, buf: &mut [u8], pos: u64) -> io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        loop {
+            let available = self.wait_beyond(pos)?;
+            let want = buf.len().min(available.saturating_sub(pos).try_into().unwrap_or(usize::MAX));
+            if want == 0 {
+                return Ok(0);
+            }
+            // Asked before reading: a download that ends during the read is read again.
+            let over = self.is_done();
+            let n = file.read_at(&mut buf[..want], pos)?;
+            if n > 0 || over {
+                return Ok(n);
+            }
+        }
+    }
+
     /// Whether the download is over (either way).
     pub fn is_done(&self) -> bool {
         self.state.lock().unwrap_or_else(|e| e.into_inner()).done.is_some()

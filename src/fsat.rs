@@ -103,6 +103,13 @@ pub fn set_mtime(path: &Path, mtime: (i64, i64)) -> io::Result<()> {
     if rc != 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }
 
+/// How many worker threads a parallel pass over a tree uses: the cores this process may use,
+/// at most 8. Asked once: the standard library reads the cgroup limits on every call.
+pub fn workers() -> usize {
+    static WORKERS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *WORKERS.get_or_init(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).min(8))
+}
+
 /// Splits items of the given weights (directories, by how much work each is) into at most
 /// `parts` consecutive runs of similar weight, for worker threads.
 pub fn balanced_runs(weights: impl ExactSizeIterator<Item = usize> + Clone, parts: usize) -> Vec<std::ops::Range<usize>> {

@@ -101,7 +101,7 @@ pub fn copy_tree(src: &Path, dst: &Path) -> Result<CopyStats, CopyError> {
     let reflink_works = AtomicBool::new(true);
     let reflinked = AtomicBool::new(false);
     let next = AtomicUsize::new(0);
-    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).min(8);
+    let workers = crate::fsat::workers();
     std::thread::scope(|scope| -> Result<(), CopyError> {
         let handles: Vec<_> = (0..workers)
             .map(|_| {
@@ -213,7 +213,7 @@ pub fn materialize_index(src: &Path, dst: &Path, index: &LayerIndex, how: Materi
         }
         Ok(())
     };
-    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).min(8);
+    let workers = crate::fsat::workers();
     let runs = crate::fsat::balanced_runs(groups.iter().map(|_| 1), workers);
     let panicked = || CopyError { path: dst.to_owned(), source: std::io::Error::other("thread panicked") };
     let fixed: Result<Vec<()>, CopyError> = crate::fsat::on_runs(&runs, fix, panicked).into_iter().collect();
@@ -257,7 +257,7 @@ fn walk(src: &Path, dst: Option<&Path>, index: &LayerIndex, check: bool) -> Resu
     let stop = AtomicBool::new(false);
     let changed = AtomicBool::new(false);
     let cross_device = AtomicBool::new(false);
-    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).min(8);
+    let workers = crate::fsat::workers();
     // Making a directory costs about what linking a few files does.
     let runs = crate::fsat::balanced_runs(groups.iter().map(|g| index.children(g).len() + 3), workers);
     let failed = |flag: &AtomicBool| {

@@ -204,7 +204,7 @@ fn list(root: &Path) -> Result<Vec<(TreeEntry, FileId)>, TreeError> {
         }
         dirs.push((rel, names));
     }
-    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).min(8);
+    let workers = crate::fsat::workers();
     let runs = crate::fsat::balanced_runs(dirs.iter().map(|d| d.1.len() + 1), workers);
     let stat_run = |run: std::ops::Range<usize>| -> Result<Vec<(TreeEntry, FileId)>, TreeError> {
         let mut out = Vec::new();
@@ -245,7 +245,7 @@ fn list(root: &Path) -> Result<Vec<(TreeEntry, FileId)>, TreeError> {
 
 fn hash_files(root: &Path, entries: &[TreeEntry], files: &[usize]) -> Result<Vec<Sha256>, TreeError> {
     let next = AtomicUsize::new(0);
-    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).min(8);
+    let workers = crate::fsat::workers();
     let mut results: Vec<Option<Sha256>> = vec![None; files.len()];
     std::thread::scope(|scope| -> Result<(), TreeError> {
         let handles: Vec<_> = (0..workers)

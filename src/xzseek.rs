@@ -153,24 +153,18 @@ struct Source<'a> {
 impl Source<'_> {
     /// Fills `buf` from `offset` in the stream, waiting for the bytes if they are still
     /// being downloaded.
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        let at = self.start + offset;
-        let end = at + buf.len() as u64;
-        loop {
-            if let Some(progress) = self.growing
-                && !buf.is_empty()
-                && progress.wait_beyond(end - 1)? < end
-            {
+    fn read_at(&self, mut buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let mut at = self.start + offset;
+        let Some(progress) = self.growing else { return self.file.read_exact_at(buf, at) };
+        while !buf.is_empty() {
+            let n = progress.read_at(self.file, buf, at)?;
+            if n == 0 {
                 return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the download ended inside data.tar.xz"));
             }
-            // Asked before reading: a download that ends during the read is read again.
-            let over = self.growing.is_none_or(|p| p.is_done());
-            match self.file.read_exact_at(buf, at) {
-                // A download that started over shrank the file: wait for it to grow back.
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof && !over => {}
-                other => return other,
-            }
+            buf = &mut buf[n..];
+            at += n as u64;
         }
+        Ok(())
     }
 
     /// Whether `len` bytes from `offset` in the stream are on disk (without waiting).
@@ -363,7 +357,7 @@ impl<'a> BlockReader<'a> {
         layout: Layout<'a>,
         checks: bool,
     ) -> BlockReader<'a> {
-        let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).min(8);
+        let threads = crate::fsat::workers();
         let (blocks, walk, growing, biggest) = match layout {
             Layout::Indexed(blocks) => {
                 let biggest = blocks.iter().map(|b| b.uncompressed_len.max(b.len)).max().unwrap_or(1);
