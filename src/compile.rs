@@ -464,6 +464,11 @@ fn install(args: &CompileArgs, store: &Store, built: &BuiltLayer, manifest: &Man
     remove_any(&staging)?;
     fs::create_dir(&staging).with_context(|| format!("creating {}", staging.display()))?;
     let result = (|| -> Result<bool> {
+        // The entry list is shared with slugs like the layer's files, on the same terms: a
+        // changed one is a changed layer. (Layers stored without a stamp copy it unchecked.)
+        if built.info.entries_file.is_some_and(|stamp| layer::FileStamp::of(&entries_file).ok() != Some(stamp)) {
+            return Ok(false);
+        }
         let how = Materialize::from_env();
         if let Materialized::SourceChanged = materialize_index(&layer_dir, &staging.join("apt"), &built.index, how, built.unchecked)? {
             return Ok(false);
@@ -481,7 +486,11 @@ fn install(args: &CompileArgs, store: &Store, built: &BuiltLayer, manifest: &Man
                 .with_context(|| format!("copying the ddslug binary from {}", args.self_exe.display()))?;
         }
         fs::write(staging.join("ddslug/manifest.json"), to_json(manifest))?;
-        fs::copy(&entries_file, staging.join("ddslug/tree.json")).context("copying the layer's entry list")?;
+        let entries_to = staging.join("ddslug/tree.json");
+        let linked = how == Materialize::Link && built.info.entries_file.is_some() && fs::hard_link(&entries_file, &entries_to).is_ok();
+        if !linked {
+            fs::copy(&entries_file, &entries_to).context("copying the layer's entry list")?;
+        }
         Ok(true)
     })();
     match result {

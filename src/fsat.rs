@@ -1,15 +1,16 @@
 //! Directory-relative file operations for whole trees: checking or linking tens of thousands
 //! of files costs one path walk per directory instead of one (or two) per file.
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-/// An open directory (an `O_PATH` descriptor: it grants no reading, only lookups).
+/// An open directory: an `O_PATH` descriptor (lookups only) unless opened with
+/// [`Dir::open_in_to_fill`].
 pub struct Dir(OwnedFd);
 
 /// The metadata `fstatat` gives, reduced to what tree checks compare.
@@ -39,16 +40,86 @@ fn c_name(name: &str) -> io::Result<CString> {
     CString::new(name).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "file name contains a NUL byte"))
 }
 
+/// A single file name as a C string, built on the stack: a warm build converts two names per
+/// file, and a heap allocation each was a visible share of its user time.
+struct CName([u8; 256]);
+
+impl CName {
+    fn new() -> CName {
+        CName([0; 256])
+    }
+
+    fn of(&mut self, name: &str) -> io::Result<&CStr> {
+        let bytes = name.as_bytes();
+        // NAME_MAX is 255: a longer name fails here as it would in the kernel.
+        if bytes.len() >= self.0.len() {
+            return Err(io::Error::from_raw_os_error(libc::ENAMETOOLONG));
+        }
+        self.0[..bytes.len()].copy_from_slice(bytes);
+        self.0[bytes.len()] = 0;
+        CStr::from_bytes_with_nul(&self.0[..=bytes.len()])
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "file name contains a NUL byte"))
+    }
+}
+
+fn check(rc: libc::c_int) -> io::Result<()> {
+    if rc != 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
 impl Dir {
     pub fn open(path: &Path) -> io::Result<Dir> {
         let file = File::options().read(true).custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW).open(path)?;
         Ok(Dir(file.into()))
     }
 
+    /// The directory `rel` (a `/`-separated relative path, `""` for this one) below this one.
+    pub fn open_in(&self, rel: &str) -> io::Result<Dir> {
+        self.open_rel(rel, libc::O_PATH)
+    }
+
+    /// Like [`Dir::open_in`], but readable, so that [`Dir::finish`] can set its mode and mtime
+    /// through the descriptor.
+    pub fn open_in_to_fill(&self, rel: &str) -> io::Result<Dir> {
+        self.open_rel(rel, libc::O_RDONLY)
+    }
+
+    fn open_rel(&self, rel: &str, access: libc::c_int) -> io::Result<Dir> {
+        let rel = c_name(if rel.is_empty() { "." } else { rel })?;
+        let flags = access | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+        // SAFETY: `rel` is NUL-terminated; the descriptor is an open directory.
+        let fd = unsafe { libc::openat(self.0.as_raw_fd(), rel.as_ptr(), flags) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: openat just returned this descriptor and nothing else owns it.
+        Ok(Dir(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    /// Makes the directory `name` in this one (mode 0777 less the umask).
+    pub fn make_dir(&self, name: &str) -> io::Result<()> {
+        let mut buf = CName::new();
+        let name = buf.of(name)?;
+        // SAFETY: `name` is NUL-terminated; the descriptor is an open directory.
+        check(unsafe { libc::mkdirat(self.0.as_raw_fd(), name.as_ptr(), 0o777) })
+    }
+
+    /// Sets this directory's permission bits and, if given, its mtime (leaving its atime).
+    /// Needs a descriptor from [`Dir::open_in_to_fill`].
+    pub fn finish(&self, mode: u32, mtime: Option<(i64, i64)>) -> io::Result<()> {
+        // SAFETY: plain calls on an open descriptor; `times` holds the two timespecs
+        // futimens reads.
+        check(unsafe { libc::fchmod(self.0.as_raw_fd(), mode) })?;
+        if let Some(mtime) = mtime {
+            let times = [libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT }, libc::timespec { tv_sec: mtime.0, tv_nsec: mtime.1 }];
+            check(unsafe { libc::futimens(self.0.as_raw_fd(), times.as_ptr()) })?;
+        }
+        Ok(())
+    }
+
     /// `lstat` of `name` in this directory.
     pub fn stat(&self, name: &str) -> io::Result<Stat> {
-        let name = c_name(name)?;
-        self.stat_at(&name, libc::AT_SYMLINK_NOFOLLOW)
+        let mut buf = CName::new();
+        self.stat_at(buf.of(name)?, libc::AT_SYMLINK_NOFOLLOW)
     }
 
     /// The directory's own metadata.
@@ -71,7 +142,8 @@ impl Dir {
     /// Creates the symlink `name` -> `target` in this directory with the given mtime (its
     /// atime too: a symlink's times are only ever set together here).
     pub fn symlink(&self, target: &str, name: &str, mtime: (i64, i64)) -> io::Result<()> {
-        let (target, name) = (c_name(target)?, c_name(name)?);
+        let (target, mut buf) = (c_name(target)?, CName::new());
+        let name = buf.of(name)?;
         // SAFETY: both strings are NUL-terminated; the descriptor is an open directory.
         if unsafe { libc::symlinkat(target.as_ptr(), self.0.as_raw_fd(), name.as_ptr()) } != 0 {
             return Err(io::Error::last_os_error());
@@ -85,10 +157,10 @@ impl Dir {
 
     /// Hard-links `name` in this directory as `name` in `dest`.
     pub fn link_into(&self, name: &str, dest: &Dir) -> io::Result<()> {
-        let name = c_name(name)?;
+        let mut buf = CName::new();
+        let name = buf.of(name)?;
         // SAFETY: both names are NUL-terminated; the descriptors are open directories.
-        let rc = unsafe { libc::linkat(self.0.as_raw_fd(), name.as_ptr(), dest.0.as_raw_fd(), name.as_ptr(), 0) };
-        if rc != 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+        check(unsafe { libc::linkat(self.0.as_raw_fd(), name.as_ptr(), dest.0.as_raw_fd(), name.as_ptr(), 0) })
     }
 }
 
@@ -145,6 +217,13 @@ pub fn on_runs<T: Send, E: Send>(
         results.extend(handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(panicked()))));
         results
     })
+}
+
+/// Runs `work` on `threads` threads, this one among them (work shared through the closure's
+/// own state); the results in thread order.
+pub fn on_threads<T: Send, E: Send>(threads: usize, work: impl Fn() -> Result<T, E> + Sync, panicked: impl Fn() -> E) -> Vec<Result<T, E>> {
+    let runs: Vec<_> = (0..threads).map(|t| t..t + 1).collect();
+    on_runs(&runs, |_| work(), panicked)
 }
 
 /// `path` joined with a `/`-separated relative directory (`""` is `path` itself).

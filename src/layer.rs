@@ -86,6 +86,28 @@ pub struct LayerInfo {
     pub removed: Vec<RuleOutcome>,
     /// pkg-config files whose prefix was made relative to their own location.
     pub pkgconfig: Vec<String>,
+    /// `<key>.tree.json` as it was stored. Slugs get a hard link to it while it still
+    /// looks like this (layers stored without it have it copied).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entries_file: Option<FileStamp>,
+}
+
+/// The size and mtime of a stored file: an in-place edit changes the mtime.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FileStamp {
+    pub size: u64,
+    pub mtime: (i64, i64),
+}
+
+impl FileStamp {
+    pub fn of(path: &Path) -> std::io::Result<FileStamp> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = fs::symlink_metadata(path)?;
+        if !meta.is_file() {
+            return Err(std::io::Error::other("not a regular file"));
+        }
+        Ok(FileStamp { size: meta.len(), mtime: (meta.mtime(), meta.mtime_nsec()) })
+    }
 }
 
 /// Where the layer with this key lives.
@@ -226,7 +248,7 @@ pub fn build(
     fs::write(&wrapper_dest, wrapper_text).map_err(io_at(&wrapper_dest))?;
     set_mode(&wrapper_dest, 0o755)?;
     let (scan, mtimes) = scan_tree_known(&tree, &digests)?;
-    let info = LayerInfo {
+    let mut info = LayerInfo {
         key,
         inputs: inputs.clone(),
         tree_hash: scan.hash,
@@ -234,12 +256,12 @@ pub fn build(
         bytes: scan.bytes,
         removed,
         pkgconfig,
+        entries_file: None,
     };
     let dest = layer_dir(store, &key);
     // A layer dir without json is debris from an interrupted build.
     remove_any(&dest)?;
     fs::rename(&tree, &dest).map_err(io_at(&dest))?;
-    let json = serde_json::to_vec_pretty(&info).map_err(|e| LayerError::Json { path: dest.clone(), reason: e.to_string() })?;
     let index_bytes = LayerIndex::encode(&scan.entries, &mtimes)
         .ok_or_else(|| LayerError::Json { path: dest.clone(), reason: "a scanned entry has no directory entry".into() })?;
     let tmp_index = staging.join("index");
@@ -251,8 +273,10 @@ pub fn build(
     let tmp_entries = staging.join("tree.json");
     let entries_json = serde_json::to_vec(&scan.entries).map_err(|e| LayerError::Json { path: dest.clone(), reason: e.to_string() })?;
     fs::write(&tmp_entries, entries_json).map_err(io_at(&tmp_entries))?;
+    info.entries_file = Some(FileStamp::of(&tmp_entries).map_err(io_at(&tmp_entries))?);
     let entries_dest = entries_path(store, &key);
     fs::rename(&tmp_entries, &entries_dest).map_err(io_at(&entries_dest))?;
+    let json = serde_json::to_vec_pretty(&info).map_err(|e| LayerError::Json { path: dest.clone(), reason: e.to_string() })?;
     let tmp_info = staging.join("info.json");
     fs::write(&tmp_info, json).map_err(io_at(&tmp_info))?;
     let info_dest = info_path(store, &key);

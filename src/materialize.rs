@@ -20,7 +20,6 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use filetime::FileTime;
 
-use crate::fsat::Stat;
 use crate::layerindex::{ChildKind, LayerIndex};
 
 /// A copy failed.
@@ -191,35 +190,13 @@ pub fn materialize_index(src: &Path, dst: &Path, index: &LayerIndex, how: Materi
         return checked_copy(src, dst, index, check);
     }
     fs::create_dir(dst).map_err(io_at(dst))?;
-    let walked = match walk(src, Some(dst), index, check) {
-        Ok(w) if !w.changed && !w.cross_device => w,
+    match walk(src, Some(dst), index, check) {
+        Ok(w) if !w.changed && !w.cross_device => {}
         other => {
             let _ = fs::remove_dir_all(dst);
             let w = other?;
             return if w.changed { Ok(Materialized::SourceChanged) } else { checked_copy(src, dst, index, check) };
         }
-    };
-    // Directories last: filling them changed their mtimes. Setting a directory's mode or
-    // mtime does not touch its parent's, so any order and any thread will do.
-    let groups = &index.groups;
-    let fix = |run: std::ops::Range<usize>| -> Result<(), CopyError> {
-        for (group, stat) in groups[run.clone()].iter().zip(&walked.dir_stats[run]) {
-            let to = crate::fsat::join(dst, index.rel(group));
-            let mode = if group.is_root() { stat.mode & 0o7777 } else { group.mode };
-            fs::set_permissions(&to, fs::Permissions::from_mode(mode)).map_err(io_at(&to))?;
-            if !group.is_root() {
-                crate::fsat::set_mtime(&to, stat.mtime).map_err(io_at(&to))?;
-            }
-        }
-        Ok(())
-    };
-    let workers = crate::fsat::workers();
-    let runs = crate::fsat::balanced_runs(groups.iter().map(|_| 1), workers);
-    let panicked = || CopyError { path: dst.to_owned(), source: std::io::Error::other("thread panicked") };
-    let fixed: Result<Vec<()>, CopyError> = crate::fsat::on_runs(&runs, fix, panicked).into_iter().collect();
-    if let Err(e) = fixed {
-        let _ = fs::remove_dir_all(dst);
-        return Err(e);
     }
     let (files, bytes) = index.totals();
     Ok(Materialized::Done(CopyStats { files, bytes, linked: true, reflinked: false }))
@@ -244,100 +221,142 @@ struct Walked {
     changed: bool,
     /// A hard link failed with EXDEV: `src` and `dst` are on different filesystems.
     cross_device: bool,
-    /// By group: the source directory's own metadata.
-    dir_stats: Vec<Stat>,
 }
 
-/// Visits every group of the index on all cores: with `check`, compares each entry of `src`
-/// with the index, and with a `dst`, makes each directory there and links (or, for
-/// symlinks, recreates) its entries. Stops early, everywhere, at the first difference or
-/// EXDEV.
+/// Visits every group of the index on all cores, each thread taking the next group in
+/// index order: with `check`, compares each entry of `src` with the index, and with a
+/// `dst`, makes each directory's subdirectories there, links (or, for symlinks, recreates)
+/// its entries, then sets its mode and mtime, which nothing changes after that. Stops
+/// early, everywhere, at the first difference or EXDEV.
 fn walk(src: &Path, dst: Option<&Path>, index: &LayerIndex, check: bool) -> Result<Walked, CopyError> {
     let groups = &index.groups;
+    let subdirs = if dst.is_some() { subdirs(index) } else { Vec::new() };
+    let src_root = match crate::fsat::Dir::open(src) {
+        Ok(dir) => dir,
+        Err(_) if check => return Ok(Walked { changed: true, cross_device: false }),
+        Err(e) => return Err(io_at(src)(e)),
+    };
+    let dst_root = match dst {
+        Some(dst) => Some(crate::fsat::Dir::open(dst).map_err(io_at(dst))?),
+        None => None,
+    };
+    let (next, done) = (AtomicUsize::new(0), AtomicUsize::new(0));
     let stop = AtomicBool::new(false);
     let changed = AtomicBool::new(false);
     let cross_device = AtomicBool::new(false);
-    let workers = crate::fsat::workers();
-    // Making a directory costs about what linking a few files does.
-    let runs = crate::fsat::balanced_runs(groups.iter().map(|g| index.children(g).len() + 3), workers);
     let failed = |flag: &AtomicBool| {
         flag.store(true, Ordering::Relaxed);
         stop.store(true, Ordering::Relaxed);
     };
-    let walk_run = |run: std::ops::Range<usize>| -> Result<Vec<Stat>, CopyError> {
-        let mut stats = Vec::with_capacity(run.len());
-        for group in &groups[run] {
-            if stop.load(Ordering::Relaxed) {
-                break;
+    // One group; `Ok(false)` when the walk must stop (the layer changed, or EXDEV).
+    let visit = |group: &crate::layerindex::Group, subdirs: &[usize]| -> Result<bool, CopyError> {
+        let rel = index.rel(group);
+        let from = || crate::fsat::join(src, rel);
+        let opened = src_root.open_in(rel).and_then(|d| d.metadata().map(|st| (d, st)));
+        let judged = judge(opened, check, |(_, st)| group.intact(st)).map_err(|e| io_at(&from())(e))?;
+        let Some((from_dir, dir_stat)) = judged else {
+            failed(&changed);
+            return Ok(false);
+        };
+        let to_dir = match (dst, &dst_root) {
+            (Some(dst), Some(dst_root)) => {
+                let to = crate::fsat::join(dst, rel);
+                let to_dir = match dst_root.open_in_to_fill(rel) {
+                    // Made by the thread that has the parent, or not yet: then here.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        fs::create_dir_all(&to).map_err(io_at(&to))?;
+                        dst_root.open_in_to_fill(rel)
+                    }
+                    opened => opened,
+                }
+                .map_err(io_at(&to))?;
+                for &sub in subdirs {
+                    let name = index.rel(&groups[sub]).rsplit('/').next().unwrap_or_default();
+                    match to_dir.make_dir(name) {
+                        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(io_at(&to.join(name))(e)),
+                        _ => {}
+                    }
+                }
+                Some((to, to_dir))
             }
-            let rel = index.rel(group);
-            let from = crate::fsat::join(src, rel);
-            let opened = crate::fsat::Dir::open(&from).and_then(|d| d.metadata().map(|st| (d, st)));
-            let judged = judge(opened, check, |(_, st)| group.intact(st)).map_err(io_at(&from))?;
-            let Some((from_dir, st)) = judged else {
-                failed(&changed);
-                break;
-            };
-            stats.push(st);
-            let to_dir = match dst {
-                Some(dst) => {
-                    let to = crate::fsat::join(dst, rel);
-                    if !group.is_root() {
-                        make_dir(&to)?;
-                    }
-                    Some(crate::fsat::Dir::open(&to).map_err(io_at(&to))?)
-                }
-                None => None,
-            };
-            for child in index.children(group) {
-                let name = index.name(child);
-                let is_symlink = child.kind == ChildKind::Symlink;
-                let stat = if check || is_symlink {
-                    let judged = judge(from_dir.stat(name), check, |st| child.intact(st)).map_err(io_at(&from.join(name)))?;
-                    let Some(st) = judged else {
-                        failed(&changed);
-                        break;
-                    };
-                    Some(st)
-                } else {
-                    None
+            _ => None,
+        };
+        for child in index.children(group) {
+            let name = index.name(child);
+            let is_symlink = child.kind == ChildKind::Symlink;
+            let stat = if check || is_symlink {
+                let judged = judge(from_dir.stat(name), check, |st| child.intact(st)).map_err(|e| io_at(&from().join(name))(e))?;
+                let Some(st) = judged else {
+                    failed(&changed);
+                    return Ok(false);
                 };
-                let Some(to_dir) = &to_dir else { continue };
-                let made = match stat {
-                    Some(st) if is_symlink => to_dir.symlink(index.target(child), name, st.mtime),
-                    _ => from_dir.link_into(name, to_dir),
-                };
-                match made {
-                    Ok(()) => {}
-                    Err(err) if err.raw_os_error() == Some(libc::EXDEV) => {
-                        failed(&cross_device);
-                        break;
-                    }
-                    Err(err) => return Err(CopyError { path: crate::fsat::join(dst.unwrap_or(src), rel).join(name), source: err }),
+                Some(st)
+            } else {
+                None
+            };
+            let Some((to, to_dir)) = &to_dir else { continue };
+            let made = match stat {
+                Some(st) if is_symlink => to_dir.symlink(index.target(child), name, st.mtime),
+                _ => from_dir.link_into(name, to_dir),
+            };
+            match made {
+                Ok(()) => {}
+                Err(err) if err.raw_os_error() == Some(libc::EXDEV) => {
+                    failed(&cross_device);
+                    return Ok(false);
                 }
+                Err(err) => return Err(CopyError { path: to.join(name), source: err }),
             }
         }
-        Ok(stats)
+        // Complete now: its mode and mtime can be set (the slug root keeps the time it was
+        // made at, and takes the layer root's mode).
+        if let Some((to, to_dir)) = &to_dir {
+            let (mode, mtime) = if group.is_root() { (dir_stat.mode & 0o7777, None) } else { (group.mode, Some(dir_stat.mtime)) };
+            to_dir.finish(mode, mtime).map_err(io_at(to))?;
+        }
+        Ok(true)
     };
-    // An error anywhere stops the other threads too.
-    let walk_or_stop = |run: std::ops::Range<usize>| {
-        let walked = walk_run(run);
-        if walked.is_err() {
-            stop.store(true, Ordering::Relaxed);
+    let work = || -> Result<(), CopyError> {
+        while !stop.load(Ordering::Relaxed) {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            let Some(group) = groups.get(i) else { break };
+            match visit(group, subdirs.get(i).map_or(&[][..], Vec::as_slice)) {
+                Ok(true) => {
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(false) => break,
+                Err(e) => {
+                    // An error anywhere stops the other threads too.
+                    stop.store(true, Ordering::Relaxed);
+                    return Err(e);
+                }
+            }
         }
-        walked
+        Ok(())
     };
     let panicked = || CopyError { path: src.to_owned(), source: std::io::Error::other("thread panicked") };
-    let per_run = crate::fsat::on_runs(&runs, walk_or_stop, panicked);
-    let mut dir_stats = Vec::with_capacity(groups.len());
-    for stats in per_run {
-        dir_stats.extend(stats?);
+    for result in crate::fsat::on_threads(crate::fsat::workers().min(groups.len().max(1)), work, panicked) {
+        result?;
     }
     let (changed, cross_device) = (changed.into_inner(), cross_device.into_inner());
-    if !changed && !cross_device && dir_stats.len() != groups.len() {
+    if !changed && !cross_device && done.into_inner() != groups.len() {
         return Err(CopyError { path: src.to_owned(), source: std::io::Error::other("a directory was skipped") });
     }
-    Ok(Walked { changed, cross_device, dir_stats })
+    Ok(Walked { changed, cross_device })
+}
+
+/// For each group, the groups directly below it (a group whose parent is not listed has
+/// none: it makes its own directory when its turn comes).
+fn subdirs(index: &LayerIndex) -> Vec<Vec<usize>> {
+    let by_rel: HashMap<&str, usize> = index.groups.iter().enumerate().map(|(i, g)| (index.rel(g), i)).collect();
+    let mut subdirs = vec![Vec::new(); index.groups.len()];
+    for (i, group) in index.groups.iter().enumerate().filter(|(_, g)| !g.is_root()) {
+        let parent = index.rel(group).rsplit_once('/').map_or("", |(parent, _)| parent);
+        if let Some(&p) = by_rel.get(parent) {
+            subdirs[p].push(i);
+        }
+    }
+    subdirs
 }
 
 /// What an lstat in the layer says: `Some` to go on; `None` when the layer changed (the
@@ -349,17 +368,6 @@ fn judge<T>(found: std::io::Result<T>, check: bool, intact: impl FnOnce(&T) -> b
         Ok(_) => Ok(None),
         Err(_) if check => Ok(None),
         Err(e) => Err(e),
-    }
-}
-
-/// Creates a directory of the slug. Its parent may belong to another thread's run and not
-/// exist yet: then the parents are made here (and the other thread finds them made).
-fn make_dir(path: &Path) -> Result<(), CopyError> {
-    match fs::create_dir(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => fs::create_dir_all(path).map_err(io_at(path)),
-        Err(e) => Err(CopyError { path: path.to_owned(), source: e }),
     }
 }
 
@@ -547,22 +555,35 @@ mod tests {
 
     #[test]
     fn deep_trees_split_across_threads_come_out_whole() {
-        // A chain of nested directories, each with files, so that a thread's run starts
-        // below directories another thread has not made yet.
+        // A chain of nested directories, each with files and its own mode and mtime: threads
+        // take the next directory in turn, so one often reaches a directory before another
+        // has made it, and a directory's mode and mtime are set while others still fill
+        // theirs.
         let dir = tempfile::tempdir().unwrap();
-        let (src, dst) = (dir.path().join("layer"), dir.path().join("slug"));
-        let mut path = src.clone();
+        let src = dir.path().join("layer");
+        let mut dirs = vec![src.clone()];
         for depth in 0..40 {
-            path = path.join(format!("d{depth}"));
+            let path = dirs[depth].join(format!("d{depth}"));
             fs::create_dir_all(&path).unwrap();
             for f in 0..5 {
                 fs::write(path.join(format!("f{f}")), format!("{depth}.{f}")).unwrap();
             }
+            dirs.push(path);
+        }
+        for (depth, path) in dirs.iter().enumerate().skip(1).rev() {
+            fs::set_permissions(path, fs::Permissions::from_mode(if depth % 3 == 0 { 0o555 } else { 0o750 })).unwrap();
+            filetime::set_file_mtime(path, FileTime::from_unix_time(1_600_000_000 + depth as i64, 7)).unwrap();
         }
         let (scan, index) = indexed(&src);
         assert_eq!(index.groups.len(), 41);
-        assert!(crate::fsat::balanced_runs(index.groups.iter().map(|g| index.children(g).len() + 3), 4).len() > 1);
-        done(materialize_index(&src, &dst, &index, Materialize::Link, true).unwrap());
-        assert_eq!(scan_tree(&dst).unwrap().hash, scan.hash);
+        for round in 0..10 {
+            let dst = dir.path().join(format!("slug{round}"));
+            done(materialize_index(&src, &dst, &index, Materialize::Link, true).unwrap());
+            assert_eq!(scan_tree(&dst).unwrap().hash, scan.hash);
+            for path in &dirs[1..] {
+                let (a, b) = (fs::metadata(path).unwrap(), fs::metadata(dst.join(path.strip_prefix(&src).unwrap())).unwrap());
+                assert_eq!((b.mode(), b.mtime(), b.mtime_nsec()), (a.mode(), a.mtime(), a.mtime_nsec()), "{}", path.display());
+            }
+        }
     }
 }

@@ -4,6 +4,7 @@
 mod common;
 
 use std::fs;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -269,8 +270,23 @@ fn tampered_blobs_and_layers_are_rebuilt_never_shipped() {
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("no usable index of its files; rebuilding"), "{}", text(&out));
     assert_eq!(tree_hash(&b3), reference);
-    let out = bin_compile(&served.build_dir("t4"), &cache, &env);
+    let b4 = served.build_dir("t4");
+    let out = bin_compile(&b4, &cache, &env);
     assert!(text(&out).contains("Reusing layer"), "the rebuilt layer is reused: {}", text(&out));
+    // The slug's entry list is a hard link to the layer's too: edited in place through a
+    // slug, it is caught like a layer file, and the next slug still verifies.
+    let entries = b4.join(".ddslug/tree.json");
+    let stored = store.join("layers").join(format!("{}.tree.json", m.layer_key.hex()));
+    assert_eq!(fs::metadata(&entries).unwrap().ino(), fs::metadata(&stored).unwrap().ino());
+    let mut listed = fs::read(&entries).unwrap();
+    listed[2] ^= 1;
+    fs::write(&entries, listed).unwrap();
+    let b5 = served.build_dir("t5");
+    let out = bin_compile(&b5, &cache, &env);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("changed on disk; rebuilding"), "{}", text(&out));
+    let out = ddslug(&["verify", s(&b5)]);
+    assert!(out.status.success() && text(&out).contains("identical to its manifest"), "{}", text(&out));
 }
 
 #[test]
