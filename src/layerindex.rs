@@ -153,11 +153,12 @@ impl LayerIndex {
                 return None;
             }
             let mut groups = Vec::with_capacity(group_count);
-            let mut children = Vec::with_capacity(bytes.len() / 64);
+            // A child takes 40 to 60 bytes for the usual name lengths: one allocation.
+            let mut children = Vec::with_capacity(bytes.len() / 32);
             for g in 0..group_count {
                 let rel = r.string()?;
                 // Only the first group is the root; every other is a relative path.
-                let plain = if g == 0 { rel.len == 0 } else { rel.len > 0 && r.str_at(rel).split('/').all(is_plain_name) };
+                let plain = if g == 0 { rel.len == 0 } else { rel.len > 0 && r.slice(rel).split(|&b| b == b'/').all(is_plain_name) };
                 if !plain {
                     return None;
                 }
@@ -171,7 +172,7 @@ impl LayerIndex {
                     let kind = r.u8()?;
                     let mode = r.u32()?;
                     let name = r.string()?;
-                    if !is_plain_name(r.str_at(name)) {
+                    if !is_plain_name(r.slice(name)) {
                         return None;
                     }
                     let (kind, target) = match kind {
@@ -236,9 +237,10 @@ impl LayerIndex {
     }
 }
 
-/// A single path component that stays where it is: not empty, `.`, `..`, nor holding `/`.
-fn is_plain_name(name: &str) -> bool {
-    !name.is_empty() && name != "." && name != ".." && !name.contains('/') && !name.contains('\0')
+/// A single path component that stays where it is: not empty, `.`, `..`, nor holding `/`
+/// (or NUL).
+fn is_plain_name(name: &[u8]) -> bool {
+    !name.is_empty() && name != b"." && name != b".." && !name.iter().any(|&b| b == b'/' || b == 0)
 }
 
 struct Reader<'a> {
@@ -267,12 +269,16 @@ impl Reader<'_> {
         let len = self.u32()?;
         let start = u32::try_from(self.pos).ok()?;
         let end = self.pos.checked_add(len as usize)?;
-        std::str::from_utf8(self.bytes.get(self.pos..end)?).ok()?;
+        let bytes = self.bytes.get(self.pos..end)?;
+        // Names are nearly always ASCII, which is checked a word at a time.
+        if !bytes.is_ascii() {
+            std::str::from_utf8(bytes).ok()?;
+        }
         self.pos = end;
         Some(Span { start, len })
     }
-    fn str_at(&self, span: Span) -> &str {
-        std::str::from_utf8(&self.bytes[span.start as usize..(span.start + span.len) as usize]).unwrap_or("")
+    fn slice(&self, span: Span) -> &[u8] {
+        &self.bytes[span.start as usize..(span.start + span.len) as usize]
     }
 }
 
