@@ -208,14 +208,16 @@ fn bench_variant(project: &Path, bin: &Path, work: &Path, v: &Variant, runs: usi
         samples[5].push(run(&mut dyno_start(&build)?)?);
     }
     let mut table = format!(
-        "\n### {} variant ({:.0} MB .deb, data.tar {})\n\n| step | wall (s) | CPU (s) | peak RSS (MB) | wall vs classic |\n|---|---:|---:|---:|---:|\n",
+        "\n### {} variant ({:.0} MB .deb, data.tar {})\n\n| step | wall (s) | wall, fastest–slowest run (s) | CPU (s) | peak RSS (MB) | wall vs classic |\n|---|---:|---:|---:|---:|---:|\n",
         v.name, deb_mb, v.decompress
     );
     let classic_wall = median(samples[0].iter().map(|s| s.wall).collect());
     for (name, s) in names.iter().zip(&samples) {
         let wall = median(s.iter().map(|x| x.wall).collect());
+        let fastest = s.iter().map(|x| x.wall).fold(f64::INFINITY, f64::min);
+        let slowest = s.iter().map(|x| x.wall).fold(0.0, f64::max);
         table += &format!(
-            "| {name} | {wall:.3} | {:.3} | {:.0} | {:.3}x |\n",
+            "| {name} | {wall:.3} | {fastest:.3}–{slowest:.3} | {:.3} | {:.0} | {:.3}x |\n",
             median(s.iter().map(|x| x.cpu).collect()),
             median(s.iter().map(|x| x.max_rss_mb).collect()),
             wall / classic_wall
