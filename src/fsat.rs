@@ -106,11 +106,11 @@ impl Dir {
     /// Sets this directory's permission bits and, if given, its mtime (leaving its atime).
     /// Needs a descriptor from [`Dir::open_in_to_fill`].
     pub fn finish(&self, mode: u32, mtime: Option<(i64, i64)>) -> io::Result<()> {
-        // SAFETY: plain calls on an open descriptor; `times` holds the two timespecs
-        // futimens reads.
+        // SAFETY: a plain call on an open descriptor.
         check(unsafe { libc::fchmod(self.0.as_raw_fd(), mode) })?;
         if let Some(mtime) = mtime {
             let times = [libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT }, libc::timespec { tv_sec: mtime.0, tv_nsec: mtime.1 }];
+            // SAFETY: `times` holds the two timespecs futimens reads.
             check(unsafe { libc::futimens(self.0.as_raw_fd(), times.as_ptr()) })?;
         }
         Ok(())
@@ -277,6 +277,29 @@ mod tests {
         let link_meta = fs::symlink_metadata(b.join("l")).unwrap();
         assert_eq!((link_meta.mtime(), link_meta.mtime_nsec()), (1_700_000_000, 5));
         assert_eq!(db.symlink("x", "l", (0, 0)).unwrap_err().kind(), io::ErrorKind::AlreadyExists);
+    }
+
+    #[test]
+    fn directories_made_opened_and_finished_relative_to_a_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Dir::open(dir.path()).unwrap();
+        root.make_dir("a").unwrap();
+        assert_eq!(root.make_dir("a").unwrap_err().kind(), io::ErrorKind::AlreadyExists);
+        let a = root.open_in_to_fill("a").unwrap();
+        a.make_dir("b").unwrap();
+        let b = root.open_in("a/b").unwrap();
+        assert!(b.metadata().unwrap().is_dir());
+        assert_eq!(root.open_in("a/missing").err().map(|e| e.kind()), Some(io::ErrorKind::NotFound));
+        // Filling `a` moved its mtime; finishing sets the recorded one and the mode.
+        a.finish(0o750, Some((1_600_000_000, 9))).unwrap();
+        let meta = fs::metadata(dir.path().join("a")).unwrap();
+        assert_eq!((meta.mode() & 0o7777, meta.mtime(), meta.mtime_nsec()), (0o750, 1_600_000_000, 9));
+        root.open_in_to_fill("").unwrap().finish(0o700, None).unwrap();
+        assert_eq!(fs::metadata(dir.path()).unwrap().mode() & 0o7777, 0o700);
+        // Names are single components of at most 255 bytes, without NUL.
+        assert_eq!(root.make_dir(&"n".repeat(256)).unwrap_err().raw_os_error(), Some(libc::ENAMETOOLONG));
+        assert!(root.make_dir(&"n".repeat(255)).is_ok());
+        assert_eq!(root.stat("a\0b").unwrap_err().kind(), io::ErrorKind::InvalidInput);
     }
 
     #[test]
