@@ -309,7 +309,8 @@ fn walk(src: &Path, dst: Option<&Path>, index: &LayerIndex, check: bool) -> Resu
             }
         }
         // Complete now: its mode and mtime can be set (the slug root keeps the time it was
-        // made at, and takes the layer root's mode).
+        // made at, and takes the layer root's mode). Whatever mode it gets, threads can still
+        // pass through it if they could pass through the layer's, which has the same one.
         if let Some((to, to_dir)) = &to_dir {
             let (mode, mtime) = if group.is_root() { (dir_stat.mode & 0o7777, None) } else { (group.mode, Some(dir_stat.mtime)) };
             to_dir.finish(mode, mtime).map_err(io_at(to))?;
@@ -571,7 +572,12 @@ mod tests {
             dirs.push(path);
         }
         for (depth, path) in dirs.iter().enumerate().skip(1).rev() {
-            fs::set_permissions(path, fs::Permissions::from_mode(if depth % 3 == 0 { 0o555 } else { 0o750 })).unwrap();
+            // Modes that keep the owner from writing, and (only root can use such a layer)
+            // from reading or passing.
+            // SAFETY: geteuid has no preconditions.
+            let root = unsafe { libc::geteuid() } == 0;
+            let mode = if root { [0o555, 0o750, 0o311, 0o700, 0o644][depth % 5] } else { [0o555, 0o750, 0o500, 0o700][depth % 4] };
+            fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
             filetime::set_file_mtime(path, FileTime::from_unix_time(1_600_000_000 + depth as i64, 7)).unwrap();
         }
         let (scan, index) = indexed(&src);
