@@ -17,7 +17,7 @@ use std::path::{Component, Path, PathBuf};
 
 use filetime::FileTime;
 
-use crate::fetch::Progress;
+use crate::fetch::{FileRange, Progress};
 use crate::filewriter::{WriteError, WriterPool, Written, make_room, write_file};
 use crate::hash::Sha256;
 use crate::treehash::FileId;
@@ -103,7 +103,7 @@ pub fn unpack_deb_filtered(
     // A download in progress is checked against its SHA-256 before the layer is kept, so
     // the compressor's own checks (CRC64, CRC32) would add nothing there either.
     let checks = matches!(integrity, Integrity::Unverified);
-    let sequential = Arriving { file: &file, pos: 0, end: u64::MAX, growing };
+    let sequential = FileRange { file: &file, pos: 0, end: u64::MAX, growing };
     let mut ar = ArReader::new(Counted { inner: BufReader::with_capacity(1 << 16, sequential), pos: 0 }, &label)?;
     ar.expect_debian_binary()?;
     while let Some(member) = ar.next_member()? {
@@ -124,7 +124,7 @@ pub fn unpack_deb_filtered(
                     });
                 }
             }
-            let body = Arriving { file: &file, pos: start, end, growing };
+            let body = FileRange { file: &file, pos: start, end, growing };
             let decompressed = if checks || !member.name.ends_with(".gz") {
                 decompressor(&member.name, body, &label)?
             } else {
@@ -204,30 +204,6 @@ impl Read for ChunkReader {
         let n = buf.len().min(self.chunk.len() - self.at);
         buf[..n].copy_from_slice(&self.chunk[self.at..self.at + n]);
         self.at += n;
-        Ok(n)
-    }
-}
-
-/// The bytes `pos..end` of a file, read with `pread` (no shared cursor); with `growing`, a
-/// file still being downloaded: a read waits for bytes that have not arrived yet.
-struct Arriving<'f> {
-    file: &'f File,
-    pos: u64,
-    end: u64,
-    growing: Option<&'f Progress>,
-}
-
-impl Read for Arriving<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        use std::os::unix::fs::FileExt;
-        let want = buf.len().min(self.end.saturating_sub(self.pos).try_into().unwrap_or(usize::MAX));
-        let buf = &mut buf[..want];
-        let n = match self.growing {
-            Some(progress) => progress.read_at(self.file, buf, self.pos)?,
-            None if want == 0 => 0,
-            None => self.file.read_at(buf, self.pos)?,
-        };
-        self.pos += n as u64;
         Ok(n)
     }
 }

@@ -129,6 +129,30 @@ impl Progress {
     }
 }
 
+/// The bytes `pos..end` of a file, read with `pread` (no shared cursor); with `growing`, a
+/// file still being downloaded: a read waits for bytes that have not arrived yet.
+pub struct FileRange<'f> {
+    pub file: &'f File,
+    pub pos: u64,
+    pub end: u64,
+    pub growing: Option<&'f Progress>,
+}
+
+impl Read for FileRange<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let want = buf.len().min(self.end.saturating_sub(self.pos).try_into().unwrap_or(usize::MAX));
+        let buf = &mut buf[..want];
+        let n = match self.growing {
+            Some(progress) => progress.read_at(self.file, buf, self.pos)?,
+            None if want == 0 => 0,
+            None => self.file.read_at(buf, self.pos)?,
+        };
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
 /// How downloads behave.
 #[derive(Clone, Debug)]
 pub struct FetchOptions {

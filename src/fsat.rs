@@ -109,7 +109,7 @@ impl Dir {
         // SAFETY: a plain call on an open descriptor.
         check(unsafe { libc::fchmod(self.0.as_raw_fd(), mode) })?;
         if let Some(mtime) = mtime {
-            let times = [libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT }, libc::timespec { tv_sec: mtime.0, tv_nsec: mtime.1 }];
+            let times = mtime_only(mtime);
             // SAFETY: `times` holds the two timespecs futimens reads.
             check(unsafe { libc::futimens(self.0.as_raw_fd(), times.as_ptr()) })?;
         }
@@ -169,10 +169,14 @@ impl Dir {
 /// descriptor and closes it again.
 pub fn set_mtime(path: &Path, mtime: (i64, i64)) -> io::Result<()> {
     let path = CString::new(path.as_os_str().as_bytes()).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in a path"))?;
-    let times = [libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT }, libc::timespec { tv_sec: mtime.0, tv_nsec: mtime.1 }];
+    let times = mtime_only(mtime);
     // SAFETY: `path` is NUL-terminated and `times` holds the two timespecs utimensat reads.
-    let rc = unsafe { libc::utimensat(libc::AT_FDCWD, path.as_ptr(), times.as_ptr(), 0) };
-    if rc != 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+    check(unsafe { libc::utimensat(libc::AT_FDCWD, path.as_ptr(), times.as_ptr(), 0) })
+}
+
+/// The (atime, mtime) pair for `utimensat`/`futimens` that sets the mtime and leaves the atime.
+fn mtime_only(mtime: (i64, i64)) -> [libc::timespec; 2] {
+    [libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT }, libc::timespec { tv_sec: mtime.0, tv_nsec: mtime.1 }]
 }
 
 /// How many worker threads a parallel pass over a tree uses: the cores this process may use,

@@ -92,7 +92,9 @@ pub struct LayerInfo {
     pub entries_file: Option<FileStamp>,
 }
 
-/// The size and mtime of a stored file: an in-place edit changes the mtime.
+/// The size and mtime of a stored file: an in-place edit changes the mtime. (Not the inode,
+/// as [`crate::treehash::FileId`] has: a cache restored from an archive keeps sizes and
+/// mtimes, not inodes.)
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FileStamp {
     pub size: u64,

@@ -100,40 +100,30 @@ pub fn copy_tree(src: &Path, dst: &Path) -> Result<CopyStats, CopyError> {
     let reflink_works = AtomicBool::new(true);
     let reflinked = AtomicBool::new(false);
     let next = AtomicUsize::new(0);
-    let workers = crate::fsat::workers();
-    std::thread::scope(|scope| -> Result<(), CopyError> {
-        let handles: Vec<_> = (0..workers)
-            .map(|_| {
-                scope.spawn(|| -> Result<(), CopyError> {
-                    loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        let Some((rel, mode, _)) = copies.get(i) else { return Ok(()) };
-                        let (from, to) = (src.join(rel), dst.join(rel));
-                        if reflink_works.load(Ordering::Relaxed) {
-                            match reflink_copy::reflink(&from, &to) {
-                                Ok(()) => reflinked.store(true, Ordering::Relaxed),
-                                Err(_) => {
-                                    reflink_works.store(false, Ordering::Relaxed);
-                                    let _ = fs::remove_file(&to);
-                                    fs::copy(&from, &to).map_err(io_at(&to))?;
-                                }
-                            }
-                        } else {
-                            fs::copy(&from, &to).map_err(io_at(&to))?;
-                        }
-                        fs::set_permissions(&to, fs::Permissions::from_mode(*mode)).map_err(io_at(&to))?;
+    let copy_some = || -> Result<(), CopyError> {
+        loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            let Some((rel, mode, _)) = copies.get(i) else { return Ok(()) };
+            let (from, to) = (src.join(rel), dst.join(rel));
+            if reflink_works.load(Ordering::Relaxed) {
+                match reflink_copy::reflink(&from, &to) {
+                    Ok(()) => reflinked.store(true, Ordering::Relaxed),
+                    Err(_) => {
+                        reflink_works.store(false, Ordering::Relaxed);
+                        let _ = fs::remove_file(&to);
+                        fs::copy(&from, &to).map_err(io_at(&to))?;
                     }
-                })
-            })
-            .collect();
-        for handle in handles {
-            handle.join().map_err(|_| CopyError {
-                path: dst.to_owned(),
-                source: std::io::Error::other("copy thread panicked"),
-            })??;
+                }
+            } else {
+                fs::copy(&from, &to).map_err(io_at(&to))?;
+            }
+            fs::set_permissions(&to, fs::Permissions::from_mode(*mode)).map_err(io_at(&to))?;
         }
-        Ok(())
-    })?;
+    };
+    let panicked = || CopyError { path: dst.to_owned(), source: std::io::Error::other("copy thread panicked") };
+    for copied in crate::fsat::on_threads(crate::fsat::workers(), copy_some, panicked) {
+        copied?;
+    }
     for (rel, target) in links {
         let path = dst.join(rel);
         fs::hard_link(dst.join(target), &path).map_err(io_at(&path))?;

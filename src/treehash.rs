@@ -245,33 +245,23 @@ fn list(root: &Path) -> Result<Vec<(TreeEntry, FileId)>, TreeError> {
 
 fn hash_files(root: &Path, entries: &[TreeEntry], files: &[usize]) -> Result<Vec<Sha256>, TreeError> {
     let next = AtomicUsize::new(0);
-    let workers = crate::fsat::workers();
-    let mut results: Vec<Option<Sha256>> = vec![None; files.len()];
-    std::thread::scope(|scope| -> Result<(), TreeError> {
-        let handles: Vec<_> = (0..workers)
-            .map(|_| {
-                scope.spawn(|| -> Result<Vec<(usize, Sha256)>, TreeError> {
-                    let mut done = Vec::new();
-                    let mut buf = vec![0u8; 1 << 17];
-                    loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(&entry) = files.get(i) else { return Ok(done) };
-                        let path = root.join(&entries[entry].path);
-                        done.push((i, hash_file(&path, &mut buf)?));
-                    }
-                })
-            })
-            .collect();
-        for handle in handles {
-            let done = handle
-                .join()
-                .map_err(|_| TreeError::Unsupported { path: root.to_owned(), reason: "hashing thread panicked" })??;
-            for (i, digest) in done {
-                results[i] = Some(digest);
-            }
+    let hash_some = || -> Result<Vec<(usize, Sha256)>, TreeError> {
+        let mut done = Vec::new();
+        let mut buf = vec![0u8; 1 << 17];
+        loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            let Some(&entry) = files.get(i) else { return Ok(done) };
+            let path = root.join(&entries[entry].path);
+            done.push((i, hash_file(&path, &mut buf)?));
         }
-        Ok(())
-    })?;
+    };
+    let panicked = || TreeError::Unsupported { path: root.to_owned(), reason: "hashing thread panicked" };
+    let mut results: Vec<Option<Sha256>> = vec![None; files.len()];
+    for done in crate::fsat::on_threads(crate::fsat::workers(), hash_some, panicked) {
+        for (i, digest) in done? {
+            results[i] = Some(digest);
+        }
+    }
     Ok(results.into_iter().map(|d| d.unwrap_or(Sha256([0; 32]))).collect())
 }
 

@@ -27,7 +27,7 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use liblzma::stream::{Action, IGNORE_CHECK, Status, Stream};
 
-use crate::fetch::Progress;
+use crate::fetch::{FileRange, Progress};
 
 /// Blocks bigger than this are not held in memory: the sequential decoder streams them.
 const MAX_BLOCK: u64 = 32 << 20;
@@ -282,8 +282,15 @@ struct Shared {
 }
 
 impl Shared {
+    /// Keeps the buffer of a block nobody reads any more (unless it is still shared).
     fn recycle(&self, block: Arc<Vec<u8>>) {
-        if let (Ok(buf), Ok(mut spare)) = (Arc::try_unwrap(block), self.spare.lock()) {
+        if let Ok(buf) = Arc::try_unwrap(block) {
+            self.give_back(buf);
+        }
+    }
+
+    fn give_back(&self, buf: Vec<u8>) {
+        if let Ok(mut spare) = self.spare.lock() {
             spare.push(buf);
         }
     }
@@ -324,7 +331,7 @@ pub struct BlockReader<'a> {
     /// padding, blocks too big): what follows the known blocks is read from a sequential
     /// decoder, `tail`, made when the reader gets there.
     sequential_rest: bool,
-    tail: Option<ForwardSeek<liblzma::read::XzDecoder<Range<'a>>>>,
+    tail: Option<ForwardSeek<liblzma::read::XzDecoder<FileRange<'a>>>>,
     shared: Arc<Shared>,
     ahead: usize,
     /// Position in the uncompressed data.
@@ -453,7 +460,7 @@ impl<'a> BlockReader<'a> {
 
     /// Switches to the sequential decoder, from the start of the stream up to `pos`.
     fn start_tail(&mut self) -> io::Result<()> {
-        let range = Range { file: self.source.file, pos: self.source.start, end: self.source.start + self.len };
+        let range = FileRange { file: self.source.file, pos: self.source.start, end: self.source.start + self.len, growing: None };
         let mut tail = ForwardSeek::new(liblzma::read::XzDecoder::new_multi_decoder(range));
         tail.seek(SeekFrom::Start(self.pos))?;
         self.tail = Some(tail);
@@ -537,11 +544,7 @@ fn work(source: Source<'_>, shared: &Shared) {
                 shared.decoded.fetch_add(1, Ordering::Relaxed);
                 state.done.insert(index, Ok(Arc::new(out)));
             }
-            Ok(false) => {
-                if let Ok(mut spare) = shared.spare.lock() {
-                    spare.push(out);
-                }
-            }
+            Ok(false) => shared.give_back(out),
             Err(e) => {
                 state.done.insert(index, Err(format!("xz block {index} of data.tar.xz cannot be decoded ({e}): the package is damaged; fetch it again")));
             }
@@ -611,22 +614,6 @@ impl Drop for BlockReader<'_> {
             state.shutdown = true;
         }
         self.shared.ready.notify_all();
-    }
-}
-
-/// The bytes `pos..end` of a file that is all on disk.
-struct Range<'a> {
-    file: &'a File,
-    pos: u64,
-    end: u64,
-}
-
-impl Read for Range<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let want = buf.len().min(self.end.saturating_sub(self.pos).try_into().unwrap_or(usize::MAX));
-        let n = self.file.read_at(&mut buf[..want], self.pos)?;
-        self.pos += n as u64;
-        Ok(n)
     }
 }
 
