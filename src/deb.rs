@@ -3,12 +3,13 @@
 //! Contract: streams (no member is held in memory) and never writes outside the target
 //! directory. Entries with `..` or absolute paths, hard links leaving the tree, and writes
 //! through a symlink that leads outside the tree are refused with an error naming the entry.
-//! Symlink targets are kept verbatim (relative or absolute), as dpkg does; permission bits
+//! Names and symlink targets are written with their exact bytes, UTF-8 or not, and symlink
+//! targets verbatim (relative or absolute), as dpkg does; permission bits
 //! (setuid included) and mtimes are restored; device nodes and FIFOs are skipped with a
 //! warning. Ownership is not changed.
 
 use std::collections::{HashMap, HashSet};
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::fs::{self, File};
 use std::io::{self, BufReader, Read};
 use std::os::unix::ffi::OsStrExt;
@@ -50,9 +51,10 @@ pub enum DebError {
     Io { deb: String, source: io::Error },
     #[error("{deb}: not a Debian package: {reason}")]
     NotADeb { deb: String, reason: String },
-    #[error("{deb}: entry {entry:?}: {reason}; refusing to unpack this package")]
+    /// `entry` is the entry's name for people ([`crate::pathbytes::escape`]d, bounded).
+    #[error("{deb}: entry \"{entry}\": {reason}; refusing to unpack this package")]
     Unsafe { deb: String, entry: String, reason: String },
-    #[error("{deb}: entry {entry:?}: {reason}")]
+    #[error("{deb}: entry \"{entry}\": {reason}")]
     Unsupported { deb: String, entry: String, reason: String },
     #[error("{deb}: writing {path}: {source}")]
     Write { deb: String, path: PathBuf, source: io::Error },
@@ -61,10 +63,10 @@ pub enum DebError {
 /// Decides, entry by entry, what not to write at all (the strip recipe, applied while
 /// unpacking, so that removed files cost no disk writes).
 pub trait EntryFilter {
-    /// `rel` is the entry's `/`-separated path; `size` its content length. Returns true to
-    /// skip the entry. The filter sees every entry, including those below a directory it
-    /// skipped, and must skip those too.
-    fn skip(&mut self, rel: &str, is_dir: bool, size: u64) -> bool;
+    /// `rel` is the entry's `/`-separated path, its bytes as in the archive; `size` its
+    /// content length. Returns true to skip the entry. The filter sees every entry,
+    /// including those below a directory it skipped, and must skip those too.
+    fn skip(&mut self, rel: &[u8], is_dir: bool, size: u64) -> bool;
 }
 
 /// Whether a package's bytes were verified (by SHA-256, against a signed index) before
@@ -339,6 +341,12 @@ fn mtime_of(t: FileTime) -> std::time::SystemTime {
     base + std::time::Duration::from_nanos(u64::from(t.nanoseconds()))
 }
 
+/// A name or text from the package as an error message shows it: escaped, and cut short
+/// (a name can be as long as the archive lets it be).
+fn shown(bytes: &[u8]) -> String {
+    crate::pathbytes::escape_bounded(bytes, 512)
+}
+
 fn not_a_deb(label: &str, reason: &str) -> DebError {
     DebError::NotADeb { deb: label.into(), reason: reason.into() }
 }
@@ -530,7 +538,7 @@ impl Unpacker<'_, '_> {
 
     fn entry<R: Read>(&mut self, entry: &mut tar::Entry<R>, buf: &mut [u8]) -> Result<(), DebError> {
         let raw = entry.path_bytes().into_owned();
-        let name = String::from_utf8_lossy(&raw).into_owned();
+        let name = shown(&raw);
         let rel = self.sanitize(&raw, &name)?;
         let header = entry.header();
         let kind = header.entry_type();
@@ -545,7 +553,7 @@ impl Unpacker<'_, '_> {
         }
         if let Some(filter) = self.filter.as_deref_mut() {
             let size = if kind.is_file() { header.size().unwrap_or(0) } else { 0 };
-            if filter.skip(&rel.to_string_lossy(), kind.is_dir(), size) {
+            if filter.skip(rel.as_os_str().as_bytes(), kind.is_dir(), size) {
                 return Ok(());
             }
         }
@@ -596,8 +604,9 @@ impl Unpacker<'_, '_> {
                 .link_name_bytes()
                 .ok_or_else(|| self.unsafe_entry(&name, "symlink without a target"))?
                 .into_owned();
-            let target = PathBuf::from(OsString::from(String::from_utf8_lossy(&target).into_owned()));
-            std::os::unix::fs::symlink(&target, &path).map_err(self.write_err(&path))?;
+            // The target's bytes exactly (dpkg keeps them, UTF-8 or not).
+            let target = Path::new(OsStr::from_bytes(&target));
+            std::os::unix::fs::symlink(target, &path).map_err(self.write_err(&path))?;
             filetime::set_symlink_file_times(&path, mtime, mtime).map_err(self.write_err(&path))?;
             self.report.symlinks += 1;
         } else if kind.is_hard_link() {
@@ -642,18 +651,18 @@ impl Unpacker<'_, '_> {
     /// An archive path as a clean relative path: `./` and `.` dropped; `..` and absolute
     /// paths refused.
     fn sanitize(&self, raw: &[u8], entry: &str) -> Result<PathBuf, DebError> {
-        let text = String::from_utf8_lossy(raw);
-        if text.starts_with('/') {
-            return Err(self.unsafe_entry(entry, &format!("absolute path {text:?}")));
+        let text = || shown(raw);
+        if raw.first() == Some(&b'/') {
+            return Err(self.unsafe_entry(entry, &format!("absolute path \"{}\"", text())));
         }
         let mut out = PathBuf::new();
-        for c in Path::new(text.as_ref()).components() {
+        for c in Path::new(OsStr::from_bytes(raw)).components() {
             match c {
                 Component::CurDir => {}
                 Component::Normal(part) => out.push(part),
-                Component::ParentDir => return Err(self.unsafe_entry(entry, &format!("path {text:?} contains `..`"))),
+                Component::ParentDir => return Err(self.unsafe_entry(entry, &format!("path \"{}\" contains `..`", text()))),
                 Component::RootDir | Component::Prefix(_) => {
-                    return Err(self.unsafe_entry(entry, &format!("absolute path {text:?}")));
+                    return Err(self.unsafe_entry(entry, &format!("absolute path \"{}\"", text())));
                 }
             }
         }
@@ -689,7 +698,11 @@ impl Unpacker<'_, '_> {
                     if hops > 40 || target.is_absolute() {
                         return Err(self.unsafe_entry(
                             entry,
-                            &format!("writing through symlink {} -> {} would leave the target directory", candidate.display(), target.display()),
+                            &format!(
+                                "writing through symlink {} -> {} would leave the target directory",
+                                shown(candidate.as_os_str().as_bytes()),
+                                shown(target.as_os_str().as_bytes())
+                            ),
                         ));
                     }
                     pending.extend(target.components().rev().map(|c| c.as_os_str().to_owned()));
@@ -699,7 +712,7 @@ impl Unpacker<'_, '_> {
                     return Err(DebError::Unsupported {
                         deb: self.label.into(),
                         entry: entry.into(),
-                        reason: format!("{} is a file, not a directory", candidate.display()),
+                        reason: format!("{} is a file, not a directory", shown(candidate.as_os_str().as_bytes())),
                     });
                 }
                 Err(_) => {
@@ -722,22 +735,22 @@ mod tests {
 
     /// A raw tar entry: name bytes written verbatim (the tar crate refuses `..` itself).
     struct Raw<'a> {
-        name: &'a str,
+        name: &'a [u8],
         kind: tar::EntryType,
-        link: &'a str,
+        link: &'a [u8],
         data: &'a [u8],
     }
 
-    fn raw(name: &str, kind: tar::EntryType) -> Raw<'_> {
-        Raw { name, kind, link: "", data: b"" }
+    fn raw<'a>(name: &'a (impl AsRef<[u8]> + ?Sized), kind: tar::EntryType) -> Raw<'a> {
+        Raw { name: name.as_ref(), kind, link: b"", data: b"" }
     }
 
     fn tar_of(entries: &[Raw]) -> Vec<u8> {
         let mut out = Vec::new();
         for e in entries {
             let mut h = tar::Header::new_gnu();
-            h.as_gnu_mut().unwrap().name[..e.name.len()].copy_from_slice(e.name.as_bytes());
-            h.as_gnu_mut().unwrap().linkname[..e.link.len()].copy_from_slice(e.link.as_bytes());
+            h.as_gnu_mut().unwrap().name[..e.name.len()].copy_from_slice(e.name);
+            h.as_gnu_mut().unwrap().linkname[..e.link.len()].copy_from_slice(e.link);
             h.set_entry_type(e.kind);
             h.set_mode(if e.kind.is_dir() { 0o755 } else { 0o644 });
             h.set_size(e.data.len() as u64);
@@ -798,13 +811,13 @@ mod tests {
     #[test]
     fn refuses_writing_through_a_symlink_that_leaves() {
         let (r, dir) = unpack_hostile(&[
-            Raw { link: "../..", ..raw("./up", tar::EntryType::Symlink) },
+            Raw { link: b"../..", ..raw("./up", tar::EntryType::Symlink) },
             Raw { data: b"x", ..raw("./up/escaped", tar::EntryType::Regular) },
         ]);
         assert_refused(r, "./up/escaped");
         assert!(!dir.path().join("escaped").exists());
         let (r, _) = unpack_hostile(&[
-            Raw { link: "/tmp", ..raw("./abs", tar::EntryType::Symlink) },
+            Raw { link: b"/tmp", ..raw("./abs", tar::EntryType::Symlink) },
             Raw { data: b"x", ..raw("./abs/escaped", tar::EntryType::Regular) },
         ]);
         assert_refused(r, "./abs/escaped");
@@ -815,7 +828,7 @@ mod tests {
         let (r, dir) = unpack_hostile(&[
             raw("./usr/", tar::EntryType::Directory),
             raw("./usr/lib/", tar::EntryType::Directory),
-            Raw { link: "usr/lib", ..raw("./lib", tar::EntryType::Symlink) },
+            Raw { link: b"usr/lib", ..raw("./lib", tar::EntryType::Symlink) },
             Raw { data: b"so", ..raw("./lib/libx.so", tar::EntryType::Regular) },
         ]);
         r.unwrap();
@@ -824,9 +837,9 @@ mod tests {
 
     #[test]
     fn refuses_hard_links_leaving_the_tree() {
-        let (r, _) = unpack_hostile(&[Raw { link: "../../etc/passwd", ..raw("./pw", tar::EntryType::Link) }]);
+        let (r, _) = unpack_hostile(&[Raw { link: b"../../etc/passwd", ..raw("./pw", tar::EntryType::Link) }]);
         assert_refused(r, "./pw");
-        let (r, _) = unpack_hostile(&[Raw { link: "/etc/passwd", ..raw("./pw", tar::EntryType::Link) }]);
+        let (r, _) = unpack_hostile(&[Raw { link: b"/etc/passwd", ..raw("./pw", tar::EntryType::Link) }]);
         assert_refused(r, "./pw");
     }
 
@@ -851,7 +864,7 @@ mod tests {
     fn replaced_symlink_is_not_followed() {
         // A later regular file at the path of a symlink replaces the link, never its target.
         let (r, dir) = unpack_hostile(&[
-            Raw { link: "/tmp/ddslug-victim", ..raw("./f", tar::EntryType::Symlink) },
+            Raw { link: b"/tmp/ddslug-victim", ..raw("./f", tar::EntryType::Symlink) },
             Raw { data: b"new", ..raw("./f", tar::EntryType::Regular) },
         ]);
         r.unwrap();
@@ -869,9 +882,9 @@ mod tests {
             // The same path again: the later entry wins.
             Raw { data: b"second", ..raw("./d/f7", Regular) },
             // A hard link to a file that may still be queued.
-            Raw { link: "./d/f7", ..raw("./d/hard", Link) },
+            Raw { link: b"./d/f7", ..raw("./d/hard", Link) },
             // A symlink replacing a queued file.
-            Raw { link: "f1", ..raw("./d/f9", Symlink) },
+            Raw { link: b"f1", ..raw("./d/f9", Symlink) },
             // A file replacing that symlink.
             Raw { data: b"last", ..raw("./d/f9", Regular) },
         ]);
@@ -893,6 +906,26 @@ mod tests {
             let digest = report.digests.get(&FileId::of(&meta)).copied();
             assert_eq!(digest, Some(Sha256::of(&fs::read(d.join(name)).unwrap())), "{name}");
         }
+    }
+
+    #[test]
+    fn names_and_targets_keep_their_bytes() {
+        use tar::EntryType::{Regular, Symlink};
+        let tar = tar_of(&[
+            Raw { data: b"1", ..raw(b"./a\xe9", Regular) },
+            Raw { data: b"2", ..raw(b"./a\xff", Regular) },
+            Raw { link: b"a\xe9", ..raw("./l", Symlink) },
+        ]);
+        let dir = tempfile::tempdir().unwrap();
+        let deb = dir.path().join("bytes.deb");
+        fs::write(&deb, deb_of(&tar)).unwrap();
+        let target = dir.path().join("t");
+        let report = unpack_deb(&deb, &target).unwrap();
+        assert_eq!((report.files, report.symlinks), (2, 1));
+        let at = |name: &[u8]| target.join(OsStr::from_bytes(name));
+        assert_eq!(fs::read(at(b"a\xe9")).unwrap(), b"1", "two names that differ only in bytes that are not UTF-8 do not collide");
+        assert_eq!(fs::read(at(b"a\xff")).unwrap(), b"2");
+        assert_eq!(fs::read_link(at(b"l")).unwrap().as_os_str().as_bytes(), b"a\xe9");
     }
 
     #[test]

@@ -36,7 +36,7 @@ impl Stat {
     }
 }
 
-fn c_name(name: &str) -> io::Result<CString> {
+fn c_name(name: &[u8]) -> io::Result<CString> {
     CString::new(name).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "file name contains a NUL byte"))
 }
 
@@ -49,8 +49,8 @@ impl CName {
         CName([0; 256])
     }
 
-    fn of(&mut self, name: &str) -> io::Result<&CStr> {
-        let bytes = name.as_bytes();
+    fn of(&mut self, name: &[u8]) -> io::Result<&CStr> {
+        let bytes = name;
         // NAME_MAX is 255: a longer name fails here as it would in the kernel.
         if bytes.len() >= self.0.len() {
             return Err(io::Error::from_raw_os_error(libc::ENAMETOOLONG));
@@ -73,18 +73,18 @@ impl Dir {
     }
 
     /// The directory `rel` (a `/`-separated relative path, `""` for this one) below this one.
-    pub fn open_in(&self, rel: &str) -> io::Result<Dir> {
-        self.open_rel(rel, libc::O_PATH)
+    pub fn open_in(&self, rel: impl AsRef<[u8]>) -> io::Result<Dir> {
+        self.open_rel(rel.as_ref(), libc::O_PATH)
     }
 
     /// Like [`Dir::open_in`], but readable, so that [`Dir::finish`] can set its mode and mtime
     /// through the descriptor.
-    pub fn open_in_to_fill(&self, rel: &str) -> io::Result<Dir> {
-        self.open_rel(rel, libc::O_RDONLY)
+    pub fn open_in_to_fill(&self, rel: impl AsRef<[u8]>) -> io::Result<Dir> {
+        self.open_rel(rel.as_ref(), libc::O_RDONLY)
     }
 
-    fn open_rel(&self, rel: &str, access: libc::c_int) -> io::Result<Dir> {
-        let rel = c_name(if rel.is_empty() { "." } else { rel })?;
+    fn open_rel(&self, rel: &[u8], access: libc::c_int) -> io::Result<Dir> {
+        let rel = c_name(if rel.is_empty() { b"." } else { rel })?;
         let flags = access | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
         // SAFETY: `rel` is NUL-terminated; the descriptor is an open directory.
         let fd = unsafe { libc::openat(self.0.as_raw_fd(), rel.as_ptr(), flags) };
@@ -96,9 +96,9 @@ impl Dir {
     }
 
     /// Makes the directory `name` in this one (mode 0777 less the umask).
-    pub fn make_dir(&self, name: &str) -> io::Result<()> {
+    pub fn make_dir(&self, name: impl AsRef<[u8]>) -> io::Result<()> {
         let mut buf = CName::new();
-        let name = buf.of(name)?;
+        let name = buf.of(name.as_ref())?;
         // SAFETY: `name` is NUL-terminated; the descriptor is an open directory.
         check(unsafe { libc::mkdirat(self.0.as_raw_fd(), name.as_ptr(), 0o777) })
     }
@@ -117,9 +117,9 @@ impl Dir {
     }
 
     /// `lstat` of `name` in this directory.
-    pub fn stat(&self, name: &str) -> io::Result<Stat> {
+    pub fn stat(&self, name: impl AsRef<[u8]>) -> io::Result<Stat> {
         let mut buf = CName::new();
-        self.stat_at(buf.of(name)?, libc::AT_SYMLINK_NOFOLLOW)
+        self.stat_at(buf.of(name.as_ref())?, libc::AT_SYMLINK_NOFOLLOW)
     }
 
     /// The directory's own metadata.
@@ -141,9 +141,9 @@ impl Dir {
 
     /// Creates the symlink `name` -> `target` in this directory with the given mtime (its
     /// atime too: a symlink's times are only ever set together here).
-    pub fn symlink(&self, target: &str, name: &str, mtime: (i64, i64)) -> io::Result<()> {
-        let (target, mut buf) = (c_name(target)?, CName::new());
-        let name = buf.of(name)?;
+    pub fn symlink(&self, target: impl AsRef<[u8]>, name: impl AsRef<[u8]>, mtime: (i64, i64)) -> io::Result<()> {
+        let (target, mut buf) = (c_name(target.as_ref())?, CName::new());
+        let name = buf.of(name.as_ref())?;
         // SAFETY: both strings are NUL-terminated; the descriptor is an open directory.
         if unsafe { libc::symlinkat(target.as_ptr(), self.0.as_raw_fd(), name.as_ptr()) } != 0 {
             return Err(io::Error::last_os_error());
@@ -156,9 +156,9 @@ impl Dir {
     }
 
     /// Hard-links `name` in this directory as `name` in `dest`.
-    pub fn link_into(&self, name: &str, dest: &Dir) -> io::Result<()> {
+    pub fn link_into(&self, name: impl AsRef<[u8]>, dest: &Dir) -> io::Result<()> {
         let mut buf = CName::new();
-        let name = buf.of(name)?;
+        let name = buf.of(name.as_ref())?;
         // SAFETY: both names are NUL-terminated; the descriptors are open directories.
         check(unsafe { libc::linkat(self.0.as_raw_fd(), name.as_ptr(), dest.0.as_raw_fd(), name.as_ptr(), 0) })
     }
@@ -230,9 +230,10 @@ pub fn on_threads<T: Send, E: Send>(threads: usize, work: impl Fn() -> Result<T,
     on_runs(&runs, |_| work(), panicked)
 }
 
-/// `path` joined with a `/`-separated relative directory (`""` is `path` itself).
-pub fn join(path: &Path, rel: &str) -> std::path::PathBuf {
-    if rel.is_empty() { path.to_owned() } else { path.join(std::ffi::OsStr::from_bytes(rel.as_bytes())) }
+/// `path` joined with a `/`-separated relative path, as bytes (`""` is `path` itself).
+pub fn join(path: &Path, rel: impl AsRef<[u8]>) -> std::path::PathBuf {
+    let rel = rel.as_ref();
+    if rel.is_empty() { path.to_owned() } else { path.join(std::ffi::OsStr::from_bytes(rel)) }
 }
 
 #[cfg(test)]
@@ -301,8 +302,8 @@ mod tests {
         root.open_in_to_fill("").unwrap().finish(0o700, None).unwrap();
         assert_eq!(fs::metadata(dir.path()).unwrap().mode() & 0o7777, 0o700);
         // Names are single components of at most 255 bytes, without NUL.
-        assert_eq!(root.make_dir(&"n".repeat(256)).unwrap_err().raw_os_error(), Some(libc::ENAMETOOLONG));
-        assert!(root.make_dir(&"n".repeat(255)).is_ok());
+        assert_eq!(root.make_dir("n".repeat(256)).unwrap_err().raw_os_error(), Some(libc::ENAMETOOLONG));
+        assert!(root.make_dir("n".repeat(255)).is_ok());
         assert_eq!(root.stat("a\0b").unwrap_err().kind(), io::ErrorKind::InvalidInput);
     }
 

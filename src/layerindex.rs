@@ -4,7 +4,8 @@
 //! rather than full paths, and is read without an allocation per entry (the JSON entry list,
 //! 5 MB for 24,000 entries, took 12.5 ms to load; this takes a fraction of that).
 //!
-//! Encoding (integers little-endian; a string is a u32 length and UTF-8 bytes): the magic
+//! Encoding (integers little-endian; a name is a u32 length and its bytes, exactly as the
+//! filesystem has them, UTF-8 or not): the magic
 //! line, the group count, then per directory (the root first, every directory after its
 //! parent): its path below the root (`""` for the root), its permission bits, its child
 //! count, then per child that is not a directory: its kind (1 file, 2 symlink), permission
@@ -87,12 +88,12 @@ impl LayerIndex {
     pub fn encode(entries: &[TreeEntry], mtimes: &[(i64, i64)]) -> Option<Vec<u8>> {
         // A directory's path, mode and children (name, entry, mtime), in entry order; the
         // directories in entry order after the root.
-        type Dir<'a> = (&'a str, u32, Vec<(&'a str, &'a TreeEntry, Option<(i64, i64)>)>);
-        let mut dirs: Vec<Dir> = vec![("", 0, Vec::new())];
-        let mut by_path = std::collections::HashMap::from([("", 0usize)]);
+        type Dir<'a> = (&'a [u8], u32, Vec<(&'a [u8], &'a TreeEntry, Option<(i64, i64)>)>);
+        let mut dirs: Vec<Dir> = vec![(b"", 0, Vec::new())];
+        let mut by_path = std::collections::HashMap::from([(&b""[..], 0usize)]);
         let mut mtimes = mtimes.iter();
         for e in entries {
-            let (parent, name) = e.path.rsplit_once('/').unwrap_or(("", &e.path));
+            let (parent, name) = crate::pathbytes::split_last(&e.path);
             let group = *by_path.get(parent)?;
             match &e.kind {
                 EntryKind::Dir => {
@@ -106,9 +107,9 @@ impl LayerIndex {
         let mut out = Vec::with_capacity(MAGIC.len() + entries.len() * 48);
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&(dirs.len() as u32).to_le_bytes());
-        let put_str = |out: &mut Vec<u8>, s: &str| {
+        let put_str = |out: &mut Vec<u8>, s: &[u8]| {
             out.extend_from_slice(&(s.len() as u32).to_le_bytes());
-            out.extend_from_slice(s.as_bytes());
+            out.extend_from_slice(s);
         };
         for (rel, mode, children) in &dirs {
             put_str(&mut out, rel);
@@ -197,7 +198,7 @@ impl LayerIndex {
     }
 
     /// A group's path below the root (`""` for the root).
-    pub fn rel(&self, group: &Group) -> &str {
+    pub fn rel(&self, group: &Group) -> &[u8] {
         self.str_at(group.rel)
     }
 
@@ -205,11 +206,11 @@ impl LayerIndex {
         &self.children[group.children.start as usize..group.children.end as usize]
     }
 
-    pub fn name(&self, child: &Child) -> &str {
+    pub fn name(&self, child: &Child) -> &[u8] {
         self.str_at(child.name)
     }
 
-    pub fn target(&self, child: &Child) -> &str {
+    pub fn target(&self, child: &Child) -> &[u8] {
         self.str_at(child.target)
     }
 
@@ -220,20 +221,16 @@ impl LayerIndex {
     }
 
     /// Every listed path below the root, directories included.
-    pub fn paths(&self) -> impl Iterator<Item = String> + '_ {
+    pub fn paths(&self) -> impl Iterator<Item = Vec<u8>> + '_ {
         self.groups.iter().flat_map(move |g| {
             let rel = self.rel(g);
             let own = (!g.is_root()).then(|| rel.to_owned());
-            own.into_iter().chain(self.children(g).iter().map(move |c| {
-                if rel.is_empty() { self.name(c).to_owned() } else { format!("{rel}/{}", self.name(c)) }
-            }))
+            own.into_iter().chain(self.children(g).iter().map(move |c| crate::pathbytes::join(rel, self.name(c))))
         })
     }
 
-    fn str_at(&self, span: Span) -> &str {
-        let bytes = &self.bytes[span.start as usize..(span.start + span.len) as usize];
-        // SAFETY: `decode` checked that every span holds UTF-8, and `bytes` never changes.
-        unsafe { std::str::from_utf8_unchecked(bytes) }
+    fn str_at(&self, span: Span) -> &[u8] {
+        &self.bytes[span.start as usize..(span.start + span.len) as usize]
     }
 }
 
@@ -264,16 +261,14 @@ impl Reader<'_> {
     fn u64(&mut self) -> Option<u64> {
         self.take().map(u64::from_le_bytes)
     }
-    /// A UTF-8 string, as a span of the bytes.
+    /// A length-prefixed name, as a span of the bytes.
     fn string(&mut self) -> Option<Span> {
         let len = self.u32()?;
         let start = u32::try_from(self.pos).ok()?;
         let end = self.pos.checked_add(len as usize)?;
-        let bytes = self.bytes.get(self.pos..end)?;
-        // Names are nearly always ASCII, which is checked a word at a time.
-        if !bytes.is_ascii() {
-            std::str::from_utf8(bytes).ok()?;
-        }
+        // Spans are u32 offsets: `start + len` must stay one.
+        u32::try_from(end).ok()?;
+        self.bytes.get(self.pos..end)?;
         self.pos = end;
         Some(Span { start, len })
     }
@@ -296,6 +291,8 @@ mod tests {
             TreeEntry { path: "opt/d".into(), mode: 0o750, kind: EntryKind::Dir },
             file("opt/d/c\u{e9}", 0o600, 0),
             TreeEntry { path: "opt/l".into(), mode: 0o777, kind: EntryKind::Symlink { target: "d/c\u{e9}".into() } },
+            // Names and targets that are not UTF-8 are kept byte for byte.
+            TreeEntry { path: b"opt/n\xe9".as_slice().into(), mode: 0o777, kind: EntryKind::Symlink { target: b"d/\xff".as_slice().into() } },
         ]
     }
 
@@ -303,27 +300,26 @@ mod tests {
     fn reads_back_what_was_written_grouped_by_directory() {
         let mtimes = [(1, 2), (1_700_000_000, 999_999_999), (-1, 0)];
         let index = LayerIndex::decode(LayerIndex::encode(&entries(), &mtimes).unwrap()).unwrap();
-        let layout: Vec<(String, u32, Vec<String>)> = index
-            .groups
-            .iter()
-            .map(|g| (index.rel(g).to_owned(), g.mode, index.children(g).iter().map(|c| index.name(c).to_owned()).collect()))
-            .collect();
+        type Layout<'a> = Vec<(&'a [u8], u32, Vec<&'a [u8]>)>;
+        let layout: Layout =
+            index.groups.iter().map(|g| (index.rel(g), g.mode, index.children(g).iter().map(|c| index.name(c)).collect())).collect();
         assert_eq!(
             layout,
             [
-                ("".into(), 0, vec!["a.txt".to_owned()]),
-                ("opt".into(), 0o755, vec!["b".into(), "l".into()]),
-                ("opt/d".into(), 0o750, vec!["c\u{e9}".into()]),
+                (&b""[..], 0, vec![&b"a.txt"[..]]),
+                (b"opt", 0o755, vec![b"b", b"l", b"n\xe9"]),
+                (b"opt/d", 0o750, vec!["c\u{e9}".as_bytes()]),
             ]
         );
         let opt = &index.groups[1];
-        let [b, l] = index.children(opt) else { panic!("two children") };
+        let [b, l, n] = index.children(opt) else { panic!("three children") };
         assert_eq!(b.kind, ChildKind::File { size: 5, mtime: (1_700_000_000, 999_999_999) });
-        assert_eq!((l.kind, index.target(l)), (ChildKind::Symlink, "d/c\u{e9}"));
-        assert_eq!(index.totals(), (4, 8));
-        let mut paths: Vec<String> = index.paths().collect();
+        assert_eq!((l.kind, index.target(l)), (ChildKind::Symlink, "d/c\u{e9}".as_bytes()));
+        assert_eq!(index.target(n), b"d/\xff");
+        assert_eq!(index.totals(), (5, 8));
+        let mut paths: Vec<Vec<u8>> = index.paths().collect();
         paths.sort();
-        let mut expected: Vec<String> = entries().into_iter().map(|e| e.path).collect();
+        let mut expected: Vec<Vec<u8>> = entries().into_iter().map(|e| e.path.into_bytes()).collect();
         expected.sort();
         assert_eq!(paths, expected);
     }

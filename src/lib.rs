@@ -26,6 +26,7 @@ pub mod layer;
 pub mod layerindex;
 pub mod manifest;
 pub mod materialize;
+pub mod pathbytes;
 pub mod recipe;
 pub mod report;
 pub mod runtime;

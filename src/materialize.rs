@@ -14,6 +14,7 @@
 
 use std::collections::HashMap;
 use std::fs;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -261,9 +262,9 @@ fn walk(src: &Path, dst: Option<&Path>, index: &LayerIndex, check: bool) -> Resu
                 }
                 .map_err(io_at(&to))?;
                 for &sub in subdirs {
-                    let name = index.rel(&groups[sub]).rsplit('/').next().unwrap_or_default();
+                    let (_, name) = crate::pathbytes::split_last(index.rel(&groups[sub]));
                     match to_dir.make_dir(name) {
-                        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(io_at(&to.join(name))(e)),
+                        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(io_at(&crate::fsat::join(&to, name))(e)),
                         _ => {}
                     }
                 }
@@ -275,7 +276,7 @@ fn walk(src: &Path, dst: Option<&Path>, index: &LayerIndex, check: bool) -> Resu
             let name = index.name(child);
             let is_symlink = child.kind == ChildKind::Symlink;
             let stat = if check || is_symlink {
-                let judged = judge(from_dir.stat(name), check, |st| child.intact(st)).map_err(|e| io_at(&from().join(name))(e))?;
+                let judged = judge(from_dir.stat(name), check, |st| child.intact(st)).map_err(|e| io_at(&crate::fsat::join(&from(), name))(e))?;
                 let Some(st) = judged else {
                     failed(&changed);
                     return Ok(false);
@@ -295,7 +296,7 @@ fn walk(src: &Path, dst: Option<&Path>, index: &LayerIndex, check: bool) -> Resu
                     failed(&cross_device);
                     return Ok(false);
                 }
-                Err(err) => return Err(CopyError { path: to.join(name), source: err }),
+                Err(err) => return Err(CopyError { path: crate::fsat::join(to, name), source: err }),
             }
         }
         // Complete now: its mode and mtime can be set (the slug root keeps the time it was
@@ -339,10 +340,10 @@ fn walk(src: &Path, dst: Option<&Path>, index: &LayerIndex, check: bool) -> Resu
 /// For each group, the groups directly below it (a group whose parent is not listed has
 /// none: it makes its own directory when its turn comes).
 fn subdirs(index: &LayerIndex) -> Vec<Vec<usize>> {
-    let by_rel: HashMap<&str, usize> = index.groups.iter().enumerate().map(|(i, g)| (index.rel(g), i)).collect();
+    let by_rel: HashMap<&[u8], usize> = index.groups.iter().enumerate().map(|(i, g)| (index.rel(g), i)).collect();
     let mut subdirs = vec![Vec::new(); index.groups.len()];
     for (i, group) in index.groups.iter().enumerate().filter(|(_, g)| !g.is_root()) {
-        let parent = index.rel(group).rsplit_once('/').map_or("", |(parent, _)| parent);
+        let (parent, _) = crate::pathbytes::split_last(index.rel(group));
         if let Some(&p) = by_rel.get(parent) {
             subdirs[p].push(i);
         }
@@ -366,14 +367,13 @@ fn judge<T>(found: std::io::Result<T>, check: bool, intact: impl FnOnce(&T) -> b
 /// after it was recorded must not reach a slug, copied or linked).
 fn copy_listed(src: &Path, dst: &Path, index: &LayerIndex) -> Result<CopyStats, CopyError> {
     let stats = copy_tree(src, dst)?;
-    let listed: std::collections::HashSet<String> = index.paths().collect();
-    let mut stack = vec![(dst.to_owned(), String::new())];
+    let listed: std::collections::HashSet<Vec<u8>> = index.paths().collect();
+    let mut stack = vec![(dst.to_owned(), Vec::new())];
     while let Some((dir, rel)) = stack.pop() {
         for entry in fs::read_dir(&dir).map_err(io_at(&dir))? {
             let entry = entry.map_err(io_at(&dir))?;
             let path = entry.path();
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let child = if rel.is_empty() { name } else { format!("{rel}/{name}") };
+            let child = crate::pathbytes::join(&rel, entry.file_name().as_bytes());
             let is_dir = entry.file_type().map_err(io_at(&path))?.is_dir();
             if !listed.contains(&child) {
                 if is_dir { fs::remove_dir_all(&path) } else { fs::remove_file(&path) }.map_err(io_at(&path))?;

@@ -13,7 +13,8 @@
 //! ```
 //!
 //! Globs: `*` and `?` match within one path component, `**` matches any number of
-//! components. A matched directory is removed with everything below it. Conditions read
+//! components. Paths are matched as bytes, exactly as the package names them (`?` is one
+//! byte; a name that is not UTF-8 is matched like any other). A matched directory is removed with everything below it. Conditions read
 //! `version` (compared numerically, component by component: `7.52` means `7.52.0`), `major`,
 //! `python`, `apm` and `process_agent`, combined with `and`, `or`, `not` and parentheses.
 //!
@@ -152,10 +153,10 @@ impl Recipe {
             .iter()
             .map(|r| RuleOutcome { rule: r.name.clone(), why: r.why.clone(), ..Default::default() })
             .collect();
-        let mut doomed: BTreeMap<String, usize> = BTreeMap::new();
-        walk(root, "", &mut |rel, is_dir| match decide(&rules, rel, is_dir) {
+        let mut doomed: BTreeMap<Vec<u8>, usize> = BTreeMap::new();
+        walk(root, b"", &mut |rel, is_dir| match decide(&rules, rel, is_dir) {
             Decision::Removed(i) => {
-                doomed.insert(rel.to_string(), i);
+                doomed.insert(rel.to_vec(), i);
                 Walk::Skip
             }
             // Only descend where some pattern could still match below: most of the tree
@@ -164,11 +165,11 @@ impl Recipe {
             _ => Walk::Skip,
         })?;
         for (rel, i) in doomed {
-            let path = root.join(&rel);
+            let path = crate::fsat::join(root, &rel);
             let (files, bytes) = measure(&path)?;
             remove(&path)?;
             let outcome = &mut outcomes[i];
-            outcome.paths.push(rel);
+            outcome.paths.push(crate::pathbytes::escape(&rel));
             outcome.files += files;
             outcome.bytes += bytes;
         }
@@ -207,7 +208,7 @@ enum Decision {
 /// renames and for anything several packages put together.
 pub struct StripFilter<'r> {
     rules: Vec<&'r Rule>,
-    decisions: std::collections::HashMap<String, Decision>,
+    decisions: std::collections::HashMap<Vec<u8>, Decision>,
     pub outcomes: Vec<RuleOutcome>,
 }
 
@@ -223,7 +224,7 @@ impl<'r> StripFilter<'r> {
 
 /// What the rules say about one path: removed by the first rule that matches it (and does
 /// not keep it), else whether any pattern could still match below it.
-fn decide(rules: &[&Rule], rel: &str, is_dir: bool) -> Decision {
+fn decide(rules: &[&Rule], rel: &[u8], is_dir: bool) -> Decision {
     for (i, rule) in rules.iter().enumerate() {
         let kept = rule.keep.iter().any(|k| glob_match(k, rel) || (is_dir && glob_is_below(k, rel)));
         if !kept && rule.remove.iter().any(|g| glob_match(g, rel)) {
@@ -234,21 +235,21 @@ fn decide(rules: &[&Rule], rel: &str, is_dir: bool) -> Decision {
 }
 
 impl crate::deb::EntryFilter for StripFilter<'_> {
-    fn skip(&mut self, rel: &str, is_dir: bool, size: u64) -> bool {
-        let parent = rel.rsplit_once('/').map(|(p, _)| p).unwrap_or("");
+    fn skip(&mut self, rel: &[u8], is_dir: bool, size: u64) -> bool {
+        let (parent, _) = crate::pathbytes::split_last(rel);
         let decision = match self.decisions.get(parent) {
             Some(Decision::Removed(i)) => Decision::Removed(*i),
             Some(Decision::Closed) => Decision::Closed,
             _ => {
                 let d = decide(&self.rules, rel, is_dir);
                 if let Decision::Removed(i) = d {
-                    self.outcomes[i].paths.push(rel.to_string());
+                    self.outcomes[i].paths.push(crate::pathbytes::escape(rel));
                 }
                 d
             }
         };
         if is_dir {
-            self.decisions.insert(rel.to_string(), decision);
+            self.decisions.insert(rel.to_vec(), decision);
         }
         match decision {
             Decision::Removed(i) => {
@@ -280,14 +281,13 @@ enum Walk {
 }
 
 /// Visits every entry below `dir` in sorted order; directories before their children.
-fn walk(dir: &Path, rel: &str, visit: &mut dyn FnMut(&str, bool) -> Walk) -> Result<(), RecipeError> {
+fn walk(dir: &Path, rel: &[u8], visit: &mut dyn FnMut(&[u8], bool) -> Walk) -> Result<(), RecipeError> {
     let io = |source| RecipeError::Io { path: dir.to_owned(), source };
     let mut entries: Vec<_> = fs::read_dir(dir).map_err(io)?.collect::<Result<_, _>>().map_err(io)?;
     entries.sort_by_key(|e| e.file_name());
     for entry in entries {
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        let child = if rel.is_empty() { name.to_string() } else { format!("{rel}/{name}") };
+        use std::os::unix::ffi::OsStrExt;
+        let child = crate::pathbytes::join(rel, entry.file_name().as_bytes());
         let is_dir = entry.file_type().map_err(io)?.is_dir();
         if let Walk::Descend = visit(&child, is_dir)
             && is_dir {
@@ -319,37 +319,37 @@ fn remove(path: &Path) -> Result<(), RecipeError> {
     result.map_err(|source| RecipeError::Io { path: path.to_owned(), source })
 }
 
-/// Whether `path` (relative, `/`-separated) matches the glob.
-pub fn glob_match(glob: &str, path: &str) -> bool {
-    let g: Vec<&str> = glob.split('/').collect();
-    let p: Vec<&str> = path.split('/').collect();
+/// Whether `path` (relative, `/`-separated, as bytes) matches the glob.
+pub fn glob_match(glob: &str, path: &[u8]) -> bool {
+    let g: Vec<&[u8]> = glob.as_bytes().split(|&b| b == b'/').collect();
+    let p: Vec<&[u8]> = path.split(|&b| b == b'/').collect();
     match_parts(&g, &p)
 }
 
 /// Whether some path below directory `dir` could match `glob` (so a kept path inside a
 /// directory protects the directory from wholesale removal).
-fn glob_is_below(glob: &str, dir: &str) -> bool {
-    let g: Vec<&str> = glob.split('/').collect();
-    let p: Vec<&str> = dir.split('/').collect();
+fn glob_is_below(glob: &str, dir: &[u8]) -> bool {
+    let g: Vec<&[u8]> = glob.as_bytes().split(|&b| b == b'/').collect();
+    let p: Vec<&[u8]> = dir.split(|&b| b == b'/').collect();
     prefix_match(&g, &p)
 }
 
-fn match_parts(g: &[&str], p: &[&str]) -> bool {
+fn match_parts(g: &[&[u8]], p: &[&[u8]]) -> bool {
     match (g.first(), p.first()) {
         (None, None) => true,
-        (Some(&"**"), _) => match_parts(&g[1..], p) || (!p.is_empty() && match_parts(g, &p[1..])),
-        (Some(gs), Some(ps)) => segment_match(gs.as_bytes(), ps.as_bytes()) && match_parts(&g[1..], &p[1..]),
+        (Some(&b"**"), _) => match_parts(&g[1..], p) || (!p.is_empty() && match_parts(g, &p[1..])),
+        (Some(gs), Some(ps)) => segment_match(gs, ps) && match_parts(&g[1..], &p[1..]),
         _ => false,
     }
 }
 
 /// Whether the path `p` is a proper prefix of something `g` matches.
-fn prefix_match(g: &[&str], p: &[&str]) -> bool {
+fn prefix_match(g: &[&[u8]], p: &[&[u8]]) -> bool {
     match (g.first(), p.first()) {
         (_, None) => !g.is_empty(),
         (None, Some(_)) => false,
-        (Some(&"**"), _) => true,
-        (Some(gs), Some(ps)) => segment_match(gs.as_bytes(), ps.as_bytes()) && prefix_match(&g[1..], &p[1..]),
+        (Some(&b"**"), _) => true,
+        (Some(gs), Some(ps)) => segment_match(gs, ps) && prefix_match(&g[1..], &p[1..]),
     }
 }
 
@@ -538,13 +538,19 @@ mod tests {
 
     #[test]
     fn globs() {
-        assert!(glob_match("opt/*/embedded/lib/*.a", "opt/datadog-agent/embedded/lib/libssl.a"));
-        assert!(!glob_match("opt/*/embedded/lib/*.a", "opt/datadog-agent/embedded/lib/x/libssl.a"));
-        assert!(glob_match("opt/**/botocore/data/*", "opt/a/b/site-packages/botocore/data/ec2"));
-        assert!(glob_match("opt/**/x", "opt/x"));
-        assert!(glob_match("a/python?.?", "a/python3.9"));
-        assert!(glob_is_below("opt/**/botocore/data/s3", "opt/a"));
-        assert!(!glob_is_below("opt/b/c", "opt/a"));
+        assert!(glob_match("opt/*/embedded/lib/*.a", b"opt/datadog-agent/embedded/lib/libssl.a"));
+        assert!(!glob_match("opt/*/embedded/lib/*.a", b"opt/datadog-agent/embedded/lib/x/libssl.a"));
+        assert!(glob_match("opt/**/botocore/data/*", b"opt/a/b/site-packages/botocore/data/ec2"));
+        assert!(glob_match("opt/**/x", b"opt/x"));
+        assert!(glob_match("a/python?.?", b"a/python3.9"));
+        assert!(glob_is_below("opt/**/botocore/data/s3", b"opt/a"));
+        assert!(!glob_is_below("opt/b/c", b"opt/a"));
+        // Names that are not UTF-8 match as bytes: `*` takes any of them, `?` one byte, and
+        // a literal in the glob matches only its own bytes.
+        assert!(glob_match("doc/*", b"doc/a\xe9"));
+        assert!(glob_match("doc/a?", b"doc/a\xff"));
+        assert!(!glob_match("doc/a\u{e9}", b"doc/a\xe9"));
+        assert!(glob_match("doc/a\u{e9}", "doc/a\u{e9}".as_bytes()));
     }
 
     #[test]

@@ -7,16 +7,26 @@
 //!
 //! Encoding, one record per entry, hashed with SHA-256:
 //! `D <path>\0<mode octal>\n`, `F <path>\0<mode octal>\0<sha256 hex>\n`,
-//! `L <path>\0<mode octal>\0<target>\n`.
+//! `L <path>\0<mode octal>\0<target>\n`. Paths and targets are the names' bytes exactly as
+//! the filesystem (and the package) has them, UTF-8 or not ([`PathBytes`]); for UTF-8 names
+//! these are the bytes of the text, so trees of UTF-8 names hash as they always did.
+//!
+//! The entry list (`tree.json`) is a JSON array of objects `{"path", "mode", "type", ...}`
+//! with `"sha256"` and `"size"` for files and `"target"` for symlinks. A path or target that
+//! is not UTF-8 is written instead as `"path_hex"` / `"target_hex"`: the lowercase hex of its
+//! bytes. Exactly one of the two forms is allowed, and the hex form only for bytes that are
+//! not UTF-8, so that every tree has one entry list.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::fs;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::hash::{Hasher, Sha256};
+pub use crate::pathbytes::PathBytes;
 
 /// The hash of a whole tree.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
@@ -36,36 +46,66 @@ impl fmt::Debug for TreeHash {
 }
 
 /// What an entry is.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(tag = "type", rename_all = "lowercase")]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum EntryKind {
     Dir,
     File { sha256: Sha256, size: u64 },
-    Symlink { target: String },
+    Symlink { target: PathBytes },
 }
 
 /// One entry of a tree.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
 // Read through a flat struct: serde's `flatten` of a tagged enum buffers every entry, which
 // slowed loading a 24,000-entry list (what `verify` reads) by a quarter.
 #[serde(try_from = "FlatEntry")]
 pub struct TreeEntry {
-    pub path: String,
+    pub path: PathBytes,
     pub mode: u32,
-    #[serde(flatten)]
     pub kind: EntryKind,
+}
+
+/// A name as JSON: the string when it is UTF-8, else the hex of its bytes under `<key>_hex`.
+fn put_name<M: serde::ser::SerializeMap>(map: &mut M, key: &'static str, hex_key: &'static str, name: &PathBytes) -> Result<(), M::Error> {
+    match name.to_str() {
+        Some(text) => map.serialize_entry(key, text),
+        None => map.serialize_entry(hex_key, &name.hex()),
+    }
+}
+
+impl serde::Serialize for TreeEntry {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(None)?;
+        put_name(&mut map, "path", "path_hex", &self.path)?;
+        map.serialize_entry("mode", &self.mode)?;
+        match &self.kind {
+            EntryKind::Dir => map.serialize_entry("type", "dir")?,
+            EntryKind::File { sha256, size } => {
+                map.serialize_entry("type", "file")?;
+                map.serialize_entry("sha256", sha256)?;
+                map.serialize_entry("size", size)?;
+            }
+            EntryKind::Symlink { target } => {
+                map.serialize_entry("type", "symlink")?;
+                put_name(&mut map, "target", "target_hex", target)?;
+            }
+        }
+        map.end()
+    }
 }
 
 /// [`TreeEntry`] as its JSON reads: the kind's fields side by side.
 #[derive(serde::Deserialize)]
 struct FlatEntry {
-    path: String,
+    path: Option<String>,
+    path_hex: Option<String>,
     mode: u32,
     #[serde(rename = "type")]
     kind: FlatKind,
     sha256: Option<Sha256>,
     size: Option<u64>,
     target: Option<String>,
+    target_hex: Option<String>,
 }
 
 #[derive(serde::Deserialize)]
@@ -76,21 +116,37 @@ enum FlatKind {
     Symlink,
 }
 
+/// A name from its two JSON forms: exactly one present, and hex only for bytes that are
+/// not UTF-8 (one tree, one entry list).
+fn take_name(text: Option<String>, hex: Option<String>, what: &str) -> Result<Option<PathBytes>, String> {
+    match (text, hex) {
+        (Some(text), None) => Ok(Some(PathBytes::from(text))),
+        (None, Some(hex)) => match PathBytes::from_hex(&hex) {
+            Some(name) if name.to_str().is_none() => Ok(Some(name)),
+            Some(_) => Err(format!("{what}_hex {hex:?} is UTF-8: it must be written as {what}")),
+            None => Err(format!("{what}_hex {hex:?} is not lowercase hex")),
+        },
+        (None, None) => Ok(None),
+        (Some(_), Some(_)) => Err(format!("an entry has both {what} and {what}_hex")),
+    }
+}
+
 impl TryFrom<FlatEntry> for TreeEntry {
     type Error = String;
     fn try_from(e: FlatEntry) -> Result<TreeEntry, String> {
+        let path = take_name(e.path, e.path_hex, "path")?.ok_or("an entry needs a path")?;
         let kind = match e.kind {
             FlatKind::Dir => EntryKind::Dir,
             FlatKind::File => match (e.sha256, e.size) {
                 (Some(sha256), Some(size)) => EntryKind::File { sha256, size },
-                _ => return Err(format!("{}: a file entry needs sha256 and size", e.path)),
+                _ => return Err(format!("{path}: a file entry needs sha256 and size")),
             },
-            FlatKind::Symlink => match e.target {
+            FlatKind::Symlink => match take_name(e.target, e.target_hex, "target")? {
                 Some(target) => EntryKind::Symlink { target },
-                None => return Err(format!("{}: a symlink entry needs a target", e.path)),
+                None => return Err(format!("{path}: a symlink entry needs a target")),
             },
         };
-        Ok(TreeEntry { path: e.path, mode: e.mode, kind })
+        Ok(TreeEntry { path, mode: e.mode, kind })
     }
 }
 
@@ -145,7 +201,7 @@ impl FileId {
 /// nanoseconds), in entry order.
 pub fn scan_tree_known(root: &Path, known: &HashMap<FileId, Sha256>) -> Result<(TreeScan, Vec<(i64, i64)>), TreeError> {
     let mut listed = list(root)?;
-    listed.sort_by(|a, b| a.0.path.as_bytes().cmp(b.0.path.as_bytes()));
+    listed.sort_by(|a, b| a.0.path.cmp(&b.0.path));
     let (mut entries, ids): (Vec<TreeEntry>, Vec<FileId>) = listed.into_iter().unzip();
     let mut files = Vec::new();
     for (i, (e, id)) in entries.iter_mut().zip(&ids).enumerate() {
@@ -172,13 +228,27 @@ pub fn scan_tree_known(root: &Path, known: &HashMap<FileId, Sha256>) -> Result<(
 /// The tree hash of entries already sorted by path bytes.
 pub fn hash_entries(entries: &[TreeEntry]) -> TreeHash {
     let mut h = Hasher::new();
+    let mut record = Vec::with_capacity(256);
     for e in entries {
-        let record = match &e.kind {
-            EntryKind::Dir => format!("D {}\0{:o}\n", e.path, e.mode),
-            EntryKind::File { sha256, .. } => format!("F {}\0{:o}\0{}\n", e.path, e.mode, sha256),
-            EntryKind::Symlink { target } => format!("L {}\0{:o}\0{}\n", e.path, e.mode, target),
+        record.clear();
+        let tag: &[u8] = match e.kind {
+            EntryKind::Dir => b"D ",
+            EntryKind::File { .. } => b"F ",
+            EntryKind::Symlink { .. } => b"L ",
         };
-        h.update(record.as_bytes());
+        record.extend_from_slice(tag);
+        record.extend_from_slice(&e.path);
+        record.extend_from_slice(format!("\0{:o}", e.mode).as_bytes());
+        match &e.kind {
+            EntryKind::Dir => {}
+            EntryKind::File { sha256, .. } => record.extend_from_slice(format!("\0{sha256}").as_bytes()),
+            EntryKind::Symlink { target } => {
+                record.push(0);
+                record.extend_from_slice(target);
+            }
+        }
+        record.push(b'\n');
+        h.update(&record);
     }
     TreeHash(h.finish())
 }
@@ -187,18 +257,16 @@ pub fn hash_entries(entries: &[TreeEntry]) -> TreeHash {
 /// listings say which children are directories), then every entry is lstat'ed relative to
 /// its directory on all cores: a layer has tens of thousands of them.
 fn list(root: &Path) -> Result<Vec<(TreeEntry, FileId)>, TreeError> {
-    let mut dirs: Vec<(String, Vec<String>)> = Vec::new();
-    let mut pending = vec![String::new()];
+    let mut dirs: Vec<(Vec<u8>, Vec<Vec<u8>>)> = Vec::new();
+    let mut pending = vec![Vec::new()];
     while let Some(rel) = pending.pop() {
         let dir = crate::fsat::join(root, &rel);
         let mut names = Vec::new();
         for entry in fs::read_dir(&dir).map_err(io_at(&dir))? {
             let entry = entry.map_err(io_at(&dir))?;
-            let Ok(name) = entry.file_name().into_string() else {
-                return Err(TreeError::Unsupported { path: entry.path(), reason: "file name is not UTF-8" });
-            };
+            let name = entry.file_name().into_vec();
             if entry.file_type().map_err(io_at(&entry.path()))?.is_dir() {
-                pending.push(if rel.is_empty() { name.clone() } else { format!("{rel}/{name}") });
+                pending.push(crate::pathbytes::join(&rel, &name));
             }
             names.push(name);
         }
@@ -212,17 +280,14 @@ fn list(root: &Path) -> Result<Vec<(TreeEntry, FileId)>, TreeError> {
             let dir = crate::fsat::join(root, rel);
             let handle = crate::fsat::Dir::open(&dir).map_err(io_at(&dir))?;
             for name in names {
-                let path = dir.join(name);
+                let path = dir.join(std::ffi::OsStr::from_bytes(name));
                 let st = handle.stat(name).map_err(io_at(&path))?;
-                let child = if rel.is_empty() { name.clone() } else { format!("{rel}/{name}") };
+                let child = PathBytes::from(crate::pathbytes::join(rel, name));
                 let mode = st.mode & 0o7777;
                 let id = FileId { dev: st.dev, ino: st.ino, size: st.size, mtime: st.mtime };
                 let kind = if st.is_symlink() {
                     let target = fs::read_link(&path).map_err(io_at(&path))?;
-                    let Some(target) = target.to_str() else {
-                        return Err(TreeError::Unsupported { path, reason: "symlink target is not UTF-8" });
-                    };
-                    EntryKind::Symlink { target: target.to_string() }
+                    EntryKind::Symlink { target: PathBytes::from(target.into_os_string().into_vec()) }
                 } else if st.is_dir() {
                     EntryKind::Dir
                 } else if st.is_file() {
@@ -251,7 +316,7 @@ fn hash_files(root: &Path, entries: &[TreeEntry], files: &[usize]) -> Result<Vec
         loop {
             let i = next.fetch_add(1, Ordering::Relaxed);
             let Some(&entry) = files.get(i) else { return Ok(done) };
-            let path = root.join(&entries[entry].path);
+            let path = crate::fsat::join(root, &entries[entry].path);
             done.push((i, hash_file(&path, &mut buf)?));
         }
     };
@@ -301,7 +366,7 @@ pub fn diff(old: &[TreeEntry], new: &[TreeEntry]) -> TreeDiff {
                 i += 1;
                 j += 1;
             }
-            (Some(a), Some(b)) if a.path.as_bytes() < b.path.as_bytes() => {
+            (Some(a), Some(b)) if a.path < b.path => {
                 d.removed.push(a.clone());
                 i += 1;
             }
@@ -397,6 +462,64 @@ mod tests {
         assert_eq!(digest("top"), Sha256::of(b""), "a file written to since is read again");
         assert_eq!(mtimes.len(), 2);
         assert_eq!(mtimes[0], (1_600_000_000, 0));
+    }
+
+    #[test]
+    fn names_that_are_not_utf8_are_scanned_hashed_and_listed_as_bytes() {
+        use std::ffi::OsStr;
+        let dir = tempfile::tempdir().unwrap();
+        let r = dir.path();
+        let p = |b: &[u8]| r.join(OsStr::from_bytes(b));
+        fs::create_dir(p(b"d\xe9")).unwrap();
+        fs::write(p(b"d\xe9/a\xe9"), b"e acute").unwrap();
+        fs::write(p(b"d\xe9/a\xff"), b"ff").unwrap();
+        std::os::unix::fs::symlink(OsStr::from_bytes(b"a\xe9"), p(b"d\xe9/l")).unwrap();
+        let scan = scan_tree(r).unwrap();
+        let paths: Vec<&[u8]> = scan.entries.iter().map(|e| e.path.as_bytes()).collect();
+        assert_eq!(paths, [&b"d\xe9"[..], b"d\xe9/a\xe9", b"d\xe9/a\xff", b"d\xe9/l"]);
+        // The hash covers the raw bytes, in the documented records.
+        let mode = |b: &[u8]| fs::symlink_metadata(p(b)).unwrap().mode() & 0o7777;
+        let mut expected = Vec::new();
+        for (tag, path, tail) in [
+            ("D ", &b"d\xe9"[..], Vec::new()),
+            ("F ", b"d\xe9/a\xe9", format!("\0{}", Sha256::of(b"e acute")).into_bytes()),
+            ("F ", b"d\xe9/a\xff", format!("\0{}", Sha256::of(b"ff")).into_bytes()),
+            ("L ", b"d\xe9/l", b"\0a\xe9".to_vec()),
+        ] {
+            expected.extend_from_slice(tag.as_bytes());
+            expected.extend_from_slice(path);
+            expected.extend_from_slice(format!("\0{:o}", mode(path)).as_bytes());
+            expected.extend_from_slice(&tail);
+            expected.push(b'\n');
+        }
+        assert_eq!(scan.hash, TreeHash(Sha256::of(&expected)));
+        // The entry list: hex only for what is not UTF-8, and it reads back exactly.
+        let json = serde_json::to_string(&scan.entries).unwrap();
+        assert!(json.contains(r#"{"path_hex":"64e9","mode":"#), "{json}");
+        assert!(json.contains(r#""path_hex":"64e92f61ff""#), "{json}");
+        assert!(json.contains(r#""type":"symlink","target_hex":"61e9"}"#), "{json}");
+        assert!(!json.contains(r#""path":"#), "{json}");
+        let back: Vec<TreeEntry> = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, scan.entries);
+        // People see escapes.
+        assert_eq!(scan.entries[2].path.to_string(), "d\\xe9/a\\xff");
+    }
+
+    #[test]
+    fn entry_lists_have_one_form_per_name() {
+        let read = |json: &str| serde_json::from_str::<TreeEntry>(json).map_err(|e| e.to_string());
+        let entry = read(r#"{"path_hex":"61ff","mode":420,"type":"symlink","target":"x"}"#).unwrap();
+        assert_eq!(entry.path.as_bytes(), b"a\xff");
+        for (json, why) in [
+            (r#"{"path_hex":"6162","mode":420,"type":"dir"}"#, "is UTF-8"),
+            (r#"{"path_hex":"61FF","mode":420,"type":"dir"}"#, "not lowercase hex"),
+            (r#"{"path":"a","path_hex":"61ff","mode":420,"type":"dir"}"#, "both path and path_hex"),
+            (r#"{"mode":420,"type":"dir"}"#, "needs a path"),
+            (r#"{"path":"l","mode":511,"type":"symlink","target_hex":"78"}"#, "is UTF-8"),
+        ] {
+            let err = read(json).unwrap_err();
+            assert!(err.contains(why), "{json}: {err}");
+        }
     }
 
     #[test]

@@ -13,7 +13,7 @@ use crate::hash::Sha256;
 use crate::manifest::{Manifest, read_manifest};
 use crate::report::Reporter;
 use crate::store::{Store, remove_any};
-use crate::treehash::{EntryKind, TreeDiff, TreeEntry, TreeHash, diff, scan_tree};
+use crate::treehash::{EntryKind, PathBytes, TreeDiff, TreeEntry, TreeHash, diff, scan_tree};
 
 /// The result of `verify`.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -25,7 +25,7 @@ pub struct VerifyReport {
     pub diff: TreeDiff,
     /// Paths dyno start writes (datadog.yaml, conf.d, logs, restored symlinks): reported,
     /// not counted as differences.
-    pub written_at_dyno_start: Vec<String>,
+    pub written_at_dyno_start: Vec<PathBytes>,
     pub identical: bool,
 }
 
@@ -54,10 +54,11 @@ pub fn verify(build_dir: &Path) -> Result<VerifyReport> {
         }
         keep
     });
-    let added_paths: Vec<String> = runtime.clone();
+    let added_paths: Vec<PathBytes> = runtime.clone();
     d.removed.retain(|e| {
         // DD_DISABLE_HOST_METRICS renames conf.yaml.default to conf.yaml.default_disabled.
-        let renamed = added_paths.contains(&format!("{}_disabled", e.path));
+        let disabled = PathBytes::from([e.path.as_bytes(), b"_disabled"].concat());
+        let renamed = added_paths.contains(&disabled);
         if renamed {
             runtime.push(e.path.clone());
         }
@@ -76,7 +77,7 @@ pub fn verify(build_dir: &Path) -> Result<VerifyReport> {
 }
 
 /// Whether an entry that is not in the build's list is one dyno start writes.
-fn written_at_dyno_start(path: &str, e: &TreeEntry) -> bool {
+fn written_at_dyno_start(path: &[u8], e: &TreeEntry) -> bool {
     const DIRS: [&str; 4] = ["etc/datadog-agent/", "var/log/datadog", "opt/datadog-agent/run/", "var/"];
     const LINKS: [&str; 5] = [
         "opt/datadog-agent/embedded/ssl/cert.pem",
@@ -86,7 +87,8 @@ fn written_at_dyno_start(path: &str, e: &TreeEntry) -> bool {
         "opt/datadog-agent/bin/agent/process-agent",
     ];
     let is_link = matches!(e.kind, EntryKind::Symlink { .. });
-    (is_link && LINKS.contains(&path)) || DIRS.iter().any(|d| path.starts_with(d) || path == d.trim_end_matches('/'))
+    (is_link && LINKS.iter().any(|l| l.as_bytes() == path))
+        || DIRS.iter().any(|d| path.starts_with(d.as_bytes()) || path == d.trim_end_matches('/').as_bytes())
 }
 
 /// The result of `verify --rebuild`.

@@ -211,3 +211,44 @@ fn repository_faults_fail_clearly_and_change_nothing() {
     fs::write(&published.path, &bytes).unwrap();
     assert_fails_cleanly(&served, "corrupt-deb", &[("DD_AGENT_VERSION", "7.67.0-1")], &[&published.filename, &published.sha256, "deleted"]);
 }
+
+/// Names and link targets that are not UTF-8 go through the whole build as bytes: the layer,
+/// its index (the warm build links from it), the slug, tree.json, verify and diff.
+#[test]
+fn names_that_are_not_utf8_survive_cold_and_warm_builds_verify_and_diff() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    let served = Served::with_agent(|deb| {
+        deb.file(b"opt/datadog-agent/share/a\xe9", 0o644, "latin-1")
+            .file(b"opt/datadog-agent/share/a\xff", 0o644, "lone ff")
+            .file(b"opt/datadog-agent/share/d\xe9/inside", 0o644, "below")
+            .symlink(b"opt/datadog-agent/share/l\xfe", b"a\xe9")
+    });
+    let cache = served.dir.path().join("cache");
+    let env = served.env_dir("bytes", &[]);
+    let (cold, warm) = (served.build_dir("cold"), served.build_dir("warm"));
+    for build in [&cold, &warm] {
+        let out = bin_compile(build, &cache, &env);
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let share = |build: &Path, name: &[u8]| build.join(".apt/opt/datadog-agent/share").join(OsStr::from_bytes(name));
+    for build in [&cold, &warm] {
+        assert_eq!(fs::read(share(build, b"a\xe9")).unwrap(), b"latin-1");
+        assert_eq!(fs::read(share(build, b"a\xff")).unwrap(), b"lone ff");
+        assert_eq!(fs::read(share(build, b"d\xe9/inside")).unwrap(), b"below");
+        assert_eq!(fs::read_link(share(build, b"l\xfe")).unwrap().as_os_str().as_bytes(), b"a\xe9");
+        let manifest = read_manifest(&build.join(".ddslug/manifest.json")).unwrap();
+        assert_eq!(scan_tree(&build.join(".apt")).unwrap().hash, manifest.tree_hash);
+        let listed = fs::read_to_string(build.join(".ddslug/tree.json")).unwrap();
+        assert!(listed.contains(r#""path_hex":"6f70742f64617461646f672d6167656e742f73686172652f61ff""#), "{listed}");
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ddslug")).arg("verify").arg(build).output().unwrap();
+        assert!(out.status.success() && text(&out).contains("identical to its manifest"), "{}", text(&out));
+    }
+    // A change to a file with such a name is found, and named with escapes.
+    fs::write(share(&warm, b"a\xff"), "tampered").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ddslug")).arg("verify").arg(&warm).output().unwrap();
+    assert!(!out.status.success());
+    assert!(text(&out).contains("changed  opt/datadog-agent/share/a\\xff"), "{}", text(&out));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ddslug")).arg("diff").arg(&cold).arg(&warm).output().unwrap();
+    assert!(text(&out).contains("trees identical"), "diff compares the recorded lists: {}", text(&out));
+}

@@ -51,7 +51,7 @@ fn bookworm_packages_unpack_like_dpkg() {
         }
         // dpkg-deb -x leaves directories with the extraction time; ddslug gives them the
         // archive's mtime (deterministic), so only files and symlinks are compared.
-        let non_dirs: Vec<String> = b
+        let non_dirs: Vec<ddslug::treehash::PathBytes> = b
             .entries
             .iter()
             .filter(|e| !matches!(e.kind, ddslug::treehash::EntryKind::Dir))
@@ -61,7 +61,7 @@ fn bookworm_packages_unpack_like_dpkg() {
     }
 }
 
-fn assert_same_mtimes(a: &Path, b: &Path, paths: &[String]) {
+fn assert_same_mtimes(a: &Path, b: &Path, paths: &[ddslug::treehash::PathBytes]) {
     for p in paths {
         let ma = std::fs::symlink_metadata(a.join(p)).unwrap();
         let mb = std::fs::symlink_metadata(b.join(p)).unwrap();

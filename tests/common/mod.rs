@@ -7,8 +7,8 @@ use std::process::{Command, Output};
 
 use ddslug::hash::Sha256;
 use ddslug::treehash::{EntryKind, TreeEntry, scan_tree};
-use ddslug_testsupport::Server;
-use ddslug_testsupport::agent::Scale;
+use ddslug_testsupport::agent::{Scale, agent_deb};
+use ddslug_testsupport::{DebSpec, KeyKind, RepoSpec, Server, SigningKey, write_repo};
 use ddslug_testsupport::fixtures::{AgentRepo, agent_repository};
 
 /// Settings cases shared by the classic-buildpack oracle and the compile tests. Values use
@@ -44,6 +44,21 @@ impl Served {
         let fixture = agent_repository(dir.path(), Scale::SMALL).unwrap();
         let server = Server::start(&fixture.repo.root).unwrap();
         Served { dir, fixture, server }
+    }
+
+    /// Serves a repository holding only the agent the default settings install
+    /// (`datadog-heroku-agent` 1:7.81.2-1, component 7), changed by `edit`: for packages with
+    /// hostile or unusual entries.
+    pub fn with_agent(edit: impl FnOnce(DebSpec) -> DebSpec) -> Served {
+        let dir = tempfile::tempdir().unwrap();
+        let key = SigningKey::generate(KeyKind::Ed25519, "ddslug test agent repository").unwrap();
+        let deb = edit(agent_deb("datadog-heroku-agent", "1:7.81.2-1", Scale::SMALL));
+        let spec = RepoSpec::new("stable").component("7", vec![deb]);
+        let repo = write_repo(&dir.path().join("repo"), &spec, &key).unwrap();
+        let keyring = dir.path().join("keyring.asc");
+        std::fs::write(&keyring, key.public_armored().unwrap()).unwrap();
+        let server = Server::start(&repo.root).unwrap();
+        Served { dir, fixture: AgentRepo { repo, keyring, key }, server }
     }
 
     /// A fresh ENV_DIR with the repository settings plus `pairs`.
@@ -97,7 +112,7 @@ pub fn text(out: &Output) -> String {
 pub fn normalized_tree(apt: &Path) -> Vec<TreeEntry> {
     let mut entries = scan_tree(apt).unwrap().entries;
     for e in &mut entries {
-        if e.path.ends_with(".pc") || e.path.ends_with("bin/agent/agent-wrapper") {
+        if e.path.ends_with(b".pc") || e.path.ends_with(b"bin/agent/agent-wrapper") {
             e.kind = EntryKind::File { sha256: Sha256([0; 32]), size: 0 };
         }
     }

@@ -30,14 +30,15 @@ impl Compression {
     }
 }
 
-/// One entry of the data archive; paths are relative, without a leading `./`.
+/// One entry of the data archive; paths are relative, without a leading `./`, and bytes
+/// (a package may name files in any encoding, or none).
 #[derive(Clone, Debug)]
 pub enum Node {
     Dir { mode: u32 },
     File { mode: u32, data: Vec<u8> },
-    Symlink { target: String },
+    Symlink { target: Vec<u8> },
     /// A hard link to an earlier entry (path relative to the archive root).
-    Hardlink { target: String },
+    Hardlink { target: Vec<u8> },
 }
 
 /// What goes into one package.
@@ -47,7 +48,7 @@ pub struct DebSpec {
     pub version: String,
     pub arch: String,
     pub compression: Compression,
-    pub entries: Vec<(String, Node)>,
+    pub entries: Vec<(Vec<u8>, Node)>,
     /// Entry mtime (seconds since the epoch).
     pub mtime: u64,
 }
@@ -66,26 +67,27 @@ impl DebSpec {
     }
 
     /// Adds a regular file.
-    pub fn file(mut self, path: &str, mode: u32, data: impl Into<Vec<u8>>) -> Self {
-        self.entries.push((path.into(), Node::File { mode, data: data.into() }));
+    pub fn file<P: AsRef<[u8]> + ?Sized>(mut self, path: &P, mode: u32, data: impl Into<Vec<u8>>) -> Self {
+        self.entries.push((path.as_ref().to_vec(), Node::File { mode, data: data.into() }));
         self
     }
 
     /// Adds a symbolic link.
-    pub fn symlink(mut self, path: &str, target: &str) -> Self {
-        self.entries.push((path.into(), Node::Symlink { target: target.into() }));
+    pub fn symlink<P: AsRef<[u8]> + ?Sized, T: AsRef<[u8]> + ?Sized>(mut self, path: &P, target: &T) -> Self {
+        self.entries.push((path.as_ref().to_vec(), Node::Symlink { target: target.as_ref().to_vec() }));
         self
     }
 
     /// Adds a hard link to an earlier file.
-    pub fn hardlink(mut self, path: &str, target: &str) -> Self {
-        self.entries.push((path.into(), Node::Hardlink { target: target.into() }));
+    pub fn hardlink<P: AsRef<[u8]> + ?Sized, T: AsRef<[u8]> + ?Sized>(mut self, path: &P, target: &T) -> Self {
+        self.entries.push((path.as_ref().to_vec(), Node::Hardlink { target: target.as_ref().to_vec() }));
         self
     }
 
-    /// Adds an explicit directory.
-    pub fn dir(mut self, path: &str, mode: u32) -> Self {
-        self.entries.push((path.into(), Node::Dir { mode }));
+    /// Adds an explicit directory (its mode is set where it is first emitted: a directory
+    /// named here before anything below it gets this mode).
+    pub fn dir<P: AsRef<[u8]> + ?Sized>(mut self, path: &P, mode: u32) -> Self {
+        self.entries.push((path.as_ref().to_vec(), Node::Dir { mode }));
         self
     }
 
@@ -128,8 +130,8 @@ impl DebSpec {
         let control_tar = {
             let mut b = tar::Builder::new(Vec::new());
             let control = self.control();
-            append(&mut b, "./", tar::EntryType::Directory, 0o755, self.mtime, &[], None)?;
-            append(&mut b, "./control", tar::EntryType::Regular, 0o644, self.mtime, control.as_bytes(), None)?;
+            append(&mut b, b"./", tar::EntryType::Directory, 0o755, self.mtime, &[], None)?;
+            append(&mut b, b"./control", tar::EntryType::Regular, 0o644, self.mtime, control.as_bytes(), None)?;
             b.into_inner()?
         };
         let control = compress(&control_tar, Compression::Gzip)?;
@@ -144,21 +146,21 @@ impl DebSpec {
     /// The uncompressed data.tar, with every parent directory emitted once before its children.
     pub fn data_tar(&self) -> Result<Vec<u8>> {
         let mut b = tar::Builder::new(Vec::new());
-        let mut emitted: BTreeSet<String> = BTreeSet::new();
-        append(&mut b, "./", tar::EntryType::Directory, 0o755, self.mtime, &[], None)?;
+        let mut emitted: BTreeSet<Vec<u8>> = BTreeSet::new();
+        append(&mut b, b"./", tar::EntryType::Directory, 0o755, self.mtime, &[], None)?;
         for (path, node) in &self.entries {
-            let parts: Vec<&str> = path.split('/').collect();
+            let parts: Vec<&[u8]> = path.split(|&c| c == b'/').collect();
             for i in 1..parts.len() {
-                let parent = parts[..i].join("/");
+                let parent = parts[..i].join(&b'/');
                 if emitted.insert(parent.clone()) {
-                    append(&mut b, &format!("./{parent}/"), tar::EntryType::Directory, 0o755, self.mtime, &[], None)?;
+                    append(&mut b, &[b"./", &parent[..], b"/"].concat(), tar::EntryType::Directory, 0o755, self.mtime, &[], None)?;
                 }
             }
-            let name = format!("./{path}");
+            let name = [b"./", &path[..]].concat();
             match node {
                 Node::Dir { mode } => {
                     if emitted.insert(path.clone()) {
-                        append(&mut b, &format!("{name}/"), tar::EntryType::Directory, *mode, self.mtime, &[], None)?;
+                        append(&mut b, &[&name[..], b"/"].concat(), tar::EntryType::Directory, *mode, self.mtime, &[], None)?;
                     }
                 }
                 Node::File { mode, data } => {
@@ -167,15 +169,9 @@ impl DebSpec {
                 Node::Symlink { target } => {
                     append(&mut b, &name, tar::EntryType::Symlink, 0o777, self.mtime, &[], Some(target))?
                 }
-                Node::Hardlink { target } => append(
-                    &mut b,
-                    &name,
-                    tar::EntryType::Link,
-                    0o644,
-                    self.mtime,
-                    &[],
-                    Some(&format!("./{target}")),
-                )?,
+                Node::Hardlink { target } => {
+                    append(&mut b, &name, tar::EntryType::Link, 0o644, self.mtime, &[], Some(&[b"./", &target[..]].concat()))?
+                }
             }
         }
         Ok(b.into_inner()?)
@@ -184,13 +180,15 @@ impl DebSpec {
 
 fn append(
     b: &mut tar::Builder<Vec<u8>>,
-    path: &str,
+    path: &[u8],
     kind: tar::EntryType,
     mode: u32,
     mtime: u64,
     data: &[u8],
-    link: Option<&str>,
+    link: Option<&[u8]>,
 ) -> Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let (path, link) = (std::ffi::OsStr::from_bytes(path), link.map(std::ffi::OsStr::from_bytes));
     let mut h = tar::Header::new_gnu();
     h.set_entry_type(kind);
     h.set_mode(mode);
