@@ -6,13 +6,26 @@
 # launches the agents in the background. A failure never stops the app from starting.
 __ddslug="$HOME/.ddslug/bin/ddslug"
 if [ -x "$__ddslug" ]; then
-    eval "$("$__ddslug" dyno prepare)"
+    # Runs one step inside the command substitution's subshell, which exports the settings as
+    # this shell has them, exported or not (the classic script read shell variables); `unset`
+    # ones stay unset. The app's own environment is left as it was. No fork beyond $(...).
+    __ddslug_step() {
+        set -f
+        local IFS=$', \t\n'
+        builtin export "${!DD_@}" DISABLE_DATADOG_AGENT DYNO HEROKU_APP_NAME \
+            ENABLE_HEROKU_POSTGRES POSTGRES_URL_VAR ENABLE_HEROKU_REDIS REDIS_URL_VAR \
+            DATABASE_URL REDIS_URL ${DD_POSTGRES_URL_VAR-} ${POSTGRES_URL_VAR-} \
+            ${DD_REDIS_URL_VAR-} ${REDIS_URL_VAR-} 2>/dev/null
+        builtin exec "$__ddslug" dyno "$@"
+    }
+    eval "$(__ddslug_step prepare)"
     __ddslug_app="${DD_HEROKU_CONF_FOLDER:-$HOME/datadog}"
     if [ -e "$__ddslug_app/prerun.sh" ]; then
         # shellcheck source=/dev/null
         source "$__ddslug_app/prerun.sh"
     fi
-    eval "$("$__ddslug" dyno start)"
+    eval "$(__ddslug_step start)"
+    unset -f __ddslug_step
 else
     echo "[datadog] $__ddslug is missing from the slug; the Datadog Agent will not start" >&2
 fi

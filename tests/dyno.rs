@@ -4,15 +4,20 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::fs;
-use std::path::PathBuf;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{Served, bin_compile, text};
+use yaml_rust2::{Yaml, YamlLoader};
 
-/// A fake agent program: records its name, arguments and the environment it got.
-const FAKE_AGENT: &str = "#!/bin/sh\n{\n  echo \"PROGRAM=$0\"\n  echo \"ARGS=$*\"\n  echo \"LD_LIBRARY_PATH=$LD_LIBRARY_PATH\"\n  echo \"PYTHONPATH=$PYTHONPATH\"\n  echo \"DD_TAGS=$DD_TAGS\"\n  echo \"DD_HOSTNAME=$DD_HOSTNAME\"\n} > \"$RECORD_DIR/$(basename \"$0\").$$\"\n";
+/// A fake agent program: records its name, arguments and its whole environment, then renames
+/// the record into place so that a reader never sees half of it.
+const FAKE_AGENT: &str = "#!/bin/sh\n{\n  echo \"PROGRAM=$0\"\n  echo \"ARGS=$*\"\n  env\n} > \"$RECORD_DIR/.tmp.$$\"\nmv \"$RECORD_DIR/.tmp.$$\" \"$RECORD_DIR/$(basename \"$0\").$$\"\n";
 
 struct Slug {
     dir: PathBuf,
@@ -30,7 +35,6 @@ fn slug(served: &Served, name: &str, settings: &[(&str, &str)]) -> Slug {
             // Replace, never write in place: slug files are hard links into the layer cache.
             fs::remove_file(&path).unwrap();
             fs::write(&path, FAKE_AGENT).unwrap();
-            use std::os::unix::fs::PermissionsExt;
             fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
         }
     }
@@ -40,48 +44,73 @@ fn slug(served: &Served, name: &str, settings: &[(&str, &str)]) -> Slug {
 struct Started {
     /// Exported environment of the shell after sourcing (what the app sees).
     env: BTreeMap<String, String>,
-    /// One map per launched program.
+    /// One map per launched program: PROGRAM, ARGS and its environment.
     launches: Vec<BTreeMap<String, String>>,
     output: String,
 }
 
+/// How to source the profile script.
+#[derive(Default)]
+struct Run<'a> {
+    /// Environment variables (values are bytes: some tests need ones that are not UTF-8).
+    vars: Vec<(&'a str, OsString)>,
+    /// Shell code run before sourcing (unexported assignments, a umask).
+    before: &'a str,
+    /// Run as this uid and gid (setpriv), when the test runs as root.
+    user: Option<u32>,
+}
+
+impl<'a> Run<'a> {
+    fn vars(pairs: &[(&'a str, &str)]) -> Run<'a> {
+        Run { vars: pairs.iter().map(|(k, v)| (*k, OsString::from(v))).collect(), ..Run::default() }
+    }
+}
+
 fn source(slug: &Slug, vars: &[(&str, &str)], expect_launches: usize) -> Started {
+    run(slug, &Run::vars(vars), expect_launches)
+}
+
+fn run(slug: &Slug, how: &Run, expect_launches: usize) -> Started {
     let record = slug.dir.join(format!("record-{}", rand_suffix()));
     fs::create_dir_all(&record).unwrap();
     let env_file = record.join("app.env");
-    let script = format!("source .profile.d/datadog.sh && env > '{}'", env_file.display());
-    let mut cmd = Command::new("bash");
+    let script = format!("{}\nsource .profile.d/datadog.sh && env > \"$RECORD_DIR/app.env\"", how.before);
+    let mut cmd = match how.user {
+        Some(id) => {
+            std::os::unix::fs::chown(&record, Some(id), Some(id)).unwrap();
+            let mut cmd = Command::new("setpriv");
+            cmd.args([format!("--reuid={id}"), format!("--regid={id}"), "--clear-groups".into(), "bash".into()]);
+            cmd
+        }
+        None => Command::new("bash"),
+    };
     cmd.arg("-c").arg(&script).current_dir(&slug.dir).env_clear();
     cmd.env("HOME", &slug.dir).env("PATH", std::env::var("PATH").unwrap()).env("RECORD_DIR", &record);
     cmd.env("DYNO", "web.1").env("DDSLUG_HOSTNAME_OVERRIDE", "1a2b_host");
-    for (k, v) in vars {
+    for (k, v) in &how.vars {
         cmd.env(k, v);
     }
     let out = cmd.output().unwrap();
     assert!(out.status.success(), "{}", text(&out));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let files: Vec<PathBuf> = fs::read_dir(&record)
+    let records = |record: &Path| -> Vec<PathBuf> {
+        fs::read_dir(record)
             .unwrap()
             .map(|e| e.unwrap().path())
-            .filter(|p| p.file_name().unwrap() != "app.env")
-            .collect();
-        let complete = files.iter().all(|f| fs::read_to_string(f).unwrap().contains("DD_HOSTNAME="));
-        if (files.len() >= expect_launches && complete) || Instant::now() > deadline {
-            break;
-        }
+            .filter(|p| p.file_name().unwrap() != "app.env" && !p.file_name().unwrap().as_bytes().starts_with(b"."))
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while records(&record).len() < expect_launches && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
     // Give a wrongly launched extra program the chance to show up.
     std::thread::sleep(Duration::from_millis(expect_launches.max(1) as u64 * 50));
-    let records: Vec<PathBuf> =
-        fs::read_dir(&record).unwrap().map(|e| e.unwrap().path()).filter(|p| p.file_name().unwrap() != "app.env").collect();
     let parse = |text: &str| -> BTreeMap<String, String> {
         text.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect()
     };
-    let mut launches: Vec<BTreeMap<String, String>> = records.iter().map(|f| parse(&fs::read_to_string(f).unwrap())).collect();
+    let mut launches: Vec<BTreeMap<String, String>> = records(&record).iter().map(|f| parse(&String::from_utf8_lossy(&fs::read(f).unwrap()))).collect();
     launches.sort_by(|a, b| a["PROGRAM"].cmp(&b["PROGRAM"]));
-    Started { env: parse(&fs::read_to_string(&env_file).unwrap()), launches, output: text(&out) }
+    Started { env: parse(&String::from_utf8_lossy(&fs::read(&env_file).unwrap())), launches, output: text(&out) }
 }
 
 fn rand_suffix() -> String {
@@ -248,3 +277,97 @@ fn integrations_configs_and_database_urls_without_leaking_passwords() {
     assert!(conf_d.join("cpu.d/conf.yaml.default_disabled").exists());
     assert!(!conf_d.join("cpu.d/conf.yaml.default").exists());
 }
+
+/// The `instances` of an integration's conf.yaml, read by a YAML parser.
+fn instances(path: &Path) -> Vec<Yaml> {
+    let text = fs::read_to_string(path).unwrap();
+    let docs = YamlLoader::load_from_str(&text).unwrap_or_else(|e| panic!("{}: {e}\n{text}", path.display()));
+    assert_eq!(docs.len(), 1, "{text}");
+    docs[0]["instances"].as_vec().unwrap_or_else(|| panic!("{}: no instances\n{text}", path.display())).clone()
+}
+
+/// The launched programs with their arguments, and each one's value of `name` (`None`: unset).
+fn seen(started: &Started, name: &str) -> Vec<Option<String>> {
+    started.launches.iter().map(|l| l.get(name).cloned()).collect()
+}
+
+#[test]
+fn prerun_assignments_exported_or_not_are_what_the_agent_start_sees() {
+    let served = Served::start();
+    // Agent 6 before 6.52: the process agent is its own program; flags depend on the major.
+    let s = slug(&served, "prerun", &[("DD_AGENT_VERSION", "6.51.0-1"), ("DD_PROCESS_AGENT", "true")]);
+    let c = conf(&s);
+    let prerun = |text: &str| fs::write(s.dir.join("datadog/prerun.sh"), text).unwrap();
+    fs::create_dir_all(s.dir.join("datadog")).unwrap();
+
+    // The documented example: an unexported assignment disables the agent.
+    prerun("DISABLE_DATADOG_AGENT=\"true\"\n");
+    let started = source(&s, &[("DD_API_KEY", "k")], 0);
+    assert!(started.launches.is_empty(), "{:?}", started.launches);
+    assert!(started.output.contains("disabled by DISABLE_DATADOG_AGENT"), "{}", started.output);
+    assert!(!started.env.contains_key("DISABLE_DATADOG_AGENT"), "not exported into the app's environment");
+
+    // Every setting read after prerun.sh, assigned without export.
+    prerun(
+        "DD_TAGS=\"team:prerun, env:staging\"\nDD_VERSION=\"1.2.3\"\nDD_HOSTNAME=\"prerun-host\"\nDD_APM_ENABLED=\"false\"\n\
+         DD_PROCESS_AGENT=\"true\"\nDD_LOG_LEVEL=\"debug\"\nDD_API_KEY=\"from-prerun\"\nDD_SITE=\"datadoghq.eu\"\n",
+    );
+    let started = source(&s, &[], 1);
+    assert_eq!(programs(&started), vec![("bin/agent/agent".into(), format!("run -c {c}")), ("embedded/bin/process-agent".into(), format!("--cfgpath {c}"))]);
+    let tags = seen(&started, "DD_TAGS");
+    assert!(tags.iter().all(|t| t.as_deref().is_some_and(|t| t.starts_with("dyno:web.1 ") && t.ends_with(" team:prerun env:staging"))), "{tags:?}");
+    assert_eq!(started.env["DD_TAGS"], tags[0].clone().unwrap());
+    for (name, value) in [("DD_VERSION", "1.2.3"), ("DD_HOSTNAME", "prerun-host"), ("DD_API_KEY", "from-prerun"), ("DD_SITE", "datadoghq.eu")] {
+        assert_eq!(seen(&started, name), vec![Some(value.to_string()); 2], "{name}");
+    }
+    assert!(started.output.contains("[DEBUG] normalized tags"), "DD_LOG_LEVEL from prerun.sh: {}", started.output);
+    for unexported in ["DD_SITE", "DD_API_KEY", "DD_APM_ENABLED", "DD_LOG_LEVEL"] {
+        assert!(!started.env.contains_key(unexported), "{unexported} was exported into the app's environment");
+    }
+
+    // DD_AGENT_MAJOR_VERSION: set by the start script before prerun.sh, which may change it;
+    // the classic picks flags by it (here agent 7's, which 6.51 predates).
+    prerun("DD_AGENT_MAJOR_VERSION=7\n");
+    let started = source(&s, &[("DD_API_KEY", "k"), ("DD_PROCESS_AGENT", "true")], 3);
+    assert_eq!(
+        programs(&started),
+        vec![
+            ("bin/agent/agent".into(), format!("run -c {c}")),
+            ("embedded/bin/process-agent".into(), format!("--config {c}")),
+            ("embedded/bin/trace-agent".into(), format!("-config {c}")),
+        ]
+    );
+
+    // `unset` in prerun.sh is seen as unset.
+    prerun("unset DD_TAGS DD_VERSION DD_HOSTNAME DD_APM_ENABLED DISABLE_DATADOG_AGENT\n");
+    let vars = [("DD_API_KEY", "k"), ("DD_TAGS", "env:x"), ("DD_VERSION", "9"), ("DD_APM_ENABLED", "false"), ("DISABLE_DATADOG_AGENT", "true")];
+    let started = source(&s, &vars, 2);
+    assert_eq!(started.launches.len(), 2, "{}", started.output);
+    assert!(seen(&started, "DD_TAGS").iter().all(|t| !t.as_deref().unwrap_or_default().contains("env:x")));
+    assert_eq!(seen(&started, "DD_VERSION"), vec![Some(String::new()); 2], "exported empty, as the classic did");
+    assert_eq!(seen(&started, "DD_HOSTNAME"), vec![None; 2]);
+    prerun("unset DD_API_KEY\n");
+    let started = source(&s, &[("DD_API_KEY", "k")], 0);
+    assert!(started.launches.is_empty() && started.output.contains("DD_API_KEY is not set"), "{}", started.output);
+
+    // Exported ones, as before.
+    prerun("export DD_TAGS=\"from:export\"\nexport DD_APM_ENABLED=false\n");
+    let started = source(&s, &[("DD_API_KEY", "k")], 1);
+    assert_eq!(programs(&started), vec![("bin/agent/agent".into(), format!("run -c {c}"))]);
+    assert!(started.env["DD_TAGS"].ends_with(" from:export") && started.env["DD_APM_ENABLED"] == "false");
+
+    // Settings read before prerun.sh, as the classic reads them, are shell variables too: an
+    // unexported URL named by an unexported DD_POSTGRES_URL_VAR.
+    fs::remove_file(s.dir.join("datadog/prerun.sh")).unwrap();
+    let how = Run {
+        before: "DD_ENABLE_HEROKU_POSTGRES=true; DD_POSTGRES_URL_VAR='SHELL_ONLY_URL'; SHELL_ONLY_URL='postgres://u:p@h:5432/d'",
+        ..Run::vars(&[("DD_API_KEY", "k"), ("DD_APM_ENABLED", "false"), ("DD_PROCESS_AGENT", "false")])
+    };
+    let started = run(&s, &how, 1);
+    assert_eq!(started.launches.len(), 1, "{}", started.output);
+    let pg = instances(&s.dir.join(".apt/etc/datadog-agent/conf.d/postgres.d/conf.yaml"));
+    assert_eq!(pg.len(), 1, "{}", started.output);
+    assert_eq!(pg[0]["host"].as_str(), Some("h"));
+    assert!(!started.env.contains_key("SHELL_ONLY_URL") && !started.env.contains_key("DD_POSTGRES_URL_VAR"));
+}
+

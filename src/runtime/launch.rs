@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 
 use super::integrations::{copy_app_configs, database_integrations};
 use super::yaml::{YamlSettings, edit, install_info};
-use super::{Env, Level, Log, Paths, agent_version, dyno_host, export_line, is_true, normalize_tags, rfc1123};
+use super::{Env, Level, Log, Paths, agent_version, assign_line, dyno_host, export_line, is_true, normalize_tags, rfc1123};
 use crate::recipe::cmp_version;
 
 /// The buildpack version reported in tags and install_info.
@@ -87,13 +87,27 @@ pub fn prepare(env: &Env, log: &mut Log) -> Result<Vec<String>> {
     let path = env.get("PATH").cloned().unwrap_or_default();
     export("PATH", &format!("{apt}/usr/bin:{}:{path}", paths.bin_dir.display()));
     export("DD_AGENT_VERSION_RUNNING", &version.iter().map(u64::to_string).collect::<Vec<_>>().join("."));
+    // As the classic script: a shell variable (exported only if it already was) that prerun.sh
+    // may change and `start` reads back.
+    exports.push(assign_line("DD_AGENT_MAJOR_VERSION", &major.to_string()));
     Ok(exports)
 }
 
 /// After prerun.sh: final tags, then the agents. Returns the `export` lines.
+///
+/// `env` is the shell's view after prerun.sh (datadog.sh passes unexported settings too). The
+/// agents inherit this process's environment with the tags, version, dyno marker and their own
+/// library paths set, as the classic started them with the shell's exports.
 pub fn start(env: &Env, log: &mut Log) -> Result<Vec<String>> {
     let paths = Paths::from_env(env);
-    let (version, major) = agent_version(&paths)?;
+    let (version, manifest_major) = agent_version(&paths)?;
+    // The classic compares DD_AGENT_MAJOR_VERSION (set before prerun.sh, which may change it)
+    // with "6" only.
+    let major = match env.get("DD_AGENT_MAJOR_VERSION").map(String::as_str) {
+        Some("6") => 6,
+        Some(_) => 7,
+        None => manifest_major,
+    };
     let dyno = env.get("DYNO").cloned().unwrap_or_default();
     let dynotype = dyno.split('.').next().unwrap_or_default();
     let mut tags = format!("dyno:{dyno} dynotype:{dynotype} buildpackversion:{BUILDPACK_VERSION}");
@@ -105,11 +119,8 @@ pub fn start(env: &Env, log: &mut Log) -> Result<Vec<String>> {
         tags += &normalize_tags(user);
     }
     log.say(Level::Debug, &format!("normalized tags: {tags}"));
-    let exports = vec![
-        export_line("DD_TAGS", &tags),
-        export_line("DD_VERSION", env.get("DD_VERSION").map(String::as_str).unwrap_or("")),
-        export_line("DD_HEROKU_DYNO", "true"),
-    ];
+    let dd_version = env.get("DD_VERSION").cloned().unwrap_or_default();
+    let exports = vec![export_line("DD_TAGS", &tags), export_line("DD_VERSION", &dd_version), export_line("DD_HEROKU_DYNO", "true")];
     let disabled = env.get("DISABLE_DATADOG_AGENT").is_some_and(|v| !v.is_empty());
     let no_key = env.get("DD_API_KEY").is_none_or(|k| k.is_empty());
     if no_key {
@@ -120,12 +131,14 @@ pub fn start(env: &Env, log: &mut Log) -> Result<Vec<String>> {
         log.say(Level::Info, "The Datadog Agent is disabled by DISABLE_DATADOG_AGENT; unset it to start the agent.");
         return Ok(exports);
     }
-    let mut agent_env: Env = env.clone();
-    agent_env.insert("DD_TAGS".into(), tags);
-    agent_env.insert("DD_HEROKU_DYNO".into(), "true".into());
-    agent_env.insert("PYTHONPATH".into(), env.get("DD_PYTHONPATH").cloned().unwrap_or_default());
     let ld = env.get("DD_LD_LIBRARY_PATH").cloned().unwrap_or_else(|| format!("{}/embedded/lib", paths.dd_dir.display()));
-    agent_env.insert("LD_LIBRARY_PATH".into(), ld);
+    let agent_env = [
+        ("DD_TAGS", tags),
+        ("DD_VERSION", dd_version),
+        ("DD_HEROKU_DYNO", "true".to_string()),
+        ("PYTHONPATH", env.get("DD_PYTHONPATH").cloned().unwrap_or_default()),
+        ("LD_LIBRARY_PATH", ld),
+    ];
     let conf = paths.datadog_yaml().to_string_lossy().into_owned();
     for (program, args) in launches(&paths, env, &version, major)? {
         log.say(Level::Debug, &format!("starting {} {}", program.display(), args.join(" ")));
@@ -162,7 +175,7 @@ pub fn launches(paths: &Paths, env: &Env, version: &[u64], major: u64) -> Result
     Ok(out)
 }
 
-fn spawn(program: &Path, args: &[String], env: &Env) -> Result<()> {
+fn spawn(program: &Path, args: &[String], env: &[(&str, String)]) -> Result<()> {
     // The agents write to the dyno's log stream (our stderr), never to the stdout the shell
     // is capturing for `eval`, and run on after ddslug exits.
     use std::os::fd::AsFd;
@@ -170,8 +183,7 @@ fn spawn(program: &Path, args: &[String], env: &Env) -> Result<()> {
     let stderr2 = stderr.try_clone().context("duplicating stderr")?;
     Command::new(program)
         .args(args)
-        .env_clear()
-        .envs(env)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::from(stderr))
         .stderr(Stdio::from(stderr2))

@@ -6,9 +6,13 @@
 //! (possibly changed) environment, prints the final exports and launches the agents in the
 //! background with the agent-only library paths.
 //!
-//! Contract: nothing printed on stdout is anything but `export NAME='value'` lines (the
-//! shell evals them); messages go to stderr, gated by DD_LOG_LEVEL; database passwords are
-//! never printed.
+//! Both steps see the settings as the sourcing shell has them, exported or not: datadog.sh
+//! exports them in the subshell that runs each step (never in the app's shell), as the
+//! classic script, which read shell variables, saw them.
+//!
+//! Contract: nothing printed on stdout is anything but `export NAME='value'` or
+//! `NAME='value'` lines (the shell evals them); messages go to stderr, gated by DD_LOG_LEVEL;
+//! database passwords are never printed.
 
 pub mod integrations;
 pub mod launch;
@@ -131,7 +135,13 @@ pub fn agent_version(paths: &Paths) -> Result<(Vec<u64>, u64)> {
 
 /// A shell `export` line with the value single-quoted.
 pub fn export_line(name: &str, value: &str) -> String {
-    format!("export {name}='{}'", value.replace('\'', r"'\''"))
+    format!("export {}", assign_line(name, value))
+}
+
+/// A shell assignment with the value single-quoted: the variable is exported only if it
+/// already was.
+pub fn assign_line(name: &str, value: &str) -> String {
+    format!("{name}='{}'", value.replace('\'', r"'\''"))
 }
 
 /// Hostname rules: keep `[A-Za-z0-9-]` (and `.` where allowed), replace the rest with `-`,
