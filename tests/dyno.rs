@@ -4,10 +4,10 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -159,7 +159,7 @@ fn agent7_defaults_tags_hostname_and_isolated_library_paths() {
     }
     let yaml = fs::read_to_string(&c).unwrap();
     let conf_dir = s.dir.join(".apt/etc/datadog-agent");
-    assert!(yaml.contains(&format!("confd_path: {}/conf.d\n", conf_dir.display())), "{yaml}");
+    assert!(yaml.contains(&format!("confd_path: \"{}/conf.d\"\n", conf_dir.display())), "{yaml}");
     assert!(yaml.contains("cloud_provider_metadata: []\n"));
     assert!(yaml.contains("apm_config:\n  log_file: "));
     assert!(!yaml.contains("python_version"), "agent 7 is Python 3 only");
@@ -266,11 +266,20 @@ fn integrations_configs_and_database_urls_without_leaking_passwords() {
     assert_eq!(fs::read_to_string(conf_d.join("legacy.d/conf.yaml")).unwrap(), "instances: [{legacy: true}]\n");
     assert!(conf_d.join("mycheck.yaml").exists());
     assert!(s.dir.join(".apt/etc/datadog-agent/checks.d/mycheck.py").exists());
-    let pg = fs::read_to_string(conf_d.join("postgres.d/conf.yaml")).unwrap();
-    assert!(pg.contains("  - host: db.example\n    username: alice\n    password: pg-s3cret\n    port: 5432\n    dbname: main\n    ssl: require\n    disable_generic_tags: false\n    dbm: true\n"), "{pg}");
-    assert!(pg.contains("  - host: replica.example\n"), "{pg}");
-    let redis = fs::read_to_string(conf_d.join("redisdb.d/conf.yaml")).unwrap();
-    assert!(redis.contains("  - host: cache.example\n    password: redis-s3cret\n    port: 6380\n    ssl: true\n    ssl_cert_reqs: 0\n    username: default\n    db: 3\n"), "{redis}");
+    let pg = instances(&conf_d.join("postgres.d/conf.yaml"));
+    assert_eq!(pg.len(), 2);
+    assert_eq!(
+        fields(&pg[0]),
+        owned(&[("host", "db.example"), ("username", "alice"), ("password", "pg-s3cret"), ("port", "5432"), ("dbname", "main"), ("ssl", "require"), ("disable_generic_tags", "false"), ("dbm", "true")])
+    );
+    assert_eq!(pg[1]["host"].as_str(), Some("replica.example"));
+    let redis = instances(&conf_d.join("redisdb.d/conf.yaml"));
+    assert_eq!(
+        fields(&redis[0]),
+        owned(&[("host", "cache.example"), ("password", "redis-s3cret"), ("port", "6380"), ("ssl", "true"), ("ssl_cert_reqs", "0"), ("username", "default"), ("db", "3")])
+    );
+    // Ports and database numbers stay integers, as the classic wrote them.
+    assert_eq!((pg[0]["port"].as_i64(), redis[0]["db"].as_i64()), (Some(5432), Some(3)));
     assert!(started.output.contains("ENABLE_HEROKU_REDIS is deprecated"), "{}", started.output);
     assert!(started.output.contains("BROKEN_URL is not a postgres://"), "{}", started.output);
     assert!(!started.output.contains("s3cret"), "a password was printed: {}", started.output);
@@ -284,6 +293,152 @@ fn instances(path: &Path) -> Vec<Yaml> {
     let docs = YamlLoader::load_from_str(&text).unwrap_or_else(|e| panic!("{}: {e}\n{text}", path.display()));
     assert_eq!(docs.len(), 1, "{text}");
     docs[0]["instances"].as_vec().unwrap_or_else(|| panic!("{}: no instances\n{text}", path.display())).clone()
+}
+
+/// An instance's keys in order, each with its scalar value as text.
+fn fields(instance: &Yaml) -> Vec<(String, String)> {
+    let scalar = |v: &Yaml| match v {
+        Yaml::String(s) => s.clone(),
+        Yaml::Integer(i) => i.to_string(),
+        Yaml::Boolean(b) => b.to_string(),
+        other => panic!("{other:?}"),
+    };
+    instance.as_hash().unwrap().iter().map(|(k, v)| (k.as_str().unwrap().to_string(), scalar(v))).collect()
+}
+
+fn owned(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+fn mode(path: &Path) -> u32 {
+    fs::symlink_metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).mode() & 0o7777
+}
+
+/// Passwords that break YAML written by pasting, each usable in a URL's password part (not
+/// empty, any bytes but NUL). Those with `s3cret` are also checked never to be printed.
+const HOSTILE_PASSWORDS: &[&str] = &[
+    "a\nb: c-s3cret",
+    "x-s3cret\n  - host: evil\n    password: y",
+    "p: w-s3cret",
+    "#s3cret-comment",
+    "{a: 1, s3cret: 2}",
+    "[s3cret]",
+    "*alias-s3cret",
+    "&anchor s3cret",
+    "!tag s3cret",
+    "!!binary czNjcmV0",
+    "%s3cret%40encoded%3A",
+    "'single-s3cret",
+    "\"double-s3cret",
+    "---",
+    "...",
+    "- s3cret",
+    "? s3cret",
+    "|",
+    ">",
+    "@s3cret@",
+    "tab\ts3cret",
+    " s3cret ",
+    "back\\slash-s3cret",
+    "cr\rs3cret",
+    "yes",
+    "off",
+    "null",
+    "~",
+    "0123",
+    "1e3",
+    "0x1F",
+    ".inf",
+    "<<",
+    "=",
+    "ünïcødé-s3cret ☃ 😀",
+    "\u{85}nel\u{2028}ls\u{2029}ps\u{feff}bom-s3cret",
+    "\x01\x1b\x7f-s3cret",
+    "p@ss:w/rd?x=1#frag-s3cret",
+];
+
+#[test]
+fn hostile_database_urls_read_back_exactly_and_secret_files_are_private() {
+    let served = Served::start();
+    // A HOME that needs quoting too: datadog.yaml's paths are under it.
+    let s = slug(&served, "yaml: #{*&x}'q", &[]);
+    let mut how = Run::vars(&[
+        ("DD_API_KEY", "k"),
+        ("DD_ENABLE_HEROKU_POSTGRES", "true"),
+        ("DD_ENABLE_HEROKU_REDIS", "true"),
+        ("DD_LOG_LEVEL", "debug"),
+    ]);
+    let mut pg_vars = Vec::new();
+    let mut redis_vars = Vec::new();
+    for (i, pw) in HOSTILE_PASSWORDS.iter().enumerate() {
+        how.vars.push((Box::leak(format!("PG{i}").into_boxed_str()), format!("postgres://user{i}:{pw}@db{i}.example:5432/main{i}").into()));
+        how.vars.push((Box::leak(format!("RD{i}").into_boxed_str()), format!("rediss://default:{pw}@cache{i}.example:6380/{i}").into()));
+        pg_vars.push(format!("PG{i}"));
+        redis_vars.push(format!("RD{i}"));
+    }
+    // Every other URL part hostile too; a port that is not a canonical number stays a string.
+    how.vars.push(("PGX", "postgres://u\n- x: y:p #s3cret@h: 1 #c:0123/d\n  b: c".into()));
+    // A value that is not UTF-8 cannot go into YAML: skipped, named, never shown.
+    how.vars.push(("BAD_BYTES_URL", OsStr::from_bytes(b"postgres://u:s3cret\xff@h:5432/d").to_os_string()));
+    let pg_list = format!("{}, PGX,BAD_BYTES_URL", pg_vars.join(","));
+    how.vars.push(("DD_POSTGRES_URL_VAR", pg_list.into()));
+    how.vars.push(("DD_REDIS_URL_VAR", redis_vars.join(",").into()));
+    // Under umask 000 a file created with the default mode would be 0666.
+    how.before = "umask 000";
+    let started = run(&s, &how, 2);
+    assert_eq!(started.launches.len(), 2, "the agents start without the refused URL: {}", started.output);
+    let conf = s.dir.join(".apt/etc/datadog-agent");
+    let pg = instances(&conf.join("conf.d/postgres.d/conf.yaml"));
+    assert_eq!(pg.len(), HOSTILE_PASSWORDS.len() + 1, "one instance per usable URL");
+    for (i, pw) in HOSTILE_PASSWORDS.iter().enumerate() {
+        let expected = [
+            ("host", format!("db{i}.example")),
+            ("username", format!("user{i}")),
+            ("password", pw.to_string()),
+            ("port", "5432".into()),
+            ("dbname", format!("main{i}")),
+            ("ssl", "require".into()),
+            ("disable_generic_tags", "false".into()),
+        ];
+        assert_eq!(fields(&pg[i]), expected.iter().map(|(k, v)| (k.to_string(), v.clone())).collect::<Vec<_>>(), "{pw:?}");
+        assert_eq!(pg[i]["password"].as_str().unwrap().as_bytes(), pw.as_bytes());
+    }
+    let x = &pg[HOSTILE_PASSWORDS.len()];
+    assert_eq!(
+        (x["username"].as_str(), x["password"].as_str(), x["host"].as_str(), x["port"].as_str(), x["dbname"].as_str()),
+        (Some("u\n- x"), Some(" y:p #s3cret"), Some("h: 1 #c"), Some("0123"), Some("d\n  b: c"))
+    );
+    let redis = instances(&conf.join("conf.d/redisdb.d/conf.yaml"));
+    assert_eq!(redis.len(), HOSTILE_PASSWORDS.len());
+    for (i, pw) in HOSTILE_PASSWORDS.iter().enumerate() {
+        assert_eq!(redis[i]["password"].as_str().map(str::as_bytes), Some(pw.as_bytes()), "{pw:?}");
+        assert_eq!((redis[i]["port"].as_i64(), redis[i]["db"].as_i64(), redis[i]["username"].as_str()), (Some(6380), Some(i as i64), Some("default")));
+    }
+    assert!(started.output.contains("BAD_BYTES_URL is not valid UTF-8"), "{}", started.output);
+    assert!(!started.output.contains("s3cret"), "a password was printed: {}", started.output);
+    // datadog.yaml's paths read back exactly under the hostile HOME.
+    let docs = YamlLoader::load_from_str(&fs::read_to_string(conf.join("datadog.yaml")).unwrap()).unwrap();
+    assert_eq!(docs[0]["confd_path"].as_str(), Some(conf.join("conf.d").to_str().unwrap()));
+    assert_eq!(docs[0]["run_path"].as_str(), Some(s.dir.join(".apt/opt/datadog-agent/run").to_str().unwrap()));
+    for secret in ["datadog.yaml", "conf.d/postgres.d/conf.yaml", "conf.d/redisdb.d/conf.yaml"] {
+        assert_eq!(mode(&conf.join(secret)), 0o600, "{secret}");
+    }
+    // The default variables, without the indirection.
+    let pw = HOSTILE_PASSWORDS[1];
+    let started = source(
+        &s,
+        &[
+            ("DD_API_KEY", "k"),
+            ("DD_ENABLE_HEROKU_POSTGRES", "true"),
+            ("DATABASE_URL", &format!("postgres://u:{pw}@h:5432/d")),
+            ("DD_ENABLE_HEROKU_REDIS", "true"),
+            ("REDIS_URL", &format!("redis://:{pw}@r:6379")),
+        ],
+        2,
+    );
+    assert_eq!(started.launches.len(), 2);
+    assert_eq!(instances(&conf.join("conf.d/postgres.d/conf.yaml"))[0]["password"].as_str(), Some(pw));
+    assert_eq!(instances(&conf.join("conf.d/redisdb.d/conf.yaml"))[0]["password"].as_str(), Some(pw));
 }
 
 /// The launched programs with their arguments, and each one's value of `name` (`None`: unset).
@@ -370,4 +525,3 @@ fn prerun_assignments_exported_or_not_are_what_the_agent_start_sees() {
     assert_eq!(pg[0]["host"].as_str(), Some("h"));
     assert!(!started.env.contains_key("SHELL_ONLY_URL") && !started.env.contains_key("DD_POSTGRES_URL_VAR"));
 }
-

@@ -1,13 +1,21 @@
-//! The app's integration configs (datadog/conf.d, checks.d) and the Postgres and Redis
-//! integrations built from Heroku's database URLs. Passwords go into the config files the
-//! agent reads, never into a message.
+//! The app's integration configs (datadog/conf.d, checks.d), and the Postgres and Redis
+//! integrations built from Heroku's database URLs
+//! (`DD_ENABLE_HEROKU_POSTGRES`, `DD_POSTGRES_URL_VAR`, and the Redis and deprecated forms).
+//!
+//! Contract: every URL part goes into conf.yaml through [`quote`] (ports and database numbers
+//! as integers when they are canonical decimals), so any value reads back exactly; URL parts are
+//! not percent-decoded, as the classic script did not decode them. A URL that YAML cannot hold
+//! (bytes that are not UTF-8, a NUL) is skipped with a warning naming its variable, and the
+//! agent starts without that instance, as the classic skipped a URL its pattern did not match.
+//! The files are written 0600. Passwords and URLs never go into a message.
 
 use std::fs;
 use std::path::Path;
 
 use anyhow::{Context, Result};
 
-use super::{Env, Level, Log, is_true};
+use super::yaml::{Unrepresentable, number_or_quote, quote};
+use super::{Env, Level, Log, is_true, write_private};
 
 /// Copies `datadog/conf.d/<dir>/`, the older `conf.d/<name>.yaml` form (to `<name>.d/conf.yaml`),
 /// and `checks.d/*.yaml` / `*.py` into the agent's configuration.
@@ -144,6 +152,13 @@ impl<T> Database<T> {
         let vars = with_deprecated(env, log, self.url_vars.0, self.url_vars.1).unwrap_or_else(|| self.default_var.into());
         let mut found = Vec::new();
         for var in vars.split(',').map(str::trim).filter(|v| !v.is_empty()) {
+            if env.is_not_utf8(var) {
+                log.say(
+                    Level::Warn,
+                    &format!("{} integration: {var} is not valid UTF-8, which the agent's configuration cannot hold; skipping it (fix the value of {var})", self.label),
+                );
+                continue;
+            }
             let Some(url) = env.get(var).filter(|u| !u.is_empty()) else {
                 log.say(Level::Warn, &format!("{} integration: {var} is not set; skipping it", self.label));
                 continue;
@@ -175,47 +190,88 @@ const REDIS: Database<RedisUrl> = Database {
     parse: parse_redis,
 };
 
-/// Writes postgres.d/conf.yaml and redisdb.d/conf.yaml when their integrations are enabled.
+/// Writes postgres.d/conf.yaml and redisdb.d/conf.yaml into `conf_dir` (the agent's
+/// configuration directory) when their integrations are enabled.
 pub fn database_integrations(env: &Env, conf_dir: &Path, log: &mut Log) -> Result<()> {
+    let header = "init_config: \ninstances: \n\n";
     if let Some(urls) = POSTGRES.urls(env, log) {
-        let mut yaml = String::from("init_config: \ninstances: \n\n");
+        let mut yaml = String::from(header);
         for (var, pg) in urls {
-            yaml += &format!(
-                "  - host: {}\n    username: {}\n    password: {}\n    port: {}\n    dbname: {}\n    ssl: require\n    disable_generic_tags: false\n",
-                pg.host, pg.user, pg.password, pg.port, pg.db
-            );
-            if is_true(env, "DD_ENABLE_DBM") {
-                yaml += "    dbm: true\n";
+            match postgres_instance(&pg, is_true(env, "DD_ENABLE_DBM")) {
+                Ok(instance) => yaml += &instance,
+                Err((part, _)) => {
+                    refused(log, POSTGRES.label, part, &var);
+                    continue;
+                }
             }
-            log.say(Level::Debug, &format!("Postgres integration: {var} -> {}:{}/{}", pg.host, pg.port, pg.db));
+            log.say(Level::Debug, &format!("Postgres integration: {var} -> {}:{}/{}", pg.host.escape_debug(), pg.port.escape_debug(), pg.db.escape_debug()));
         }
-        write(&conf_dir.join("conf.d/postgres.d/conf.yaml"), &yaml)?;
+        write_private(&conf_dir.join("conf.d/postgres.d/conf.yaml"), yaml.as_bytes())?;
     }
     if let Some(urls) = REDIS.urls(env, log) {
-        let mut yaml = String::from("init_config: \ninstances: \n\n");
+        let mut yaml = String::from(header);
         for (var, r) in urls {
-            yaml += &format!("  - host: {}\n    password: {}\n    port: {}\n", r.host, r.password, r.port);
-            if r.tls {
-                yaml += "    ssl: true\n    ssl_cert_reqs: 0\n";
+            match redis_instance(&r) {
+                Ok(instance) => yaml += &instance,
+                Err((part, _)) => {
+                    refused(log, REDIS.label, part, &var);
+                    continue;
+                }
             }
-            if !r.user.is_empty() {
-                yaml += &format!("    username: {}\n", r.user);
-            }
-            if !r.db.is_empty() {
-                yaml += &format!("    db: {}\n", r.db);
-            }
-            log.say(Level::Debug, &format!("Redis integration: {var} -> {}:{}", r.host, r.port));
+            log.say(Level::Debug, &format!("Redis integration: {var} -> {}:{}", r.host.escape_debug(), r.port.escape_debug()));
         }
-        write(&conf_dir.join("conf.d/redisdb.d/conf.yaml"), &yaml)?;
+        write_private(&conf_dir.join("conf.d/redisdb.d/conf.yaml"), yaml.as_bytes())?;
     }
     Ok(())
 }
 
-fn write(path: &Path, text: &str) -> Result<()> {
-    if let Some(parent) = path.parent() {
-        fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+/// Which URL part could not be written.
+type Refusal = (&'static str, Unrepresentable);
+
+fn refused(log: &mut Log, label: &str, part: &str, var: &str) {
+    log.say(
+        Level::Warn,
+        &format!("{label} integration: the {part} in {var} has a character the agent's configuration cannot hold (NUL); skipping it (fix {var})"),
+    );
+}
+
+fn field(part: &'static str, value: &str) -> Result<String, Refusal> {
+    quote(value).map_err(|e| (part, e))
+}
+
+fn number(part: &'static str, value: &str) -> Result<String, Refusal> {
+    number_or_quote(value).map_err(|e| (part, e))
+}
+
+/// One `instances:` item of postgres.d/conf.yaml, the classic's keys in the classic's order.
+fn postgres_instance(pg: &PgUrl, dbm: bool) -> Result<String, Refusal> {
+    let mut out = format!(
+        "  - host: {}\n    username: {}\n    password: {}\n    port: {}\n    dbname: {}\n    ssl: require\n    disable_generic_tags: false\n",
+        field("host", &pg.host)?,
+        field("user", &pg.user)?,
+        field("password", &pg.password)?,
+        number("port", &pg.port)?,
+        field("database name", &pg.db)?,
+    );
+    if dbm {
+        out += "    dbm: true\n";
     }
-    fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+    Ok(out)
+}
+
+/// One `instances:` item of redisdb.d/conf.yaml.
+fn redis_instance(r: &RedisUrl) -> Result<String, Refusal> {
+    let mut out = format!("  - host: {}\n    password: {}\n    port: {}\n", field("host", &r.host)?, field("password", &r.password)?, number("port", &r.port)?);
+    if r.tls {
+        out += "    ssl: true\n    ssl_cert_reqs: 0\n";
+    }
+    if !r.user.is_empty() {
+        out += &format!("    username: {}\n", field("user", &r.user)?);
+    }
+    if !r.db.is_empty() {
+        out += &format!("    db: {}\n", number("database number", &r.db)?);
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -233,5 +289,26 @@ mod tests {
         let r = parse_redis("redis://default:pw@r:6379/2").unwrap();
         assert_eq!((r.user.as_str(), r.db.as_str(), r.tls), ("default", "2", false));
         assert!(parse_redis("redis://r:6379").is_none());
+    }
+
+    #[test]
+    fn instances_read_back_exactly() {
+        use yaml_rust2::YamlLoader;
+        let pg = parse_pg("postgres://u\n- x:p: w\n  #{*&!%'\"@h: 1:0123/d b").unwrap();
+        let text = format!("instances:\n{}", postgres_instance(&pg, true).unwrap());
+        let docs = YamlLoader::load_from_str(&text).unwrap();
+        let i = &docs[0]["instances"][0];
+        assert_eq!(i["username"].as_str(), Some("u\n- x"));
+        assert_eq!(i["password"].as_str(), Some("p: w\n  #{*&!%'\""));
+        assert_eq!(i["host"].as_str(), Some("h: 1"));
+        assert_eq!(i["port"].as_str(), Some("0123"), "not a canonical number: kept as the exact string");
+        assert_eq!(i["dbname"].as_str(), Some("d b"));
+        assert_eq!(i["dbm"].as_bool(), Some(true));
+        let r = parse_redis("rediss://us er:p\nw@h:6380/3").unwrap();
+        let docs = YamlLoader::load_from_str(&format!("instances:\n{}", redis_instance(&r).unwrap())).unwrap();
+        let i = &docs[0]["instances"][0];
+        assert_eq!((i["password"].as_str(), i["username"].as_str(), i["port"].as_i64(), i["db"].as_i64()), (Some("p\nw"), Some("us er"), Some(6380), Some(3)));
+        let nul = PgUrl { password: "a\0b".into(), ..pg };
+        assert_eq!(postgres_instance(&nul, false).unwrap_err().0, "password");
     }
 }

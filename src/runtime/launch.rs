@@ -6,11 +6,11 @@ use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, anyhow};
 
 use super::integrations::{copy_app_configs, database_integrations};
 use super::yaml::{YamlSettings, edit, install_info};
-use super::{Env, Level, Log, Paths, agent_version, assign_line, dyno_host, export_line, is_true, normalize_tags, rfc1123};
+use super::{Env, Level, Log, Paths, agent_version, assign_line, dyno_host, export_line, is_true, normalize_tags, rfc1123, write_private};
 use crate::recipe::cmp_version;
 
 /// The buildpack version reported in tags and install_info.
@@ -40,9 +40,9 @@ pub fn prepare(env: &Env, log: &mut Log) -> Result<Vec<String>> {
         // Python 3 needs it.
         python3_on_agent6: major == 6 && python_major == Some('3'),
     };
-    fs::write(&yaml_path, edit(&example, &settings)).with_context(|| format!("writing {}", yaml_path.display()))?;
-    fs::write(paths.conf_dir.join("install_info"), install_info(BUILDPACK_VERSION))
-        .with_context(|| "writing install_info".to_string())?;
+    let yaml = edit(&example, &settings).map_err(|e| anyhow!("HOME ({}) cannot go into datadog.yaml: {e}", paths.home.display()))?;
+    write_private(&yaml_path, yaml.as_bytes())?;
+    write_private(&paths.conf_dir.join("install_info"), install_info(BUILDPACK_VERSION)?.as_bytes())?;
     for dir in [paths.conf_dir.join("conf.d"), paths.conf_dir.join("checks.d"), paths.run_dir.clone(), paths.log_dir.clone()] {
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     }

@@ -12,19 +12,42 @@
 //!
 //! Contract: nothing printed on stdout is anything but `export NAME='value'` or
 //! `NAME='value'` lines (the shell evals them); messages go to stderr, gated by DD_LOG_LEVEL;
-//! database passwords are never printed.
+//! no password, URL or API key is ever printed.
 
 pub mod integrations;
 pub mod launch;
 pub mod yaml;
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-/// The environment the dyno start sees, as a map (tests pass their own).
-pub type Env = BTreeMap<String, String>;
+/// The environment the dyno start sees (tests build their own with `collect`).
+#[derive(Clone, Debug, Default)]
+pub struct Env {
+    vars: BTreeMap<String, String>,
+    /// Variables whose value is not UTF-8: never read as a setting, named when one is needed.
+    not_utf8: BTreeSet<String>,
+}
+
+impl Env {
+    /// The variable's value; `None` when unset or not UTF-8 (see [`Env::is_not_utf8`]).
+    pub fn get(&self, name: &str) -> Option<&String> {
+        self.vars.get(name)
+    }
+
+    /// Whether `name` is set to bytes that are not UTF-8 (so [`Env::get`] gives `None`).
+    pub fn is_not_utf8(&self, name: &str) -> bool {
+        self.not_utf8.contains(name)
+    }
+}
+
+impl FromIterator<(String, String)> for Env {
+    fn from_iter<I: IntoIterator<Item = (String, String)>>(pairs: I) -> Env {
+        Env { vars: pairs.into_iter().collect(), not_utf8: BTreeSet::new() }
+    }
+}
 
 /// Buildpack message levels, from DD_LOG_LEVEL (`TRACE` … `OFF`, default `INFO`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -171,9 +194,46 @@ pub fn dyno_host(env: &Env) -> String {
         .unwrap_or_default()
 }
 
-/// Collects the process environment.
+/// Collects the process environment. A value that is not UTF-8 is kept out of the settings
+/// (and named if a setting needs it); `std::env::vars` would panic on it.
 pub fn process_env() -> Env {
-    std::env::vars().collect()
+    let mut env = Env::default();
+    for (name, value) in std::env::vars_os() {
+        // A name that is not UTF-8 cannot be one of our settings.
+        let Ok(name) = name.into_string() else { continue };
+        match value.into_string() {
+            Ok(value) => {
+                env.vars.insert(name, value);
+            }
+            Err(_) => {
+                env.not_utf8.insert(name);
+            }
+        }
+    }
+    env
+}
+
+/// Writes `path` as a new 0600 file renamed into place: a secret in it is never readable by
+/// others, not even for a moment, and a file at the name is replaced, never rewritten in place
+/// (slug files are hard links into the build cache while tests run).
+pub fn write_private(path: &Path, content: &[u8]) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = path.parent().with_context(|| format!("{} has no directory", path.display()))?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let tmp = dir.join(format!(".ddslug-tmp.{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .and_then(|mut file| file.write_all(content))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written.with_context(|| format!("writing {}", path.display()))
 }
 
 #[cfg(test)]
