@@ -18,15 +18,18 @@ if [ -x "$__ddslug" ]; then
             ${DD_REDIS_URL_VAR-} ${REDIS_URL_VAR-} 2>/dev/null
         builtin exec "$__ddslug" dyno "$@"
     }
-    eval "$(__ddslug_step prepare)"
+    # A failed prepare has said why; start then only sets the app's exports.
+    __ddslug_failed=
+    __ddslug_out="$(__ddslug_step prepare)" || __ddslug_failed=--no-agents
+    eval "$__ddslug_out"
     __ddslug_app="${DD_HEROKU_CONF_FOLDER:-$HOME/datadog}"
     if [ -e "$__ddslug_app/prerun.sh" ]; then
         # shellcheck source=/dev/null
         source "$__ddslug_app/prerun.sh"
     fi
-    eval "$(__ddslug_step start)"
+    eval "$(__ddslug_step start ${__ddslug_failed:+"$__ddslug_failed"})"
     unset -f __ddslug_step
 else
     echo "[datadog] $__ddslug is missing from the slug; the Datadog Agent will not start" >&2
 fi
-unset __ddslug __ddslug_app
+unset __ddslug __ddslug_app __ddslug_out __ddslug_failed

@@ -167,7 +167,11 @@ enum DynoStep {
     /// Write datadog.yaml, conf.d, hostname and paths; before the app's prerun.sh.
     Prepare,
     /// Final tags, then launch the agents; after the app's prerun.sh.
-    Start,
+    Start {
+        /// `prepare` failed: print the exports only, start no agent.
+        #[arg(long)]
+        no_agents: bool,
+    },
 }
 
 /// Where to read packages from.
@@ -268,7 +272,7 @@ fn run(cli: Cli) -> Result<()> {
             let mut log = runtime::Log::new(&env);
             let result = match step {
                 DynoStep::Prepare => runtime::launch::prepare(&env, &mut log),
-                DynoStep::Start => runtime::launch::start(&env, &mut log),
+                DynoStep::Start { no_agents } => runtime::launch::start(&env, &mut log, !no_agents),
             };
             match result {
                 Ok(exports) => {
@@ -276,8 +280,12 @@ fn run(cli: Cli) -> Result<()> {
                         println!("{line}");
                     }
                 }
-                // The app must start even when the agent cannot: report and carry on.
-                Err(e) => log.say(runtime::Level::Error, &format!("the Datadog Agent will not start: {e:#}")),
+                // The app must start even when the agent cannot: report, and tell datadog.sh
+                // (which then starts no agent) by the exit status.
+                Err(e) => {
+                    log.say(runtime::Level::Error, &format!("the Datadog Agent will not start: {e:#}"));
+                    std::process::exit(1);
+                }
             }
         }
         Command::Unpack { deb, dir } => {

@@ -1,5 +1,4 @@
-//! The app's integration configs (datadog/conf.d, checks.d), and the Postgres and Redis
-//! integrations built from Heroku's database URLs
+//! The Postgres and Redis integrations built from Heroku's database URLs
 //! (`DD_ENABLE_HEROKU_POSTGRES`, `DD_POSTGRES_URL_VAR`, and the Redis and deprecated forms).
 //!
 //! Contract: every URL part goes into conf.yaml through [`quote`] (ports and database numbers
@@ -7,68 +6,13 @@
 //! not percent-decoded, as the classic script did not decode them. A URL that YAML cannot hold
 //! (bytes that are not UTF-8, a NUL) is skipped with a warning naming its variable, and the
 //! agent starts without that instance, as the classic skipped a URL its pattern did not match.
-//! The files are written 0600. Passwords and URLs never go into a message.
+//! The files are written 0600 through [`Tree`]. Passwords and URLs never go into a message.
 
-use std::fs;
-use std::path::Path;
+use anyhow::Result;
 
-use anyhow::{Context, Result};
-
+use super::confdir::{Keep, Missing, Tree};
 use super::yaml::{Unrepresentable, number_or_quote, quote};
-use super::{Env, Level, Log, is_true, write_private};
-
-/// Copies `datadog/conf.d/<dir>/`, the older `conf.d/<name>.yaml` form (to `<name>.d/conf.yaml`),
-/// and `checks.d/*.yaml` / `*.py` into the agent's configuration.
-pub fn copy_app_configs(app_datadog: &Path, conf_dir: &Path) -> Result<()> {
-    let app_conf = app_datadog.join("conf.d");
-    let agent_conf = conf_dir.join("conf.d");
-    for entry in sorted_entries(&app_conf) {
-        let path = entry;
-        let name = path.file_name().map(|n| n.to_owned()).unwrap_or_default();
-        if path.is_dir() {
-            copy_dir(&path, &agent_conf.join(&name))?;
-        } else if path.extension().is_some_and(|e| e == "yaml") {
-            let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-            let dest = agent_conf.join(format!("{stem}.d"));
-            fs::create_dir_all(&dest).with_context(|| format!("creating {}", dest.display()))?;
-            fs::copy(&path, dest.join("conf.yaml")).with_context(|| format!("copying {}", path.display()))?;
-        }
-    }
-    let checks = app_datadog.join("checks.d");
-    for path in sorted_entries(&checks) {
-        let ext = path.extension().map(|e| e.to_string_lossy().into_owned()).unwrap_or_default();
-        let name = path.file_name().map(|n| n.to_owned()).unwrap_or_default();
-        let dest = match ext.as_str() {
-            "yaml" => agent_conf.join(name),
-            "py" => conf_dir.join("checks.d").join(name),
-            _ => continue,
-        };
-        if let Some(parent) = dest.parent() {
-            fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
-        }
-        fs::copy(&path, &dest).with_context(|| format!("copying {}", path.display()))?;
-    }
-    Ok(())
-}
-
-fn sorted_entries(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut v: Vec<_> = fs::read_dir(dir).map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect()).unwrap_or_default();
-    v.sort();
-    v
-}
-
-fn copy_dir(from: &Path, to: &Path) -> Result<()> {
-    fs::create_dir_all(to).with_context(|| format!("creating {}", to.display()))?;
-    for path in sorted_entries(from) {
-        let dest = to.join(path.file_name().unwrap_or_default());
-        if path.is_dir() {
-            copy_dir(&path, &dest)?;
-        } else {
-            fs::copy(&path, &dest).with_context(|| format!("copying {}", path.display()))?;
-        }
-    }
-    Ok(())
-}
+use super::{Env, Level, Log, is_true};
 
 /// A setting with its deprecated name as fallback (warning when the old name is used).
 fn with_deprecated(env: &Env, log: &mut Log, name: &str, old: &str) -> Option<String> {
@@ -190,9 +134,9 @@ const REDIS: Database<RedisUrl> = Database {
     parse: parse_redis,
 };
 
-/// Writes postgres.d/conf.yaml and redisdb.d/conf.yaml into `conf_dir` (the agent's
-/// configuration directory) when their integrations are enabled.
-pub fn database_integrations(env: &Env, conf_dir: &Path, log: &mut Log) -> Result<()> {
+/// Writes postgres.d/conf.yaml and redisdb.d/conf.yaml into `conf` (the agent's configuration
+/// directory) when their integrations are enabled.
+pub fn database_integrations(env: &Env, conf: &Tree, log: &mut Log) -> Result<()> {
     let header = "init_config: \ninstances: \n\n";
     if let Some(urls) = POSTGRES.urls(env, log) {
         let mut yaml = String::from(header);
@@ -206,7 +150,7 @@ pub fn database_integrations(env: &Env, conf_dir: &Path, log: &mut Log) -> Resul
             }
             log.say(Level::Debug, &format!("Postgres integration: {var} -> {}:{}/{}", pg.host.escape_debug(), pg.port.escape_debug(), pg.db.escape_debug()));
         }
-        write_private(&conf_dir.join("conf.d/postgres.d/conf.yaml"), yaml.as_bytes())?;
+        conf.subdir("conf.d/postgres.d", Missing::Create, Keep::Restore)?.write_private("conf.yaml", yaml.as_bytes())?;
     }
     if let Some(urls) = REDIS.urls(env, log) {
         let mut yaml = String::from(header);
@@ -220,7 +164,7 @@ pub fn database_integrations(env: &Env, conf_dir: &Path, log: &mut Log) -> Resul
             }
             log.say(Level::Debug, &format!("Redis integration: {var} -> {}:{}", r.host.escape_debug(), r.port.escape_debug()));
         }
-        write_private(&conf_dir.join("conf.d/redisdb.d/conf.yaml"), yaml.as_bytes())?;
+        conf.subdir("conf.d/redisdb.d", Missing::Create, Keep::Restore)?.write_private("conf.yaml", yaml.as_bytes())?;
     }
     Ok(())
 }

@@ -1,31 +1,46 @@
 //! The two steps `.profile.d/datadog.sh` runs around the app's prerun.sh: `prepare`
 //! (configuration, hostname, paths) and `start` (tags, then the agents in the background).
+//!
+//! Every write into the slug goes through [`Tree`] (no symlink followed, files 0600 and
+//! renamed into place, read-only directories opened up for a non-root dyno user).
 
 use std::fs;
-use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result, anyhow};
 
-use super::integrations::{copy_app_configs, database_integrations};
+use super::appconf::copy_app_configs;
+use super::confdir::{Keep, Missing, Tree};
+use super::integrations::database_integrations;
 use super::yaml::{YamlSettings, edit, install_info};
-use super::{Env, Level, Log, Paths, agent_version, assign_line, dyno_host, export_line, is_true, normalize_tags, rfc1123, write_private};
+use super::{Env, Level, Log, Paths, agent_version, assign_line, dyno_host, export_line, is_true, normalize_tags, rfc1123};
 use crate::recipe::cmp_version;
 
 /// The buildpack version reported in tags and install_info.
 pub const BUILDPACK_VERSION: &str = concat!("ddslug-", env!("CARGO_PKG_VERSION"));
 
-/// Writes the agent's configuration; returns the `export` lines for the shell.
+/// The most dyno start reads of the package's datadog.yaml.example (the real one is ~100 KB).
+pub const MAX_EXAMPLE_BYTES: u64 = 4 << 20;
+
+/// Below `.apt`: the directories dyno start writes into.
+const CONF_DIR: &str = "etc/datadog-agent";
+const RUN_DIR: &str = "opt/datadog-agent/run";
+const LOG_DIR: &str = "var/log/datadog";
+
+/// Writes the agent's configuration; returns the lines for the shell to eval.
 pub fn prepare(env: &Env, log: &mut Log) -> Result<Vec<String>> {
     let paths = Paths::from_env(env);
     let (version, major) = agent_version(&paths)?;
     let mut exports = Vec::new();
     let mut export = |name: &str, value: &str| exports.push(export_line(name, value));
 
-    let yaml_path = paths.datadog_yaml();
-    let example = fs::read_to_string(paths.conf_dir.join("datadog.yaml.example"))
-        .with_context(|| format!("reading {}/datadog.yaml.example from the agent package", paths.conf_dir.display()))?;
+    let home = Tree::open_ambient(&paths.home)?;
+    let apt = home.subdir(".apt", Missing::Fail, Keep::Restore)?;
+    // The agent writes auth_token and its IPC certificate next to datadog.yaml: kept writable.
+    let conf = apt.subdir(CONF_DIR, Missing::Fail, Keep::Writable)?;
+    let example = conf.read_bounded("datadog.yaml.example", MAX_EXAMPLE_BYTES)?;
+    let example = String::from_utf8(example).map_err(|_| anyhow!("{}/datadog.yaml.example from the agent package is not UTF-8", conf.path().display()))?;
     let python = python_dir(&paths.dd_dir);
     let python_major = python.as_deref().and_then(|p| p.strip_prefix("python")).and_then(|p| p.chars().next());
     let process_log = paths.log_dir.join("datadog-proc.log").to_string_lossy().into_owned();
@@ -41,12 +56,11 @@ pub fn prepare(env: &Env, log: &mut Log) -> Result<Vec<String>> {
         python3_on_agent6: major == 6 && python_major == Some('3'),
     };
     let yaml = edit(&example, &settings).map_err(|e| anyhow!("HOME ({}) cannot go into datadog.yaml: {e}", paths.home.display()))?;
-    write_private(&yaml_path, yaml.as_bytes())?;
-    write_private(&paths.conf_dir.join("install_info"), install_info(BUILDPACK_VERSION)?.as_bytes())?;
-    for dir in [paths.conf_dir.join("conf.d"), paths.conf_dir.join("checks.d"), paths.run_dir.clone(), paths.log_dir.clone()] {
-        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    copy_app_configs(&paths.app_datadog, &paths.conf_dir)?;
+    conf.write_private("datadog.yaml", yaml.as_bytes())?;
+    conf.write_private("install_info", install_info(BUILDPACK_VERSION)?.as_bytes())?;
+    apt.subdir(RUN_DIR, Missing::Create, Keep::Writable)?;
+    apt.subdir(LOG_DIR, Missing::Create, Keep::Writable)?;
+    copy_app_configs(&paths.app_datadog, &conf, log)?;
 
     let host = dyno_host(env);
     let dyno = env.get("DYNO").cloned().unwrap_or_default();
@@ -70,22 +84,22 @@ pub fn prepare(env: &Env, log: &mut Log) -> Result<Vec<String>> {
     }
 
     if is_true(env, "DD_DISABLE_HOST_METRICS") {
-        disable_host_checks(&paths.conf_dir.join("conf.d"))?;
+        disable_host_checks(&conf.subdir("conf.d", Missing::Create, Keep::Restore)?, 0)?;
     }
     if let Some(python) = &python {
-        restore_symlinks(&paths.dd_dir, python_major == Some('3'))?;
+        restore_symlinks(&apt, python_major == Some('3'))?;
         export("DD_PYTHONPATH", &python_path(&paths.dd_dir, python));
     }
-    database_integrations(env, &paths.conf_dir, log)?;
+    database_integrations(env, &conf, log)?;
 
     let dd = paths.dd_dir.to_string_lossy();
-    let apt = paths.apt.to_string_lossy();
+    let apt_path = paths.apt.to_string_lossy();
     export("DD_BIN_DIR", &paths.bin_dir.to_string_lossy());
-    export("DATADOG_CONF", &yaml_path.to_string_lossy());
-    export("DD_LD_LIBRARY_PATH", &format!("{dd}/embedded/lib:{apt}/usr/lib/x86_64-linux-gnu:{apt}/usr/lib"));
+    export("DATADOG_CONF", &paths.datadog_yaml().to_string_lossy());
+    export("DD_LD_LIBRARY_PATH", &format!("{dd}/embedded/lib:{apt_path}/usr/lib/x86_64-linux-gnu:{apt_path}/usr/lib"));
     export("DD_LOG_FILE", &paths.log_dir.join("datadog.log").to_string_lossy());
     let path = env.get("PATH").cloned().unwrap_or_default();
-    export("PATH", &format!("{apt}/usr/bin:{}:{path}", paths.bin_dir.display()));
+    export("PATH", &format!("{apt_path}/usr/bin:{}:{path}", paths.bin_dir.display()));
     export("DD_AGENT_VERSION_RUNNING", &version.iter().map(u64::to_string).collect::<Vec<_>>().join("."));
     // As the classic script: a shell variable (exported only if it already was) that prerun.sh
     // may change and `start` reads back.
@@ -93,12 +107,13 @@ pub fn prepare(env: &Env, log: &mut Log) -> Result<Vec<String>> {
     Ok(exports)
 }
 
-/// After prerun.sh: final tags, then the agents. Returns the `export` lines.
+/// After prerun.sh: final tags, then the agents (unless `agents` is false: `prepare` failed).
+/// Returns the `export` lines.
 ///
 /// `env` is the shell's view after prerun.sh (datadog.sh passes unexported settings too). The
 /// agents inherit this process's environment with the tags, version, dyno marker and their own
 /// library paths set, as the classic started them with the shell's exports.
-pub fn start(env: &Env, log: &mut Log) -> Result<Vec<String>> {
+pub fn start(env: &Env, log: &mut Log, agents: bool) -> Result<Vec<String>> {
     let paths = Paths::from_env(env);
     let (version, manifest_major) = agent_version(&paths)?;
     // The classic compares DD_AGENT_MAJOR_VERSION (set before prerun.sh, which may change it)
@@ -129,6 +144,10 @@ pub fn start(env: &Env, log: &mut Log) -> Result<Vec<String>> {
     }
     if disabled {
         log.say(Level::Info, "The Datadog Agent is disabled by DISABLE_DATADOG_AGENT; unset it to start the agent.");
+        return Ok(exports);
+    }
+    if !agents {
+        // `prepare` failed and said why: no configuration to start the agents with.
         return Ok(exports);
     }
     let ld = env.get("DD_LD_LIBRARY_PATH").cloned().unwrap_or_else(|| format!("{}/embedded/lib", paths.dd_dir.display()));
@@ -163,10 +182,9 @@ pub fn launches(paths: &Paths, env: &Env, version: &[u64], major: u64) -> Result
         let flag = if at_least(&[6, 36], &[7, 36]) { "--cfgpath" } else { "--config" };
         let program = if at_least(&[6, 52], &[7, 52]) {
             // The combined binary acts as the process agent when called by that name.
-            let link = paths.bin_dir.join("process-agent");
-            let _ = fs::remove_file(&link);
-            symlink(paths.bin_dir.join("agent"), &link).with_context(|| format!("creating {}", link.display()))?;
-            link
+            let bin = Tree::open_ambient(&paths.home)?.subdir(".apt/opt/datadog-agent/bin/agent", Missing::Fail, Keep::Restore)?;
+            bin.symlink("agent", "process-agent")?;
+            paths.bin_dir.join("process-agent")
         } else {
             paths.dd_dir.join("embedded/bin/process-agent")
         };
@@ -239,39 +257,43 @@ fn python_path(dd: &Path, python: &str) -> String {
     parts.iter().map(|p| p.to_string_lossy().into_owned()).collect::<Vec<_>>().join(":")
 }
 
-/// The symlinks the build removed because they were absolute into /opt, pointed at the
-/// slug's real location now that it is known.
-fn restore_symlinks(dd: &Path, python3: bool) -> Result<()> {
-    let bin = dd.join("embedded/bin");
-    let mut links = vec![(dd.join("embedded/ssl/certs/cacert.pem"), dd.join("embedded/ssl/cert.pem"))];
+/// The symlinks the build removed because they were absolute into /opt, made again. They are
+/// relative (the classic wrote absolute ones into the dyno's path): the same file whatever
+/// the slug's location, and never a way out of it.
+fn restore_symlinks(apt: &Tree, python3: bool) -> Result<()> {
+    let mut links = vec![("opt/datadog-agent/embedded/ssl", "certs/cacert.pem", "cert.pem")];
+    let bin = "opt/datadog-agent/embedded/bin";
     if python3 {
-        links.push((bin.join("python3"), bin.join("python")));
-        links.push((bin.join("python3-config"), bin.join("python-config")));
-        links.push((bin.join("pip3"), bin.join("pip")));
+        links.extend([(bin, "python3", "python"), (bin, "python3-config", "python-config"), (bin, "pip3", "pip")]);
     } else {
-        links.push((bin.join("pip2"), bin.join("pip")));
+        links.push((bin, "pip2", "pip"));
     }
-    for (target, link) in links {
-        if fs::symlink_metadata(&target).is_err() || link.parent().is_none_or(|p| !p.is_dir()) {
+    for (dir, target, link) in links {
+        if !apt.dir().is_dir(dir) {
             continue;
         }
-        let _ = fs::remove_file(&link);
-        symlink(&target, &link).with_context(|| format!("linking {}", link.display()))?;
+        let dir = apt.subdir(dir, Missing::Fail, Keep::Restore)?;
+        if dir.dir().symlink_metadata(target).is_ok() {
+            dir.symlink(target, link)?;
+        }
     }
     Ok(())
 }
 
-/// Renames every `conf.yaml.default` so the host checks (which read the host, not the dyno)
-/// do not run.
-fn disable_host_checks(conf_d: &Path) -> Result<()> {
-    for entry in fs::read_dir(conf_d).with_context(|| format!("reading {}", conf_d.display()))? {
-        let path = entry?.path();
-        if path.is_dir() {
-            disable_host_checks(&path)?;
-        } else if path.file_name().is_some_and(|n| n == "conf.yaml.default") {
-            let mut disabled = path.clone().into_os_string();
-            disabled.push("_disabled");
-            fs::rename(&path, &disabled).with_context(|| format!("renaming {}", path.display()))?;
+/// The deepest directory below conf.d that [`disable_host_checks`] walks.
+const MAX_CONF_DEPTH: usize = 32;
+/// The most entries it reads in one directory.
+const MAX_CONF_ENTRIES: usize = 100_000;
+
+/// Renames every `conf.yaml.default` (as `find -name` would, symlinks not followed) so the host
+/// checks (which read the host, not the dyno) do not run.
+fn disable_host_checks(dir: &Tree, depth: usize) -> Result<()> {
+    for name in dir.names(MAX_CONF_ENTRIES)? {
+        let Ok(meta) = dir.dir().symlink_metadata(&name) else { continue };
+        if meta.is_dir() && depth < MAX_CONF_DEPTH {
+            disable_host_checks(&dir.subdir(&name, Missing::Fail, Keep::Restore)?, depth + 1)?;
+        } else if name == "conf.yaml.default" {
+            dir.rename(&name, "conf.yaml.default_disabled".as_ref())?;
         }
     }
     Ok(())

@@ -14,12 +14,14 @@
 //! `NAME='value'` lines (the shell evals them); messages go to stderr, gated by DD_LOG_LEVEL;
 //! no password, URL or API key is ever printed.
 
+pub mod appconf;
+pub mod confdir;
 pub mod integrations;
 pub mod launch;
 pub mod yaml;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 
@@ -211,29 +213,6 @@ pub fn process_env() -> Env {
         }
     }
     env
-}
-
-/// Writes `path` as a new 0600 file renamed into place: a secret in it is never readable by
-/// others, not even for a moment, and a file at the name is replaced, never rewritten in place
-/// (slug files are hard links into the build cache while tests run).
-pub fn write_private(path: &Path, content: &[u8]) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let dir = path.parent().with_context(|| format!("{} has no directory", path.display()))?;
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let tmp = dir.join(format!(".ddslug-tmp.{}", std::process::id()));
-    let _ = std::fs::remove_file(&tmp);
-    let written = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .and_then(|mut file| file.write_all(content))
-        .and_then(|()| std::fs::rename(&tmp, path));
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written.with_context(|| format!("writing {}", path.display()))
 }
 
 #[cfg(test)]
