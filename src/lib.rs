@@ -15,6 +15,7 @@
 //! build checks and links from).
 
 pub mod apt;
+pub mod ar;
 pub mod compile;
 pub mod config;
 pub mod deb;
@@ -31,6 +32,7 @@ pub mod recipe;
 pub mod report;
 pub mod runtime;
 pub mod store;
+pub mod tarstream;
 pub mod treehash;
 pub mod verify;
 pub mod xzseek;

@@ -231,7 +231,7 @@ fn decode_block(source: &Source<'_>, block: &Block, index: usize, wanted: &Atomi
     // A stream decoder fed the stream header and this one block decodes exactly this block;
     // it would then expect the index, which it is never given.
     let flags = if source.checks { 0 } else { IGNORE_CHECK };
-    let mut stream = Stream::new_stream_decoder(u64::MAX, flags).map_err(io::Error::other)?;
+    let mut stream = Stream::new_stream_decoder(crate::tarstream::XZ_MEMLIMIT, flags).map_err(io::Error::other)?;
     let bad = |e: liblzma::stream::Error| io::Error::new(io::ErrorKind::InvalidData, e);
     let total = block.uncompressed_len as usize;
     reuse(out, total);

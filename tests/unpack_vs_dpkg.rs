@@ -154,3 +154,105 @@ fn names_that_are_not_utf8_match_dpkg_byte_for_byte() {
     let back: Vec<ddslug::treehash::TreeEntry> = serde_json::from_str(&json).unwrap();
     assert_eq!(ddslug::treehash::hash_entries(&back), a.hash);
 }
+
+/// The members of a well-formed .deb, as (name, bytes), split without ddslug's reader.
+fn members_of(deb: &[u8]) -> Vec<(String, Vec<u8>)> {
+    let (mut out, mut at) = (Vec::new(), 8);
+    while at + 60 <= deb.len() {
+        let name = String::from_utf8_lossy(&deb[at..at + 16]).trim_end().trim_end_matches('/').to_string();
+        let size: usize = String::from_utf8_lossy(&deb[at + 48..at + 58]).trim().parse().unwrap();
+        out.push((name, deb[at + 60..at + 60 + size].to_vec()));
+        at += 60 + size + size % 2;
+    }
+    out
+}
+
+/// An ar member: header fields as given (the size field verbatim), body, padding if odd.
+fn raw_member(name: &str, size_field: &[u8], body: &[u8], pad: bool) -> Vec<u8> {
+    let mut out = format!("{name:<16}{:<12}{:<6}{:<6}{:<8}", 0, 0, 0, "100644").into_bytes();
+    let mut size = size_field.to_vec();
+    size.resize(10, b' ');
+    out.extend_from_slice(&size);
+    out.extend_from_slice(b"`\n");
+    out.extend_from_slice(body);
+    if pad && body.len() % 2 == 1 {
+        out.push(b'\n');
+    }
+    out
+}
+
+fn member(name: &str, body: &[u8]) -> Vec<u8> {
+    raw_member(name, body.len().to_string().as_bytes(), body, true)
+}
+
+/// Hostile .deb containers: ddslug accepts exactly what `dpkg-deb -x` accepts (and unpacks the
+/// same tree), and refuses the rest with dpkg-deb's reason.
+#[test]
+fn the_ar_container_is_read_as_strictly_as_dpkg_deb_reads_it() {
+    use ddslug_testsupport::{Compression, DebSpec};
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = DebSpec::new("strict", "1.0-1").file("usr/share/strict/a.txt", 0o644, "alpha\n");
+    spec.compression = Compression::Gzip;
+    let parts = members_of(&spec.build().unwrap());
+    let (control, data) = (&parts[1].1, &parts[2].1);
+    let db = member("debian-binary", b"2.0\n");
+    let c = member("control.tar.gz", control);
+    let d = member("data.tar.gz", data);
+    let odd_control = [&control[..], if control.len() % 2 == 0 { b"\0" } else { b"" }].concat();
+    let deb = |members: &[&[u8]], tail: &[u8]| [&b"!<arch>\n"[..], &members.concat(), tail].concat();
+    let with_version = |v: &[u8]| deb(&[&member("debian-binary", v), &c, &d], b"");
+    let size = |field: &[u8]| deb(&[&db, &c, &raw_member("data.tar.gz", field, data, true)], b"");
+    // (case, the .deb, what both refusals say; None where dpkg-deb -x accepts it)
+    let cases: Vec<(&str, Vec<u8>, Option<&str>)> = vec![
+        ("well formed", deb(&[&db, &c, &d], b""), None),
+        ("data before control", deb(&[&db, &d, &c], b""), Some("premature member 'data.tar.gz' before 'control.tar'")),
+        ("no control member", deb(&[&db, &d], b""), Some("premature member 'data.tar.gz' before 'control.tar'")),
+        ("two control members", deb(&[&db, &c, &c, &d], b""), Some("two control members")),
+        ("two data members", deb(&[&db, &c, &d, &d], b""), None),
+        ("trailing garbage", deb(&[&db, &c, &d], b"garbage after the data member"), None),
+        ("optional _ members", deb(&[&db, &member("_a", b"x"), &c, &member("_b", b"yz"), &d], b""), None),
+        ("an unknown member", deb(&[&db, &c, &member("extra", b"abc"), &d], b""), Some("premature member 'extra' before 'data.tar'")),
+        ("debian-binary twice", deb(&[&db, &db, &c, &d], b""), Some("premature member 'debian-binary' before 'control.tar'")),
+        ("control first", deb(&[&c, &db, &d], b""), Some("not a Debian binary archive")),
+        ("format 3.0", with_version(b"3.0\n"), Some("format version 3.0")),
+        ("format without newline", with_version(b"2.0"), Some("no newlines in")),
+        ("format followed by junk", with_version(b"2.0x\n"), Some("followed by junk")),
+        ("format without a dot", with_version(b"2\n"), Some("has no dot")),
+        ("format 2.9 with more lines", with_version(b"2.9\nmore text\n"), None),
+        ("long debian-binary", with_version(&[&b"2.0\n"[..], &[b'x'; 5000]].concat()), None),
+        ("size with junk", size(format!("{}x", data.len()).as_bytes()), Some("invalid character 'x'")),
+        ("negative size", size(b"-5"), Some("invalid character '-'")),
+        ("size after spaces", size(format!("  {}", data.len()).as_bytes()), None),
+        ("data past the end", deb(&[&db, &c, &raw_member("data.tar.gz", (data.len() + 1000).to_string().as_bytes(), data, true)], b""), Some("unexpected end of file or stream")),
+        ("control past the end", deb(&[&db, &raw_member("control.tar.gz", b"100000", control, true)], b""), Some("unexpected end of file in archive member header")),
+        ("debian-binary past the end", deb(&[&raw_member("debian-binary", b"100", b"2.0\n", true)], b""), Some("unexpected end of file in archive information header member")),
+        ("no data member", deb(&[&db, &c], b""), Some("unexpected end of file in archive member header")),
+        ("odd member without padding", deb(&[&db, &raw_member("control.tar.gz", odd_control.len().to_string().as_bytes(), &odd_control, false), &d], b""), Some("bad archive header magic")),
+        ("bzip2 control", deb(&[&db, &member("control.tar.bz2", control), &d], b""), Some("unknown compression for member 'control.tar.bz2'")),
+        ("unknown data compression", deb(&[&db, &c, &member("data.tar.foo", data)], b""), Some("unknown compression for member 'data.tar.foo'")),
+        ("names ending in a slash", deb(&[&member("debian-binary/", b"2.0\n"), &member("control.tar.gz/", control), &member("data.tar.gz/", data)], b""), None),
+        ("not an ar archive", b"PK\x03\x04 a zip file\nmore text\n".to_vec(), Some("not a Debian format archive")),
+        ("shorter than the signature", b"!<arch>".to_vec(), Some("unexpected end of file in archive magic version number")),
+    ];
+    for (i, (case, bytes, refusal)) in cases.iter().enumerate() {
+        let path = dir.path().join(format!("case{i}.deb"));
+        fs::write(&path, bytes).unwrap();
+        let (ours, theirs) = (dir.path().join(format!("ours{i}")), dir.path().join(format!("theirs{i}")));
+        let dpkg = Command::new("dpkg-deb").arg("-x").arg(&path).arg(&theirs).output().unwrap();
+        let dpkg_says = String::from_utf8_lossy(&dpkg.stderr);
+        let result = ddslug::deb::unpack_deb(&path, &ours);
+        match refusal {
+            None => {
+                assert!(dpkg.status.success(), "{case}: dpkg-deb refused it: {dpkg_says}");
+                assert!(result.is_ok(), "{case}: refused: {:?}", result.err());
+                assert_eq!(scan_tree(&ours).unwrap().entries, scan_tree(&theirs).unwrap().entries, "{case}");
+            }
+            Some(reason) => {
+                assert!(!dpkg.status.success() && dpkg_says.contains(reason), "{case}: dpkg-deb said: {dpkg_says}");
+                let ours_says = result.err().map(|e| e.to_string()).unwrap_or_default();
+                assert!(ours_says.contains(reason), "{case}: ddslug said {ours_says:?}; dpkg-deb said {dpkg_says}");
+                assert!(ours_says.contains(&format!("case{i}.deb")), "{case}: the error names the package: {ours_says}");
+            }
+        }
+    }
+}
