@@ -341,9 +341,12 @@ fn fetch_and_build(
         let debs: Vec<layer::DebBlob> = found
             .iter()
             .zip(&progress)
-            .map(|((.., blob), progress)| match blob {
-                Blob::Stored(path) => layer::DebBlob { path: path.clone(), downloading: None },
-                Blob::Missing { part } => layer::DebBlob { path: part.clone(), downloading: Some(progress) },
+            .map(|((package, .., blob), progress)| {
+                let label = file_name(&package.filename).to_string();
+                match blob {
+                    Blob::Stored(path) => layer::DebBlob { path: path.clone(), label, downloading: None },
+                    Blob::Missing { part } => layer::DebBlob { path: part.clone(), label, downloading: Some(progress) },
+                }
             })
             .collect();
         let built = layer::build(store, inputs, &debs, recipe, (AGENT_WRAPPER_PATH, AGENT_WRAPPER.as_bytes()));

@@ -63,7 +63,7 @@ pub enum DebError {
     /// A tar or decompression error; `reason` escaped (it may quote the package's bytes).
     #[error("{deb}: data archive: {reason}")]
     Tar { deb: String, reason: String },
-    #[error("{deb}: writing {path}: {source}")]
+    #[error("{deb}: writing {}: {source}", crate::pathbytes::escape_bounded(path.as_os_str().as_bytes(), 1024))]
     Write { deb: String, path: PathBuf, source: io::Error },
 }
 
@@ -91,18 +91,21 @@ pub enum Integrity<'a> {
 
 /// Extracts the data archive of `deb` into `dest` (created if missing).
 pub fn unpack_deb(deb: &Path, dest: &Path) -> Result<UnpackReport, DebError> {
-    unpack_deb_filtered(deb, dest, None, Integrity::Unverified)
+    unpack_deb_filtered(deb, &deb.display().to_string(), dest, None, Integrity::Unverified)
 }
 
 /// [`unpack_deb`], leaving out what `filter` skips. A multi-block data.tar.xz is read block
 /// by block ([`crate::xzseek`]): blocks that hold only skipped contents are never decoded.
+/// `label` names the package in errors and warnings (its file name, say, rather than the
+/// partial download or the blob its bytes are in).
 pub fn unpack_deb_filtered(
     deb: &Path,
+    label: &str,
     dest: &Path,
     filter: Option<&mut dyn EntryFilter>,
     integrity: Integrity,
 ) -> Result<UnpackReport, DebError> {
-    let label = deb.display().to_string();
+    let label = label.to_string();
     let io_err = |source| DebError::Io { deb: label.clone(), source };
     let file = File::open(deb).map_err(io_err)?;
     let growing = match integrity {

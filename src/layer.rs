@@ -166,6 +166,8 @@ pub fn load(store: &Store, key: &Sha256) -> Result<Option<LayerInfo>, LayerError
 /// A package to build a layer from: its blob, verified, or still downloading.
 pub struct DebBlob<'a> {
     pub path: PathBuf,
+    /// Names the package in errors (its file name; `path` may be a partial download or a blob).
+    pub label: String,
     /// Set while the blob is being downloaded into `path`; its bytes are trusted only once
     /// the download has completed and matched.
     pub downloading: Option<&'a Progress>,
@@ -211,7 +213,7 @@ pub fn build(
                         Some(progress) => crate::deb::Integrity::Downloading(progress),
                         None => crate::deb::Integrity::Verified,
                     };
-                    let report = crate::deb::unpack_deb_filtered(&deb.path, part, Some(&mut filter), integrity)?;
+                    let report = crate::deb::unpack_deb_filtered(&deb.path, &deb.label, part, Some(&mut filter), integrity)?;
                     Ok((filter.outcomes, report.digests, report.xz_blocks))
                 })
             })

@@ -25,7 +25,7 @@ use crate::layerindex::{ChildKind, LayerIndex};
 
 /// A copy failed.
 #[derive(Debug, thiserror::Error)]
-#[error("{path}: {source}")]
+#[error("{}: {source}", crate::pathbytes::escape_bounded(path.as_os_str().as_bytes(), 1024))]
 pub struct CopyError {
     pub path: PathBuf,
     pub source: std::io::Error,

@@ -164,9 +164,9 @@ pub struct TreeScan {
 /// A tree could not be scanned.
 #[derive(Debug, thiserror::Error)]
 pub enum TreeError {
-    #[error("{path}: {source}")]
+    #[error("{}: {source}", crate::pathbytes::escape_bounded(path.as_os_str().as_bytes(), 1024))]
     Io { path: PathBuf, source: std::io::Error },
-    #[error("{path}: {reason}")]
+    #[error("{}: {reason}", crate::pathbytes::escape_bounded(path.as_os_str().as_bytes(), 1024))]
     Unsupported { path: PathBuf, reason: &'static str },
 }
 

@@ -252,3 +252,39 @@ fn names_that_are_not_utf8_survive_cold_and_warm_builds_verify_and_diff() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_ddslug")).arg("diff").arg(&cold).arg(&warm).output().unwrap();
     assert!(text(&out).contains("trees identical"), "diff compares the recorded lists: {}", text(&out));
 }
+
+/// One raw tar header (no data) with the given name and mode field, checksummed: what a
+/// hostile package can hold that no tar writer makes.
+fn raw_header(name: &[u8], mode_field: &[u8]) -> Vec<u8> {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_size(0);
+    h.set_mtime(1_700_000_000);
+    h.as_gnu_mut().unwrap().name[..name.len()].copy_from_slice(name);
+    h.as_mut_bytes()[100..100 + mode_field.len()].copy_from_slice(mode_field);
+    h.set_cksum();
+    h.as_bytes().to_vec()
+}
+
+/// A package the unpacker refuses: the error names the package's file (not the partial
+/// download it was unpacked from while it arrived) and shows the package's own bytes escaped,
+/// never raw; BUILD_DIR is left as it was.
+#[test]
+fn unpack_errors_name_the_package_and_escape_its_bytes() {
+    let cases = [
+        ("a path with `..` and a terminal escape", raw_header(b"./opt/\x1b[2J/../../../escape", b"0000644\0"), "contains `..`"),
+        ("a mode field of control bytes", raw_header(b"./opt/datadog-agent/x", b"\x1b[2J\x07\x01"), "mode"),
+    ];
+    for (case, header, reason) in cases {
+        let served = Served::with_agent(|deb| deb.raw_tar(header));
+        let (build, before) = app_build_dir(&served, "hostile");
+        let out = bin_compile(&build, &served.dir.path().join("cache"), &served.env_dir("hostile", &[]));
+        assert!(!out.status.success(), "{case}: should fail");
+        let t = text(&out);
+        assert!(t.contains("datadog-heroku-agent_7.81.2-1_amd64.deb:") && t.contains(reason), "{case}: {t}");
+        assert!(!t.contains(".part"), "{case}: names the partial download: {t}");
+        assert!(!out.stderr.contains(&0x1b) && !out.stdout.contains(&0x1b), "{case}: raw escape bytes printed: {t}");
+        assert!(t.contains("\\x1b[2J"), "{case}: the bytes are shown escaped: {t}");
+        assert_eq!(scan_tree(&build).unwrap().hash, before, "{case}: BUILD_DIR changed");
+    }
+}

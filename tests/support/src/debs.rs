@@ -39,6 +39,9 @@ pub enum Node {
     Symlink { target: Vec<u8> },
     /// A hard link to an earlier entry (path relative to the archive root).
     Hardlink { target: Vec<u8> },
+    /// Bytes written into the data archive as they are (whole 512-byte blocks): for
+    /// headers no tar writer would make.
+    RawTar(Vec<u8>),
 }
 
 /// What goes into one package.
@@ -81,6 +84,12 @@ impl DebSpec {
     /// Adds a hard link to an earlier file.
     pub fn hardlink<P: AsRef<[u8]> + ?Sized, T: AsRef<[u8]> + ?Sized>(mut self, path: &P, target: &T) -> Self {
         self.entries.push((path.as_ref().to_vec(), Node::Hardlink { target: target.as_ref().to_vec() }));
+        self
+    }
+
+    /// Appends raw tar blocks (see [`Node::RawTar`]).
+    pub fn raw_tar(mut self, blocks: Vec<u8>) -> Self {
+        self.entries.push((Vec::new(), Node::RawTar(blocks)));
         self
     }
 
@@ -169,6 +178,7 @@ impl DebSpec {
                 Node::Symlink { target } => {
                     append(&mut b, &name, tar::EntryType::Symlink, 0o777, self.mtime, &[], Some(target))?
                 }
+                Node::RawTar(blocks) => b.get_mut().extend_from_slice(blocks),
                 Node::Hardlink { target } => {
                     append(&mut b, &name, tar::EntryType::Link, 0o644, self.mtime, &[], Some(&[b"./", &target[..]].concat()))?
                 }
