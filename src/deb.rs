@@ -11,8 +11,9 @@
 use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, File};
-use std::io::{self, BufReader, Read};
-use std::os::unix::ffi::OsStrExt;
+use std::io::{self, BufReader, Read, Seek};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 
@@ -23,7 +24,7 @@ use crate::ar::{ArReader, Compression, Want};
 pub use crate::ar::list_members;
 use crate::fetch::{FileRange, Progress};
 use crate::tarstream::EntryMeta;
-use crate::filewriter::{WriteError, WriterPool, Written, make_room, write_file};
+use crate::filewriter::{WriteError, WriterPool, Written, fill_in_place, make_room, write_file};
 use crate::hash::Sha256;
 use crate::treehash::FileId;
 use crate::xzseek::ForwardSeek;
@@ -105,8 +106,37 @@ pub fn unpack_deb_filtered(
     filter: Option<&mut dyn EntryFilter>,
     integrity: Integrity,
 ) -> Result<UnpackReport, DebError> {
-    let label = label.to_string();
-    let io_err = |source| DebError::Io { deb: label.clone(), source };
+    let (unpacked, xz_blocks) = read_data_tar(deb, label, integrity, |tar| unpack_tar_filtered(tar, dest, label, filter))?;
+    let (mut report, deferred) = unpacked?;
+    report.xz_blocks = xz_blocks;
+    if !deferred.is_empty() {
+        // Rare: a kept hard link to a stripped file. Its bytes were skipped; read them now.
+        let mut deferred = deferred;
+        let (filled, _) = read_data_tar(deb, label, integrity, |tar| fill_deferred(tar, label, &mut deferred))?;
+        for w in filled? {
+            report.digests.insert(w.id, w.sha256);
+            report.files += 1;
+            report.bytes += w.bytes;
+        }
+    }
+    Ok(report)
+}
+
+/// A tar stream that can skip forward.
+trait TarStream: Read + io::Seek {}
+impl<T: Read + io::Seek> TarStream for T {}
+
+/// Opens the data member of `deb` (found as dpkg-deb finds it) and gives its tar stream to
+/// `read`: a multi-block xz through the block reader, anything else decompressed on a thread
+/// of its own. Returns what `read` returned (its errors are the caller's to look at) and, for
+/// a multi-block xz, how many blocks were decoded.
+fn read_data_tar<T>(
+    deb: &Path,
+    label: &str,
+    integrity: Integrity,
+    read: impl FnOnce(&mut dyn TarStream) -> T,
+) -> Result<(T, Option<crate::xzseek::BlockStats>), DebError> {
+    let io_err = |source| DebError::Io { deb: label.into(), source };
     let file = File::open(deb).map_err(io_err)?;
     let growing = match integrity {
         Integrity::Downloading(progress) => Some(progress),
@@ -116,14 +146,14 @@ pub fn unpack_deb_filtered(
     // the compressor's own checks (CRC64, CRC32) would add nothing there either.
     let checks = matches!(integrity, Integrity::Unverified);
     let sequential = FileRange { file: &file, pos: 0, end: u64::MAX, growing };
-    let mut ar = ArReader::new(BufReader::with_capacity(1 << 16, sequential), &label)?;
+    let mut ar = ArReader::new(BufReader::with_capacity(1 << 16, sequential), label)?;
     let (member, compression) = ar.find(Want::Data, &mut |_| {})?;
     let (start, size) = (ar.position(), member.size);
     // dpkg-deb copies exactly the member's size to the decompressor and fails if the file
     // ends first; a file already complete is checked before anything is decoded.
     if growing.is_none() && file.metadata().map_err(io_err)?.len() < start + size {
         return Err(DebError::NotADeb {
-            deb: label,
+            deb: label.into(),
             reason: format!("member '{}' runs past the end of the file: unexpected end of file or stream", member.shown()),
         });
     }
@@ -133,12 +163,11 @@ pub fn unpack_deb_filtered(
             None => crate::xzseek::blocks(&file, start, size).map(crate::xzseek::Layout::Indexed),
         };
         if let Some(layout) = layout {
-            return std::thread::scope(|scope| {
+            return Ok(std::thread::scope(|scope| {
                 let mut reader = crate::xzseek::BlockReader::new(scope, &file, start, size, layout, checks);
-                let mut report = unpack_tar_filtered(&mut reader, dest, &label, filter)?;
-                report.xz_blocks = Some(reader.stats());
-                Ok(report)
-            });
+                let result = read(&mut reader);
+                (result, Some(reader.stats()))
+            }));
         }
     }
     let body = Exact { inner: FileRange { file: &file, pos: start, end: start + size, growing }, left: size, member: member.shown() };
@@ -147,7 +176,7 @@ pub fn unpack_deb_filtered(
     } else {
         Box::new(crate::tarstream::gzip_unchecked(body).map_err(io_err)?)
     };
-    unpack_pipelined(decompressed, dest, &label, filter)
+    Ok((pipelined(decompressed, read), None))
 }
 
 /// A member's bytes, which must all be there: a file that ends first is an error (dpkg-deb's
@@ -174,14 +203,9 @@ impl<R: Read> Read for Exact<R> {
     }
 }
 
-/// Unpacks what `decompressed` gives, decompressing on a thread of its own so that
+/// Runs `read` on what `decompressed` gives, decompressing on a thread of its own so that
 /// inflating overlaps parsing, writing and hashing (the two take about as long).
-fn unpack_pipelined(
-    mut decompressed: Box<dyn Read + Send + '_>,
-    dest: &Path,
-    label: &str,
-    filter: Option<&mut dyn EntryFilter>,
-) -> Result<UnpackReport, DebError> {
+fn pipelined<T>(mut decompressed: Box<dyn Read + Send + '_>, read: impl FnOnce(&mut dyn TarStream) -> T) -> T {
     const CHUNK: usize = 1 << 20;
     // A few chunks in flight: enough to ride out uneven entry sizes, little memory.
     let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(4);
@@ -213,7 +237,7 @@ fn unpack_pipelined(
             }
         });
         let chunks = ChunkReader { rx, recycle, chunk: Vec::new(), at: 0 };
-        unpack_tar_filtered(ForwardSeek::new(chunks), dest, label, filter)
+        read(&mut ForwardSeek::new(chunks))
     })
 }
 
@@ -334,16 +358,34 @@ fn not_a_deb(label: &str, reason: &str) -> DebError {
 /// Extracts an (already decompressed) tar stream into `dest`. `label` names the source in
 /// errors and warnings.
 pub fn unpack_data_tar<R: Read>(tar_stream: R, dest: &Path, label: &str) -> Result<UnpackReport, DebError> {
-    unpack_tar_filtered(ForwardSeek::new(tar_stream), dest, label, None)
+    // Without a filter nothing is skipped, so no hard link waits for skipped bytes.
+    unpack_tar_filtered(ForwardSeek::new(tar_stream), dest, label, None).map(|(report, _)| report)
 }
 
-/// Unpacks a tar stream; contents of skipped entries are seeked over, not read.
+/// A kept hard link whose target the filter skipped: dpkg -x followed by the classic
+/// buildpack's `rm` leaves it a regular file with the target's bytes, mode and mtime. It is
+/// created empty where the link entry is, kept open, and filled through that descriptor by a
+/// second read of the archive ([`fill_deferred`]): the inode is filled whichever of its
+/// names are still there (later links to it share it; a later entry at its path replaces it).
+struct Deferred {
+    /// The archive entry (by position) whose contents it gets.
+    index: u64,
+    path: PathBuf,
+    file: File,
+}
+
+/// Kept hard links to skipped files in one package, at most (each holds a descriptor until
+/// the second read).
+const MAX_DEFERRED: usize = 1000;
+
+/// Unpacks a tar stream; contents of skipped entries are seeked over, not read. Returns the
+/// hard links left to fill with skipped contents.
 fn unpack_tar_filtered<R: Read + io::Seek>(
     tar_stream: R,
     dest: &Path,
     label: &str,
     filter: Option<&mut dyn EntryFilter>,
-) -> Result<UnpackReport, DebError> {
+) -> Result<(UnpackReport, Vec<Deferred>), DebError> {
     let write_err = |path: &Path| {
         let path = path.to_owned();
         move |source| DebError::Write { deb: label.into(), path, source }
@@ -365,6 +407,10 @@ fn unpack_tar_filtered<R: Read + io::Seek>(
             filter,
             pool: &pool,
             queued: HashSet::new(),
+            index: 0,
+            skipped_files: HashMap::new(),
+            skipped_links: HashMap::new(),
+            deferred: Vec::new(),
         };
         let result = (|| -> Result<(), DebError> {
             let mut archive = tar::Archive::new(tar_stream);
@@ -389,7 +435,49 @@ fn unpack_tar_filtered<R: Read + io::Seek>(
         fs::set_permissions(&path, fs::Permissions::from_mode(mode)).map_err(write_err(&path))?;
         crate::fsat::set_mtime(&path, (mtime.unix_seconds(), i64::from(mtime.nanoseconds()))).map_err(write_err(&path))?;
     }
-    Ok(unpacker.report)
+    Ok((unpacker.report, unpacker.deferred))
+}
+
+/// Second read of the archive: fills each [`Deferred`] link with the contents of its entry,
+/// in place (later hard links to it share the inode). Stops after the last entry needed.
+fn fill_deferred(tar: &mut dyn TarStream, label: &str, deferred: &mut [Deferred]) -> Result<Vec<Written>, DebError> {
+    let last = deferred.iter().map(|d| d.index).max().unwrap_or(0);
+    let mut wanted: HashMap<u64, Vec<&mut Deferred>> = HashMap::new();
+    for d in deferred {
+        wanted.entry(d.index).or_default().push(d);
+    }
+    let mut archive = tar::Archive::new(tar);
+    let entries = archive.entries_with_seek().map_err(|e| tar_err(label, e))?;
+    let (mut index, mut written, mut buf) = (0u64, Vec::new(), vec![0u8; 1 << 16]);
+    let write_err = |e: WriteError| DebError::Write { deb: label.into(), path: e.path, source: e.source };
+    crate::tarstream::for_each_entry(entries, |e| tar_err(label, e), |entry, meta| {
+        let here = index;
+        index += 1;
+        let Some(links) = wanted.get_mut(&here) else { return Ok(here < last) };
+        // A placeholder whose every name a later entry replaced is nobody's file any more.
+        links.retain(|d| d.file.metadata().map_or(true, |m| std::os::unix::fs::MetadataExt::nlink(&m) > 0));
+        if links.is_empty() {
+            return Ok(here < last);
+        }
+        let header = entry.header();
+        let mode = header.mode().map_err(|e| tar_err(label, e))? & 0o7777;
+        let mtime = match meta.mtime {
+            Some((secs, nanos)) => FileTime::from_unix_time(secs, nanos),
+            None => FileTime::from_unix_time(header.mtime().unwrap_or(0) as i64, 0),
+        };
+        // Several links to one skipped file: the first gets the bytes as they stream, the
+        // others a copy of them (hard-link identity is not part of the tree).
+        let (first, rest) = links.split_first_mut().ok_or_else(|| tar_err(label, io::Error::other("no link to fill")))?;
+        let w = fill_in_place(&mut first.file, &first.path, entry, mode, mtime_of(mtime), &mut buf).map_err(write_err)?;
+        for link in rest {
+            first.file.rewind().map_err(|source| DebError::Write { deb: label.into(), path: first.path.clone(), source })?;
+            let mut source = &first.file;
+            written.push(fill_in_place(&mut link.file, &link.path, &mut source, mode, mtime_of(mtime), &mut buf).map_err(write_err)?);
+        }
+        written.push(w);
+        Ok(here < last)
+    })?;
+    Ok(written)
 }
 
 struct Unpacker<'a, 'f> {
@@ -406,6 +494,14 @@ struct Unpacker<'a, 'f> {
     /// Files handed to the writers since they last drained: an entry at (or below) one of
     /// these paths waits for them first.
     queued: HashSet<Vec<u8>>,
+    /// Position of the current entry in the archive.
+    index: u64,
+    /// Regular files the filter skipped (by their path in the archive), with the position of
+    /// the last entry that wrote them: a kept hard link to one gets its contents.
+    skipped_files: HashMap<Vec<u8>, u64>,
+    /// Hard links the filter skipped, with the path they link to.
+    skipped_links: HashMap<Vec<u8>, Vec<u8>>,
+    deferred: Vec<Deferred>,
 }
 
 /// Files up to this size are read into memory and written by the pool; bigger ones are
@@ -444,6 +540,8 @@ impl Unpacker<'_, '_> {
     }
 
     fn entry<R: Read>(&mut self, entry: &mut tar::Entry<R>, meta: &EntryMeta, buf: &mut [u8]) -> Result<(), DebError> {
+        let index = self.index;
+        self.index += 1;
         let name = shown(&meta.path);
         let rel = self.sanitize(&meta.path, &name)?;
         let header = entry.header();
@@ -462,7 +560,17 @@ impl Unpacker<'_, '_> {
         }
         if let Some(filter) = self.filter.as_deref_mut() {
             let size = if kind.is_file() { header.size().unwrap_or(0) } else { 0 };
-            if filter.skip(rel.as_os_str().as_bytes(), kind.is_dir(), size) {
+            let rel_bytes = rel.as_os_str().as_bytes();
+            if filter.skip(rel_bytes, kind.is_dir(), size) {
+                if kind.is_file() || kind == tar::EntryType::Continuous {
+                    self.skipped_files.insert(rel_bytes.to_vec(), index);
+                } else if kind.is_hard_link()
+                    && let Some(target) = meta.link.as_deref().and_then(|t| self.sanitize(t, &name).ok())
+                {
+                    let target = target.into_os_string().into_vec();
+                    let target = self.skipped_links.get(&target).cloned().unwrap_or(target);
+                    self.skipped_links.insert(rel_bytes.to_vec(), target);
+                }
                 return Ok(());
             }
         }
@@ -522,6 +630,22 @@ impl Unpacker<'_, '_> {
             let target_rel = self.sanitize(target_raw, &name)?;
             if target_rel.as_os_str().is_empty() {
                 return Err(self.unsafe_entry(&name, "hard link to the archive root"));
+            }
+            // A link to a skipped link is a link to what that one links to.
+            let target_rel = match self.skipped_links.get(target_rel.as_os_str().as_bytes()) {
+                Some(resolved) => PathBuf::from(OsString::from_vec(resolved.clone())),
+                None => target_rel,
+            };
+            if let Some(&target_index) = self.skipped_files.get(target_rel.as_os_str().as_bytes()) {
+                // Its target's bytes were skipped: a placeholder now, filled by a second read.
+                if self.deferred.len() == MAX_DEFERRED {
+                    let why = format!("more than {MAX_DEFERRED} kept hard links to stripped files, ddslug's limit");
+                    return Err(DebError::Unsupported { deb: self.label.into(), entry: name, reason: why });
+                }
+                let created = File::options().read(true).write(true).create_new(true).mode(0o600).custom_flags(libc::O_NOFOLLOW).open(&path);
+                let file = created.map_err(self.write_err(&path))?;
+                self.deferred.push(Deferred { index: target_index, path, file });
+                return Ok(());
             }
             let target_parent = self.real_dir(target_rel.parent().unwrap_or(Path::new("")), &name)?;
             let target = self.dest.join(target_parent).join(target_rel.file_name().unwrap_or_default());
@@ -837,6 +961,56 @@ mod tests {
         assert_eq!(fs::read(at(b"a\xe9")).unwrap(), b"1", "two names that differ only in bytes that are not UTF-8 do not collide");
         assert_eq!(fs::read(at(b"a\xff")).unwrap(), b"2");
         assert_eq!(fs::read_link(at(b"l")).unwrap().as_os_str().as_bytes(), b"a\xe9");
+    }
+
+    /// Skips everything under `doc/`.
+    struct SkipDoc;
+
+    impl EntryFilter for SkipDoc {
+        fn skip(&mut self, rel: &[u8], _: bool, _: u64) -> bool {
+            rel.starts_with(b"doc")
+        }
+    }
+
+    #[test]
+    fn kept_hard_links_to_skipped_files_become_the_files() {
+        use tar::EntryType::{Directory, Link, Regular};
+        let mut entries = vec![raw("./doc/", Directory), raw("./keep/", Directory)];
+        entries.push(Raw { data: b"docs", ..raw("./doc/readme", Regular) });
+        // Enough in between that the second read has something to skip.
+        let filler: Vec<String> = (0..50).map(|i| format!("./keep/f{i}")).collect();
+        entries.extend(filler.iter().map(|n| Raw { data: n.as_bytes(), ..raw(n, Regular) }));
+        entries.extend([
+            Raw { link: b"./doc/readme", ..raw("./keep/link", Link) },
+            // A kept link to that link, a skipped link to the skipped file and a kept link to
+            // the skipped link: all of them the same file in the end.
+            Raw { link: b"./keep/link", ..raw("./keep/link2", Link) },
+            Raw { link: b"./doc/readme", ..raw("./doc/alias", Link) },
+            Raw { link: b"./doc/alias", ..raw("./keep/link3", Link) },
+            // A link that a later entry replaces keeps the later entry.
+            Raw { link: b"./doc/readme", ..raw("./keep/replaced", Link) },
+            Raw { data: b"later", ..raw("./keep/replaced", Regular) },
+        ]);
+        let dir = tempfile::tempdir().unwrap();
+        let deb = dir.path().join("links.deb");
+        fs::write(&deb, deb_of(&tar_of(&entries))).unwrap();
+        let target = dir.path().join("t");
+        let report = unpack_deb_filtered(&deb, "links.deb", &target, Some(&mut SkipDoc), Integrity::Unverified).unwrap();
+        assert!(!target.join("doc").exists());
+        let keep = target.join("keep");
+        use std::os::unix::fs::MetadataExt;
+        for name in ["link", "link2", "link3"] {
+            assert_eq!(fs::read(keep.join(name)).unwrap(), b"docs", "{name}");
+            let meta = fs::metadata(keep.join(name)).unwrap();
+            assert_eq!((meta.mode() & 0o7777, meta.mtime()), (0o644, 1_600_000_000), "{name}: the target's mode and mtime");
+            assert_eq!(report.digests.get(&FileId::of(&meta)), Some(&Sha256::of(b"docs")), "{name}: digest recorded");
+        }
+        let ino = |name: &str| fs::metadata(keep.join(name)).unwrap().ino();
+        assert_eq!(ino("link"), ino("link2"), "links to one another stay links");
+        assert_eq!(fs::read(keep.join("replaced")).unwrap(), b"later");
+        // The first read's files, the later file, and the filled links still named (link and
+        // link2 are one file).
+        assert_eq!(report.files, 50 + 1 + 2);
     }
 
     #[test]

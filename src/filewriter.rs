@@ -67,6 +67,31 @@ pub fn write_file(path: &Path, source: &mut dyn Read, mode: u32, mtime: SystemTi
     Ok(Written { id: FileId::of(&meta), bytes: hasher.len(), sha256: hasher.finish() })
 }
 
+/// Writes what `source` gives into the open file `out` from its start, in place (every
+/// name the inode has sees the new contents; `path` is one, for errors), then sets `mode`
+/// and `mtime` through the descriptor.
+pub fn fill_in_place(out: &mut fs::File, path: &Path, source: &mut dyn Read, mode: u32, mtime: SystemTime, buf: &mut [u8]) -> Result<Written, WriteError> {
+    use std::io::Seek;
+    let at = |e| WriteError { path: path.to_owned(), source: e };
+    out.set_len(0).map_err(at)?;
+    out.rewind().map_err(at)?;
+    let mut hasher = Hasher::new();
+    loop {
+        let n = match source.read(buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(at(e)),
+        };
+        out.write_all(&buf[..n]).map_err(at)?;
+        hasher.update(&buf[..n]);
+    }
+    out.set_permissions(fs::Permissions::from_mode(mode)).map_err(at)?;
+    out.set_modified(mtime).map_err(at)?;
+    let meta = out.metadata().map_err(at)?;
+    Ok(Written { id: FileId::of(&meta), bytes: hasher.len(), sha256: hasher.finish() })
+}
+
 /// Whether a file created with `mode & 0o777` already has exactly `mode`: no setuid, setgid
 /// or sticky bit to add, and no bit the umask removes.
 fn created_with(mode: u32) -> bool {

@@ -288,3 +288,37 @@ fn unpack_errors_name_the_package_and_escape_its_bytes() {
         assert_eq!(scan_tree(&build).unwrap().hash, before, "{case}: BUILD_DIR changed");
     }
 }
+
+/// A kept path that is a hard link to a stripped one: dpkg -x followed by the classic
+/// buildpack's `rm` leaves it a regular file with the target's bytes, mode and mtime, so
+/// compile must do the same (it refused the package before).
+#[test]
+fn a_kept_hard_link_to_a_stripped_file_becomes_that_file() {
+    use std::os::unix::fs::MetadataExt;
+    let (kept, stripped) = ("opt/datadog-agent/bin/gstatus", "opt/datadog-agent/embedded/sbin/gstatus");
+    let served = Served::with_agent(|deb| deb.hardlink(kept, stripped));
+    // The oracle: dpkg-deb -x of the served package, then the stripped name removed.
+    let published = served.fixture.repo.deb("datadog-heroku-agent", "1:7.81.2-1").unwrap();
+    let dpkg = served.dir.path().join("dpkg-x");
+    assert!(std::process::Command::new("dpkg-deb").arg("-x").arg(&published.path).arg(&dpkg).status().unwrap().success());
+    fs::remove_file(dpkg.join(stripped)).unwrap();
+    let expected = fs::metadata(dpkg.join(kept)).unwrap();
+    assert_eq!(expected.nlink(), 1);
+    let cache = served.dir.path().join("cache");
+    let env = served.env_dir("link", &[]);
+    for name in ["cold", "warm"] {
+        let build = served.build_dir(name);
+        let out = bin_compile(&build, &cache, &env);
+        assert!(out.status.success(), "{name}: {}", text(&out));
+        let apt = build.join(".apt");
+        assert!(!apt.join(stripped).exists(), "{name}: the stripped name is gone");
+        assert_eq!(fs::read(apt.join(kept)).unwrap(), fs::read(dpkg.join(kept)).unwrap(), "{name}: the target's bytes");
+        let got = fs::symlink_metadata(apt.join(kept)).unwrap();
+        assert!(got.is_file());
+        assert_eq!((got.mode(), got.mtime()), (expected.mode(), expected.mtime()), "{name}: the target's mode and mtime");
+        let manifest = read_manifest(&build.join(".ddslug/manifest.json")).unwrap();
+        assert_eq!(scan_tree(&apt).unwrap().hash, manifest.tree_hash, "{name}");
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ddslug")).arg("verify").arg(&build).output().unwrap();
+        assert!(out.status.success(), "{name}: {}", text(&out));
+    }
+}
