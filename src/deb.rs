@@ -47,6 +47,21 @@ pub struct UnpackReport {
     pub digests: HashMap<FileId, Sha256>,
     /// For a multi-block data.tar.xz: how many blocks had to be decoded.
     pub xz_blocks: Option<crate::xzseek::BlockStats>,
+    /// The exact permission bits of directories left with other bits on disk, by
+    /// `(dev, ino)`: [`unpack_deb_filtered`] leaves every directory owner-accessible (see
+    /// [`crate::layerindex::stored_dir_mode`]).
+    pub dir_modes: HashMap<(u64, u64), u32>,
+}
+
+/// The permission bits an unpack leaves on directories.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum DirModes {
+    /// The archive's, as `dpkg-deb -x` leaves them.
+    Exact,
+    /// The store's: the archive's plus owner read, write and search, so that the recipe,
+    /// the layer scan and a warm build can work in them as a user who is not root; the
+    /// archive's are reported in [`UnpackReport::dir_modes`].
+    Stored,
 }
 
 /// Why a .deb could not be unpacked.
@@ -90,15 +105,19 @@ pub enum Integrity<'a> {
     Downloading(&'a Progress),
 }
 
-/// Extracts the data archive of `deb` into `dest` (created if missing).
+/// Extracts the data archive of `deb` into `dest` (created if missing), as `dpkg-deb -x`
+/// does: directories are made owner-accessible while they are filled and get the archive's
+/// modes at the end (deepest first), so this works for a user who is not root too.
 pub fn unpack_deb(deb: &Path, dest: &Path) -> Result<UnpackReport, DebError> {
-    unpack_deb_filtered(deb, &deb.display().to_string(), dest, None, Integrity::Unverified)
+    unpack(deb, &deb.display().to_string(), dest, None, Integrity::Unverified, DirModes::Exact)
 }
 
 /// [`unpack_deb`], leaving out what `filter` skips. A multi-block data.tar.xz is read block
 /// by block ([`crate::xzseek`]): blocks that hold only skipped contents are never decoded.
 /// `label` names the package in errors and warnings (its file name, say, rather than the
-/// partial download or the blob its bytes are in).
+/// partial download or the blob its bytes are in). Unlike `dpkg-deb -x`, directories are
+/// left with the store's modes ([`crate::layerindex::stored_dir_mode`]); the archive's are in
+/// the report's `dir_modes`.
 pub fn unpack_deb_filtered(
     deb: &Path,
     label: &str,
@@ -106,7 +125,18 @@ pub fn unpack_deb_filtered(
     filter: Option<&mut dyn EntryFilter>,
     integrity: Integrity,
 ) -> Result<UnpackReport, DebError> {
-    let (unpacked, xz_blocks) = read_data_tar(deb, label, integrity, |tar| unpack_tar_filtered(tar, dest, label, filter))?;
+    unpack(deb, label, dest, filter, integrity, DirModes::Stored)
+}
+
+fn unpack(
+    deb: &Path,
+    label: &str,
+    dest: &Path,
+    filter: Option<&mut dyn EntryFilter>,
+    integrity: Integrity,
+    modes: DirModes,
+) -> Result<UnpackReport, DebError> {
+    let (unpacked, xz_blocks) = read_data_tar(deb, label, integrity, |tar| unpack_tar_filtered(tar, dest, label, filter, modes))?;
     let (mut report, deferred) = unpacked?;
     report.xz_blocks = xz_blocks;
     if !deferred.is_empty() {
@@ -359,7 +389,7 @@ fn not_a_deb(label: &str, reason: &str) -> DebError {
 /// errors and warnings.
 pub fn unpack_data_tar<R: Read>(tar_stream: R, dest: &Path, label: &str) -> Result<UnpackReport, DebError> {
     // Without a filter nothing is skipped, so no hard link waits for skipped bytes.
-    unpack_tar_filtered(ForwardSeek::new(tar_stream), dest, label, None).map(|(report, _)| report)
+    unpack_tar_filtered(ForwardSeek::new(tar_stream), dest, label, None, DirModes::Exact).map(|(report, _)| report)
 }
 
 /// A kept hard link whose target the filter skipped: dpkg -x followed by the classic
@@ -385,6 +415,7 @@ fn unpack_tar_filtered<R: Read + io::Seek>(
     dest: &Path,
     label: &str,
     filter: Option<&mut dyn EntryFilter>,
+    modes: DirModes,
 ) -> Result<(UnpackReport, Vec<Deferred>), DebError> {
     let write_err = |path: &Path| {
         let path = path.to_owned();
@@ -427,13 +458,26 @@ fn unpack_tar_filtered<R: Read + io::Seek>(
         }
         Ok(unpacker)
     })?;
-    // Directory modes and mtimes last, deepest first: filling a directory changes its mtime.
+    // Directory modes and mtimes last, deepest first: filling a directory changes its mtime,
+    // and a parent that loses its owner's write or search bits is done after its children.
+    // (The sort is stable: a directory listed twice gets its later entry's mode.)
     let mut dirs = std::mem::take(&mut unpacker.dirs);
     dirs.sort_by_key(|(p, _, _)| std::cmp::Reverse(p.components().count()));
     for (rel, mode, mtime) in dirs {
         let path = dest.join(&rel);
-        fs::set_permissions(&path, fs::Permissions::from_mode(mode)).map_err(write_err(&path))?;
+        let on_disk = if modes == DirModes::Stored { crate::layerindex::stored_dir_mode(mode) } else { mode };
+        fs::set_permissions(&path, fs::Permissions::from_mode(on_disk)).map_err(write_err(&path))?;
         crate::fsat::set_mtime(&path, (mtime.unix_seconds(), i64::from(mtime.nanoseconds()))).map_err(write_err(&path))?;
+        if modes == DirModes::Stored {
+            use std::os::unix::fs::MetadataExt;
+            let meta = fs::symlink_metadata(&path).map_err(write_err(&path))?;
+            let id = (meta.dev(), meta.ino());
+            if on_disk == mode {
+                unpacker.report.dir_modes.remove(&id);
+            } else {
+                unpacker.report.dir_modes.insert(id, mode);
+            }
+        }
     }
     Ok((unpacker.report, unpacker.deferred))
 }

@@ -23,8 +23,9 @@ use crate::treehash::{FileId, TreeHash, scan_tree_known};
 use crate::xzseek::BlockStats;
 
 /// Bump when the way a layer is produced from the same inputs, or what is stored with it,
-/// changes (2: the binary `.index` replaced `.mtimes.json`).
-pub const LAYER_FORMAT: u32 = 2;
+/// changes (2: the binary `.index` replaced `.mtimes.json`; 3: directories are stored
+/// owner-accessible, their exact modes in the index).
+pub const LAYER_FORMAT: u32 = 3;
 
 /// Why a layer could not be built or read.
 #[derive(Debug, thiserror::Error)]
@@ -199,7 +200,7 @@ pub fn build(
     // Several packages unpack in parallel, each through the recipe's filter so that removed
     // files are never written; later packages win on conflicts, as with dpkg.
     let parts: Vec<PathBuf> = (0..debs.len()).map(|i| staging.join(format!("part{i}"))).collect();
-    type Unpacked = (Vec<RuleOutcome>, HashMap<FileId, Sha256>, Option<BlockStats>);
+    type Unpacked = (Vec<RuleOutcome>, HashMap<FileId, Sha256>, Option<BlockStats>, HashMap<(u64, u64), u32>);
     let unpacked: Vec<Unpacked> = std::thread::scope(|scope| -> Result<Vec<Unpacked>, LayerError> {
         let handles: Vec<_> = debs
             .iter()
@@ -214,7 +215,7 @@ pub fn build(
                         None => crate::deb::Integrity::Verified,
                     };
                     let report = crate::deb::unpack_deb_filtered(&deb.path, &deb.label, part, Some(&mut filter), integrity)?;
-                    Ok((filter.outcomes, report.digests, report.xz_blocks))
+                    Ok((filter.outcomes, report.digests, report.xz_blocks, report.dir_modes))
                 })
             })
             .collect();
@@ -237,11 +238,12 @@ pub fn build(
     // What each file holds, as hashed while it was written. Files changed since (renamed
     // files keep theirs) no longer match their recorded identity and are read again.
     let mut digests = HashMap::new();
-    let mut xz_blocks = Vec::new();
-    for (outcome, written, blocks) in unpacked {
+    let (mut xz_blocks, mut dir_modes) = (Vec::new(), HashMap::new());
+    for (outcome, written, blocks, modes) in unpacked {
         merge_outcomes(&mut removed, &outcome);
         digests.extend(written);
         xz_blocks.extend(blocks);
+        dir_modes.extend(modes);
     }
     let pkgconfig = relocate_pkgconfig(&tree)?;
     let (wrapper_path, wrapper_text) = wrapper;
@@ -251,7 +253,7 @@ pub fn build(
     }
     fs::write(&wrapper_dest, wrapper_text).map_err(io_at(&wrapper_dest))?;
     set_mode(&wrapper_dest, 0o755)?;
-    let (scan, mtimes) = scan_tree_known(&tree, &digests)?;
+    let (scan, mtimes) = scan_tree_known(&tree, &digests, &dir_modes)?;
     let mut info = LayerInfo {
         key,
         inputs: inputs.clone(),

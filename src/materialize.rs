@@ -9,8 +9,16 @@
 //! the layer's index and checks each entry as it links it ([`materialize_index`]),
 //! so it neither lists nor reads the layer, and visits each of its directories once.
 //!
+//! Modes: the slug gets the package's exact modes from the index, whatever the store's
+//! directories have ([`crate::layerindex::stored_dir_mode`]); a directory whose exact mode
+//! lacks the owner's search bit is finished after everything else, deepest first, so that a
+//! build that does not run as root can still pass through it while it fills the slug. A
+//! copy of a file its owner may not read briefly gives the store's file the owner's read bit.
+//!
 //! Contract: the slug tree is made in a staging directory inside BUILD_DIR and moved into
-//! place only when complete, so a failure leaves BUILD_DIR as it was. The layer is only read.
+//! place only when complete, so a failure leaves BUILD_DIR as it was. The layer is only read
+//! (but for that read bit, restored at once; a mode left behind by a kill is caught by the
+//! next index check, which rebuilds the layer).
 
 use std::collections::HashMap;
 use std::fs;
@@ -112,11 +120,11 @@ pub fn copy_tree(src: &Path, dst: &Path) -> Result<CopyStats, CopyError> {
                     Err(_) => {
                         reflink_works.store(false, Ordering::Relaxed);
                         let _ = fs::remove_file(&to);
-                        fs::copy(&from, &to).map_err(io_at(&to))?;
+                        copy_file(&from, &to, *mode)?;
                     }
                 }
             } else {
-                fs::copy(&from, &to).map_err(io_at(&to))?;
+                copy_file(&from, &to, *mode)?;
             }
             fs::set_permissions(&to, fs::Permissions::from_mode(*mode)).map_err(io_at(&to))?;
         }
@@ -141,7 +149,8 @@ pub fn copy_tree(src: &Path, dst: &Path) -> Result<CopyStats, CopyError> {
             }
             Item::File { rel, mtime, size, .. } => {
                 let path = dst.join(rel);
-                filetime::set_file_mtime(&path, *mtime).map_err(io_at(&path))?;
+                // By path, never by opening it: its owner may not be allowed to.
+                crate::fsat::set_mtime(&path, times(*mtime)).map_err(io_at(&path))?;
                 stats.files += 1;
                 stats.bytes += size;
             }
@@ -153,12 +162,16 @@ pub fn copy_tree(src: &Path, dst: &Path) -> Result<CopyStats, CopyError> {
         if let Item::Dir { rel, mode, mtime } = item {
             let path = dst.join(rel);
             fs::set_permissions(&path, fs::Permissions::from_mode(*mode)).map_err(io_at(&path))?;
-            filetime::set_file_mtime(&path, *mtime).map_err(io_at(&path))?;
+            crate::fsat::set_mtime(&path, times(*mtime)).map_err(io_at(&path))?;
         }
     }
     let root_meta = fs::metadata(src).map_err(io_at(src))?;
     fs::set_permissions(dst, fs::Permissions::from_mode(root_meta.mode() & 0o7777)).map_err(io_at(dst))?;
     Ok(stats)
+}
+
+fn times(t: FileTime) -> (i64, i64) {
+    (t.unix_seconds(), i64::from(t.nanoseconds()))
 }
 
 /// What [`materialize_index`] did.
@@ -232,6 +245,8 @@ fn walk(src: &Path, dst: Option<&Path>, index: &LayerIndex, check: bool) -> Resu
         None => None,
     };
     let (next, done) = (AtomicUsize::new(0), AtomicUsize::new(0));
+    // Directories to finish after every thread is done, with their mtimes.
+    let late: std::sync::Mutex<Vec<(usize, (i64, i64))>> = std::sync::Mutex::new(Vec::new());
     let stop = AtomicBool::new(false);
     let changed = AtomicBool::new(false);
     let cross_device = AtomicBool::new(false);
@@ -240,7 +255,8 @@ fn walk(src: &Path, dst: Option<&Path>, index: &LayerIndex, check: bool) -> Resu
         stop.store(true, Ordering::Relaxed);
     };
     // One group; `Ok(false)` when the walk must stop (the layer changed, or EXDEV).
-    let visit = |group: &crate::layerindex::Group, subdirs: &[usize]| -> Result<bool, CopyError> {
+    let visit = |at: usize, subdirs: &[usize]| -> Result<bool, CopyError> {
+        let group = &groups[at];
         let rel = index.rel(group);
         let from = || crate::fsat::join(src, rel);
         let opened = src_root.open_in(rel).and_then(|d| d.metadata().map(|st| (d, st)));
@@ -300,19 +316,28 @@ fn walk(src: &Path, dst: Option<&Path>, index: &LayerIndex, check: bool) -> Resu
             }
         }
         // Complete now: its mode and mtime can be set (the slug root keeps the time it was
-        // made at, and takes the layer root's mode). Whatever mode it gets, threads can still
-        // pass through it if they could pass through the layer's, which has the same one.
+        // made at, and takes the layer root's mode). The slug gets the exact mode, which the
+        // store's directory does not have (it keeps the owner's bits, `stored_dir_mode`): a
+        // mode without the owner's search bit would stop threads still to pass through it
+        // (unless they run as root), so such a directory is finished at the end instead.
         if let Some((to, to_dir)) = &to_dir {
-            let (mode, mtime) = if group.is_root() { (dir_stat.mode & 0o7777, None) } else { (group.mode, Some(dir_stat.mtime)) };
-            to_dir.finish(mode, mtime).map_err(io_at(to))?;
+            if group.is_root() {
+                to_dir.finish(dir_stat.mode & 0o7777, None).map_err(io_at(to))?;
+            } else if group.mode & 0o100 == 0 {
+                late.lock().unwrap_or_else(|p| p.into_inner()).push((at, dir_stat.mtime));
+            } else {
+                to_dir.finish(group.mode, Some(dir_stat.mtime)).map_err(io_at(to))?;
+            }
         }
         Ok(true)
     };
     let work = || -> Result<(), CopyError> {
         while !stop.load(Ordering::Relaxed) {
             let i = next.fetch_add(1, Ordering::Relaxed);
-            let Some(group) = groups.get(i) else { break };
-            match visit(group, subdirs.get(i).map_or(&[][..], Vec::as_slice)) {
+            if i >= groups.len() {
+                break;
+            }
+            match visit(i, subdirs.get(i).map_or(&[][..], Vec::as_slice)) {
                 Ok(true) => {
                     done.fetch_add(1, Ordering::Relaxed);
                 }
@@ -333,6 +358,20 @@ fn walk(src: &Path, dst: Option<&Path>, index: &LayerIndex, check: bool) -> Resu
     let (changed, cross_device) = (changed.into_inner(), cross_device.into_inner());
     if !changed && !cross_device && done.into_inner() != groups.len() {
         return Err(CopyError { path: src.to_owned(), source: std::io::Error::other("a directory was skipped") });
+    }
+    // The directories left for last, deepest first: until now they kept the owner's bits
+    // they were made with, so each opens, and its parent can still be passed through.
+    if let (Some(dst), Some(dst_root)) = (dst, &dst_root)
+        && !changed
+        && !cross_device
+    {
+        let mut late = late.into_inner().unwrap_or_else(|p| p.into_inner());
+        late.sort_by_key(|&(at, _)| std::cmp::Reverse(index.rel(&groups[at]).iter().filter(|&&b| b == b'/').count()));
+        for (at, mtime) in late {
+            let group = &groups[at];
+            let to = crate::fsat::join(dst, index.rel(group));
+            dst_root.open_in_to_fill(index.rel(group)).and_then(|d| d.finish(group.mode, Some(mtime))).map_err(io_at(&to))?;
+        }
     }
     Ok(Walked { changed, cross_device })
 }
@@ -363,8 +402,30 @@ fn judge<T>(found: std::io::Result<T>, check: bool, intact: impl FnOnce(&T) -> b
     }
 }
 
+/// Copies a file's contents. A file its owner may not read (a package's `0000` file, say)
+/// cannot be read by a build that does not run as root: the source gets the owner's read bit
+/// for the copy and its own mode back right after. (The source is in the store, and the
+/// build holds the store's lock; a build killed in between leaves a mode that the layer's
+/// index check finds, so the layer is rebuilt.)
+fn copy_file(from: &Path, to: &Path, mode: u32) -> Result<(), CopyError> {
+    match fs::copy(from, to) {
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied && mode & 0o400 == 0 => {
+            let _ = fs::remove_file(to);
+            if !fs::symlink_metadata(from).map_err(io_at(from))?.is_file() {
+                return Err(io_at(from)(e));
+            }
+            fs::set_permissions(from, fs::Permissions::from_mode(mode | 0o400)).map_err(io_at(from))?;
+            let copied = fs::copy(from, to);
+            fs::set_permissions(from, fs::Permissions::from_mode(mode)).map_err(io_at(from))?;
+            copied.map(|_| ()).map_err(io_at(to))
+        }
+        other => other.map(|_| ()).map_err(io_at(to)),
+    }
+}
+
 /// [`copy_tree`], then removes whatever `index` does not list (a file added to the layer
-/// after it was recorded must not reach a slug, copied or linked).
+/// after it was recorded must not reach a slug, copied or linked), then gives directories
+/// the index's exact modes (the store keeps them owner-accessible).
 fn copy_listed(src: &Path, dst: &Path, index: &LayerIndex) -> Result<CopyStats, CopyError> {
     let stats = copy_tree(src, dst)?;
     let listed: std::collections::HashSet<Vec<u8>> = index.paths().collect();
@@ -381,6 +442,12 @@ fn copy_listed(src: &Path, dst: &Path, index: &LayerIndex) -> Result<CopyStats, 
                 stack.push((path, child));
             }
         }
+    }
+    // Deepest first (groups are in path order, a directory before everything below it): a
+    // directory that loses its owner's bits is set after the ones below it.
+    for group in index.groups.iter().rev().filter(|g| !g.is_root()) {
+        let path = crate::fsat::join(dst, index.rel(group));
+        fs::set_permissions(&path, fs::Permissions::from_mode(group.mode)).map_err(io_at(&path))?;
     }
     Ok(stats)
 }
@@ -468,7 +535,7 @@ mod tests {
 
     /// The tree's scan and its index, as a layer build records them.
     fn indexed(root: &Path) -> (crate::treehash::TreeScan, LayerIndex) {
-        let (scan, mtimes) = crate::treehash::scan_tree_known(root, &HashMap::new()).unwrap();
+        let (scan, mtimes) = crate::treehash::scan_tree_known(root, &HashMap::new(), &HashMap::new()).unwrap();
         let index = LayerIndex::decode(LayerIndex::encode(&scan.entries, &mtimes).unwrap()).unwrap();
         (scan, index)
     }
@@ -561,25 +628,37 @@ mod tests {
             }
             dirs.push(path);
         }
+        // Modes that keep the owner from writing, reading or passing (a user who is not root
+        // could not scan such a slug, so it gets the ones with the owner's read and search).
+        // As in the store, each directory has the owner's bits on disk and its exact mode in
+        // the index; the slug gets the exact ones.
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        let mut exact = HashMap::new();
         for (depth, path) in dirs.iter().enumerate().skip(1).rev() {
-            // Modes that keep the owner from writing, and (only root can use such a layer)
-            // from reading or passing.
-            // SAFETY: geteuid has no preconditions.
-            let root = unsafe { libc::geteuid() } == 0;
-            let mode = if root { [0o555, 0o750, 0o311, 0o700, 0o644][depth % 5] } else { [0o555, 0o750, 0o500, 0o700][depth % 4] };
-            fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+            let mode = if root { [0o555, 0o750, 0o311, 0o000, 0o644, 0o500][depth % 6] } else { [0o555, 0o750, 0o500, 0o700][depth % 4] };
+            fs::set_permissions(path, fs::Permissions::from_mode(crate::layerindex::stored_dir_mode(mode))).unwrap();
             filetime::set_file_mtime(path, FileTime::from_unix_time(1_600_000_000 + depth as i64, 7)).unwrap();
+            let meta = fs::metadata(path).unwrap();
+            exact.insert((meta.dev(), meta.ino()), (mode, path.clone()));
         }
-        let (scan, index) = indexed(&src);
+        let modes: HashMap<(u64, u64), u32> = exact.iter().map(|(id, (mode, _))| (*id, *mode)).collect();
+        let (scan, mtimes) = crate::treehash::scan_tree_known(&src, &HashMap::new(), &modes).unwrap();
+        let index = LayerIndex::decode(LayerIndex::encode(&scan.entries, &mtimes).unwrap()).unwrap();
         assert_eq!(index.groups.len(), 41);
+        assert!(check_index(&src, &index), "the store's bits are what the index expects");
         for round in 0..10 {
             let dst = dir.path().join(format!("slug{round}"));
             done(materialize_index(&src, &dst, &index, Materialize::Link, true).unwrap());
             assert_eq!(scan_tree(&dst).unwrap().hash, scan.hash);
-            for path in &dirs[1..] {
+            for (mode, path) in exact.values() {
                 let (a, b) = (fs::metadata(path).unwrap(), fs::metadata(dst.join(path.strip_prefix(&src).unwrap())).unwrap());
-                assert_eq!((b.mode(), b.mtime(), b.mtime_nsec()), (a.mode(), a.mtime(), a.mtime_nsec()), "{}", path.display());
+                assert_eq!((b.mode() & 0o7777, b.mtime(), b.mtime_nsec()), (*mode, a.mtime(), a.mtime_nsec()), "{}", path.display());
             }
         }
+        // Copies get the exact modes too.
+        let dst = dir.path().join("copy");
+        done(materialize_index(&src, &dst, &index, Materialize::Copy, true).unwrap());
+        assert_eq!(scan_tree(&dst).unwrap().hash, scan.hash);
     }
 }

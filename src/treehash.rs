@@ -176,7 +176,7 @@ fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> TreeError + '_ {
 
 /// Scans and hashes the tree at `root`, hashing file contents on all cores.
 pub fn scan_tree(root: &Path) -> Result<TreeScan, TreeError> {
-    scan_tree_known(root, &HashMap::new()).map(|(scan, _)| scan)
+    scan_tree_known(root, &HashMap::new(), &HashMap::new()).map(|(scan, _)| scan)
 }
 
 /// Which bytes a file holds, as far as its metadata can tell: the same inode, size and
@@ -197,10 +197,16 @@ impl FileId {
 }
 
 /// [`scan_tree`], taking the digests of files found in `known` (what an unpacker hashed as
-/// it wrote them) instead of reading them again. Also returns each file's mtime (seconds,
-/// nanoseconds), in entry order.
-pub fn scan_tree_known(root: &Path, known: &HashMap<FileId, Sha256>) -> Result<(TreeScan, Vec<(i64, i64)>), TreeError> {
-    let mut listed = list(root)?;
+/// it wrote them) instead of reading them again, and the permission bits of directories
+/// found in `dir_modes` (by `(dev, ino)`: the exact bits of directories the store keeps with
+/// others, see [`crate::layerindex::stored_dir_mode`]) instead of those on disk. Also returns
+/// each file's mtime (seconds, nanoseconds), in entry order.
+pub fn scan_tree_known(
+    root: &Path,
+    known: &HashMap<FileId, Sha256>,
+    dir_modes: &HashMap<(u64, u64), u32>,
+) -> Result<(TreeScan, Vec<(i64, i64)>), TreeError> {
+    let mut listed = list(root, dir_modes)?;
     listed.sort_by(|a, b| a.0.path.cmp(&b.0.path));
     let (mut entries, ids): (Vec<TreeEntry>, Vec<FileId>) = listed.into_iter().unzip();
     let mut files = Vec::new();
@@ -256,7 +262,7 @@ pub fn hash_entries(entries: &[TreeEntry]) -> TreeHash {
 /// Every entry below `root` with its identity, unsorted. Directories are read first (their
 /// listings say which children are directories), then every entry is lstat'ed relative to
 /// its directory on all cores: a layer has tens of thousands of them.
-fn list(root: &Path) -> Result<Vec<(TreeEntry, FileId)>, TreeError> {
+fn list(root: &Path, dir_modes: &HashMap<(u64, u64), u32>) -> Result<Vec<(TreeEntry, FileId)>, TreeError> {
     let mut dirs: Vec<(Vec<u8>, Vec<Vec<u8>>)> = Vec::new();
     let mut pending = vec![Vec::new()];
     while let Some(rel) = pending.pop() {
@@ -283,12 +289,13 @@ fn list(root: &Path) -> Result<Vec<(TreeEntry, FileId)>, TreeError> {
                 let path = dir.join(std::ffi::OsStr::from_bytes(name));
                 let st = handle.stat(name).map_err(io_at(&path))?;
                 let child = PathBytes::from(crate::pathbytes::join(rel, name));
-                let mode = st.mode & 0o7777;
+                let mut mode = st.mode & 0o7777;
                 let id = FileId { dev: st.dev, ino: st.ino, size: st.size, mtime: st.mtime };
                 let kind = if st.is_symlink() {
                     let target = fs::read_link(&path).map_err(io_at(&path))?;
                     EntryKind::Symlink { target: PathBytes::from(target.into_os_string().into_vec()) }
                 } else if st.is_dir() {
+                    mode = dir_modes.get(&(st.dev, st.ino)).copied().unwrap_or(mode);
                     EntryKind::Dir
                 } else if st.is_file() {
                     EntryKind::File { sha256: Sha256([0; 32]), size: st.size }
@@ -453,7 +460,7 @@ mod tests {
         let known: HashMap<FileId, Sha256> = [(id_of(&r.join("a/b/file")), sentinel), (id_of(&r.join("top")), sentinel)].into();
         fs::rename(r.join("a/b/file"), r.join("a/moved")).unwrap();
         fs::write(r.join("top"), b"").unwrap();
-        let (scan, mtimes) = scan_tree_known(r, &known).unwrap();
+        let (scan, mtimes) = scan_tree_known(r, &known, &HashMap::new()).unwrap();
         let digest = |path: &str| match &scan.entries.iter().find(|e| e.path == path).unwrap().kind {
             EntryKind::File { sha256, .. } => *sha256,
             _ => panic!("{path} is not a file"),

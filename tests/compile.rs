@@ -6,10 +6,11 @@ mod common;
 use std::fs;
 use std::path::Path;
 
-use common::{CASES, Served, bin_compile, expected_path, normalized_tree, text};
+use common::{CASES, Served, bin_compile, bin_compile_unprivileged, bin_compile_unprivileged_with, expected_path, normalized_tree, text};
 use ddslug::manifest::read_manifest;
 use ddslug::treehash::{TreeEntry, diff, scan_tree};
 
+/// Every settings case, built as a user who is not root (as on Heroku).
 #[test]
 fn same_tree_as_the_classic_buildpack_for_every_case() {
     let served = Served::start();
@@ -18,7 +19,7 @@ fn same_tree_as_the_classic_buildpack_for_every_case() {
     for (case, settings) in CASES {
         let build = served.build_dir(case);
         let env = served.env_dir(case, settings);
-        let out = bin_compile(&build, &cache, &env);
+        let out = bin_compile_unprivileged(&build, &cache, &env);
         assert!(out.status.success(), "{case}: {}", text(&out));
         // The test packages are multi-block xz, as dpkg-deb writes them: read block by block.
         block_reads += usize::from(text(&out).contains(" xz blocks"));
@@ -88,18 +89,19 @@ fn manifest_records_exact_inputs_and_pkgconfig_resolves() {
     }
 }
 
+/// Cold then warm, as a user who is not root; then as root on the same cache.
 #[test]
 fn warm_compile_downloads_and_unpacks_nothing() {
     let served = Served::start();
     let cache = served.dir.path().join("cache");
     let env = served.env_dir("w", &[]);
     let first = served.build_dir("w1");
-    let out = bin_compile(&first, &cache, &env);
+    let out = bin_compile_unprivileged(&first, &cache, &env);
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("Building layer"));
     let requests = served.server.requests().len();
     let second = served.build_dir("w2");
-    let out = bin_compile(&second, &cache, &env);
+    let out = bin_compile_unprivileged(&second, &cache, &env);
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("Reusing layer"), "{}", text(&out));
     assert!(text(&out).contains("nothing to download or unpack"), "{}", text(&out));
@@ -321,4 +323,57 @@ fn a_kept_hard_link_to_a_stripped_file_becomes_that_file() {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_ddslug")).arg("verify").arg(&build).output().unwrap();
         assert!(out.status.success(), "{name}: {}", text(&out));
     }
+}
+
+/// A package with directories its owner may not write (0555) or even read or pass (0000),
+/// and a file nobody may read, built as a user who is not root (as Heroku builds run; the
+/// suite runs as root, so compile runs through setpriv): dpkg-deb -x manages as that user,
+/// and so must compile, cold and warm, linked and copied, with the recipe removing and the
+/// wrapper adding files inside such directories. The slug has the package's exact modes;
+/// the same build as root gives the same tree.
+#[test]
+fn directories_without_owner_permissions_build_as_an_unprivileged_user() {
+    use std::os::unix::fs::PermissionsExt;
+    use ddslug_testsupport::Node;
+    let served = Served::with_agent(|mut deb| {
+        // Read-only directories that the recipe strips inside (share/doc, share/man) and the
+        // agent-wrapper is added to (bin/agent): emitted before anything below them.
+        for dir in ["opt/datadog-agent/embedded/share", "opt/datadog-agent/bin/agent"] {
+            deb.entries.insert(0, (dir.as_bytes().to_vec(), Node::Dir { mode: 0o555 }));
+        }
+        deb.dir("opt/datadog-agent/locked", 0o000)
+            .file("opt/datadog-agent/locked/secret", 0o600, "behind a 0000 directory")
+            .dir("opt/datadog-agent/locked/deeper", 0o555)
+            .file("opt/datadog-agent/locked/deeper/f", 0o644, "deeper")
+            .file("opt/datadog-agent/unreadable", 0o000, "a file no one may read")
+    });
+    let env = served.env_dir("modes", &[]);
+    let cache = served.dir.path().join("cache");
+    let mode = |p: &Path| fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777;
+    let mut hashes = Vec::new();
+    for (name, vars) in [("cold", &[][..]), ("warm", &[]), ("copied", &[("DDSLUG_MATERIALIZE", "copy")])] {
+        let build = served.build_dir(name);
+        let out = bin_compile_unprivileged_with(&build, &cache, &env, vars);
+        assert!(out.status.success(), "{name}: {}", text(&out));
+        let dd = build.join(".apt/opt/datadog-agent");
+        assert_eq!(mode(&dd.join("locked")), 0o000, "{name}");
+        assert_eq!(mode(&dd.join("locked/deeper")), 0o555, "{name}");
+        assert_eq!(mode(&dd.join("embedded/share")), 0o555, "{name}");
+        assert_eq!(mode(&dd.join("bin/agent")), 0o555, "{name}");
+        assert_eq!(mode(&dd.join("unreadable")), 0o000, "{name}");
+        assert!(dd.join("bin/agent/agent-wrapper").exists(), "{name}");
+        assert!(!dd.join("embedded/share/doc").exists() && !dd.join("embedded/share/man").exists(), "{name}: stripped");
+        assert_eq!(fs::read(dd.join("locked/secret")).unwrap(), b"behind a 0000 directory", "{name}");
+        let manifest = read_manifest(&build.join(".ddslug/manifest.json")).unwrap();
+        let actual = scan_tree(&build.join(".apt")).unwrap().hash;
+        assert_eq!(actual, manifest.tree_hash, "{name}: the manifest's tree hash is the slug's");
+        hashes.push(actual);
+    }
+    assert!(text(&bin_compile_unprivileged(&served.build_dir("again"), &cache, &env)).contains("Reusing layer"));
+    // As root, from a cache of its own: the same tree.
+    let build = served.build_dir("root");
+    let out = bin_compile(&build, &served.dir.path().join("root-cache"), &env);
+    assert!(out.status.success(), "{}", text(&out));
+    hashes.push(scan_tree(&build.join(".apt")).unwrap().hash);
+    assert!(hashes.windows(2).all(|w| w[0] == w[1]), "{hashes:?}");
 }

@@ -256,3 +256,50 @@ fn the_ar_container_is_read_as_strictly_as_dpkg_deb_reads_it() {
         }
     }
 }
+
+/// `ddslug unpack` as a user who is not root, on directories its owner may not write (0555)
+/// or read and pass (0000) and a file no one may read: the same tree as `dpkg-deb -x` run
+/// as that user (directories owner-accessible while filled, exact modes at the end).
+#[test]
+fn unpack_as_an_unprivileged_user_matches_dpkg() {
+    use ddslug_testsupport::{Compression, DebSpec};
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = DebSpec::new("modes", "1.0-1")
+        .dir("opt/ro", 0o555)
+        .file("opt/ro/f", 0o644, "in a read-only directory")
+        .dir("opt/locked", 0o000)
+        .file("opt/locked/secret", 0o600, "behind a 0000 directory")
+        .dir("opt/locked/deeper", 0o500)
+        .file("opt/locked/deeper/g", 0o444, "deeper")
+        .file("opt/unreadable", 0o000, "no one may read this");
+    spec.compression = Compression::Xz;
+    let deb = dir.path().join("modes.deb");
+    fs::write(&deb, spec.build().unwrap()).unwrap();
+    let (ours, theirs) = (dir.path().join("ours"), dir.path().join("theirs"));
+    let as_user = |program: &str| {
+        let mut command = if root {
+            let mut c = Command::new("setpriv");
+            c.args(["--reuid=65534", "--regid=65534", "--clear-groups", program]);
+            c
+        } else {
+            Command::new(program)
+        };
+        command.current_dir(dir.path());
+        command
+    };
+    if root {
+        std::os::unix::fs::chown(dir.path(), Some(65534), Some(65534)).unwrap();
+    }
+    let out = as_user("dpkg-deb").arg("-x").arg(&deb).arg(&theirs).output().unwrap();
+    assert!(out.status.success(), "dpkg-deb -x: {}", String::from_utf8_lossy(&out.stderr));
+    let out = as_user(env!("CARGO_BIN_EXE_ddslug")).arg("unpack").arg(&deb).arg(&ours).output().unwrap();
+    assert!(out.status.success(), "ddslug unpack: {}", String::from_utf8_lossy(&out.stderr));
+    if root {
+        // Only root can read such trees back.
+        let (a, b) = (scan_tree(&ours).unwrap(), scan_tree(&theirs).unwrap());
+        assert_eq!(a.entries, b.entries);
+        assert_eq!(fs::metadata(ours.join("opt/locked")).unwrap().mode() & 0o7777, 0o000);
+    }
+}

@@ -102,6 +102,67 @@ pub fn bin_compile(build: &Path, cache: &Path, env: &Path) -> Output {
         .unwrap()
 }
 
+/// The user compile runs as in [`bin_compile_unprivileged`] when the tests run as root.
+pub const UNPRIVILEGED: u32 = 65534;
+
+/// Whether the tests run as root (as CI does).
+pub fn running_as_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Runs bin/compile as Heroku does, as a user who is not root: when the tests run as root,
+/// through `setpriv --reuid=65534 --regid=65534 --clear-groups`, with BUILD_DIR, CACHE_DIR
+/// and ENV_DIR (made if missing) given to that user, and the temp directories above them
+/// (0700, root's) opened to it; otherwise directly, as the user the tests run as.
+pub fn bin_compile_unprivileged(build: &Path, cache: &Path, env: &Path) -> Output {
+    bin_compile_unprivileged_with(build, cache, env, &[])
+}
+
+/// [`bin_compile_unprivileged`] with more environment variables.
+pub fn bin_compile_unprivileged_with(build: &Path, cache: &Path, env: &Path, vars: &[(&str, &str)]) -> Output {
+    if !running_as_root() {
+        let mut command = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/bin/compile"));
+        command.arg(build).arg(cache).arg(env).env("DDSLUG_BIN", env!("CARGO_BIN_EXE_ddslug")).env("STACK", "heroku-24");
+        command.env_remove("DD_AGENT_VERSION").env_remove("DD_AGENT_MAJOR_VERSION");
+        return command.envs(vars.iter().copied()).output().unwrap();
+    }
+    std::fs::create_dir_all(cache).unwrap();
+    for dir in [build, cache, env] {
+        give_to_unprivileged(dir);
+        // The temp directories above it, so that the user can reach it.
+        for above in dir.ancestors().skip(1).take_while(|a| a.starts_with(std::env::temp_dir()) && *a != std::env::temp_dir()) {
+            std::os::unix::fs::chown(above, Some(UNPRIVILEGED), Some(UNPRIVILEGED)).unwrap();
+        }
+    }
+    let id = UNPRIVILEGED.to_string();
+    Command::new("setpriv")
+        .args([format!("--reuid={id}"), format!("--regid={id}"), "--clear-groups".into()])
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/bin/compile"))
+        .arg(build)
+        .arg(cache)
+        .arg(env)
+        .env("DDSLUG_BIN", env!("CARGO_BIN_EXE_ddslug"))
+        .env("STACK", "heroku-24")
+        .env("HOME", build)
+        .env_remove("DD_AGENT_VERSION")
+        .env_remove("DD_AGENT_MAJOR_VERSION")
+        .envs(vars.iter().copied())
+        .output()
+        .expect("setpriv (util-linux) runs the unprivileged compile")
+}
+
+/// Hands `path` and everything below it to [`UNPRIVILEGED`] (without following symlinks).
+fn give_to_unprivileged(path: &Path) {
+    let Ok(meta) = std::fs::symlink_metadata(path) else { return };
+    std::os::unix::fs::lchown(path, Some(UNPRIVILEGED), Some(UNPRIVILEGED)).unwrap();
+    if meta.is_dir() {
+        for entry in std::fs::read_dir(path).unwrap() {
+            give_to_unprivileged(&entry.unwrap().path());
+        }
+    }
+}
+
 /// Output as text, for assertion messages.
 pub fn text(out: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
