@@ -442,6 +442,7 @@ fn unpack_tar_filtered<R: Read + io::Seek>(
             skipped_files: HashMap::new(),
             skipped_links: HashMap::new(),
             deferred: Vec::new(),
+            skipped_entries: 0,
         };
         let result = (|| -> Result<(), DebError> {
             let mut archive = tar::Archive::new(tar_stream);
@@ -478,6 +479,10 @@ fn unpack_tar_filtered<R: Read + io::Seek>(
                 unpacker.report.dir_modes.insert(id, mode);
             }
         }
+    }
+    let unnamed = unpacker.skipped_entries - unpacker.report.skipped.len() as u64;
+    if unnamed > 0 {
+        unpacker.report.skipped.push(format!("{label}: skipped {unnamed} more device nodes or FIFOs"));
     }
     Ok((unpacker.report, unpacker.deferred))
 }
@@ -546,7 +551,12 @@ struct Unpacker<'a, 'f> {
     /// Hard links the filter skipped, with the path they link to.
     skipped_links: HashMap<Vec<u8>, Vec<u8>>,
     deferred: Vec<Deferred>,
+    /// Device nodes and FIFOs skipped, named in the report or not.
+    skipped_entries: u64,
 }
+
+/// Skipped entries named one by one in a report, at most.
+const MAX_WARNINGS: usize = 20;
 
 /// Files up to this size are read into memory and written by the pool; bigger ones are
 /// streamed to disk by the reader itself.
@@ -620,7 +630,11 @@ impl Unpacker<'_, '_> {
         }
         if kind.is_character_special() || kind.is_block_special() || kind.is_fifo() {
             let what = if kind.is_fifo() { "FIFO" } else { "device node" };
-            self.report.skipped.push(format!("{}: skipped {what} {name}", self.label));
+            // A package may hold any number of them: the first few are named, the rest counted.
+            self.skipped_entries += 1;
+            if self.report.skipped.len() < MAX_WARNINGS {
+                self.report.skipped.push(format!("{}: skipped {what} {name}", self.label));
+            }
             return Ok(());
         }
         self.order_after_queued(&rel, false)?;
@@ -933,6 +947,14 @@ mod tests {
         ]);
         let report = r.unwrap();
         assert_eq!(report.skipped.len(), 3, "{:?}", report.skipped);
+        // However many there are, a report names only the first few.
+        let fifos: Vec<String> = (0..500).map(|i| format!("./dev/p{i}")).collect();
+        let mut entries = vec![raw("./dev/", tar::EntryType::Directory)];
+        entries.extend(fifos.iter().map(|n| raw(n, tar::EntryType::Fifo)));
+        let (many, _) = unpack_hostile(&entries);
+        let many = many.unwrap().skipped;
+        assert_eq!(many.len(), MAX_WARNINGS + 1);
+        assert!(many[MAX_WARNINGS].ends_with("skipped 480 more device nodes or FIFOs"), "{:?}", many.last());
         assert!(report.skipped[0].contains("device node ./dev/null"));
         assert!(report.skipped[2].contains("FIFO ./dev/pipe"));
         assert!(!dir.path().join("root/target/dev/null").exists());

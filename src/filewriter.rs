@@ -38,7 +38,12 @@ pub fn write_file(path: &Path, source: &mut dyn Read, mode: u32, mtime: SystemTi
     let at = |e| WriteError { path: path.to_owned(), source: e };
     // Created with its final permission bits: unless the umask takes some away, no chmod
     // is needed afterwards.
-    let create = |new: bool| fs::OpenOptions::new().write(true).create_new(new).create(true).truncate(true).mode(mode & 0o777).open(path);
+    // Never through a symlink (one made since `make_room` removed the old entry included).
+    let create = |new: bool| {
+        let mut options = fs::OpenOptions::new();
+        options.write(true).create_new(new).create(true).truncate(true).mode(mode & 0o777).custom_flags(libc::O_NOFOLLOW);
+        options.open(path)
+    };
     // The common case, a new file, costs no lookup first.
     let (mut out, replaced) = match create(true) {
         Ok(out) => (out, false),

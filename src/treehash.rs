@@ -338,7 +338,9 @@ fn hash_files(root: &Path, entries: &[TreeEntry], files: &[usize]) -> Result<Vec
 }
 
 fn hash_file(path: &Path, buf: &mut [u8]) -> Result<Sha256, TreeError> {
-    let mut file = fs::File::open(path).map_err(io_at(path))?;
+    use std::os::unix::fs::OpenOptionsExt;
+    // It was a file when listed; a symlink put there since is not followed.
+    let mut file = fs::File::options().read(true).custom_flags(libc::O_NOFOLLOW).open(path).map_err(io_at(path))?;
     let mut h = Hasher::new();
     h.update_from(&mut file, buf).map_err(io_at(path))?;
     Ok(h.finish())

@@ -33,6 +33,10 @@ use crate::fetch::{FileRange, Progress};
 const MAX_BLOCK: u64 = 32 << 20;
 /// Memory for blocks in flight, at most (at least one block ahead is always allowed).
 const MEMORY: u64 = 128 << 20;
+/// Blocks read block by block, at most (their list is held in memory; a real package has a
+/// few dozen). A stream with more, or a bigger index, is left to the sequential decoder.
+const MAX_BLOCKS: usize = 1 << 16;
+const MAX_INDEX: u64 = 1 << 20;
 const HEADER_LEN: u64 = 12;
 
 /// One block of the stream.
@@ -67,12 +71,15 @@ pub fn blocks(file: &File, start: u64, len: u64) -> Option<Vec<Block>> {
     }
     let index_len = (u64::from(u32::from_le_bytes(footer[4..8].try_into().ok()?)) + 1) * 4;
     let index_start = len.checked_sub(HEADER_LEN + index_len)?;
-    if index_start < HEADER_LEN || index_len > 16 << 20 {
+    if index_start < HEADER_LEN || index_len > MAX_INDEX {
         return None;
     }
     let mut index = vec![0u8; index_len as usize];
     file.read_exact_at(&mut index, start + index_start).ok()?;
     let records = parse_index(&index)?;
+    if records.len() > MAX_BLOCKS {
+        return None;
+    }
     let mut out = Vec::with_capacity(records.len());
     let (mut offset, mut uncompressed_offset) = (HEADER_LEN, 0u64);
     for (unpadded, uncompressed) in records {
@@ -425,7 +432,11 @@ impl<'a> BlockReader<'a> {
         let block_len = (header_len + compressed + walk.check_len + 3) & !3;
         let block = Block { offset: walk.next, len: block_len, uncompressed_offset: walk.uncompressed, uncompressed_len: uncompressed };
         // Room is left for the index and footer; a block too big to hold goes to the index.
-        if block.offset + block.len + 2 * HEADER_LEN > self.len || uncompressed > MAX_BLOCK || block.len > MAX_BLOCK + 4096 {
+        if block.offset + block.len + 2 * HEADER_LEN > self.len
+            || uncompressed > MAX_BLOCK
+            || block.len > MAX_BLOCK + 4096
+            || self.blocks.len() >= MAX_BLOCKS
+        {
             return self.end_walk();
         }
         self.blocks.push(block);
@@ -461,7 +472,9 @@ impl<'a> BlockReader<'a> {
     /// Switches to the sequential decoder, from the start of the stream up to `pos`.
     fn start_tail(&mut self) -> io::Result<()> {
         let range = FileRange { file: self.source.file, pos: self.source.start, end: self.source.start + self.len, growing: None };
-        let mut tail = ForwardSeek::new(liblzma::read::XzDecoder::new_multi_decoder(range));
+        let stream = liblzma::stream::Stream::new_stream_decoder(crate::tarstream::XZ_MEMLIMIT, liblzma::stream::CONCATENATED)
+            .map_err(io::Error::other)?;
+        let mut tail = ForwardSeek::new(liblzma::read::XzDecoder::new_stream(range, stream));
         tail.seek(SeekFrom::Start(self.pos))?;
         self.tail = Some(tail);
         Ok(())
