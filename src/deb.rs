@@ -1,4 +1,7 @@
-//! The .deb unpacker: `ar` container → `data.tar.{xz,gz,zst,bz2,}` → files, like `dpkg-deb -x`.
+//! The .deb unpacker: `ar` container → `data.tar.{xz,gz,zst,bz2,lzma,}` → files, like
+//! `dpkg-deb -x`. The container is read as dpkg-deb reads it ([`crate::ar`]: what it refuses
+//! is refused, with its reason), the member decompressed and its tar entries read within
+//! bounds ([`crate::tarstream`]), and the entries written by [`crate::extract`].
 //!
 //! Contract: streams (no member is held in memory) and never writes outside the target
 //! directory. Entries with `..` or absolute paths, hard links leaving the tree, and writes
@@ -8,23 +11,17 @@
 //! (setuid included) and mtimes are restored; device nodes and FIFOs are skipped with a
 //! warning. Ownership is not changed.
 
-use std::collections::{HashMap, HashSet};
-use std::ffi::{OsStr, OsString};
-use std::fs::{self, File};
-use std::io::{self, BufReader, Read, Seek};
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::fs::OpenOptionsExt;
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Component, Path, PathBuf};
-
-use filetime::FileTime;
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, BufReader, Read};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
 
 use crate::ar::{ArReader, Compression, Want};
 /// The members dpkg-deb reads of a .deb, or why it refuses it (a fuzz target's entry point).
 pub use crate::ar::list_members;
+use crate::extract::{DirModes, fill_deferred, unpack_tar_filtered};
 use crate::fetch::{FileRange, Progress};
-use crate::tarstream::EntryMeta;
-use crate::filewriter::{WriteError, WriterPool, Written, fill_in_place, make_room, write_file};
 use crate::hash::Sha256;
 use crate::treehash::FileId;
 use crate::xzseek::ForwardSeek;
@@ -53,16 +50,6 @@ pub struct UnpackReport {
     pub dir_modes: HashMap<(u64, u64), u32>,
 }
 
-/// The permission bits an unpack leaves on directories.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum DirModes {
-    /// The archive's, as `dpkg-deb -x` leaves them.
-    Exact,
-    /// The store's: the archive's plus owner read, write and search, so that the recipe,
-    /// the layer scan and a warm build can work in them as a user who is not root; the
-    /// archive's are reported in [`UnpackReport::dir_modes`].
-    Stored,
-}
 
 /// Why a .deb could not be unpacked.
 #[derive(Debug, thiserror::Error)]
@@ -153,7 +140,7 @@ fn unpack(
 }
 
 /// A tar stream that can skip forward.
-trait TarStream: Read + io::Seek {}
+pub(crate) trait TarStream: Read + io::Seek {}
 impl<T: Read + io::Seek> TarStream for T {}
 
 /// Opens the data member of `deb` (found as dpkg-deb finds it) and gives its tar stream to
@@ -361,23 +348,14 @@ impl<R: Read> Read for Bounded<R> {
 
 /// A tar (or decompression) error, with what it quotes from the package escaped and cut
 /// short: the tar reader's messages include raw header bytes.
-fn tar_err(label: &str, e: io::Error) -> DebError {
+pub(crate) fn tar_err(label: &str, e: io::Error) -> DebError {
     DebError::Tar { deb: label.into(), reason: crate::pathbytes::escape_bounded(e.to_string().as_bytes(), 1024) }
 }
 
-fn mtime_of(t: FileTime) -> std::time::SystemTime {
-    let secs = t.unix_seconds();
-    let base = if secs >= 0 {
-        std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs as u64)
-    } else {
-        std::time::UNIX_EPOCH - std::time::Duration::from_secs(secs.unsigned_abs())
-    };
-    base + std::time::Duration::from_nanos(u64::from(t.nanoseconds()))
-}
 
 /// A name or text from the package as an error message shows it: escaped, and cut short
 /// (a name can be as long as the archive lets it be).
-fn shown(bytes: &[u8]) -> String {
+pub(crate) fn shown(bytes: &[u8]) -> String {
     crate::pathbytes::escape_bounded(bytes, 512)
 }
 
@@ -392,435 +370,12 @@ pub fn unpack_data_tar<R: Read>(tar_stream: R, dest: &Path, label: &str) -> Resu
     unpack_tar_filtered(ForwardSeek::new(tar_stream), dest, label, None, DirModes::Exact).map(|(report, _)| report)
 }
 
-/// A kept hard link whose target the filter skipped: dpkg -x followed by the classic
-/// buildpack's `rm` leaves it a regular file with the target's bytes, mode and mtime. It is
-/// created empty where the link entry is, kept open, and filled through that descriptor by a
-/// second read of the archive ([`fill_deferred`]): the inode is filled whichever of its
-/// names are still there (later links to it share it; a later entry at its path replaces it).
-struct Deferred {
-    /// The archive entry (by position) whose contents it gets.
-    index: u64,
-    path: PathBuf,
-    file: File,
-}
-
-/// Kept hard links to skipped files in one package, at most (each holds a descriptor until
-/// the second read).
-const MAX_DEFERRED: usize = 1000;
-
-/// Unpacks a tar stream; contents of skipped entries are seeked over, not read. Returns the
-/// hard links left to fill with skipped contents.
-fn unpack_tar_filtered<R: Read + io::Seek>(
-    tar_stream: R,
-    dest: &Path,
-    label: &str,
-    filter: Option<&mut dyn EntryFilter>,
-    modes: DirModes,
-) -> Result<(UnpackReport, Vec<Deferred>), DebError> {
-    let write_err = |path: &Path| {
-        let path = path.to_owned();
-        move |source| DebError::Write { deb: label.into(), path, source }
-    };
-    fs::create_dir_all(dest).map_err(write_err(dest))?;
-    let pool = WriterPool::new();
-    let writers = crate::fsat::workers();
-    let mut unpacker = std::thread::scope(|scope| -> Result<Unpacker, DebError> {
-        for _ in 0..writers {
-            scope.spawn(|| pool.work());
-        }
-        let _close_on_exit = pool.closer();
-        let mut unpacker = Unpacker {
-            dest,
-            label,
-            known_dirs: HashSet::new(),
-            dirs: Vec::new(),
-            report: UnpackReport::default(),
-            filter,
-            pool: &pool,
-            queued: HashSet::new(),
-            index: 0,
-            skipped_files: HashMap::new(),
-            skipped_links: HashMap::new(),
-            deferred: Vec::new(),
-            skipped_entries: 0,
-        };
-        let result = (|| -> Result<(), DebError> {
-            let mut archive = tar::Archive::new(tar_stream);
-            let mut buf = vec![0u8; 1 << 16];
-            let entries = archive.entries_with_seek().map_err(|e| tar_err(label, e))?;
-            crate::tarstream::for_each_entry(entries, |e| tar_err(label, e), |entry, meta| {
-                unpacker.entry(entry, meta, &mut buf)?;
-                Ok(true)
-            })
-        })();
-        result?;
-        for w in pool.finish().map_err(|e| unpacker.written_err(e))? {
-            unpacker.record(w);
-        }
-        Ok(unpacker)
-    })?;
-    // Directory modes and mtimes last, deepest first: filling a directory changes its mtime,
-    // and a parent that loses its owner's write or search bits is done after its children.
-    // (The sort is stable: a directory listed twice gets its later entry's mode.)
-    let mut dirs = std::mem::take(&mut unpacker.dirs);
-    dirs.sort_by_key(|(p, _, _)| std::cmp::Reverse(p.components().count()));
-    for (rel, mode, mtime) in dirs {
-        let path = dest.join(&rel);
-        let on_disk = if modes == DirModes::Stored { crate::layerindex::stored_dir_mode(mode) } else { mode };
-        fs::set_permissions(&path, fs::Permissions::from_mode(on_disk)).map_err(write_err(&path))?;
-        crate::fsat::set_mtime(&path, (mtime.unix_seconds(), i64::from(mtime.nanoseconds()))).map_err(write_err(&path))?;
-        if modes == DirModes::Stored {
-            use std::os::unix::fs::MetadataExt;
-            let meta = fs::symlink_metadata(&path).map_err(write_err(&path))?;
-            let id = (meta.dev(), meta.ino());
-            if on_disk == mode {
-                unpacker.report.dir_modes.remove(&id);
-            } else {
-                unpacker.report.dir_modes.insert(id, mode);
-            }
-        }
-    }
-    let unnamed = unpacker.skipped_entries - unpacker.report.skipped.len() as u64;
-    if unnamed > 0 {
-        unpacker.report.skipped.push(format!("{label}: skipped {unnamed} more device nodes or FIFOs"));
-    }
-    Ok((unpacker.report, unpacker.deferred))
-}
-
-/// Second read of the archive: fills each [`Deferred`] link with the contents of its entry,
-/// in place (later hard links to it share the inode). Stops after the last entry needed.
-fn fill_deferred(tar: &mut dyn TarStream, label: &str, deferred: &mut [Deferred]) -> Result<Vec<Written>, DebError> {
-    let last = deferred.iter().map(|d| d.index).max().unwrap_or(0);
-    let mut wanted: HashMap<u64, Vec<&mut Deferred>> = HashMap::new();
-    for d in deferred {
-        wanted.entry(d.index).or_default().push(d);
-    }
-    let mut archive = tar::Archive::new(tar);
-    let entries = archive.entries_with_seek().map_err(|e| tar_err(label, e))?;
-    let (mut index, mut written, mut buf) = (0u64, Vec::new(), vec![0u8; 1 << 16]);
-    let write_err = |e: WriteError| DebError::Write { deb: label.into(), path: e.path, source: e.source };
-    crate::tarstream::for_each_entry(entries, |e| tar_err(label, e), |entry, meta| {
-        let here = index;
-        index += 1;
-        let Some(links) = wanted.get_mut(&here) else { return Ok(here < last) };
-        // A placeholder whose every name a later entry replaced is nobody's file any more.
-        links.retain(|d| d.file.metadata().map_or(true, |m| std::os::unix::fs::MetadataExt::nlink(&m) > 0));
-        if links.is_empty() {
-            return Ok(here < last);
-        }
-        let header = entry.header();
-        let mode = header.mode().map_err(|e| tar_err(label, e))? & 0o7777;
-        let mtime = match meta.mtime {
-            Some((secs, nanos)) => FileTime::from_unix_time(secs, nanos),
-            None => FileTime::from_unix_time(header.mtime().unwrap_or(0) as i64, 0),
-        };
-        // Several links to one skipped file: the first gets the bytes as they stream, the
-        // others a copy of them (hard-link identity is not part of the tree).
-        let (first, rest) = links.split_first_mut().ok_or_else(|| tar_err(label, io::Error::other("no link to fill")))?;
-        let w = fill_in_place(&mut first.file, &first.path, entry, mode, mtime_of(mtime), &mut buf).map_err(write_err)?;
-        for link in rest {
-            first.file.rewind().map_err(|source| DebError::Write { deb: label.into(), path: first.path.clone(), source })?;
-            let mut source = &first.file;
-            written.push(fill_in_place(&mut link.file, &link.path, &mut source, mode, mtime_of(mtime), &mut buf).map_err(write_err)?);
-        }
-        written.push(w);
-        Ok(here < last)
-    })?;
-    Ok(written)
-}
-
-struct Unpacker<'a, 'f> {
-    dest: &'a Path,
-    label: &'a str,
-    /// Relative paths known to be real directories inside `dest`. Paths are kept as bytes
-    /// (hashing a `Path` parses its components): all of them are clean, so bytes compare
-    /// as paths do.
-    known_dirs: HashSet<Vec<u8>>,
-    dirs: Vec<(PathBuf, u32, FileTime)>,
-    report: UnpackReport,
-    filter: Option<&'f mut dyn EntryFilter>,
-    pool: &'a WriterPool,
-    /// Files handed to the writers since they last drained: an entry at (or below) one of
-    /// these paths waits for them first.
-    queued: HashSet<Vec<u8>>,
-    /// Position of the current entry in the archive.
-    index: u64,
-    /// Regular files the filter skipped (by their path in the archive), with the position of
-    /// the last entry that wrote them: a kept hard link to one gets its contents.
-    skipped_files: HashMap<Vec<u8>, u64>,
-    /// Hard links the filter skipped, with the path they link to.
-    skipped_links: HashMap<Vec<u8>, Vec<u8>>,
-    deferred: Vec<Deferred>,
-    /// Device nodes and FIFOs skipped, named in the report or not.
-    skipped_entries: u64,
-}
-
-/// Skipped entries named one by one in a report, at most.
-const MAX_WARNINGS: usize = 20;
-
-/// Files up to this size are read into memory and written by the pool; bigger ones are
-/// streamed to disk by the reader itself.
-const POOLED_FILE: u64 = 8 << 20;
-
-impl Unpacker<'_, '_> {
-    fn written_err(&self, e: WriteError) -> DebError {
-        DebError::Write { deb: self.label.into(), path: e.path, source: e.source }
-    }
-
-    fn record(&mut self, w: Written) {
-        self.report.digests.insert(w.id, w.sha256);
-        self.report.files += 1;
-        self.report.bytes += w.bytes;
-    }
-
-    /// Waits for queued files if `rel` or one of its parents is among them.
-    fn order_after_queued(&mut self, rel: &Path, always: bool) -> Result<(), DebError> {
-        let rel = rel.as_os_str().as_bytes();
-        let parents = rel.iter().enumerate().filter(|&(_, &b)| b == b'/').map(|(at, _)| &rel[..at]);
-        if !self.queued.is_empty() && (always || self.queued.contains(rel) || parents.clone().any(|p| self.queued.contains(p))) {
-            self.pool.drain().map_err(|e| self.written_err(e))?;
-            self.queued.clear();
-        }
-        Ok(())
-    }
-
-    fn unsafe_entry(&self, entry: &str, reason: &str) -> DebError {
-        DebError::Unsafe { deb: self.label.into(), entry: entry.into(), reason: reason.into() }
-    }
-
-    fn write_err(&self, path: &Path) -> impl FnOnce(io::Error) -> DebError + use<> {
-        let (deb, path) = (self.label.to_string(), path.to_owned());
-        move |source| DebError::Write { deb, path, source }
-    }
-
-    fn entry<R: Read>(&mut self, entry: &mut tar::Entry<R>, meta: &EntryMeta, buf: &mut [u8]) -> Result<(), DebError> {
-        let index = self.index;
-        self.index += 1;
-        let name = shown(&meta.path);
-        let rel = self.sanitize(&meta.path, &name)?;
-        let header = entry.header();
-        let kind = header.entry_type();
-        let mode = header.mode().map_err(|e| tar_err(self.label, e))? & 0o7777;
-        let mtime = match meta.mtime {
-            Some((secs, nanos)) => FileTime::from_unix_time(secs, nanos),
-            None => FileTime::from_unix_time(header.mtime().unwrap_or(0) as i64, 0),
-        };
-        if rel.as_os_str().is_empty() {
-            // The archive root ("./"): like tar, it sets the target directory's mode and mtime.
-            if kind.is_dir() {
-                self.dirs.push((rel, mode, mtime));
-            }
-            return Ok(());
-        }
-        if let Some(filter) = self.filter.as_deref_mut() {
-            let size = if kind.is_file() { header.size().unwrap_or(0) } else { 0 };
-            let rel_bytes = rel.as_os_str().as_bytes();
-            if filter.skip(rel_bytes, kind.is_dir(), size) {
-                if kind.is_file() || kind == tar::EntryType::Continuous {
-                    self.skipped_files.insert(rel_bytes.to_vec(), index);
-                } else if kind.is_hard_link()
-                    && let Some(target) = meta.link.as_deref().and_then(|t| self.sanitize(t, &name).ok())
-                {
-                    let target = target.into_os_string().into_vec();
-                    let target = self.skipped_links.get(&target).cloned().unwrap_or(target);
-                    self.skipped_links.insert(rel_bytes.to_vec(), target);
-                }
-                return Ok(());
-            }
-        }
-        if kind.is_character_special() || kind.is_block_special() || kind.is_fifo() {
-            let what = if kind.is_fifo() { "FIFO" } else { "device node" };
-            // A package may hold any number of them: the first few are named, the rest counted.
-            self.skipped_entries += 1;
-            if self.report.skipped.len() < MAX_WARNINGS {
-                self.report.skipped.push(format!("{}: skipped {what} {name}", self.label));
-            }
-            return Ok(());
-        }
-        self.order_after_queued(&rel, false)?;
-        let parent = rel.parent().unwrap_or(Path::new("")).to_path_buf();
-        let parent_real = self.real_dir(&parent, &name)?;
-        let file_name = rel.file_name().map(PathBuf::from).unwrap_or_default();
-        let real = parent_real.join(&file_name);
-        let path = self.dest.join(&real);
-        self.order_after_queued(&real, kind.is_hard_link())?;
-        if kind.is_file() || kind == tar::EntryType::Continuous {
-            let size = header.size().unwrap_or(0);
-            let mtime = mtime_of(mtime);
-            if size <= POOLED_FILE {
-                let mut data = Vec::with_capacity(size as usize);
-                entry.read_to_end(&mut data).map_err(|e| tar_err(self.label, e))?;
-                self.pool.submit(path, data, mode, mtime).map_err(|e| self.written_err(e))?;
-                self.queued.insert(real.as_os_str().as_bytes().to_vec());
-            } else {
-                self.pool.wake();
-                let w = write_file(&path, entry, mode, mtime, buf).map_err(|e| self.written_err(e))?;
-                self.record(w);
-            }
-            return Ok(());
-        }
-        if kind.is_dir() {
-            match fs::symlink_metadata(&path).ok() {
-                Some(m) if m.is_dir() => {}
-                Some(_) => {
-                    fs::remove_file(&path).map_err(self.write_err(&path))?;
-                    fs::create_dir(&path).map_err(self.write_err(&path))?;
-                }
-                None => fs::create_dir(&path).map_err(self.write_err(&path))?,
-            }
-            self.known_dirs.insert(real.as_os_str().as_bytes().to_vec());
-            self.dirs.push((real, mode, mtime));
-            self.report.dirs += 1;
-            return Ok(());
-        }
-        self.clear_for_non_dir(&path, &name)?;
-        if kind.is_symlink() {
-            let target = meta.link.as_deref().filter(|t| !t.is_empty());
-            let target = target.ok_or_else(|| self.unsafe_entry(&name, "symlink without a target"))?;
-            // The target's bytes exactly (dpkg keeps them, UTF-8 or not).
-            let target = Path::new(OsStr::from_bytes(target));
-            std::os::unix::fs::symlink(target, &path).map_err(self.write_err(&path))?;
-            filetime::set_symlink_file_times(&path, mtime, mtime).map_err(self.write_err(&path))?;
-            self.report.symlinks += 1;
-        } else if kind.is_hard_link() {
-            let target_raw = meta.link.as_deref().filter(|t| !t.is_empty());
-            let target_raw = target_raw.ok_or_else(|| self.unsafe_entry(&name, "hard link without a target"))?;
-            let target_rel = self.sanitize(target_raw, &name)?;
-            if target_rel.as_os_str().is_empty() {
-                return Err(self.unsafe_entry(&name, "hard link to the archive root"));
-            }
-            // A link to a skipped link is a link to what that one links to.
-            let target_rel = match self.skipped_links.get(target_rel.as_os_str().as_bytes()) {
-                Some(resolved) => PathBuf::from(OsString::from_vec(resolved.clone())),
-                None => target_rel,
-            };
-            if let Some(&target_index) = self.skipped_files.get(target_rel.as_os_str().as_bytes()) {
-                // Its target's bytes were skipped: a placeholder now, filled by a second read.
-                if self.deferred.len() == MAX_DEFERRED {
-                    let why = format!("more than {MAX_DEFERRED} kept hard links to stripped files, ddslug's limit");
-                    return Err(DebError::Unsupported { deb: self.label.into(), entry: name, reason: why });
-                }
-                let created = File::options().read(true).write(true).create_new(true).mode(0o600).custom_flags(libc::O_NOFOLLOW).open(&path);
-                let file = created.map_err(self.write_err(&path))?;
-                self.deferred.push(Deferred { index: target_index, path, file });
-                return Ok(());
-            }
-            let target_parent = self.real_dir(target_rel.parent().unwrap_or(Path::new("")), &name)?;
-            let target = self.dest.join(target_parent).join(target_rel.file_name().unwrap_or_default());
-            match fs::symlink_metadata(&target) {
-                Ok(m) if m.is_file() => {}
-                _ => return Err(self.unsafe_entry(&name, "hard link target is not a file extracted earlier")),
-            }
-            fs::hard_link(&target, &path).map_err(self.write_err(&path))?;
-            self.report.hardlinks += 1;
-        } else if matches!(kind, tar::EntryType::XGlobalHeader | tar::EntryType::XHeader) {
-            // Metadata records the tar reader already applied.
-        } else {
-            return Err(DebError::Unsupported {
-                deb: self.label.into(),
-                entry: name,
-                reason: format!("unsupported tar entry type {:?}", kind),
-            });
-        }
-        Ok(())
-    }
-
-    /// [`make_room`] for an entry that is not a directory.
-    fn clear_for_non_dir(&self, path: &Path, name: &str) -> Result<(), DebError> {
-        make_room(path).map_err(|e| match e.kind() {
-            io::ErrorKind::IsADirectory => DebError::Unsupported {
-                deb: self.label.into(),
-                entry: name.into(),
-                reason: "a non-directory entry replaces a directory".into(),
-            },
-            _ => self.write_err(path)(e),
-        })
-    }
-
-    /// An archive path as a clean relative path: `./` and `.` dropped; `..` and absolute
-    /// paths refused.
-    fn sanitize(&self, raw: &[u8], entry: &str) -> Result<PathBuf, DebError> {
-        let text = || shown(raw);
-        if raw.first() == Some(&b'/') {
-            return Err(self.unsafe_entry(entry, &format!("absolute path \"{}\"", text())));
-        }
-        let mut out = PathBuf::new();
-        for c in Path::new(OsStr::from_bytes(raw)).components() {
-            match c {
-                Component::CurDir => {}
-                Component::Normal(part) => out.push(part),
-                Component::ParentDir => return Err(self.unsafe_entry(entry, &format!("path \"{}\" contains `..`", text()))),
-                Component::RootDir | Component::Prefix(_) => {
-                    return Err(self.unsafe_entry(entry, &format!("absolute path \"{}\"", text())));
-                }
-            }
-        }
-        Ok(out)
-    }
-
-    /// Resolves a relative directory path inside `dest` the way the kernel would, following
-    /// symlinks already extracted, and refusing any that lead outside `dest`. Missing
-    /// directories are created (as tar does). Returns the resolved relative path.
-    fn real_dir(&mut self, rel: &Path, entry: &str) -> Result<PathBuf, DebError> {
-        if rel.as_os_str().is_empty() || self.known_dirs.contains(rel.as_os_str().as_bytes()) {
-            return Ok(rel.to_path_buf());
-        }
-        let mut resolved: Vec<OsString> = Vec::new();
-        let mut pending: Vec<OsString> = rel.components().rev().map(|c| c.as_os_str().to_owned()).collect();
-        let mut hops = 0;
-        while let Some(part) = pending.pop() {
-            if part == ".." {
-                if resolved.pop().is_none() {
-                    return Err(self.unsafe_entry(entry, "a symlink in its path leads outside the target directory"));
-                }
-                continue;
-            }
-            if part == "." || part.is_empty() {
-                continue;
-            }
-            let candidate: PathBuf = resolved.iter().chain(std::iter::once(&part)).collect();
-            let full = self.dest.join(&candidate);
-            match fs::symlink_metadata(&full) {
-                Ok(m) if m.file_type().is_symlink() => {
-                    hops += 1;
-                    let target = fs::read_link(&full).map_err(self.write_err(&full))?;
-                    if hops > 40 || target.is_absolute() {
-                        return Err(self.unsafe_entry(
-                            entry,
-                            &format!(
-                                "writing through symlink {} -> {} would leave the target directory",
-                                shown(candidate.as_os_str().as_bytes()),
-                                shown(target.as_os_str().as_bytes())
-                            ),
-                        ));
-                    }
-                    pending.extend(target.components().rev().map(|c| c.as_os_str().to_owned()));
-                }
-                Ok(m) if m.is_dir() => resolved.push(part),
-                Ok(_) => {
-                    return Err(DebError::Unsupported {
-                        deb: self.label.into(),
-                        entry: entry.into(),
-                        reason: format!("{} is a file, not a directory", shown(candidate.as_os_str().as_bytes())),
-                    });
-                }
-                Err(_) => {
-                    fs::create_dir(&full).map_err(self.write_err(&full))?;
-                    resolved.push(part);
-                }
-            }
-        }
-        let real: PathBuf = resolved.iter().collect();
-        if real.as_path() == rel {
-            self.known_dirs.insert(real.as_os_str().as_bytes().to_vec());
-        }
-        Ok(real)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::extract::MAX_WARNINGS;
+    use std::ffi::OsStr;
+    use std::fs;
 
     /// A raw tar entry: name bytes written verbatim (the tar crate refuses `..` itself).
     struct Raw<'a> {

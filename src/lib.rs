@@ -9,10 +9,12 @@
 //! ```
 //!
 //! `compile` runs it end to end for `bin/compile`; the other commands use stages alone.
-//! Helpers of the unpack stage: `xzseek` (decode only the xz blocks an unpack needs),
-//! `filewriter` (files written on worker threads), `fsat` (directory-relative stat and link
-//! for whole trees); of the layer stage: `layerindex` (the binary per-directory record a warm
-//! build checks and links from).
+//! Helpers of the unpack stage: `ar` (the .deb container, as strict as dpkg-deb),
+//! `tarstream` (bounded decompression and tar entries), `extract` (entries written safely),
+//! `xzseek` (decode only the xz blocks an unpack needs), `filewriter` (files written on
+//! worker threads), `fsat` (directory-relative stat and link for whole trees), `pathbytes`
+//! (names as bytes, shown escaped); of the layer stage: `layerindex` (the binary
+//! per-directory record a warm build checks and links from).
 
 pub mod apt;
 pub mod ar;
@@ -20,6 +22,7 @@ pub mod compile;
 pub mod config;
 pub mod deb;
 pub mod fetch;
+pub mod extract;
 pub mod filewriter;
 pub mod fsat;
 pub mod hash;
