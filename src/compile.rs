@@ -14,7 +14,7 @@ use anyhow::{Context, Result};
 
 use crate::apt::client::{AptSource, load_index};
 use crate::apt::datadog_keys::{KEY_SERVER, datadog_keyring};
-use crate::apt::resolve::resolve_agent;
+use crate::apt::resolve::{AGENT, HEROKU_AGENT, resolve_agent};
 use crate::apt::signature::Keyring;
 use crate::config::{Config, KeyringSetting, Settings, effective_python};
 use crate::fetch::{Downloaded, FetchOptions, Fetcher, Progress};
@@ -426,7 +426,7 @@ fn resolve(
         KeyringSetting::File(path) => Keyring::load(path).with_context(|| "DD_APT_KEYRING".to_string())?,
         KeyringSetting::DatadogDefault => datadog_keyring(fetcher, KEY_SERVER)?,
     };
-    let index = load_index(fetcher, &source, &keyring)?;
+    let index = load_index(fetcher, &source, &keyring, &[HEROKU_AGENT, AGENT])?;
     let entry = resolve_agent(&index, wanted)?;
     report.detail(&format!("{} {} (signed by {})", entry.package, entry.version, index.signer));
     let package = LockedPackage {

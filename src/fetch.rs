@@ -2,7 +2,9 @@
 //!
 //! Contract: a download either ends with the whole body on disk and its SHA-256 and size
 //! known (checked against what the caller expected), or with an error naming the URL; a
-//! body that does not match is deleted, never kept. With `offline` set, no request is made.
+//! body that does not match is deleted, never kept. Every read is bounded in bytes: a body
+//! past the caller's limit is refused with an error naming the limit. With `offline` set,
+//! no request is made.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -30,8 +32,11 @@ pub enum FetchError {
          under us: try again later or use another mirror"
     )]
     Mismatch { url: String, expected: Sha256, expected_size: u64, actual: Sha256, actual_size: u64 },
-    #[error("{url}: more than {limit} bytes; refusing to read further")]
-    TooLarge { url: String, limit: u64 },
+    #[error(
+        "{url} is larger than {}, {what}; refusing to read further. The repository is broken or hostile: \
+         check the repository URL, or use another mirror", crate::report::limit(*.limit)
+    )]
+    TooLarge { url: String, limit: u64, what: String },
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: io::Error },
 }
@@ -220,31 +225,45 @@ impl Fetcher {
         self.opts.offline.is_some()
     }
 
-    /// Fetches a small document into memory. `Ok(None)` when the server says 404/410.
-    pub fn get_bytes(&self, url: &str, limit: u64) -> Result<Option<Vec<u8>>, FetchError> {
+    /// Fetches a small document into memory, refusing it past `limit` bytes (`what` says
+    /// which limit, for the message). `Ok(None)` when the server says 404/410.
+    pub fn get_bytes(&self, url: &str, limit: u64, what: &str) -> Result<Option<Vec<u8>>, FetchError> {
+        let Some(mut body) = self.open(url, limit, what)? else { return Ok(None) };
+        let mut bytes = Vec::new();
+        body.read_to_end(&mut bytes).map_err(|e| into_fetch_error(e, url))?;
+        Ok(Some(bytes))
+    }
+
+    /// Opens `url` for reading as a stream of at most `limit` bytes (`what` names the limit
+    /// in the error past it). A connection that breaks is resumed where it broke, within
+    /// the attempts allowed. Read errors carry a [`FetchError`]: see [`into_fetch_error`].
+    /// `Ok(None)` when the server says 404/410.
+    pub fn open(&self, url: &str, limit: u64, what: &str) -> Result<Option<Body<'_>>, FetchError> {
         self.refuse_if_offline(url)?;
+        let mut body = Body { fetcher: self, url: url.into(), limit, what: what.into(), pos: 0, reader: None, failures: 0, last: String::new() };
         if let Some(path) = url.strip_prefix("file://") {
-            return match std::fs::read(path) {
-                Ok(bytes) => Ok(Some(bytes)),
+            return match File::open(path) {
+                Ok(file) => {
+                    body.reader = Some(Box::new(file));
+                    // A local file cannot be resumed: its first error is its last.
+                    body.failures = self.opts.attempts;
+                    Ok(Some(body))
+                }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
                 Err(source) => Err(FetchError::Io { path: path.into(), source }),
             };
         }
-        self.with_retries(url, || {
+        let response = self.with_retries(url, || {
             let response = self.agent.get(url).call().map_err(|e| classify(url, e))?;
-            let status = response.status().as_u16();
-            if status == 404 || status == 410 {
-                return Ok(None);
+            match response.status().as_u16() {
+                404 | 410 => Ok(None),
+                status => check_status(url, status).map(|()| Some(response)),
             }
-            check_status(url, status)?;
-            let mut body = Vec::new();
-            let mut reader = response.into_body().into_reader().take(limit + 1);
-            reader.read_to_end(&mut body).map_err(|e| Attempt::Retry(e.to_string()))?;
-            if body.len() as u64 > limit {
-                return Err(Attempt::Fatal(FetchError::TooLarge { url: url.into(), limit }));
-            }
-            Ok(Some(body))
-        })
+        })?;
+        Ok(response.map(|r| {
+            body.reader = Some(Box::new(r.into_body().into_reader()));
+            body
+        }))
     }
 
     /// Downloads `url` into `part`, resuming what a previous attempt (or process) left there,
@@ -364,6 +383,132 @@ impl Fetcher {
     }
 }
 
+/// A response body read as a stream (see [`Fetcher::open`]): resumed with a Range request
+/// when the connection breaks (the bytes already read are skipped if the server ignores
+/// the range), refused past its limit.
+pub struct Body<'f> {
+    fetcher: &'f Fetcher,
+    url: String,
+    limit: u64,
+    what: String,
+    /// Bytes delivered so far.
+    pos: u64,
+    reader: Option<Box<dyn Read + Send + 'f>>,
+    /// Attempts that failed so far.
+    failures: u32,
+    last: String,
+}
+
+impl Body<'_> {
+    /// Bytes read so far.
+    pub fn position(&self) -> u64 {
+        self.pos
+    }
+
+    /// Requests the rest of the body after a broken connection, waiting before each retry.
+    fn resume(&mut self) -> Result<(), FetchError> {
+        let opts = &self.fetcher.opts;
+        loop {
+            self.failures += 1;
+            if self.failures >= opts.attempts.max(1) {
+                let reason = std::mem::take(&mut self.last);
+                return Err(FetchError::Network { url: self.url.clone(), reason, attempts: self.failures });
+            }
+            std::thread::sleep(opts.backoff * 2u32.saturating_pow(self.failures - 1));
+            let request = self.fetcher.agent.get(&self.url).header("Range", format!("bytes={}-", self.pos));
+            let response = match request.call().map_err(|e| classify(&self.url, e)) {
+                Ok(r) => r,
+                Err(Attempt::Fatal(e)) => return Err(e),
+                Err(Attempt::Retry(reason)) => {
+                    self.last = reason;
+                    continue;
+                }
+            };
+            let status = response.status().as_u16();
+            let resumed = status == 206 && content_range_start(&response) == Some(self.pos);
+            if let Err(attempt) = check_status(&self.url, status) {
+                match attempt {
+                    Attempt::Fatal(e) => return Err(e),
+                    Attempt::Retry(reason) => {
+                        self.last = reason;
+                        continue;
+                    }
+                }
+            }
+            let mut reader = response.into_body().into_reader();
+            if !resumed {
+                // The whole body again: skip what was already delivered.
+                match io::copy(&mut (&mut reader).take(self.pos), &mut io::sink()) {
+                    Ok(n) if n == self.pos => {}
+                    Ok(n) => {
+                        self.last = format!("the server sent {n} bytes where {} were read before", self.pos);
+                        continue;
+                    }
+                    Err(e) => {
+                        self.last = format!("connection broke after {} bytes: {e}", self.pos);
+                        continue;
+                    }
+                }
+            }
+            self.reader = Some(Box::new(reader));
+            return Ok(());
+        }
+    }
+}
+
+impl Read for Body<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            let Some(reader) = self.reader.as_mut() else {
+                self.resume().map_err(io::Error::other)?;
+                continue;
+            };
+            // One byte past the limit is enough to know.
+            let room = (self.limit - self.pos + 1).min(buf.len() as u64) as usize;
+            match reader.read(&mut buf[..room]) {
+                Ok(n) => {
+                    self.pos += n as u64;
+                    if self.pos > self.limit {
+                        let e = FetchError::TooLarge { url: self.url.clone(), limit: self.limit, what: self.what.clone() };
+                        return Err(io::Error::other(e));
+                    }
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.reader = None;
+                    self.last = format!("connection broke after {} bytes: {e}", self.pos);
+                }
+            }
+        }
+    }
+}
+
+/// The [`FetchError`] a [`Body`] read failed with; any other I/O error (a decoder's,
+/// reading what the body gave) is returned as it was.
+pub fn take_fetch_error(e: io::Error) -> Result<FetchError, io::Error> {
+    if !e.get_ref().is_some_and(|inner| inner.is::<FetchError>()) {
+        return Err(e);
+    }
+    let kind = e.kind();
+    match e.into_inner().map(|inner| inner.downcast::<FetchError>()) {
+        Some(Ok(fetch)) => Ok(*fetch),
+        Some(Err(other)) => Err(io::Error::new(kind, other)),
+        None => Err(io::Error::from(kind)),
+    }
+}
+
+/// A [`Body`] read error as a [`FetchError`] of `url`.
+pub fn into_fetch_error(e: io::Error, url: &str) -> FetchError {
+    take_fetch_error(e).unwrap_or_else(|e| FetchError::Network { url: url.into(), reason: e.to_string(), attempts: 1 })
+}
+
+/// Where a 206 response's `Content-Range: bytes <start>-<end>/<len>` starts.
+fn content_range_start(response: &ureq::http::Response<ureq::Body>) -> Option<u64> {
+    let value = response.headers().get("content-range")?.to_str().ok()?;
+    value.trim().strip_prefix("bytes ")?.split('-').next()?.trim().parse().ok()
+}
+
 /// Empties the partial file and the hash of what it held. Readers hear of it first, so
 /// that none reads past the new end.
 fn start_over(file: &mut File, hasher: &mut Hasher, progress: Option<&Progress>) -> io::Result<()> {
@@ -407,7 +552,8 @@ fn copy_hashing(src: &mut impl Read, part: &Path, sink: &mut Sink, expected: Opt
         }
         if let Some(exp) = expected
             && hasher.len() > exp.size {
-                return Err(Attempt::Fatal(FetchError::TooLarge { url: url.into(), limit: exp.size }));
+                let what = "the size the signed index gives".to_string();
+                return Err(Attempt::Fatal(FetchError::TooLarge { url: url.into(), limit: exp.size, what }));
             }
     }
     if let Some(exp) = expected

@@ -215,7 +215,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Versions { repo, package } => {
             let keyring = Keyring::load(&repo.keyring)?;
             let fetcher = Fetcher::new(FetchOptions::default());
-            let index = load_index(&fetcher, &repo.source(), &keyring)?;
+            let index = load_index(&fetcher, &repo.source(), &keyring, &[&package])?;
             let versions = resolve::available(&index, &package);
             if versions.is_empty() {
                 anyhow::bail!("{package} is not in {}; check the package name and the component", index.packages_url);
@@ -231,7 +231,7 @@ fn run(cli: Cli) -> Result<()> {
             let keyring = Keyring::load(&repo.keyring)?;
             let fetcher = Fetcher::new(FetchOptions::default());
             let source = repo.source();
-            let index = load_index(&fetcher, &source, &keyring)?;
+            let index = load_index(&fetcher, &source, &keyring, &[package])?;
             let entry = resolve::find(&index, package, version)?;
             let store = Store::open(&cache.unwrap_or_else(default_cache_dir))?;
             let _lock = store.lock()?;

@@ -296,3 +296,20 @@ fn datadog_default_keys_must_carry_a_pinned_fingerprint() {
     assert!(err.contains(&impostor.fingerprint()), "{err}");
     assert!(err.contains("DD_APT_KEYRING"), "{err}");
 }
+
+#[test]
+fn a_broken_index_download_resumes_where_it_broke() {
+    let f = fixture_with(standard_spec(), KeyKind::Ed25519, true);
+    let index = "/dists/stable/main/binary-amd64/Packages.xz";
+    let size = std::fs::metadata(f.repo.root.join(index.trim_start_matches('/'))).unwrap().len();
+    // Broken half-way: resumed with a range. Broken again, the range ignored: the bytes
+    // already read are skipped in the full body that comes back.
+    f.server.inject(index, Fault::DropAfter(size / 2));
+    f.server.inject(index, Fault::DropAfter(size / 4));
+    f.server.inject(index, Fault::IgnoreRange);
+    let (ok, stdout, stderr) = versions(&f);
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout, "1:1.0-1\n2.10-3\n2.10-2\n2.10~rc1-1\n");
+    let ranges: Vec<_> = f.server.requests().into_iter().filter(|r| r.path == index).map(|r| (r.range_start, r.status)).collect();
+    assert_eq!(ranges, [(None, 200), (Some(size / 2), 206), (Some(size / 2 + size / 4), 200)]);
+}

@@ -2,20 +2,30 @@
 //! verified against the keyring, then the best Packages index it lists, checked by size and
 //! SHA-256 against the verified Release before it is decompressed or parsed.
 //!
-//! Contract: nothing returned here was parsed before its signature (Release) or its hash
-//! (Packages) was checked.
+//! Contract: nothing returned here was used before its signature (Release) or its hash
+//! (Packages) was checked. The Packages index is read as a stream (hashed, decompressed
+//! and cut into stanzas as it arrives, only the wanted packages kept) and its entries are
+//! returned only once the whole file matched the signed Release. Every read is bounded:
+//! the Release and its signature by size, the index by the sizes the signed Release gives
+//! and by absolute limits; the error names the limit hit.
 
-use std::io::Read;
+use std::io::{self, BufReader, Read};
 use std::time::SystemTime;
 
-use crate::apt::packages::{PackageEntry, PackagesError, parse_packages};
+use crate::apt::packages::{self, PackageEntry, PackagesError, ReadError, read_packages};
 use crate::apt::release::{IndexFile, Release, ReleaseError, parse_release};
 use crate::apt::signature::{Keyring, SignatureError};
-use crate::fetch::{FetchError, Fetcher};
-use crate::hash::Sha256;
+use crate::fetch::{FetchError, Fetcher, into_fetch_error, take_fetch_error};
+use crate::hash::{Hasher, Sha256};
+use crate::report::limit as human;
 
-/// Largest Release or Packages file we accept (Debian's biggest Packages is ~50 MB).
-const INDEX_LIMIT: u64 = 512 << 20;
+/// Largest InRelease or Release accepted (Debian's and Ubuntu's are a few hundred kB).
+pub const RELEASE_LIMIT: u64 = 16 << 20;
+/// Largest Release.gpg accepted (one signature is a few hundred bytes).
+pub const SIGNATURE_LIMIT: u64 = 64 << 10;
+/// Largest Packages index accepted, compressed or not (Debian's biggest is ~50 MB
+/// uncompressed): the bound when the signed Release gives no smaller one.
+pub const PACKAGES_LIMIT: u64 = 256 << 20;
 
 /// Where packages come from: one component of one suite.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -78,6 +88,16 @@ pub enum AptError {
     IndexMismatch { url: String, expected: Sha256, expected_size: u64, actual: Sha256, actual_size: u64 },
     #[error("{url}: cannot decompress: {reason}")]
     Decompress { url: String, reason: String },
+    #[error(
+        "{url} decompressed past {}, {what}; refusing to read further. The index is broken or hostile \
+         (a decompression bomb): check the repository URL, or use another mirror", human(*.limit)
+    )]
+    Inflated { url: String, limit: u64, what: String },
+    #[error(
+        "{url}: the signed Release gives it {}, more than {}, the limit for a Packages index; refusing \
+         to download it. Check the repository URL, or use another mirror", human(*.size), human(*.limit)
+    )]
+    IndexTooLarge { url: String, size: u64, limit: u64 },
 }
 
 /// A verified snapshot of one component's index.
@@ -89,21 +109,26 @@ pub struct RepoIndex {
     pub release: Release,
     /// URL of the Packages index actually used.
     pub packages_url: String,
+    /// The entries of the packages asked for (built for the source's architecture or `all`).
     pub packages: Vec<PackageEntry>,
+    /// Stanzas in the whole index, asked for or not.
+    pub stanzas: u64,
 }
 
-/// Fetches and verifies the Release file and the component's Packages index.
-pub fn load_index(fetcher: &Fetcher, source: &AptSource, keyring: &Keyring) -> Result<RepoIndex, AptError> {
+/// Fetches and verifies the Release file and the component's Packages index, keeping the
+/// entries of the packages named in `wanted`.
+pub fn load_index(fetcher: &Fetcher, source: &AptSource, keyring: &Keyring, wanted: &[&str]) -> Result<RepoIndex, AptError> {
     let inrelease_url = source.dists_url("InRelease");
-    let (verified, release_url) = match fetcher.get_bytes(&inrelease_url, INDEX_LIMIT)? {
+    let release_limit = "the limit for a Release file";
+    let (verified, release_url) = match fetcher.get_bytes(&inrelease_url, RELEASE_LIMIT, release_limit)? {
         Some(signed) => (keyring.verify_cleartext(&signed, &inrelease_url)?, inrelease_url),
         None => {
             let release_url = source.dists_url("Release");
-            let Some(release) = fetcher.get_bytes(&release_url, INDEX_LIMIT)? else {
+            let Some(release) = fetcher.get_bytes(&release_url, RELEASE_LIMIT, release_limit)? else {
                 return Err(AptError::NoRelease { url: source.dists_url(""), suite: source.suite.clone() });
             };
             let sig_url = source.dists_url("Release.gpg");
-            let Some(signature) = fetcher.get_bytes(&sig_url, 1 << 20)? else {
+            let Some(signature) = fetcher.get_bytes(&sig_url, SIGNATURE_LIMIT, "the limit for a detached signature")? else {
                 return Err(AptError::Unsigned { url: release_url });
             };
             (keyring.verify_detached(&release, &signature, &release_url)?, release_url)
@@ -126,44 +151,116 @@ pub fn load_index(fetcher: &Fetcher, source: &AptSource, keyring: &Keyring) -> R
     let mut tried = Vec::new();
     for index in candidates {
         let url = source.dists_url(&index.path);
+        if index.size > PACKAGES_LIMIT {
+            return Err(AptError::IndexTooLarge { url, size: index.size, limit: PACKAGES_LIMIT });
+        }
         // Release lists forms the server may not carry (Debian omits plain Packages): try the next.
-        let Some(bytes) = fetcher.get_bytes(&url, INDEX_LIMIT)? else {
+        let Some(body) = fetcher.open(&url, index.size, "the size the signed Release gives")? else {
             tried.push(url);
             continue;
         };
-        check_index(&url, index, &bytes)?;
-        let plain = decompress(&url, &index.path, &bytes)?;
-        let text = String::from_utf8_lossy(&plain);
-        let packages = parse_packages(&text, &url)?;
-        return Ok(RepoIndex { source: source.clone(), signer: verified.signer, release, packages_url: url, packages });
+        let found = read_index(body, &url, index, &release, wanted, &source.arch)?;
+        return Ok(RepoIndex {
+            source: source.clone(),
+            signer: verified.signer,
+            release,
+            packages_url: url,
+            packages: found.entries,
+            stanzas: found.stanzas,
+        });
     }
     Err(AptError::IndexMissing { release_url, tried: tried.join(", ") })
 }
 
-fn check_index(url: &str, index: &IndexFile, bytes: &[u8]) -> Result<(), AptError> {
-    let actual = Sha256::of(bytes);
-    if actual != index.sha256 || bytes.len() as u64 != index.size {
-        return Err(AptError::IndexMismatch {
-            url: url.into(),
-            expected: index.sha256,
-            expected_size: index.size,
-            actual,
-            actual_size: bytes.len() as u64,
-        });
+/// Hashes, decompresses and parses one Packages index as it streams in; returns what it
+/// found once the whole file matched the signed Release (a mismatch is reported before
+/// anything the content caused: it explains it).
+fn read_index(
+    body: impl Read,
+    url: &str,
+    index: &IndexFile,
+    release: &Release,
+    wanted: &[&str],
+    arch: &str,
+) -> Result<packages::Found, AptError> {
+    let (cap, what) = uncompressed_limit(index, release);
+    let mut hashed = Hashing { inner: body, hasher: Hasher::new() };
+    let (result, inflated) = {
+        let decoder: Box<dyn Read + '_> = if index.path.ends_with(".xz") {
+            Box::new(liblzma::read::XzDecoder::new(&mut hashed))
+        } else if index.path.ends_with(".gz") {
+            Box::new(flate2::read::GzDecoder::new(&mut hashed))
+        } else {
+            Box::new(&mut hashed)
+        };
+        let mut capped = Capped { inner: decoder, left: cap, over: false };
+        let result = read_packages(BufReader::with_capacity(1 << 16, &mut capped), url, wanted, arch, packages::Limits::default());
+        (result, capped.over)
+    };
+    let result = match result {
+        // The transfer itself failed: nothing else can be known.
+        Err(ReadError::Io(e)) => match take_fetch_error(e) {
+            Ok(fetch) => return Err(fetch.into()),
+            Err(e) => Err(ReadError::Io(e)),
+        },
+        other => other,
+    };
+    // The rest of the file (bounded by the size Release gives), so that the hash covers it.
+    io::copy(&mut hashed, &mut io::sink()).map_err(|e| into_fetch_error(e, url))?;
+    let size = hashed.hasher.len();
+    let actual = hashed.hasher.finish();
+    if actual != index.sha256 || size != index.size {
+        return Err(AptError::IndexMismatch { url: url.into(), expected: index.sha256, expected_size: index.size, actual, actual_size: size });
     }
-    Ok(())
+    match result {
+        Ok(found) => Ok(found),
+        Err(ReadError::Io(_)) if inflated => Err(AptError::Inflated { url: url.into(), limit: cap, what }),
+        Err(ReadError::Io(e)) => Err(AptError::Decompress { url: url.into(), reason: e.to_string() }),
+        Err(ReadError::Invalid(e)) => Err(e.into()),
+    }
 }
 
-fn decompress(url: &str, path: &str, bytes: &[u8]) -> Result<Vec<u8>, AptError> {
-    let mut out = Vec::new();
-    let result = if path.ends_with(".xz") {
-        liblzma::read::XzDecoder::new(bytes).read_to_end(&mut out)
-    } else if path.ends_with(".gz") {
-        flate2::read::GzDecoder::new(bytes).read_to_end(&mut out)
-    } else {
-        out.extend_from_slice(bytes);
-        Ok(out.len())
-    };
-    result.map_err(|e| AptError::Decompress { url: url.into(), reason: e.to_string() })?;
-    Ok(out)
+/// How far an index may decompress: the size the signed Release gives its uncompressed
+/// form when it lists one, never more than [`PACKAGES_LIMIT`]; and what to call that limit.
+fn uncompressed_limit(index: &IndexFile, release: &Release) -> (u64, String) {
+    let plain = index.path.trim_end_matches(".xz").trim_end_matches(".gz");
+    match release.sha256.iter().find(|f| f.path == plain) {
+        Some(f) if f.size <= PACKAGES_LIMIT => (f.size, format!("the size the signed Release gives for {plain}")),
+        _ => (PACKAGES_LIMIT, "the limit for a Packages index".into()),
+    }
+}
+
+/// Hashes what is read through it.
+struct Hashing<R> {
+    inner: R,
+    hasher: Hasher,
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// Fails a read that would go past `left` more bytes, and remembers that it did.
+struct Capped<R> {
+    inner: R,
+    left: u64,
+    over: bool,
+}
+
+impl<R: Read> Read for Capped<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        // One byte more than allowed is enough to know.
+        let room = (self.left + 1).min(buf.len() as u64) as usize;
+        let n = self.inner.read(&mut buf[..room])?;
+        if n as u64 > self.left {
+            self.over = true;
+            return Err(io::Error::other("past the size limit"));
+        }
+        self.left -= n as u64;
+        Ok(n)
+    }
 }

@@ -26,6 +26,9 @@ pub const PINNED_FINGERPRINTS: [&str; 4] = [
     "A2923DFF56EDA6E76E55E492D3A80E30382E94DE",
 ];
 
+/// Largest key file read (Datadog's are a few kB).
+const KEY_FILE_LIMIT: u64 = 256 << 10;
+
 /// Why Datadog's keys could not be had.
 #[derive(Debug, thiserror::Error)]
 pub enum DatadogKeysError {
@@ -44,7 +47,7 @@ pub fn datadog_keyring(fetcher: &Fetcher, server: &str) -> Result<Keyring, Datad
     let mut seen = Vec::new();
     for file in KEY_FILES {
         let url = format!("{}/{}", server.trim_end_matches('/'), file);
-        let Some(bytes) = fetcher.get_bytes(&url, 1 << 20)? else { continue };
+        let Some(bytes) = fetcher.get_bytes(&url, KEY_FILE_LIMIT, "the limit for a key file")? else { continue };
         let Ok(keyring) = Keyring::from_bytes(&bytes, &url) else { continue };
         for (fingerprint, armored) in keyring.split() {
             if PINNED_FINGERPRINTS.contains(&fingerprint.as_str()) {
@@ -55,5 +58,5 @@ pub fn datadog_keyring(fetcher: &Fetcher, server: &str) -> Result<Keyring, Datad
         }
     }
     Keyring::from_bytes(&accepted, server)
-        .map_err(|_| DatadogKeysError::NoPinnedKey { server: server.into(), got: seen.join(", ") })
+        .map_err(|_| DatadogKeysError::NoPinnedKey { server: server.into(), got: crate::report::first_of(seen.iter(), 10) })
 }

@@ -1,6 +1,12 @@
 //! deb822 control data (Packages, Release, control files): stanzas of `Field: value`
 //! lines, continuation lines starting with a space or tab, stanzas separated by blank lines.
 //! Parsed borrowed: values are slices of the input, so a 50 MB Packages file costs no copies.
+//! [`StanzaReader`] cuts a stream into stanzas one at a time, each bounded in bytes, so that
+//! an index of any length is read in the memory of its largest stanza.
+
+use std::io::{self, BufRead, Read};
+
+use crate::report::{excerpt, limit as human};
 
 /// One stanza: fields in file order.
 #[derive(Clone, Debug, Default)]
@@ -67,7 +73,7 @@ pub fn parse(text: &str) -> Result<Vec<Stanza<'_>>, Deb822Error> {
             continue;
         }
         let Some(colon) = line.find(':') else {
-            return Err(Deb822Error { line: line_no, reason: format!("expected `Field: value`, got {line:?}") });
+            return Err(Deb822Error { line: line_no, reason: format!("expected `Field: value`, got {:?}", excerpt(line, 80)) });
         };
         if let Some((k, s, e)) = open.take() {
             current.fields.push((k, text[s..e].trim_end()));
@@ -77,7 +83,7 @@ pub fn parse(text: &str) -> Result<Vec<Stanza<'_>>, Deb822Error> {
         }
         let name = &line[..colon];
         if name.is_empty() || name.contains(char::is_whitespace) {
-            return Err(Deb822Error { line: line_no, reason: format!("bad field name {name:?}") });
+            return Err(Deb822Error { line: line_no, reason: format!("bad field name {:?}", excerpt(name, 80)) });
         }
         let value_start = start + colon + 1;
         let leading = text[value_start..start + line.len()].len() - text[value_start..start + line.len()].trim_start().len();
@@ -92,9 +98,90 @@ pub fn parse(text: &str) -> Result<Vec<Stanza<'_>>, Deb822Error> {
     Ok(stanzas)
 }
 
+/// Why [`StanzaReader`] stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum StanzaReadError {
+    #[error("{0}")]
+    Io(io::Error),
+    #[error("the stanza at line {line} is longer than {}, the limit for one stanza", human(*.limit as u64))]
+    TooLarge { line: usize, limit: usize },
+}
+
+/// Reads stanzas from a stream, one at a time: the text of each (its lines, without the
+/// blank lines around it) and the line it starts on.
+pub struct StanzaReader<R> {
+    reader: R,
+    max_stanza: usize,
+    /// Lines read so far.
+    line: usize,
+    text: Vec<u8>,
+}
+
+impl<R: BufRead> StanzaReader<R> {
+    /// A reader that refuses a stanza longer than `max_stanza` bytes.
+    pub fn new(reader: R, max_stanza: usize) -> Self {
+        StanzaReader { reader, max_stanza, line: 0, text: Vec::new() }
+    }
+
+    /// The next stanza (its text as UTF-8, invalid bytes replaced) and its first line, or
+    /// `None` at the end of the stream.
+    pub fn next_stanza(&mut self) -> Result<Option<(String, usize)>, StanzaReadError> {
+        self.text.clear();
+        let mut start = 0;
+        loop {
+            let before = self.text.len();
+            // One byte more than the stanza may still take: reaching it means "too long",
+            // whether or not the line would have ended.
+            let room = (self.max_stanza - before) as u64 + 1;
+            let n = (&mut self.reader).take(room).read_until(b'\n', &mut self.text).map_err(StanzaReadError::Io)?;
+            if n == 0 {
+                break;
+            }
+            self.line += 1;
+            if self.text.len() > self.max_stanza {
+                return Err(StanzaReadError::TooLarge { line: if start == 0 { self.line } else { start }, limit: self.max_stanza });
+            }
+            if self.text[before..].iter().all(u8::is_ascii_whitespace) {
+                self.text.truncate(before);
+                if before > 0 {
+                    break;
+                }
+                continue;
+            }
+            if start == 0 {
+                start = self.line;
+            }
+        }
+        if self.text.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some((String::from_utf8_lossy(&self.text).into_owned(), start)))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stanzas_one_at_a_time_with_their_first_line() {
+        let text = "\n\nPackage: a\nVersion: 1\n\n \t\nPackage: b\nDescription: x\n more\n";
+        let mut r = StanzaReader::new(text.as_bytes(), 1 << 10);
+        assert_eq!(r.next_stanza().unwrap(), Some(("Package: a\nVersion: 1\n".to_string(), 3)));
+        assert_eq!(r.next_stanza().unwrap(), Some(("Package: b\nDescription: x\n more\n".to_string(), 7)));
+        assert_eq!(r.next_stanza().unwrap(), None);
+    }
+
+    #[test]
+    fn a_stanza_past_the_limit_is_refused_without_reading_it_whole() {
+        let long = format!("Package: a\nDescription: {}\n", "x".repeat(100));
+        let e = StanzaReader::new(long.as_bytes(), 64).next_stanza().unwrap_err();
+        assert!(matches!(e, StanzaReadError::TooLarge { line: 1, limit: 64 }), "{e:?}");
+        // A line with no end at all stops at the limit too.
+        let endless = std::io::repeat(b'x');
+        let e = StanzaReader::new(std::io::BufReader::new(endless), 64).next_stanza().unwrap_err();
+        assert!(e.to_string().contains("longer than 64 bytes"), "{e}");
+    }
 
     #[test]
     fn stanzas_and_multiline_fields() {

@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::apt::deb822;
 use crate::hash::Sha256;
+use crate::report::excerpt;
 
 /// One index file listed in Release.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -48,19 +49,19 @@ pub fn parse_release(text: &str, url: &str) -> Result<Release, ReleaseError> {
         return Err(invalid("the Release file is empty".into()));
     };
     let date = |name: &str| -> Result<Option<SystemTime>, ReleaseError> {
-        s.get(name).map(|v| parse_date(v).ok_or_else(|| invalid(format!("{name} {v:?} is not a date")))).transpose()
+        s.get(name).map(|v| parse_date(v).ok_or_else(|| invalid(format!("{name} {:?} is not a date", excerpt(v, 80))))).transpose()
     };
     let words = |name: &str| s.get(name).map(|v| v.split_whitespace().map(str::to_string).collect()).unwrap_or_default();
     let mut sha256 = Vec::new();
     for line in s.lines("SHA256") {
         let parts: Vec<&str> = line.split_whitespace().collect();
         let [hash, size, path] = parts[..] else {
-            return Err(invalid(format!("SHA256 line {line:?} is not `<hash> <size> <path>`")));
+            return Err(invalid(format!("SHA256 line {:?} is not `<hash> <size> <path>`", excerpt(line, 200))));
         };
         sha256.push(IndexFile {
             path: path.to_string(),
-            size: size.parse().map_err(|_| invalid(format!("size {size:?} is not a number")))?,
-            sha256: hash.parse().map_err(|e| invalid(format!("{e}")))?,
+            size: size.parse().map_err(|_| invalid(format!("size {:?} is not a number", excerpt(size, 80))))?,
+            sha256: hash.parse().map_err(|e| invalid(excerpt(&format!("{e}"), 200)))?,
         });
     }
     if sha256.is_empty() {

@@ -18,6 +18,11 @@ use openpgp::parse::Parse;
 use openpgp::policy::StandardPolicy;
 use openpgp::KeyHandle;
 
+/// Largest keyring file read (Debian's archive keyring is ~100 kB).
+pub const KEYRING_LIMIT: u64 = 16 << 20;
+/// Reasons listed when no signature was good (a file can carry thousands of signatures).
+const REASONS_LISTED: usize = 5;
+
 /// Why a keyring or a signature was not accepted.
 #[derive(Debug, thiserror::Error)]
 pub enum SignatureError {
@@ -27,6 +32,8 @@ pub enum SignatureError {
     KeyringParse { path: PathBuf, reason: String },
     #[error("keyring {path} holds no OpenPGP keys; pass the repository's public signing key")]
     KeyringEmpty { path: PathBuf },
+    #[error("keyring {path} is larger than {}, the limit for a keyring; pass the repository's public signing key alone", crate::report::limit(KEYRING_LIMIT))]
+    KeyringTooLarge { path: PathBuf },
     #[error(
         "{url}: no valid OpenPGP signature from a key in the keyring ({reasons}); \
          check that the keyring belongs to this repository and that nobody altered the file"
@@ -52,8 +59,12 @@ pub struct Verified {
 impl Keyring {
     /// Loads one or several certificates from an armored or binary keyring file.
     pub fn load(path: &Path) -> Result<Keyring, SignatureError> {
-        let bytes = std::fs::read(path)
-            .map_err(|source| SignatureError::KeyringRead { path: path.to_owned(), source })?;
+        let read_err = |source| SignatureError::KeyringRead { path: path.to_owned(), source };
+        let mut bytes = Vec::new();
+        std::fs::File::open(path).and_then(|f| f.take(KEYRING_LIMIT + 1).read_to_end(&mut bytes)).map_err(read_err)?;
+        if bytes.len() as u64 > KEYRING_LIMIT {
+            return Err(SignatureError::KeyringTooLarge { path: path.to_owned() });
+        }
         Keyring::from_bytes(&bytes, &path.display().to_string()).map_err(|e| match e {
             KeyringBytesError::Parse(reason) => SignatureError::KeyringParse { path: path.to_owned(), reason },
             KeyringBytesError::Empty => SignatureError::KeyringEmpty { path: path.to_owned() },
@@ -141,7 +152,12 @@ fn not_verified(url: &str, mut reasons: Vec<String>, err: Option<anyhow::Error>)
     if reasons.is_empty() {
         reasons.push(err.map(|e| e.to_string()).unwrap_or_else(|| "no signature found".into()));
     }
-    SignatureError::NotVerified { url: url.to_string(), reasons: reasons.join("; ") }
+    let total = reasons.len();
+    let mut listed: Vec<String> = reasons.iter().take(REASONS_LISTED).map(|r| crate::report::excerpt(r, 300)).collect();
+    if total > REASONS_LISTED {
+        listed.push(format!("and {} more signatures", total - REASONS_LISTED));
+    }
+    SignatureError::NotVerified { url: url.to_string(), reasons: listed.join("; ") }
 }
 
 /// Feeds the keyring to Sequoia and records what each signature amounted to.

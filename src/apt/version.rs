@@ -61,7 +61,8 @@ impl DebVersion {
 impl FromStr for DebVersion {
     type Err = VersionError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = |reason| VersionError { text: s.to_string(), reason };
+        // A version from an index can be as long as its stanza: the message keeps a part.
+        let err = |reason| VersionError { text: crate::report::excerpt(s, 80), reason };
         let text = s.trim();
         if text.is_empty() {
             return Err(err("it is empty"));
