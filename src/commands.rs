@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 
 use ddslug::compile::{Reuse, build_layer, fetcher_for, load_config, plan};
+use ddslug::config::{Settings, download_limits};
 use ddslug::fetch::{Downloaded, FetchOptions, Fetcher};
 use ddslug::manifest::{read_lock, to_json};
 use ddslug::report::{Reporter, bytes};
@@ -27,7 +28,7 @@ fn resolve_store(settings: &SettingsArgs) -> Result<(Store, Option<tempfile_dir:
 pub fn lock(settings: SettingsArgs, out: Option<PathBuf>, check: Option<PathBuf>, json: bool) -> Result<()> {
     let report = Reporter { quiet: true };
     let config = load_config(settings.env_dir.as_deref(), &settings.overrides()?, &report)?;
-    let fetcher = fetcher_for(&config);
+    let fetcher = fetcher_for(&config, &report);
     let (store, _tmp) = resolve_store(&settings)?;
     let _guard = store.lock()?;
     let lock = plan(&config, &fetcher, &store, &report, false)?;
@@ -72,14 +73,23 @@ pub fn fetch(settings: SettingsArgs, cache: PathBuf, lock_file: Option<PathBuf>)
     let report = Reporter::default();
     let store = Store::open(&cache)?;
     let _guard = store.lock()?;
-    let lock = match lock_file {
-        Some(path) => read_lock(&path)?,
+    let overrides = settings.overrides()?;
+    let (lock, limits) = match lock_file {
+        Some(path) => {
+            // Only the download settings matter with a lock: the rest is in the lock.
+            let mut values = Settings::load(settings.env_dir.as_deref()).context("reading the settings")?;
+            for (name, value) in &overrides {
+                values.set(name, value);
+            }
+            (read_lock(&path)?, download_limits(&values)?)
+        }
         None => {
-            let config = load_config(settings.env_dir.as_deref(), &settings.overrides()?, &report)?;
-            plan(&config, &fetcher_for(&config), &store, &report, false)?
+            let config = load_config(settings.env_dir.as_deref(), &overrides, &report)?;
+            (plan(&config, &fetcher_for(&config, &report), &store, &report, false)?, config.download)
         }
     };
-    let fetcher = Fetcher::new(FetchOptions { offline: settings.offline.then(|| "--offline".to_string()), ..FetchOptions::default() });
+    let offline = settings.offline.then(|| "--offline".to_string());
+    let fetcher = Fetcher::new(FetchOptions { offline, limits, report, ..FetchOptions::default() });
     // Building the layer too means the later compile only copies.
     build_layer(&store, &fetcher, &lock, &report, Reuse::Checked)?;
     for p in &lock.packages {

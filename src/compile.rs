@@ -72,9 +72,10 @@ pub fn load_config(env_dir: Option<&Path>, overrides: &[(String, String)], repor
     Ok(config)
 }
 
-/// A fetcher that honours the configuration's offline setting.
-pub fn fetcher_for(config: &Config) -> Fetcher {
-    Fetcher::new(FetchOptions { offline: config.offline.clone(), ..FetchOptions::default() })
+/// A fetcher that honours the configuration's offline and download settings, telling
+/// retries and progress through `report`.
+pub fn fetcher_for(config: &Config, report: &Reporter) -> Fetcher {
+    Fetcher::new(FetchOptions { offline: config.offline.clone(), limits: config.download, report: *report, ..FetchOptions::default() })
 }
 
 /// Runs the whole compile step.
@@ -85,7 +86,7 @@ pub fn compile(args: &CompileArgs, report: &Reporter) -> Result<CompileOutcome> 
         anyhow::bail!("BUILD_DIR {} is not a directory; bin/compile takes BUILD_DIR CACHE_DIR ENV_DIR", args.build_dir.display());
     }
     let config = load_config(args.env_dir.as_deref(), &args.overrides, report)?;
-    let fetcher = fetcher_for(&config);
+    let fetcher = fetcher_for(&config, report);
     let store = Store::open(&args.cache_dir)?;
     let _lock = store.lock()?;
 

@@ -6,6 +6,9 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::fetch::{self, Limits};
 
 /// Pinned agent versions used when no exact version is set (DD_AGENT_MAJOR_VERSION picks).
 pub const PINNED_AGENT_6: &str = "6.53.1-1";
@@ -54,6 +57,8 @@ pub struct Config {
     pub stack: Option<String>,
     /// Why network access is forbidden (e.g. "DD_OFFLINE=true"), if it is.
     pub offline: Option<String>,
+    /// Timeouts, low-speed limit, deadline and attempts of every download.
+    pub download: Limits,
     /// Things the user should fix but that do not stop the build.
     pub warnings: Vec<String>,
 }
@@ -120,6 +125,36 @@ pub fn bool_setting(s: &Settings, name: &str, default: bool) -> Result<bool, Set
         Some("false" | "no" | "0" | "off") => Ok(false),
         Some(_) => Err(bad(name, s.get(name).unwrap_or(""), "expected true or false", if default { "false" } else { "true" })),
     }
+}
+
+/// A whole number within `range`; absent means `default`.
+fn number_setting(s: &Settings, name: &str, range: std::ops::RangeInclusive<u64>, default: u64, unit: &str) -> Result<u64, SettingError> {
+    let Some(raw) = s.get(name) else { return Ok(default) };
+    match raw.parse::<u64>() {
+        Ok(n) if range.contains(&n) => Ok(n),
+        _ => Err(bad(
+            name,
+            raw,
+            &format!("expected a whole number of {unit} from {} to {}", range.start(), range.end()),
+            &default.to_string(),
+        )),
+    }
+}
+
+/// The download settings (`DD_DOWNLOAD_*`): connect timeout, low-speed limit and window,
+/// overall deadline, attempts, progress interval.
+pub fn download_limits(s: &Settings) -> Result<Limits, SettingError> {
+    let d = Limits::default();
+    let seconds = |name, range, default: Duration| number_setting(s, name, range, default.as_secs(), "seconds").map(Duration::from_secs);
+    Ok(Limits {
+        connect_timeout: seconds(fetch::CONNECT_TIMEOUT, 1..=600, d.connect_timeout)?,
+        low_speed_limit: number_setting(s, fetch::LOW_SPEED_LIMIT, 0..=1 << 30, d.low_speed_limit, "bytes per second (0: no limit)")?,
+        low_speed_time: seconds(fetch::LOW_SPEED_TIME, 1..=3600, d.low_speed_time)?,
+        deadline: seconds(fetch::TIMEOUT, 1..=86_400, d.deadline)?,
+        attempts: number_setting(s, fetch::ATTEMPTS, 1..=20, d.attempts.into(), "attempts")? as u32,
+        // At least every 10 s: a build log that says nothing for longer looks hung.
+        progress_interval: seconds(fetch::PROGRESS_INTERVAL, 1..=10, d.progress_interval)?,
+    })
 }
 
 impl Config {
@@ -204,6 +239,7 @@ impl Config {
             arch: "amd64".into(),
             stack: s.get("STACK").map(str::to_string),
             offline,
+            download: download_limits(s)?,
             warnings,
         })
     }
@@ -276,6 +312,28 @@ mod tests {
         assert!(config(&[("DD_AGENT_VERSION", "latest")]).is_err());
         assert!(config(&[("DD_APM_ENABLED", "maybe")]).is_err());
         assert!(config(&[("DD_PYTHON_VERSION", "2")]).is_err());
+    }
+
+    #[test]
+    fn download_settings_have_defaults_and_bounds() {
+        assert_eq!(config(&[]).unwrap().download, Limits::default());
+        let c = config(&[("DD_DOWNLOAD_TIMEOUT", "90"), ("DD_DOWNLOAD_LOW_SPEED_LIMIT", "0"), ("DD_DOWNLOAD_ATTEMPTS", "1")]).unwrap();
+        assert_eq!((c.download.deadline, c.download.low_speed_limit, c.download.attempts), (Duration::from_secs(90), 0, 1));
+        let e = config(&[("DD_DOWNLOAD_TIMEOUT", "ten")]).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "DD_DOWNLOAD_TIMEOUT=\"ten\": expected a whole number of seconds from 1 to 86400. \
+             Fix it with: heroku config:set DD_DOWNLOAD_TIMEOUT=600"
+        );
+        for (name, value) in [
+            ("DD_DOWNLOAD_CONNECT_TIMEOUT", "0"),
+            ("DD_DOWNLOAD_LOW_SPEED_TIME", "-1"),
+            ("DD_DOWNLOAD_ATTEMPTS", "21"),
+            ("DD_DOWNLOAD_PROGRESS_INTERVAL", "60"),
+        ] {
+            let e = config(&[(name, value)]).unwrap_err().to_string();
+            assert!(e.starts_with(&format!("{name}={value:?}: expected a whole number")), "{e}");
+        }
     }
 
     #[test]

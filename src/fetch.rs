@@ -1,18 +1,31 @@
-//! HTTP(S) downloads with timeouts, retries and resume, hashing while the body streams.
+//! HTTP(S) downloads with deadlines, retries and resume, hashing while the body streams.
 //!
 //! Contract: a download either ends with the whole body on disk and its SHA-256 and size
 //! known (checked against what the caller expected), or with an error naming the URL; a
-//! body that does not match is deleted, never kept. Every read is bounded in bytes: a body
-//! past the caller's limit is refused with an error naming the limit. With `offline` set,
-//! no request is made.
+//! body that does not match is deleted, never kept. Every read is bounded in bytes (a body
+//! past the caller's limit is refused with an error naming the limit) and in time: a
+//! connect timeout, a low-speed limit and an overall deadline ([`Limits`], each a setting
+//! named in the error it causes). Retries are announced; a long download prints its
+//! progress. With `offline` set, no request is made.
+
+mod body;
+mod growing;
+mod watch;
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Condvar, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+pub use body::Body;
+pub use growing::{FileRange, Progress};
+pub use watch::{ATTEMPTS, CONNECT_TIMEOUT, LOW_SPEED_LIMIT, LOW_SPEED_TIME, Limits, PROGRESS_INTERVAL, TIMEOUT};
+
 use crate::hash::{Hasher, Sha256};
+use crate::report::Reporter;
+use watch::{Stop, Ticker, Transfer, Watch, secs, stop_of};
 
 /// Why a download failed.
 #[derive(Debug, thiserror::Error)]
@@ -24,8 +37,16 @@ pub enum FetchError {
     Offline { url: String, why: String },
     #[error("{url}: server answered HTTP {status}{hint}")]
     Status { url: String, status: u16, hint: String },
-    #[error("{url}: {reason} (after {attempts} attempts); check the repository URL and the network")]
+    #[error(
+        "{url}: {reason} (after {attempts} attempt{}); check the repository URL and the network",
+        if *.attempts == 1 { "" } else { "s" }
+    )]
     Network { url: String, reason: String, attempts: u32 },
+    #[error(
+        "{url} did not finish within {} ({TIMEOUT}); {received} bytes had arrived. The mirror or the network \
+         is too slow: raise {TIMEOUT}, or use a closer mirror", secs(*.limit)
+    )]
+    Deadline { url: String, limit: Duration, received: u64 },
     #[error(
         "{url} served {actual_size} bytes with SHA-256 {actual}, but the index promises {expected_size} bytes \
          with SHA-256 {expected}; the download was deleted. The mirror is corrupt or was changed \
@@ -41,146 +62,22 @@ pub enum FetchError {
     Io { path: PathBuf, source: io::Error },
 }
 
-/// How far a download has written its file, for a reader that consumes the file while it
-/// grows (an unpacker that starts before the last byte arrives).
-#[derive(Debug, Default)]
-pub struct Progress {
-    state: Mutex<ProgressState>,
-    changed: Condvar,
-}
-
-#[derive(Debug, Default)]
-struct ProgressState {
-    written: u64,
-    /// `Some(true)`: the whole body is on disk and matched what was expected.
-    done: Option<bool>,
-}
-
-impl Progress {
-    fn update(&self, f: impl FnOnce(&mut ProgressState)) {
-        // A poisoned lock only means a reader panicked; the numbers are still right.
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        f(&mut state);
-        self.changed.notify_all();
-    }
-
-    pub(crate) fn set_written(&self, written: u64) {
-        self.update(|s| s.written = written);
-    }
-
-    /// The download is over: complete and verified (`true`), or failed.
-    pub fn finish(&self, ok: bool) {
-        self.update(|s| s.done = Some(ok));
-    }
-
-    /// Waits until the file holds more than `pos` bytes, or the download is over; returns
-    /// how many bytes it holds then (`pos` or fewer means the body ended there).
-    pub fn wait_beyond(&self, pos: u64) -> io::Result<u64> {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        loop {
-            match state.done {
-                Some(false) => return Err(io::Error::other("the download failed (its error is reported separately)")),
-                Some(true) => return Ok(state.written),
-                None if state.written > pos => return Ok(state.written),
-                None => state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner()),
-            }
-        }
-    }
-
-    /// How many bytes the file holds now, without waiting (a download that starts over
-    /// can lower it).
-    pub fn written(&self) -> u64 {
-        self.state.lock().unwrap_or_else(|e| e.into_inner()).written
-    }
-
-    /// Reads from `file` (the download's file) at `pos` up to `buf.len()` bytes of what has
-    /// arrived, waiting for at least one; 0 means the download ended at `pos`. A download
-    /// that started over (the server ignored the resume range) shrinks the file under the
-    /// reader: the read then waits for it to grow back.
-    pub fn read_at(&self, file: &File, buf: &mut [u8], pos: u64) -> io::Result<usize> {
-        use std::os::unix::fs::FileExt;
-        if buf.is_empty() {
-            return Ok(0);
-        }
-        loop {
-            let available = self.wait_beyond(pos)?;
-            let want = buf.len().min(available.saturating_sub(pos).try_into().unwrap_or(usize::MAX));
-            if want == 0 {
-                return Ok(0);
-            }
-            // Asked before reading: a download that ends during the read is read again.
-            let over = self.is_done();
-            let n = file.read_at(&mut buf[..want], pos)?;
-            if n > 0 || over {
-                return Ok(n);
-            }
-        }
-    }
-
-    /// Whether the download is over (either way).
-    pub fn is_done(&self) -> bool {
-        self.state.lock().unwrap_or_else(|e| e.into_inner()).done.is_some()
-    }
-
-    /// Waits for the end of the download; whether it completed and matched.
-    pub fn wait_done(&self) -> bool {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        loop {
-            if let Some(ok) = state.done {
-                return ok;
-            }
-            state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner());
-        }
-    }
-}
-
-/// The bytes `pos..end` of a file, read with `pread` (no shared cursor); with `growing`, a
-/// file still being downloaded: a read waits for bytes that have not arrived yet.
-pub struct FileRange<'f> {
-    pub file: &'f File,
-    pub pos: u64,
-    pub end: u64,
-    pub growing: Option<&'f Progress>,
-}
-
-impl Read for FileRange<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        use std::os::unix::fs::FileExt;
-        let want = buf.len().min(self.end.saturating_sub(self.pos).try_into().unwrap_or(usize::MAX));
-        let buf = &mut buf[..want];
-        let n = match self.growing {
-            Some(progress) => progress.read_at(self.file, buf, self.pos)?,
-            None if want == 0 => 0,
-            None => self.file.read_at(buf, self.pos)?,
-        };
-        self.pos += n as u64;
-        Ok(n)
-    }
-}
-
 /// How downloads behave.
 #[derive(Clone, Debug)]
 pub struct FetchOptions {
     /// Forbid all network access; the string says which setting did it.
     pub offline: Option<String>,
-    /// Attempts per URL, the first included.
-    pub attempts: u32,
+    /// Timeouts, speed, deadline, attempts, progress interval.
+    pub limits: Limits,
     /// Delay before the first retry; doubled after each.
     pub backoff: Duration,
-    pub connect_timeout: Duration,
-    /// Longest silence while reading a response.
-    pub read_timeout: Duration,
+    /// Where retries and progress are told (stderr when quiet: stdout may be a result).
+    pub report: Reporter,
 }
 
 impl Default for FetchOptions {
     fn default() -> Self {
-        FetchOptions {
-            offline: None,
-            attempts: 5,
-            backoff: Duration::from_millis(250),
-            connect_timeout: Duration::from_secs(15),
-            read_timeout: Duration::from_secs(60),
-        }
+        FetchOptions { offline: None, limits: Limits::default(), backoff: Duration::from_millis(250), report: Reporter { quiet: true } }
     }
 }
 
@@ -203,17 +100,26 @@ enum Attempt {
     Fatal(FetchError),
 }
 
+impl From<FetchError> for Attempt {
+    fn from(e: FetchError) -> Self {
+        Attempt::Fatal(e)
+    }
+}
+
 impl Fetcher {
     /// Builds a client that trusts the system's certificate store.
     pub fn new(opts: FetchOptions) -> Fetcher {
         let tls = ureq::tls::TlsConfig::builder()
             .root_certs(ureq::tls::RootCerts::PlatformVerifier)
             .build();
+        let limits = &opts.limits;
         let config = ureq::Agent::config_builder()
             .http_status_as_error(false)
-            .timeout_connect(Some(opts.connect_timeout))
-            .timeout_recv_response(Some(opts.read_timeout))
-            .timeout_per_read(Some(opts.read_timeout))
+            .timeout_resolve(Some(limits.connect_timeout))
+            .timeout_connect(Some(limits.connect_timeout))
+            // Silence is bounded by the low-speed window: before the answer and in the body.
+            .timeout_recv_response(Some(limits.low_speed_time))
+            .timeout_per_read(Some(limits.low_speed_time))
             .user_agent(concat!("ddslug/", env!("CARGO_PKG_VERSION")))
             .tls_config(tls)
             .build();
@@ -223,6 +129,10 @@ impl Fetcher {
     /// Whether requests are forbidden.
     pub fn is_offline(&self) -> bool {
         self.opts.offline.is_some()
+    }
+
+    fn transfer(&self, url: &str) -> Transfer {
+        Transfer::new(url, self.opts.limits, self.opts.report, self.opts.backoff)
     }
 
     /// Fetches a small document into memory, refusing it past `limit` bytes (`what` says
@@ -236,34 +146,18 @@ impl Fetcher {
 
     /// Opens `url` for reading as a stream of at most `limit` bytes (`what` names the limit
     /// in the error past it). A connection that breaks is resumed where it broke, within
-    /// the attempts allowed. Read errors carry a [`FetchError`]: see [`into_fetch_error`].
-    /// `Ok(None)` when the server says 404/410.
+    /// the attempts and the deadline. Read errors carry a [`FetchError`]: see
+    /// [`into_fetch_error`]. `Ok(None)` when the server says 404/410.
     pub fn open(&self, url: &str, limit: u64, what: &str) -> Result<Option<Body<'_>>, FetchError> {
         self.refuse_if_offline(url)?;
-        let mut body = Body { fetcher: self, url: url.into(), limit, what: what.into(), pos: 0, reader: None, failures: 0, last: String::new() };
         if let Some(path) = url.strip_prefix("file://") {
             return match File::open(path) {
-                Ok(file) => {
-                    body.reader = Some(Box::new(file));
-                    // A local file cannot be resumed: its first error is its last.
-                    body.failures = self.opts.attempts;
-                    Ok(Some(body))
-                }
+                Ok(file) => Ok(Some(Body::local(self, self.transfer(url), file, limit, what))),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
                 Err(source) => Err(FetchError::Io { path: path.into(), source }),
             };
         }
-        let response = self.with_retries(url, || {
-            let response = self.agent.get(url).call().map_err(|e| classify(url, e))?;
-            match response.status().as_u16() {
-                404 | 410 => Ok(None),
-                status => check_status(url, status).map(|()| Some(response)),
-            }
-        })?;
-        Ok(response.map(|r| {
-            body.reader = Some(Box::new(r.into_body().into_reader()));
-            body
-        }))
+        Body::open(self, self.transfer(url), limit, what)
     }
 
     /// Downloads `url` into `part`, resuming what a previous attempt (or process) left there,
@@ -288,17 +182,33 @@ impl Fetcher {
         }
         let complete = |hasher: &Hasher| expected.is_some_and(|e| hasher.len() == e.size);
         if !complete(&hasher) {
+            let done = Arc::new(AtomicU64::new(hasher.len()));
+            let mut sink = Sink { file: &mut file, hasher: &mut hasher, progress, done: &done };
             if let Some(path) = url.strip_prefix("file://") {
-                start_over(&mut file, &mut hasher, progress).map_err(io_err)?;
+                sink.start_over().map_err(io_err)?;
                 let mut src = File::open(path).map_err(|source| FetchError::Io { path: path.into(), source })?;
-                let mut sink = Sink { file: &mut file, hasher: &mut hasher, progress };
-                copy_hashing(&mut src, part, &mut sink, expected, url, &mut buf).map_err(|e| match e {
+                let failed = |e, got| Attempt::Retry(format!("reading failed after {got} bytes: {e}"));
+                copy_hashing(&mut src, part, &mut sink, expected, url, &mut buf, failed).map_err(|e| match e {
                     Attempt::Fatal(f) => f,
                     Attempt::Retry(reason) => FetchError::Network { url: url.into(), reason, attempts: 1 },
                 })?;
             } else {
-                let mut sink = Sink { file: &mut file, hasher: &mut hasher, progress };
-                let result = self.with_retries(url, || self.download_attempt(url, part, &mut sink, expected, &mut buf));
+                let name = url.rsplit('/').next().unwrap_or(url).to_string();
+                let _ticker = Ticker::start(name, expected.map(|e| e.size), done.clone(), self.opts.limits.progress_interval, self.opts.report);
+                let mut t = self.transfer(url);
+                let result = loop {
+                    if let Err(e) = t.begin(sink.hasher.len()) {
+                        break Err(e);
+                    }
+                    let failed = match self.download_attempt(&mut t, part, &mut sink, expected, &mut buf) {
+                        Ok(()) => break Ok(()),
+                        Err(Attempt::Fatal(e)) => break Err(e),
+                        Err(Attempt::Retry(reason)) => reason,
+                    };
+                    if let Err(e) = t.retry(failed, sink.hasher.len()) {
+                        break Err(e);
+                    }
+                };
                 if let Err(e) = result {
                     // A body longer than promised is not worth resuming.
                     if matches!(e, FetchError::TooLarge { .. }) {
@@ -329,17 +239,13 @@ impl Fetcher {
         Ok(got)
     }
 
-    fn download_attempt(&self, url: &str, part: &Path, sink: &mut Sink, expected: Option<Downloaded>, buf: &mut [u8]) -> Result<(), Attempt> {
+    fn download_attempt(&self, t: &mut Transfer, part: &Path, sink: &mut Sink, expected: Option<Downloaded>, buf: &mut [u8]) -> Result<(), Attempt> {
         let have = sink.hasher.len();
-        let mut request = self.agent.get(url);
-        if have > 0 {
-            request = request.header("Range", format!("bytes={have}-"));
-        }
-        let response = request.call().map_err(|e| classify(url, e))?;
+        let response = self.request(t, have)?;
         let status = response.status().as_u16();
         let io_fatal = |source: io::Error| Attempt::Fatal(FetchError::Io { path: part.to_owned(), source });
         match status {
-            206 if have > 0 => {}
+            206 if have > 0 && content_range_start(&response) == Some(have) => {}
             // The server ignored Range (or we asked for none): start over.
             200 => {
                 if have > 0 {
@@ -351,135 +257,65 @@ impl Fetcher {
                 sink.start_over().map_err(io_fatal)?;
                 return Err(Attempt::Retry("server refused the resume range".into()));
             }
-            other => check_status(url, other)?,
+            206 => return Err(Attempt::Retry("server answered another range than the one asked for".into())),
+            other => check_status(&t.url, other)?,
         }
-        let mut body = response.into_body().into_reader();
-        copy_hashing(&mut body, part, sink, expected, url, buf)
+        let mut body = Watch::new(response.into_body().into_reader(), t.limits, t.deadline_at());
+        copy_hashing(&mut body, part, sink, expected, &t.url, buf, |e, got| self.read_failure(t, e, got))
+    }
+
+    /// One HTTP exchange for `t`, asking for the bytes from `from` on; bounded by the time
+    /// the transfer has left.
+    fn request(&self, t: &mut Transfer, from: u64) -> Result<ureq::http::Response<ureq::Body>, Attempt> {
+        let left = t.deadline_at().saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(t.deadline_error(from).into());
+        }
+        let mut request = self.agent.get(&t.url);
+        if from > 0 {
+            request = request.header("Range", format!("bytes={from}-"));
+        }
+        request.config().timeout_global(Some(left)).build().call().map_err(|e| self.classify(t, e, from))
+    }
+
+    /// What a failed request amounts to, in the terms of the settings that bound it.
+    fn classify(&self, t: &Transfer, e: ureq::Error, received: u64) -> Attempt {
+        use ureq::Timeout;
+        let limits = &t.limits;
+        match e {
+            ureq::Error::BadUri(reason) => Attempt::Fatal(FetchError::Status {
+                url: t.url.clone(),
+                status: 0,
+                hint: format!(" (not a valid URL: {})", crate::report::excerpt(&reason, 200)),
+            }),
+            ureq::Error::Timeout(Timeout::Global) => Attempt::Fatal(t.deadline_error(received)),
+            ureq::Error::Timeout(Timeout::Connect | Timeout::Resolve) => Attempt::Retry(limits.connect_failed()),
+            ureq::Error::Timeout(_) => Attempt::Retry(limits.no_response()),
+            ureq::Error::HostNotFound => Attempt::Retry("host not found".into()),
+            ureq::Error::Io(e) => Attempt::Retry(crate::report::excerpt(&e.to_string(), 300)),
+            other => Attempt::Retry(crate::report::excerpt(&other.to_string(), 300)),
+        }
+    }
+
+    /// What a failed body read amounts to, `received` bytes into the transfer.
+    fn read_failure(&self, t: &Transfer, e: io::Error, received: u64) -> Attempt {
+        match stop_of(&e) {
+            Some(Stop::Deadline) => return Attempt::Fatal(t.deadline_error(received)),
+            Some(Stop::Slow { window_bytes }) => return Attempt::Retry(t.limits.too_slow(*window_bytes)),
+            None => {}
+        }
+        match ureq::Error::from(e) {
+            ureq::Error::Timeout(ureq::Timeout::Global) => Attempt::Fatal(t.deadline_error(received)),
+            ureq::Error::Timeout(_) => Attempt::Retry(t.limits.no_data(received)),
+            ureq::Error::Io(e) => Attempt::Retry(format!("connection broke after {received} bytes: {e}")),
+            other => Attempt::Retry(format!("connection broke after {received} bytes: {other}")),
+        }
     }
 
     fn refuse_if_offline(&self, url: &str) -> Result<(), FetchError> {
         match &self.opts.offline {
             Some(why) if !url.starts_with("file://") => Err(FetchError::Offline { url: url.into(), why: why.clone() }),
             _ => Ok(()),
-        }
-    }
-
-    fn with_retries<T>(&self, url: &str, mut attempt: impl FnMut() -> Result<T, Attempt>) -> Result<T, FetchError> {
-        let mut delay = self.opts.backoff;
-        let attempts = self.opts.attempts.max(1);
-        let mut last = String::new();
-        for i in 1..=attempts {
-            match attempt() {
-                Ok(v) => return Ok(v),
-                Err(Attempt::Fatal(e)) => return Err(e),
-                Err(Attempt::Retry(reason)) => last = reason,
-            }
-            if i < attempts {
-                std::thread::sleep(delay);
-                delay *= 2;
-            }
-        }
-        Err(FetchError::Network { url: url.into(), reason: last, attempts })
-    }
-}
-
-/// A response body read as a stream (see [`Fetcher::open`]): resumed with a Range request
-/// when the connection breaks (the bytes already read are skipped if the server ignores
-/// the range), refused past its limit.
-pub struct Body<'f> {
-    fetcher: &'f Fetcher,
-    url: String,
-    limit: u64,
-    what: String,
-    /// Bytes delivered so far.
-    pos: u64,
-    reader: Option<Box<dyn Read + Send + 'f>>,
-    /// Attempts that failed so far.
-    failures: u32,
-    last: String,
-}
-
-impl Body<'_> {
-    /// Bytes read so far.
-    pub fn position(&self) -> u64 {
-        self.pos
-    }
-
-    /// Requests the rest of the body after a broken connection, waiting before each retry.
-    fn resume(&mut self) -> Result<(), FetchError> {
-        let opts = &self.fetcher.opts;
-        loop {
-            self.failures += 1;
-            if self.failures >= opts.attempts.max(1) {
-                let reason = std::mem::take(&mut self.last);
-                return Err(FetchError::Network { url: self.url.clone(), reason, attempts: self.failures });
-            }
-            std::thread::sleep(opts.backoff * 2u32.saturating_pow(self.failures - 1));
-            let request = self.fetcher.agent.get(&self.url).header("Range", format!("bytes={}-", self.pos));
-            let response = match request.call().map_err(|e| classify(&self.url, e)) {
-                Ok(r) => r,
-                Err(Attempt::Fatal(e)) => return Err(e),
-                Err(Attempt::Retry(reason)) => {
-                    self.last = reason;
-                    continue;
-                }
-            };
-            let status = response.status().as_u16();
-            let resumed = status == 206 && content_range_start(&response) == Some(self.pos);
-            if let Err(attempt) = check_status(&self.url, status) {
-                match attempt {
-                    Attempt::Fatal(e) => return Err(e),
-                    Attempt::Retry(reason) => {
-                        self.last = reason;
-                        continue;
-                    }
-                }
-            }
-            let mut reader = response.into_body().into_reader();
-            if !resumed {
-                // The whole body again: skip what was already delivered.
-                match io::copy(&mut (&mut reader).take(self.pos), &mut io::sink()) {
-                    Ok(n) if n == self.pos => {}
-                    Ok(n) => {
-                        self.last = format!("the server sent {n} bytes where {} were read before", self.pos);
-                        continue;
-                    }
-                    Err(e) => {
-                        self.last = format!("connection broke after {} bytes: {e}", self.pos);
-                        continue;
-                    }
-                }
-            }
-            self.reader = Some(Box::new(reader));
-            return Ok(());
-        }
-    }
-}
-
-impl Read for Body<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        loop {
-            let Some(reader) = self.reader.as_mut() else {
-                self.resume().map_err(io::Error::other)?;
-                continue;
-            };
-            // One byte past the limit is enough to know.
-            let room = (self.limit - self.pos + 1).min(buf.len() as u64) as usize;
-            match reader.read(&mut buf[..room]) {
-                Ok(n) => {
-                    self.pos += n as u64;
-                    if self.pos > self.limit {
-                        let e = FetchError::TooLarge { url: self.url.clone(), limit: self.limit, what: self.what.clone() };
-                        return Err(io::Error::other(e));
-                    }
-                    return Ok(n);
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    self.reader = None;
-                    self.last = format!("connection broke after {} bytes: {e}", self.pos);
-                }
-            }
         }
     }
 }
@@ -521,32 +357,45 @@ fn start_over(file: &mut File, hasher: &mut Hasher, progress: Option<&Progress>)
     Ok(())
 }
 
-/// Where a body goes: the partial file, its hash, and whoever reads the file as it grows.
+/// Where a body goes: the partial file, its hash, whoever reads the file as it grows, and
+/// the byte count the progress line shows.
 struct Sink<'a> {
     file: &'a mut File,
     hasher: &'a mut Hasher,
     progress: Option<&'a Progress>,
+    done: &'a AtomicU64,
 }
 
 impl Sink<'_> {
     fn start_over(&mut self) -> io::Result<()> {
+        self.done.store(0, Ordering::Relaxed);
         start_over(self.file, self.hasher, self.progress)
     }
 }
 
-fn copy_hashing(src: &mut impl Read, part: &Path, sink: &mut Sink, expected: Option<Downloaded>, url: &str, buf: &mut [u8]) -> Result<(), Attempt> {
-    let Sink { file, hasher, progress } = sink;
+/// Copies `src` into the sink; a read error becomes what `failed` makes of it (given the
+/// bytes held then). What arrived is kept: the next attempt resumes from there.
+fn copy_hashing(
+    src: &mut impl Read,
+    part: &Path,
+    sink: &mut Sink,
+    expected: Option<Downloaded>,
+    url: &str,
+    buf: &mut [u8],
+    failed: impl Fn(io::Error, u64) -> Attempt,
+) -> Result<(), Attempt> {
+    let Sink { file, hasher, progress, done } = sink;
     loop {
         let n = match src.read(buf) {
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            // Keep what arrived: the next attempt resumes from here.
-            Err(e) => return Err(Attempt::Retry(format!("connection broke after {} bytes: {e}", hasher.len()))),
+            Err(e) => return Err(failed(e, hasher.len())),
         };
         file.write_all(&buf[..n])
             .map_err(|source| Attempt::Fatal(FetchError::Io { path: part.to_owned(), source }))?;
         hasher.update(&buf[..n]);
+        done.store(hasher.len(), Ordering::Relaxed);
         if let Some(p) = progress {
             p.set_written(hasher.len());
         }
@@ -578,14 +427,3 @@ fn check_status(url: &str, status: u16) -> Result<(), Attempt> {
     }
 }
 
-fn classify(url: &str, e: ureq::Error) -> Attempt {
-    match e {
-        ureq::Error::BadUri(reason) => Attempt::Fatal(FetchError::Status {
-            url: url.into(),
-            status: 0,
-            hint: format!(" (not a valid URL: {reason})"),
-        }),
-        ureq::Error::HostNotFound => Attempt::Retry("host not found".into()),
-        other => Attempt::Retry(other.to_string()),
-    }
-}

@@ -214,7 +214,7 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Versions { repo, package } => {
             let keyring = Keyring::load(&repo.keyring)?;
-            let fetcher = Fetcher::new(FetchOptions::default());
+            let fetcher = env_fetcher()?;
             let index = load_index(&fetcher, &repo.source(), &keyring, &[&package])?;
             let versions = resolve::available(&index, &package);
             if versions.is_empty() {
@@ -229,7 +229,7 @@ fn run(cli: Cli) -> Result<()> {
                 .split_once('=')
                 .with_context(|| format!("{spec:?}: expected PACKAGE=VERSION, e.g. datadog-agent=1:7.81.2-1"))?;
             let keyring = Keyring::load(&repo.keyring)?;
-            let fetcher = Fetcher::new(FetchOptions::default());
+            let fetcher = env_fetcher()?;
             let source = repo.source();
             let index = load_index(&fetcher, &source, &keyring, &[package])?;
             let entry = resolve::find(&index, package, version)?;
@@ -299,6 +299,14 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 mod commands;
+
+/// A fetcher for the commands that take no ENV_DIR: download settings (`DD_DOWNLOAD_*`)
+/// from the environment; retries and progress on stderr (stdout is the result).
+fn env_fetcher() -> Result<Fetcher> {
+    let settings = ddslug::config::Settings::load(None).context("reading the settings")?;
+    let limits = ddslug::config::download_limits(&settings)?;
+    Ok(Fetcher::new(FetchOptions { limits, report: Reporter { quiet: true }, ..FetchOptions::default() }))
+}
 
 /// `$XDG_CACHE_HOME`, else `~/.cache`, else a folder in the temp dir.
 fn default_cache_dir() -> PathBuf {

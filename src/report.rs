@@ -32,6 +32,16 @@ impl Reporter {
         }
     }
 
+    /// A progress or retry note: a detail line, or on stderr in quiet mode (where stdout
+    /// carries a result, such as a version list or JSON).
+    pub fn progress(&self, text: &str) {
+        if self.quiet {
+            eprintln!("ddslug: {text}");
+        } else {
+            self.detail(text);
+        }
+    }
+
     fn line(&self, text: &str) {
         if !self.quiet {
             let mut out = std::io::stdout().lock();

@@ -280,7 +280,10 @@ fn unreachable_repository_names_the_url() {
     let (ok, _, stderr) = ddslug(&args);
     assert!(!ok);
     assert!(stderr.contains(&format!("{url}/dists/stable/InRelease")), "{stderr}");
-    assert_eq!(stderr.trim().lines().count(), 1, "one clear line: {stderr}");
+    // One clear line of error, after a note for each retry.
+    let (notes, error) = stderr.trim().rsplit_once('\n').unwrap_or(("", stderr.trim()));
+    assert!(error.starts_with("ddslug: error: ") && error.contains("after 5 attempts"), "{stderr}");
+    assert_eq!(notes.lines().filter(|l| l.contains("; retrying in ")).count(), 4, "{stderr}");
 }
 
 #[test]

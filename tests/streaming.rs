@@ -144,3 +144,32 @@ fn a_body_that_does_not_match_fails_the_build(compression: Compression) {
     assert!(layers.is_empty(), "a layer was stored: {layers:?}");
     assert_eq!(fs::read_dir(store.join("tmp/downloads")).unwrap().count(), 0, "the bad download was kept");
 }
+
+#[test]
+fn a_slow_download_shows_its_progress_and_a_stalled_one_resumes_under_the_unpacker() {
+    let r = repo(Compression::Gzip);
+    let stored = r.cold_compile("reference", &[]);
+    fs::write(r.env.join("DD_DOWNLOAD_PROGRESS_INTERVAL"), "1").unwrap();
+    fs::write(r.env.join("DD_DOWNLOAD_LOW_SPEED_TIME"), "1").unwrap();
+
+    // About three seconds of download: a progress line in the build output every second.
+    r.server.inject(&r.pool(), Fault::Trickle(r.deb.size / 3 + 1));
+    let build = r.build_dir("slow");
+    let out = bin_compile(&build, &r.dir.path().join("cache-slow"), &r.env);
+    assert!(out.status.success(), "{}", text(&out));
+    let name = r.deb.filename.rsplit('/').next().unwrap();
+    let progress = String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.starts_with(&format!("       {name}: "))).count();
+    assert!(progress >= 2, "expected progress lines in: {}", text(&out));
+    assert_eq!(scan_tree(&build.join(".apt")).unwrap().hash, stored);
+
+    // Silent half-way: given up after the low-speed window, resumed, the unpacker waiting.
+    let half = r.deb.size / 2;
+    r.server.inject(&r.pool(), Fault::StallAfter(half));
+    let build = r.build_dir("stalled");
+    let out = bin_compile(&build, &r.dir.path().join("cache-stalled"), &r.env);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("no data for 1 s (DD_DOWNLOAD_LOW_SPEED_TIME)"), "{}", text(&out));
+    let ranges: Vec<_> = r.server.requests().into_iter().filter(|q| q.path == r.pool()).map(|q| q.range_start).collect();
+    assert_eq!(ranges.last(), Some(&Some(half)), "{ranges:?}");
+    assert_eq!(scan_tree(&build.join(".apt")).unwrap().hash, stored);
+}

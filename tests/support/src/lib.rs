@@ -15,5 +15,5 @@ pub mod timefmt;
 
 pub use debs::{Compression, DebSpec, Node};
 pub use repo::{IndexForms, RepoSpec, SignMode, write_repo};
-pub use server::{Fault, Server};
+pub use server::{Fault, Server, Unanswering};
 pub use signing::{KeyKind, SigningKey};

@@ -1,5 +1,6 @@
 //! A small HTTP/1.1 file server on 127.0.0.1 for tests and the demo, with faults that can
-//! be injected per path: error statuses, connections dropped mid-body, Range ignored.
+//! be injected per path: error statuses, connections dropped mid-body, Range ignored,
+//! bodies trickled or stalled, redirects.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -23,6 +24,13 @@ pub enum Fault {
     IgnoreRange,
     /// Wait this long before answering.
     Delay(Duration),
+    /// Send the body at this many bytes per second (a slow or hostile mirror).
+    Trickle(u64),
+    /// Send this many bytes of the body, then keep the connection open and silent until
+    /// the client gives up (or the server stops).
+    StallAfter(u64),
+    /// Answer `302 Found` with this `Location` (absolute, or relative to the request).
+    Redirect(String),
 }
 
 #[derive(Default)]
@@ -139,6 +147,11 @@ fn serve(stream: TcpStream, root: &Path, shared: &Shared) -> std::io::Result<()>
     if let Some(Fault::Delay(d)) = fault {
         thread::sleep(d);
     }
+    if let Some(Fault::Redirect(location)) = &fault {
+        log(302);
+        write!(stream, "HTTP/1.1 302 Found\r\nLocation: {location}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")?;
+        return Ok(());
+    }
     if let Some(Fault::Status(code)) = fault {
         log(code);
         let body = format!("injected status {code}\n");
@@ -182,6 +195,38 @@ fn serve(stream: TcpStream, root: &Path, shared: &Shared) -> std::io::Result<()>
             stream.flush()?;
             stream.shutdown(Shutdown::Both)?;
         }
+        Some(Fault::Trickle(rate)) => {
+            // Ten pieces a second (one byte at a time below 10 bytes/s).
+            let piece = (rate / 10).max(1);
+            let pause = Duration::from_secs_f64(piece as f64 / rate.max(1) as f64);
+            let mut buf = vec![0u8; piece as usize];
+            loop {
+                let n = data.read(&mut buf)?;
+                if n == 0 || shared.stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                // A client that gave up makes the write fail: that ends the trickle.
+                stream.write_all(&buf[..n])?;
+                stream.flush()?;
+                thread::sleep(pause);
+            }
+        }
+        Some(Fault::StallAfter(n)) => {
+            std::io::copy(&mut (&mut data).take(n.min(body_len)), &mut stream)?;
+            stream.flush()?;
+            // Silent until the client closes (a read returns 0) or the server stops.
+            stream.set_read_timeout(Some(Duration::from_millis(100)))?;
+            let started = std::time::Instant::now();
+            while !shared.stop.load(Ordering::SeqCst) && started.elapsed() < Duration::from_secs(600) {
+                match reader.read(&mut [0u8; 16]) {
+                    Ok(0) => break,
+                    Ok(_) => {}
+                    Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                    Err(_) => break,
+                }
+            }
+            return Ok(());
+        }
         _ => {
             std::io::copy(&mut data, &mut stream)?;
         }
@@ -189,6 +234,50 @@ fn serve(stream: TcpStream, root: &Path, shared: &Shared) -> std::io::Result<()>
     // Drain anything left so the client sees a clean close.
     let _ = reader.read(&mut [0u8; 16]);
     Ok(())
+}
+
+/// A port on 127.0.0.1 whose listener never accepts and whose queue is full: a connection
+/// to it is neither refused nor answered (the kernel drops the SYN), like a host behind a
+/// firewall that drops packets. Closed when dropped.
+pub struct Unanswering {
+    port: u16,
+    _listener: TcpListener,
+    _queued: Vec<TcpStream>,
+}
+
+impl Unanswering {
+    pub fn start() -> Result<Unanswering> {
+        use std::os::fd::FromRawFd;
+        // std's listeners have a long queue; this one holds a single connection.
+        // SAFETY: plain socket calls on a descriptor this function owns; `addr` outlives bind.
+        let listener = unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+            anyhow::ensure!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+            let listener = TcpListener::from_raw_fd(fd);
+            let mut addr: libc::sockaddr_in = std::mem::zeroed();
+            addr.sin_family = libc::AF_INET as libc::sa_family_t;
+            addr.sin_addr.s_addr = u32::from(std::net::Ipv4Addr::LOCALHOST).to_be();
+            let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            anyhow::ensure!(libc::bind(fd, (&raw const addr).cast(), len) == 0, "bind: {}", std::io::Error::last_os_error());
+            anyhow::ensure!(libc::listen(fd, 0) == 0, "listen: {}", std::io::Error::last_os_error());
+            listener
+        };
+        let addr = listener.local_addr()?;
+        let mut queued = Vec::new();
+        // Fill the queue: the first connection that is not answered in time finds it full.
+        while queued.len() < 16 {
+            match TcpStream::connect_timeout(&addr, Duration::from_millis(300)) {
+                Ok(s) => queued.push(s),
+                Err(_) => break,
+            }
+        }
+        Ok(Unanswering { port: addr.port(), _listener: listener, _queued: queued })
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
 }
 
 fn resolve(root: &Path, url_path: &str) -> Option<PathBuf> {

@@ -1,0 +1,175 @@
+//! Downloads have deadlines: a connect timeout, a low-speed limit (like curl's
+//! --speed-limit/--speed-time) and an overall deadline, each a documented setting; a broken
+//! or stalled transfer is retried and resumed, and a long one prints its progress. The
+//! settings here are short so that each case takes seconds; nothing asserts on how fast a
+//! run was, only on how it ended and what it said (a run still going after two minutes is
+//! killed and fails its test: the defect these tests guard against is a download that
+//! never ends).
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use ddslug_testsupport::hostile::{Measured, run_measured};
+use ddslug_testsupport::repo::{PublishedDeb, WrittenRepo};
+use ddslug_testsupport::{DebSpec, Fault, KeyKind, RepoSpec, Server, SigningKey, Unanswering, write_repo};
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    _repo: WrittenRepo,
+    server: Server,
+    keyring: PathBuf,
+    deb: PublishedDeb,
+}
+
+/// A repository with one package of about 300 kB that does not compress.
+fn fixture() -> Fixture {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let noise: Vec<u8> = (0..300_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let deb = DebSpec::new("hello", "3.0-1").file("usr/lib/hello/blob.bin", 0o644, noise);
+    let dir = tempfile::tempdir().unwrap();
+    let key = SigningKey::generate(KeyKind::Ed25519, "ddslug deadline tests").unwrap();
+    let repo = write_repo(&dir.path().join("repo"), &RepoSpec::new("stable").component("main", vec![deb]), &key).unwrap();
+    let keyring = dir.path().join("key.asc");
+    std::fs::write(&keyring, key.public_armored().unwrap()).unwrap();
+    let server = Server::start(&repo.root).unwrap();
+    let deb = repo.deb("hello", "3.0-1").unwrap().clone();
+    Fixture { dir, _repo: repo, server, keyring, deb }
+}
+
+impl Fixture {
+    fn pool(&self) -> String {
+        format!("/{}", self.deb.filename)
+    }
+
+    /// `ddslug download hello=3.0-1` from `url` with the given settings in the environment.
+    fn download_from(&self, url: &str, settings: &[(&str, &str)]) -> Measured {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ddslug"));
+        cmd.args(["download", "--repo", url, "--suite", "stable", "--component", "main", "--keyring"])
+            .arg(&self.keyring)
+            .arg("--out")
+            .arg(self.dir.path().join("out"))
+            .arg("--cache")
+            .arg(self.dir.path().join("cache"))
+            .arg("hello=3.0-1");
+        for (name, value) in settings {
+            cmd.env(name, value);
+        }
+        run_measured(&mut cmd, Duration::from_secs(120)).unwrap()
+    }
+
+    fn download(&self, settings: &[(&str, &str)]) -> Measured {
+        self.download_from(&self.server.url(), settings)
+    }
+
+    fn pool_requests(&self) -> Vec<(Option<u64>, u16)> {
+        self.server.requests().into_iter().filter(|r| r.path == self.pool()).map(|r| (r.range_start, r.status)).collect()
+    }
+}
+
+fn assert_fails_with(run: &Measured, expected: &[&str]) {
+    // Shown with --nocapture: what the user sees.
+    eprintln!("{}", run.text());
+    assert!(!run.status.success(), "expected a failure: {}", run.text());
+    for e in expected {
+        assert!(run.stderr.contains(e), "no {e:?} in: {}", run.text());
+    }
+}
+
+#[test]
+fn a_mirror_trickling_one_byte_a_second_hits_the_overall_deadline() {
+    let f = fixture();
+    for _ in 0..5 {
+        f.server.inject(&f.pool(), Fault::Trickle(1));
+    }
+    // 1 byte/s is above this low-speed limit: only the deadline can end it.
+    let run = f.download(&[("DD_DOWNLOAD_TIMEOUT", "3"), ("DD_DOWNLOAD_LOW_SPEED_LIMIT", "1")]);
+    assert_fails_with(&run, &[&f.deb.filename, "did not finish within 3 s", "DD_DOWNLOAD_TIMEOUT"]);
+    assert!(!f.dir.path().join("out/hello_3.0-1_amd64.deb").exists());
+}
+
+#[test]
+fn a_slow_mirror_hits_the_low_speed_limit_on_each_attempt() {
+    let f = fixture();
+    for _ in 0..5 {
+        f.server.inject(&f.pool(), Fault::Trickle(200));
+    }
+    let run = f.download(&[
+        ("DD_DOWNLOAD_LOW_SPEED_LIMIT", "1000"),
+        ("DD_DOWNLOAD_LOW_SPEED_TIME", "1"),
+        ("DD_DOWNLOAD_ATTEMPTS", "2"),
+    ]);
+    assert_fails_with(&run, &[&f.deb.filename, "slower than 1000 bytes/s", "DD_DOWNLOAD_LOW_SPEED_LIMIT", "after 2 attempts"]);
+    // The second attempt resumed where the first one stopped, and the user was told.
+    let requests = f.pool_requests();
+    assert_eq!(requests.len(), 2, "{requests:?}");
+    assert!(requests[1].0.is_some_and(|from| from > 0), "{requests:?}");
+    assert!(run.stderr.contains("retrying"), "{}", run.text());
+}
+
+#[test]
+fn a_stalled_connection_is_given_up_and_resumed() {
+    let f = fixture();
+    f.server.inject(&f.pool(), Fault::StallAfter(100_000));
+    let run = f.download(&[("DD_DOWNLOAD_LOW_SPEED_TIME", "1")]);
+    assert!(run.status.success(), "{}", run.text());
+    assert_eq!(std::fs::read(run.stdout.trim()).unwrap(), std::fs::read(&f.deb.path).unwrap());
+    assert_eq!(f.pool_requests(), [(None, 200), (Some(100_000), 206)]);
+    assert!(run.stderr.contains("no data for 1 s"), "{}", run.text());
+}
+
+#[test]
+fn a_stall_on_every_attempt_fails_naming_the_setting() {
+    let f = fixture();
+    for _ in 0..3 {
+        f.server.inject(&f.pool(), Fault::StallAfter(1000));
+    }
+    let run = f.download(&[("DD_DOWNLOAD_LOW_SPEED_TIME", "1"), ("DD_DOWNLOAD_ATTEMPTS", "3")]);
+    assert_fails_with(&run, &[&f.deb.filename, "no data for 1 s", "DD_DOWNLOAD_LOW_SPEED_TIME", "after 3 attempts"]);
+}
+
+#[test]
+fn a_server_that_never_answers_is_given_up() {
+    let f = fixture();
+    f.server.inject("/dists/stable/InRelease", Fault::Delay(Duration::from_secs(60)));
+    let run = f.download(&[("DD_DOWNLOAD_LOW_SPEED_TIME", "1"), ("DD_DOWNLOAD_ATTEMPTS", "1")]);
+    assert_fails_with(&run, &["/dists/stable/InRelease", "no response within 1 s", "DD_DOWNLOAD_LOW_SPEED_TIME"]);
+}
+
+#[test]
+fn a_connection_that_is_never_accepted_hits_the_connect_timeout() {
+    let f = fixture();
+    let silent = Unanswering::start().unwrap();
+    let run = f.download_from(&silent.url(), &[("DD_DOWNLOAD_CONNECT_TIMEOUT", "1"), ("DD_DOWNLOAD_ATTEMPTS", "2")]);
+    assert_fails_with(&run, &[&silent.url(), "could not connect within 1 s", "DD_DOWNLOAD_CONNECT_TIMEOUT", "after 2 attempts"]);
+}
+
+#[test]
+fn a_long_download_prints_its_progress() {
+    let f = fixture();
+    // About three seconds at 100 kB/s, progress every second.
+    f.server.inject(&f.pool(), Fault::Trickle(100_000));
+    let run = f.download(&[("DD_DOWNLOAD_PROGRESS_INTERVAL", "1")]);
+    assert!(run.status.success(), "{}", run.text());
+    eprintln!("{}", run.text());
+    let lines: Vec<&str> = run.stderr.lines().filter(|l| l.contains("hello_3.0-1_amd64.deb: ") && l.contains("/s")).collect();
+    assert!(lines.len() >= 2, "expected progress lines: {}", run.text());
+    assert!(lines[0].contains(" of 30"), "bytes of the total: {}", lines[0]);
+}
+
+#[test]
+fn download_settings_are_checked() {
+    let f = fixture();
+    for (name, value) in [("DD_DOWNLOAD_TIMEOUT", "soon"), ("DD_DOWNLOAD_LOW_SPEED_TIME", "0"), ("DD_DOWNLOAD_ATTEMPTS", "1000")] {
+        let run = f.download(&[(name, value)]);
+        assert_fails_with(&run, &[&format!("{name}={value:?}"), "heroku config:set"]);
+        assert!(f.server.requests().is_empty(), "a request was made with {name}={value}");
+    }
+}
