@@ -24,7 +24,7 @@ pub use growing::{FileRange, Progress};
 pub use watch::{ATTEMPTS, CONNECT_TIMEOUT, LOW_SPEED_LIMIT, LOW_SPEED_TIME, Limits, PROGRESS_INTERVAL, TIMEOUT};
 
 use crate::hash::{Hasher, Sha256};
-use crate::report::Reporter;
+use crate::report::{Reporter, excerpt};
 use watch::{Stop, Ticker, Transfer, Watch, secs, stop_of};
 
 /// Why a download failed.
@@ -58,9 +58,15 @@ pub enum FetchError {
          check the repository URL, or use another mirror", crate::report::limit(*.limit)
     )]
     TooLarge { url: String, limit: u64, what: String },
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: io::Error },
+    // The cause is in the message, so it is not also a `source`: `{:#}` would print it twice.
+    #[error("{path}: {error}")]
+    Io { path: PathBuf, error: io::Error },
+    #[error("{url}: {reason}")]
+    Redirect { url: String, reason: String },
 }
+
+/// Redirects followed for one request (curl follows 50, apt and ureq 10).
+pub const MAX_REDIRECTS: u32 = 10;
 
 /// How downloads behave.
 #[derive(Clone, Debug)]
@@ -115,6 +121,8 @@ impl Fetcher {
         let limits = &opts.limits;
         let config = ureq::Agent::config_builder()
             .http_status_as_error(false)
+            // Followed here, so that a failure names the URL that failed and its origin.
+            .max_redirects(0)
             .timeout_resolve(Some(limits.connect_timeout))
             .timeout_connect(Some(limits.connect_timeout))
             // Silence is bounded by the low-speed window: before the answer and in the body.
@@ -154,7 +162,7 @@ impl Fetcher {
             return match File::open(path) {
                 Ok(file) => Ok(Some(Body::local(self, self.transfer(url), file, limit, what))),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-                Err(source) => Err(FetchError::Io { path: path.into(), source }),
+                Err(source) => Err(FetchError::Io { path: path.into(), error: source }),
             };
         }
         Body::open(self, self.transfer(url), limit, what)
@@ -166,62 +174,31 @@ impl Fetcher {
     /// here: the caller knows when the file is really done).
     pub fn download(&self, url: &str, part: &Path, expected: Option<Downloaded>, progress: Option<&Progress>) -> Result<Downloaded, FetchError> {
         self.refuse_if_offline(url)?;
-        let io_err = |source| FetchError::Io { path: part.to_owned(), source };
+        let io_err = |error| FetchError::Io { path: part.to_owned(), error };
         let mut file = OpenOptions::new().create(true).truncate(false).read(true).write(true).open(part).map_err(io_err)?;
         // Bytes left by an interrupted run were never hashed by this process: hash them once.
         let mut hasher = Hasher::new();
         let mut buf = vec![0u8; 1 << 16];
         hasher.update_from(&mut file, &mut buf).map_err(io_err)?;
-        if let Some(exp) = expected
-            && hasher.len() > exp.size
-        {
+        if expected.is_some_and(|exp| hasher.len() > exp.size) {
+            start_over(&mut file, &mut hasher, None).map_err(io_err)?;
+        }
+        // Those bytes were checked by nobody: a reader of the growing file (an unpacker)
+        // hears of them only once the whole file matched, and a mismatch blames them first.
+        let kept = hasher.len();
+        let first_pass_reader = if kept > 0 { None } else { progress };
+        let mut place = self.fill(url, part, &mut file, &mut hasher, expected, first_pass_reader, &mut buf)?;
+        let matches = |hasher: &Hasher| expected.is_none_or(|exp| hasher.len() == exp.size && hasher.clone().finish() == exp.sha256);
+        if kept > 0 && !matches(&hasher) {
+            let name = url.rsplit('/').next().unwrap_or(url);
+            self.opts.report.warn(&format!(
+                "{name}: the partial download kept from an earlier run ({kept} bytes in {}) was bad; \
+                 discarded it, downloading it again from the start",
+                part.display()
+            ));
             start_over(&mut file, &mut hasher, progress).map_err(io_err)?;
+            place = self.fill(url, part, &mut file, &mut hasher, expected, progress, &mut buf)?;
         }
-        if let Some(p) = progress {
-            p.set_written(hasher.len());
-        }
-        let complete = |hasher: &Hasher| expected.is_some_and(|e| hasher.len() == e.size);
-        if !complete(&hasher) {
-            let done = Arc::new(AtomicU64::new(hasher.len()));
-            let mut sink = Sink { file: &mut file, hasher: &mut hasher, progress, done: &done };
-            if let Some(path) = url.strip_prefix("file://") {
-                sink.start_over().map_err(io_err)?;
-                let mut src = File::open(path).map_err(|source| FetchError::Io { path: path.into(), source })?;
-                let failed = |e, got| Attempt::Retry(format!("reading failed after {got} bytes: {e}"));
-                copy_hashing(&mut src, part, &mut sink, expected, url, &mut buf, failed).map_err(|e| match e {
-                    Attempt::Fatal(f) => f,
-                    Attempt::Retry(reason) => FetchError::Network { url: url.into(), reason, attempts: 1 },
-                })?;
-            } else {
-                let name = url.rsplit('/').next().unwrap_or(url).to_string();
-                let _ticker = Ticker::start(name, expected.map(|e| e.size), done.clone(), self.opts.limits.progress_interval, self.opts.report);
-                let mut t = self.transfer(url);
-                let result = loop {
-                    if let Err(e) = t.begin(sink.hasher.len()) {
-                        break Err(e);
-                    }
-                    let failed = match self.download_attempt(&mut t, part, &mut sink, expected, &mut buf) {
-                        Ok(()) => break Ok(()),
-                        Err(Attempt::Fatal(e)) => break Err(e),
-                        Err(Attempt::Retry(reason)) => reason,
-                    };
-                    if let Err(e) = t.retry(failed, sink.hasher.len()) {
-                        break Err(e);
-                    }
-                };
-                if let Err(e) = result {
-                    // A body longer than promised is not worth resuming.
-                    if matches!(e, FetchError::TooLarge { .. }) {
-                        drop(file);
-                        let _ = std::fs::remove_file(part);
-                    }
-                    return Err(e);
-                }
-            }
-        }
-        // No fsync: a blob is re-hashed on every use, so a torn write after a power loss is
-        // caught and fetched again; syncing 100+ MB would only slow every cold build.
-        file.flush().map_err(io_err)?;
         let size = hasher.len();
         let got = Downloaded { sha256: hasher.finish(), size };
         if let Some(exp) = expected
@@ -229,21 +206,89 @@ impl Fetcher {
                 drop(file);
                 let _ = std::fs::remove_file(part);
                 return Err(FetchError::Mismatch {
-                    url: url.into(),
+                    url: place,
                     expected: exp.sha256,
                     expected_size: exp.size,
                     actual: got.sha256,
                     actual_size: got.size,
                 });
             }
+        if let Some(p) = progress {
+            p.set_written(size);
+        }
         Ok(got)
+    }
+
+    /// Downloads what `part` lacks (all of it when `expected` is not known), hashing it;
+    /// the body is not checked here. Returns the URL as messages should name it (where it
+    /// was redirected to).
+    #[allow(clippy::too_many_arguments)]
+    fn fill(
+        &self,
+        url: &str,
+        part: &Path,
+        file: &mut File,
+        hasher: &mut Hasher,
+        expected: Option<Downloaded>,
+        progress: Option<&Progress>,
+        buf: &mut [u8],
+    ) -> Result<String, FetchError> {
+        let io_err = |error| FetchError::Io { path: part.to_owned(), error };
+        if expected.is_some_and(|e| hasher.len() == e.size) {
+            return Ok(url.into());
+        }
+        let done = Arc::new(AtomicU64::new(hasher.len()));
+        let mut sink = Sink { file, hasher, progress, done: &done };
+        if let Some(path) = url.strip_prefix("file://") {
+            sink.start_over().map_err(io_err)?;
+            let mut src = File::open(path).map_err(|error| FetchError::Io { path: path.into(), error })?;
+            let failed = |e, got| Attempt::Retry(format!("reading failed after {got} bytes: {e}"));
+            copy_hashing(&mut src, part, &mut sink, expected, url, buf, failed).map_err(|e| match e {
+                Attempt::Fatal(f) => f,
+                Attempt::Retry(reason) => FetchError::Network { url: url.into(), reason, attempts: 1 },
+            })?;
+        } else {
+            let name = url.rsplit('/').next().unwrap_or(url).to_string();
+            let _ticker = Ticker::start(name, expected.map(|e| e.size), done.clone(), self.opts.limits.progress_interval, self.opts.report);
+            let mut t = self.transfer(url);
+            let result = loop {
+                if let Err(e) = t.begin(sink.hasher.len()) {
+                    break Err(e);
+                }
+                let failed = match self.download_attempt(&mut t, part, &mut sink, expected, buf) {
+                    Ok(()) => break Ok(t.url.clone()),
+                    Err(Attempt::Fatal(e)) => break Err(e),
+                    Err(Attempt::Retry(reason)) => reason,
+                };
+                if let Err(e) = t.retry(failed, sink.hasher.len()) {
+                    break Err(e);
+                }
+            };
+            match result {
+                Ok(place) => {
+                    // No fsync: a blob is re-hashed on every use, so a torn write after a power
+                    // loss is caught and fetched again; syncing 100+ MB would slow every build.
+                    sink.file.flush().map_err(io_err)?;
+                    return Ok(place);
+                }
+                Err(e) => {
+                    // A body longer than promised is not worth resuming.
+                    if matches!(e, FetchError::TooLarge { .. }) {
+                        let _ = std::fs::remove_file(part);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        sink.file.flush().map_err(io_err)?;
+        Ok(url.into())
     }
 
     fn download_attempt(&self, t: &mut Transfer, part: &Path, sink: &mut Sink, expected: Option<Downloaded>, buf: &mut [u8]) -> Result<(), Attempt> {
         let have = sink.hasher.len();
         let response = self.request(t, have)?;
         let status = response.status().as_u16();
-        let io_fatal = |source: io::Error| Attempt::Fatal(FetchError::Io { path: part.to_owned(), source });
+        let io_fatal = |source: io::Error| Attempt::Fatal(FetchError::Io { path: part.to_owned(), error: source });
         match status {
             206 if have > 0 && content_range_start(&response) == Some(have) => {}
             // The server ignored Range (or we asked for none): start over.
@@ -264,18 +309,39 @@ impl Fetcher {
         copy_hashing(&mut body, part, sink, expected, &t.url, buf, |e, got| self.read_failure(t, e, got))
     }
 
-    /// One HTTP exchange for `t`, asking for the bytes from `from` on; bounded by the time
-    /// the transfer has left.
+    /// One request for `t` (following redirects), asking for the bytes from `from` on;
+    /// bounded by the time the transfer has left. Each attempt starts at the URL asked for
+    /// (a redirector may send the next one elsewhere); messages name the URL that failed
+    /// and where it was redirected from.
     fn request(&self, t: &mut Transfer, from: u64) -> Result<ureq::http::Response<ureq::Body>, Attempt> {
-        let left = t.deadline_at().saturating_duration_since(std::time::Instant::now());
-        if left.is_zero() {
-            return Err(t.deadline_error(from).into());
+        let mut current = t.origin.clone();
+        t.url = t.origin.clone();
+        for hop in 0..=MAX_REDIRECTS {
+            let left = t.deadline_at().saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err(t.deadline_error(from).into());
+            }
+            let mut request = self.agent.get(&current);
+            if from > 0 {
+                request = request.header("Range", format!("bytes={from}-"));
+            }
+            let response = request.config().timeout_global(Some(left)).build().call().map_err(|e| self.classify(t, e, from))?;
+            let status = response.status().as_u16();
+            if !matches!(status, 301 | 302 | 303 | 307 | 308) {
+                return Ok(response);
+            }
+            let refuse = |t: &Transfer, reason: String| Attempt::Fatal(FetchError::Redirect { url: t.url.clone(), reason });
+            let Some(location) = response.headers().get("location").and_then(|v| v.to_str().ok()) else {
+                return Err(refuse(t, format!("answered HTTP {status} without a Location to go to")));
+            };
+            let next = redirect_target(&current, location).map_err(|reason| refuse(t, reason))?;
+            if hop == MAX_REDIRECTS {
+                return Err(refuse(t, format!("more than {MAX_REDIRECTS} redirects (the last to {})", excerpt(&next, 300))));
+            }
+            current = next;
+            t.url = format!("{} (redirected from {})", excerpt(&current, 300), t.origin);
         }
-        let mut request = self.agent.get(&t.url);
-        if from > 0 {
-            request = request.header("Range", format!("bytes={from}-"));
-        }
-        request.config().timeout_global(Some(left)).build().call().map_err(|e| self.classify(t, e, from))
+        unreachable!("the loop returns at its last hop")
     }
 
     /// What a failed request amounts to, in the terms of the settings that bound it.
@@ -286,14 +352,14 @@ impl Fetcher {
             ureq::Error::BadUri(reason) => Attempt::Fatal(FetchError::Status {
                 url: t.url.clone(),
                 status: 0,
-                hint: format!(" (not a valid URL: {})", crate::report::excerpt(&reason, 200)),
+                hint: format!(" (not a valid URL: {})", excerpt(&reason, 200)),
             }),
             ureq::Error::Timeout(Timeout::Global) => Attempt::Fatal(t.deadline_error(received)),
             ureq::Error::Timeout(Timeout::Connect | Timeout::Resolve) => Attempt::Retry(limits.connect_failed()),
             ureq::Error::Timeout(_) => Attempt::Retry(limits.no_response()),
             ureq::Error::HostNotFound => Attempt::Retry("host not found".into()),
-            ureq::Error::Io(e) => Attempt::Retry(crate::report::excerpt(&e.to_string(), 300)),
-            other => Attempt::Retry(crate::report::excerpt(&other.to_string(), 300)),
+            ureq::Error::Io(e) => Attempt::Retry(excerpt(&e.to_string(), 300)),
+            other => Attempt::Retry(excerpt(&other.to_string(), 300)),
         }
     }
 
@@ -337,6 +403,37 @@ pub fn take_fetch_error(e: io::Error) -> Result<FetchError, io::Error> {
 /// A [`Body`] read error as a [`FetchError`] of `url`.
 pub fn into_fetch_error(e: io::Error, url: &str) -> FetchError {
     take_fetch_error(e).unwrap_or_else(|e| FetchError::Network { url: url.into(), reason: e.to_string(), attempts: 1 })
+}
+
+/// The absolute URL a `Location` header sends `base` to. Only http and https are followed,
+/// and never from https to http (apt refuses that downgrade too).
+fn redirect_target(base: &str, location: &str) -> Result<String, String> {
+    let location = location.trim();
+    let location = location.split('#').next().unwrap_or(location);
+    let scheme_of = |url: &str| url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+    let base_scheme = scheme_of(base).unwrap_or_default();
+    let target = match scheme_of(location) {
+        Some(_) => location.to_string(),
+        None if location.starts_with("//") => format!("{base_scheme}:{location}"),
+        None => {
+            let after_scheme = base.find("://").map(|i| i + 3).unwrap_or(0);
+            let authority_end = base[after_scheme..].find(['/', '?']).map(|i| after_scheme + i).unwrap_or(base.len());
+            let (root, path) = base.split_at(authority_end);
+            if location.starts_with('/') {
+                format!("{root}{location}")
+            } else {
+                let path = path.split('?').next().unwrap_or("");
+                let dir = &path[..path.rfind('/').map(|i| i + 1).unwrap_or(0)];
+                format!("{root}{}{location}", if dir.is_empty() { "/" } else { dir })
+            }
+        }
+    };
+    match scheme_of(&target).as_deref() {
+        Some("https") => Ok(target),
+        Some("http") if base_scheme != "https" => Ok(target),
+        Some("http") => Err(format!("redirected from https to plain http ({}); refused, as apt refuses it", excerpt(&target, 300))),
+        _ => Err(format!("redirected to {}, which is not an http or https URL; refused", excerpt(&target, 300))),
+    }
 }
 
 /// Where a 206 response's `Content-Range: bytes <start>-<end>/<len>` starts.
@@ -393,7 +490,7 @@ fn copy_hashing(
             Err(e) => return Err(failed(e, hasher.len())),
         };
         file.write_all(&buf[..n])
-            .map_err(|source| Attempt::Fatal(FetchError::Io { path: part.to_owned(), source }))?;
+            .map_err(|source| Attempt::Fatal(FetchError::Io { path: part.to_owned(), error: source }))?;
         hasher.update(&buf[..n]);
         done.store(hasher.len(), Ordering::Relaxed);
         if let Some(p) = progress {
@@ -427,3 +524,36 @@ fn check_status(url: &str, status: u16) -> Result<(), Attempt> {
     }
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redirect_targets() {
+        let base = "http://a.test:8080/dists/stable/InRelease?x=1";
+        assert_eq!(redirect_target(base, "/m/InRelease").unwrap(), "http://a.test:8080/m/InRelease");
+        assert_eq!(redirect_target(base, "Release#frag").unwrap(), "http://a.test:8080/dists/stable/Release");
+        assert_eq!(redirect_target(base, "//b.test/x").unwrap(), "http://b.test/x");
+        assert_eq!(redirect_target(base, "https://b.test/x").unwrap(), "https://b.test/x");
+        assert_eq!(redirect_target("http://a.test", "x").unwrap(), "http://a.test/x");
+        assert!(redirect_target("https://a.test/x", "http://b.test/x").unwrap_err().contains("from https to plain http"));
+        assert!(redirect_target(base, "file:///etc/passwd").unwrap_err().contains("not an http or https URL"));
+    }
+
+    /// `{:#}`, as main prints errors, shows each cause once.
+    #[test]
+    fn a_cause_is_printed_once() {
+        let io = || io::Error::new(io::ErrorKind::UnexpectedEof, "premature eof");
+        let shown = |e: anyhow::Error| format!("{e:#}");
+        let fetch = || FetchError::Io { path: "/cache/x.part".into(), error: io() };
+        for text in [
+            shown(fetch().into()),
+            shown(crate::apt::client::AptError::from(fetch()).into()),
+            shown(crate::apt::datadog_keys::DatadogKeysError::Fetch(fetch()).into()),
+            shown(crate::store::StoreError::from(fetch()).into()),
+        ] {
+            assert_eq!(text.matches("premature eof").count(), 1, "{text}");
+        }
+    }
+}

@@ -76,8 +76,17 @@ impl Store {
     /// interrupted builds (partial downloads are kept for resuming, for a day).
     pub fn lock(&self) -> Result<StoreLock, StoreError> {
         let path = self.root.join("lock");
-        let file = OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io_at(&path))?;
-        file.lock().map_err(io_at(&path))?;
+        let mut file = OpenOptions::new().create(true).truncate(false).read(true).write(true).open(&path).map_err(io_at(&path))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                // One line, so that a build that waits does not look hung.
+                eprintln!("       waiting for the cache lock {}: held by {}", path.display(), holder(&mut file));
+                file.lock().map_err(io_at(&path))?;
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(io_at(&path)(e)),
+        }
+        note_holder(&mut file);
         self.clear_tmp()?;
         Ok(StoreLock { _file: file })
     }
@@ -177,6 +186,27 @@ impl Store {
         fs::rename(part, &path).map_err(io_at(&path))?;
         Ok(path)
     }
+}
+
+/// Who holds the lock, as its holder noted it in the lock file (see [`note_holder`]).
+fn holder(file: &mut File) -> String {
+    use std::io::Read;
+    let mut text = String::new();
+    let _ = file.take(256).read_to_string(&mut text);
+    let field = |name: &str| text.split_whitespace().find_map(|w| w.strip_prefix(name)).map(str::to_string);
+    match (field("pid="), field("command=")) {
+        (Some(pid), Some(command)) => format!("pid {pid} (ddslug {command})"),
+        _ => "another ddslug process".into(),
+    }
+}
+
+/// Notes in the lock file who holds it now, for a build that has to wait (best effort: the
+/// lock works without it).
+fn note_holder(file: &mut File) {
+    use std::os::unix::fs::FileExt;
+    let command = std::env::args().nth(1).filter(|a| a.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
+    let note = format!("pid={} command={}\n", std::process::id(), command.as_deref().unwrap_or("?"));
+    let _ = file.set_len(0).and_then(|()| file.write_all_at(note.as_bytes(), 0));
 }
 
 /// What [`Store::find_blob`] found.

@@ -316,3 +316,69 @@ fn a_broken_index_download_resumes_where_it_broke() {
     let ranges: Vec<_> = f.server.requests().into_iter().filter(|r| r.path == index).map(|r| (r.range_start, r.status)).collect();
     assert_eq!(ranges, [(None, 200), (Some(size / 2), 206), (Some(size / 2 + size / 4), 200)]);
 }
+
+#[test]
+fn a_cause_is_printed_once() {
+    let f = fixture_with(standard_spec(), KeyKind::Ed25519, true);
+    let missing = f.dir.path().join("no-such-keyring.asc");
+    let url = f.server.url();
+    let mut args = vec!["versions", "--repo", &url, "--suite", "stable", "--component", "main", "--keyring", missing.to_str().unwrap()];
+    args.push("hello");
+    let (ok, _, stderr) = ddslug(&args);
+    assert!(!ok);
+    assert!(stderr.contains("cannot read keyring"), "{stderr}");
+    assert_eq!(stderr.matches("No such file or directory").count(), 1, "{stderr}");
+}
+
+#[test]
+fn a_redirect_that_fails_names_the_url_that_failed_and_where_it_came_from() {
+    let f = fixture_with(standard_spec(), KeyKind::Ed25519, true);
+    let published = f.repo.deb("hello", "2.10-3").unwrap();
+    let pool = format!("/{}", published.filename);
+    let origin = format!("{}{pool}", f.server.url());
+    f.server.inject(&pool, Fault::Redirect("/moved/hello.deb".into()));
+    let (ok, _, stderr) = download(&f, "hello=2.10-3");
+    assert!(!ok);
+    let target = format!("{}/moved/hello.deb", f.server.url());
+    assert!(stderr.contains(&format!("{target} (redirected from {origin}): server answered HTTP 404")), "{stderr}");
+
+    // A redirect to a copy that exists works; one that loops is given up, naming the loop.
+    let copy = f.repo.root.join("mirror2").join(&published.filename);
+    std::fs::create_dir_all(copy.parent().unwrap()).unwrap();
+    std::fs::copy(&published.path, &copy).unwrap();
+    f.server.inject(&pool, Fault::Redirect(format!("{}/mirror2/{}", f.server.url(), published.filename)));
+    let (ok, stdout, stderr) = download(&f, "hello=2.10-3");
+    assert!(ok, "{stderr}");
+    assert_eq!(std::fs::read(stdout.trim()).unwrap(), std::fs::read(&published.path).unwrap());
+
+    let other = f.repo.deb("hello", "2.10-2").unwrap();
+    let pool2 = format!("/{}", other.filename);
+    for _ in 0..20 {
+        f.server.inject(&pool2, Fault::Redirect(pool2.clone()));
+    }
+    let (ok, _, stderr) = download(&f, "hello=2.10-2");
+    assert!(!ok);
+    assert!(stderr.contains("more than 10 redirects"), "{stderr}");
+}
+
+#[test]
+fn a_corrupted_partial_download_is_discarded_and_fetched_again() {
+    let f = fixture_with(standard_spec(), KeyKind::Ed25519, true);
+    let published = f.repo.deb("hello", "2.10-3").unwrap();
+    // An earlier run left half the file, with one byte changed (a disk or a proxy).
+    let downloads = f.dir.path().join("cache/ddslug/v1/tmp/downloads");
+    std::fs::create_dir_all(&downloads).unwrap();
+    let mut half = std::fs::read(&published.path).unwrap();
+    half.truncate(half.len() / 2);
+    half[10] ^= 0xff;
+    std::fs::write(downloads.join(format!("{}.part", published.sha256)), &half).unwrap();
+    let (ok, stdout, stderr) = download(&f, "hello=2.10-3");
+    assert!(ok, "{stderr}");
+    assert_eq!(std::fs::read(stdout.trim()).unwrap(), std::fs::read(&published.path).unwrap());
+    assert!(stderr.contains("the partial download kept from an earlier run"), "{stderr}");
+    assert!(stderr.contains("was bad; discarded it"), "{stderr}");
+    assert!(!stderr.contains("mirror"), "the mirror is not to blame: {stderr}");
+    let pool = format!("/{}", published.filename);
+    let ranges: Vec<_> = f.server.requests().into_iter().filter(|r| r.path == pool).map(|r| r.range_start).collect();
+    assert_eq!(ranges, [Some(half.len() as u64), None]);
+}

@@ -65,6 +65,19 @@ impl Fixture {
         run_measured(&mut cmd, Duration::from_secs(120)).unwrap()
     }
 
+    /// The `download` command, to run as the caller wishes.
+    fn download_command(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ddslug"));
+        cmd.args(["download", "--repo", &self.server.url(), "--suite", "stable", "--component", "main", "--keyring"])
+            .arg(&self.keyring)
+            .arg("--out")
+            .arg(self.dir.path().join("out"))
+            .arg("--cache")
+            .arg(self.dir.path().join("cache"))
+            .arg("hello=3.0-1");
+        cmd
+    }
+
     fn download(&self, settings: &[(&str, &str)]) -> Measured {
         self.download_from(&self.server.url(), settings)
     }
@@ -172,4 +185,23 @@ fn download_settings_are_checked() {
         assert_fails_with(&run, &[&format!("{name}={value:?}"), "heroku config:set"]);
         assert!(f.server.requests().is_empty(), "a request was made with {name}={value}");
     }
+}
+
+#[test]
+fn a_download_waiting_for_the_cache_lock_says_who_holds_it() {
+    let f = fixture();
+    // The first download holds the cache lock for about three seconds.
+    f.server.inject(&f.pool(), Fault::Trickle(100_000));
+    let mut first = f.download_command().stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+    // It asks for the package only once it holds the lock.
+    let asked = std::time::Instant::now();
+    while f.pool_requests().is_empty() {
+        assert!(asked.elapsed() < Duration::from_secs(60), "the first download never asked for the package");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let second = run_measured(&mut f.download_command(), Duration::from_secs(120)).unwrap();
+    assert!(first.wait().unwrap().success());
+    assert!(second.status.success(), "{}", second.text());
+    let note = format!("waiting for the cache lock {}: held by pid {} (ddslug download)", f.dir.path().join("cache/ddslug/v1/lock").display(), first.id());
+    assert!(second.stderr.contains(&note), "no {note:?} in: {}", second.text());
 }

@@ -164,3 +164,15 @@ fn a_stanza_past_the_limit_is_refused() {
     let run = h.ddslug(&server, "versions", &["hello"]);
     assert_fails_with(&run, &["Packages", "stanza", "1 MiB"]);
 }
+
+#[test]
+fn a_syntax_error_in_a_wanted_stanza_is_reported_once_with_its_line() {
+    let h = hostile();
+    let server = h.publish(Squeeze::Gzip, &[], |w| {
+        w.write_all(stanza("other", "1.0-1").as_bytes())?;
+        w.write_all(stanza("hello", "1.0-1").replace("Size: 1000\n", "Size: 1000\nno colon here\n").as_bytes())
+    });
+    let run = h.ddslug(&server, "versions", &["hello"]);
+    assert_fails_with(&run, &["Packages.gz: line 14: expected `Field: value`, got \"no colon here\""]);
+    assert_eq!(run.stderr.matches("no colon here").count(), 1, "{}", run.stderr);
+}

@@ -173,3 +173,26 @@ fn a_slow_download_shows_its_progress_and_a_stalled_one_resumes_under_the_unpack
     assert_eq!(ranges.last(), Some(&Some(half)), "{ranges:?}");
     assert_eq!(scan_tree(&build.join(".apt")).unwrap().hash, stored);
 }
+
+#[test]
+fn a_corrupted_partial_download_is_discarded_not_unpacked() {
+    let r = repo(Compression::XzMultiBlock);
+    let reference = r.cold_compile("reference", &[]);
+    // An earlier build left most of the package, with one byte changed in its data.tar.
+    let cache = r.dir.path().join("cache-corrupt-part");
+    let downloads = cache.join("ddslug/v1/tmp/downloads");
+    fs::create_dir_all(&downloads).unwrap();
+    let mut part = fs::read(&r.deb.path).unwrap();
+    part.truncate(part.len() * 3 / 4);
+    let mid = part.len() / 2;
+    part[mid] ^= 0x55;
+    fs::write(downloads.join(format!("{}.part", r.deb.sha256)), &part).unwrap();
+    let build = r.build_dir("corrupt-part");
+    let out = bin_compile(&build, &cache, &r.env);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("the partial download kept from an earlier run"), "{}", text(&out));
+    assert!(!text(&out).contains("mirror"), "the mirror is not to blame: {}", text(&out));
+    assert_eq!(scan_tree(&build.join(".apt")).unwrap().hash, reference);
+    let ranges: Vec<_> = r.server.requests().into_iter().filter(|q| q.path == r.pool()).map(|q| q.range_start).collect();
+    assert_eq!(ranges[ranges.len() - 2..], [Some(part.len() as u64), None], "{ranges:?}");
+}

@@ -32,8 +32,9 @@ const KEY_FILE_LIMIT: u64 = 256 << 10;
 /// Why Datadog's keys could not be had.
 #[derive(Debug, thiserror::Error)]
 pub enum DatadogKeysError {
+    // Not `#[from]`, which would make the cause a `source` as well: printed twice by `{:#}`.
     #[error("fetching Datadog's signing keys: {0}")]
-    Fetch(#[from] FetchError),
+    Fetch(FetchError),
     #[error(
         "none of the keys served by {server} has a pinned Datadog fingerprint (got: {got}); \
          refusing them. Set DD_APT_KEYRING to a keyring file you trust"
@@ -47,7 +48,7 @@ pub fn datadog_keyring(fetcher: &Fetcher, server: &str) -> Result<Keyring, Datad
     let mut seen = Vec::new();
     for file in KEY_FILES {
         let url = format!("{}/{}", server.trim_end_matches('/'), file);
-        let Some(bytes) = fetcher.get_bytes(&url, KEY_FILE_LIMIT, "the limit for a key file")? else { continue };
+        let Some(bytes) = fetcher.get_bytes(&url, KEY_FILE_LIMIT, "the limit for a key file").map_err(DatadogKeysError::Fetch)? else { continue };
         let Ok(keyring) = Keyring::from_bytes(&bytes, &url) else { continue };
         for (fingerprint, armored) in keyring.split() {
             if PINNED_FINGERPRINTS.contains(&fingerprint.as_str()) {

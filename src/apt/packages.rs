@@ -50,8 +50,9 @@ const FIELD_LIMITS: [(&str, usize); 4] = [("Package", 256), ("Version", 256), ("
 /// The Packages index is not usable.
 #[derive(Debug, thiserror::Error)]
 pub enum PackagesError {
-    #[error("{url}: {source}")]
-    Syntax { url: String, source: deb822::Deb822Error },
+    // The cause is in the message, not a `source`: `{:#}` would print it twice.
+    #[error("{url}: {error}")]
+    Syntax { url: String, error: deb822::Deb822Error },
     #[error("{url}, stanza at line {line} ({package}): {reason}")]
     Stanza { url: String, line: usize, package: String, reason: String },
     #[error(
@@ -108,9 +109,9 @@ pub fn read_packages(reader: impl BufRead, url: &str, names: &[&str], arch: &str
         if !package_name(&text).is_some_and(|n| names.contains(&n)) {
             continue;
         }
-        let parsed = deb822::parse(&text).map_err(|mut source| {
-            source.line += first_line - 1;
-            invalid(PackagesError::Syntax { url: url.into(), source })
+        let parsed = deb822::parse(&text).map_err(|mut error| {
+            error.line += first_line - 1;
+            invalid(PackagesError::Syntax { url: url.into(), error })
         })?;
         for mut s in parsed {
             s.line += first_line - 1;
@@ -166,7 +167,7 @@ fn entry(s: &deb822::Stanza, url: &str) -> Result<PackageEntry, PackagesError> {
 /// Parses a whole Packages index held in memory, keeping every package (tests and small
 /// indexes; repositories are read with [`read_packages`]).
 pub fn parse_packages(text: &str, url: &str) -> Result<Vec<PackageEntry>, PackagesError> {
-    let stanzas = deb822::parse(text).map_err(|source| PackagesError::Syntax { url: url.into(), source })?;
+    let stanzas = deb822::parse(text).map_err(|error| PackagesError::Syntax { url: url.into(), error })?;
     stanzas.iter().map(|s| entry(s, url)).collect()
 }
 

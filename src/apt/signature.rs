@@ -26,8 +26,9 @@ const REASONS_LISTED: usize = 5;
 /// Why a keyring or a signature was not accepted.
 #[derive(Debug, thiserror::Error)]
 pub enum SignatureError {
-    #[error("cannot read keyring {path}: {source}")]
-    KeyringRead { path: PathBuf, source: std::io::Error },
+    // The cause is in the message, not a `source`: `{:#}` would print it twice.
+    #[error("cannot read keyring {path}: {error}")]
+    KeyringRead { path: PathBuf, error: std::io::Error },
     #[error("keyring {path} is not an OpenPGP keyring (armored or binary): {reason}")]
     KeyringParse { path: PathBuf, reason: String },
     #[error("keyring {path} holds no OpenPGP keys; pass the repository's public signing key")]
@@ -59,7 +60,7 @@ pub struct Verified {
 impl Keyring {
     /// Loads one or several certificates from an armored or binary keyring file.
     pub fn load(path: &Path) -> Result<Keyring, SignatureError> {
-        let read_err = |source| SignatureError::KeyringRead { path: path.to_owned(), source };
+        let read_err = |error| SignatureError::KeyringRead { path: path.to_owned(), error };
         let mut bytes = Vec::new();
         std::fs::File::open(path).and_then(|f| f.take(KEYRING_LIMIT + 1).read_to_end(&mut bytes)).map_err(read_err)?;
         if bytes.len() as u64 > KEYRING_LIMIT {

@@ -45,7 +45,7 @@ impl<'f> Body<'f> {
 
     fn new(fetcher: &'f Fetcher, t: Transfer, limit: u64, what: &str, tick: bool) -> Body<'f> {
         let done = Arc::new(AtomicU64::new(0));
-        let name = t.url.rsplit('/').next().unwrap_or(&t.url).to_string();
+        let name = t.origin.rsplit('/').next().unwrap_or(&t.origin).to_string();
         let ticker = tick.then(|| Ticker::start(name, None, done.clone(), t.limits.progress_interval, fetcher.opts.report));
         Body { fetcher, t, limit, what: what.into(), pos: 0, reader: None, local: false, done, _ticker: ticker }
     }

@@ -85,7 +85,9 @@ impl Limits {
 
 /// One URL's transfer across its attempts.
 pub(crate) struct Transfer {
-    /// The URL, as messages name it.
+    /// The URL asked for; every attempt starts there.
+    pub origin: String,
+    /// The URL, as messages name it: the one that failed, and where it was redirected from.
     pub url: String,
     pub limits: Limits,
     report: Reporter,
@@ -97,7 +99,7 @@ pub(crate) struct Transfer {
 
 impl Transfer {
     pub fn new(url: &str, limits: Limits, report: Reporter, backoff: Duration) -> Transfer {
-        Transfer { url: url.into(), limits, report, backoff, started: Instant::now(), attempts: 0 }
+        Transfer { origin: url.into(), url: url.into(), limits, report, backoff, started: Instant::now(), attempts: 0 }
     }
 
     /// When the deadline falls.
@@ -178,7 +180,7 @@ impl<R: Read> Read for Watch<R> {
         self.window_bytes += n as u64;
         let window = now.duration_since(self.window_start);
         if window >= self.limits.low_speed_time {
-            let wanted = self.limits.low_speed_limit.saturating_mul(window.as_secs().max(1));
+            let wanted = (self.limits.low_speed_limit as f64 * window.as_secs_f64()) as u64;
             if self.window_bytes < wanted {
                 return Err(io::Error::other(Stop::Slow { window_bytes: self.window_bytes }));
             }
@@ -268,11 +270,12 @@ mod tests {
     #[test]
     fn a_trickle_below_the_limit_is_stopped_after_a_window() {
         let far = Instant::now() + Duration::from_secs(60);
-        // 10 bytes every 20 ms is 500 bytes/s: under 1000, over 100.
+        // 10 bytes every 20 ms is at most 500 bytes/s (less on a busy machine): far under a
+        // limit of 1 MB/s, and over 1 byte/s however slow the machine.
         let trickle = || Slow { piece: 10, pause: Duration::from_millis(20) };
-        let e = read_for(&mut Watch::new(trickle(), limits(1000), far), 50).unwrap_err();
+        let e = read_for(&mut Watch::new(trickle(), limits(1_000_000), far), 50).unwrap_err();
         assert!(matches!(stop_of(&e), Some(Stop::Slow { .. })), "{e}");
-        assert_eq!(read_for(&mut Watch::new(trickle(), limits(100), far), 30).unwrap(), 300);
+        assert_eq!(read_for(&mut Watch::new(trickle(), limits(1), far), 30).unwrap(), 300);
     }
 
     #[test]
