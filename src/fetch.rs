@@ -373,8 +373,8 @@ impl Fetcher {
         match ureq::Error::from(e) {
             ureq::Error::Timeout(ureq::Timeout::Global) => Attempt::Fatal(t.deadline_error(received)),
             ureq::Error::Timeout(_) => Attempt::Retry(t.limits.no_data(received)),
-            ureq::Error::Io(e) => Attempt::Retry(format!("connection broke after {received} bytes: {e}")),
-            other => Attempt::Retry(format!("connection broke after {received} bytes: {other}")),
+            ureq::Error::Io(e) => Attempt::Retry(format!("connection broke after {received} bytes: {}", excerpt(&e.to_string(), 300))),
+            other => Attempt::Retry(format!("connection broke after {received} bytes: {}", excerpt(&other.to_string(), 300))),
         }
     }
 

@@ -205,3 +205,15 @@ fn a_download_waiting_for_the_cache_lock_says_who_holds_it() {
     let note = format!("waiting for the cache lock {}: held by pid {} (ddslug download)", f.dir.path().join("cache/ddslug/v1/lock").display(), first.id());
     assert!(second.stderr.contains(&note), "no {note:?} in: {}", second.text());
 }
+
+#[test]
+fn the_datadog_key_download_has_the_same_deadlines() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("DATADOG_APT_KEY_CURRENT.public"), vec![b'k'; 100_000]).unwrap();
+    let server = Server::start(dir.path()).unwrap();
+    server.inject("/DATADOG_APT_KEY_CURRENT.public", Fault::StallAfter(10));
+    let limits = ddslug::fetch::Limits { low_speed_time: Duration::from_secs(1), attempts: 1, ..Default::default() };
+    let fetcher = ddslug::fetch::Fetcher::new(ddslug::fetch::FetchOptions { limits, ..Default::default() });
+    let e = ddslug::apt::datadog_keys::datadog_keyring(&fetcher, &server.url()).unwrap_err().to_string();
+    assert!(e.contains("DATADOG_APT_KEY_CURRENT.public: no data for 1 s (DD_DOWNLOAD_LOW_SPEED_TIME)"), "{e}");
+}

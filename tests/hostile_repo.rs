@@ -176,3 +176,38 @@ fn a_syntax_error_in_a_wanted_stanza_is_reported_once_with_its_line() {
     assert_fails_with(&run, &["Packages.gz: line 14: expected `Field: value`, got \"no colon here\""]);
     assert_eq!(run.stderr.matches("no colon here").count(), 1, "{}", run.stderr);
 }
+
+#[test]
+fn wanted_stanzas_with_huge_fields_are_not_kept_whole() {
+    let h = hostile();
+    // 260 versions of the wanted package, each with a 1 MB Depends: 260 MB if kept (the
+    // index stays under the 256 MiB limit for a whole index).
+    let depends = format!("Depends: {}\n", "libx (>= 1), ".repeat(1_000_000 / 13));
+    let server = h.publish(Squeeze::Xz, &[], |w| {
+        for i in 0..260 {
+            let s = stanza("hello", &format!("1.{i}-1"));
+            w.write_all(s.trim_end().as_bytes())?;
+            w.write_all(b"\n")?;
+            w.write_all(depends.as_bytes())?;
+            w.write_all(b"\n")?;
+        }
+        Ok(())
+    });
+    let run = h.ddslug(&server, "versions", &["hello"]);
+    assert!(run.status.success(), "{}", run.stderr);
+    assert_eq!(run.stdout.lines().count(), 260);
+    assert_bounded(&run);
+}
+
+#[test]
+fn a_release_listing_thousands_of_components_gives_a_short_error() {
+    let h = hostile();
+    let (listed, _) = write_packages(&h.root(), "stable", "main", "amd64", Squeeze::Gzip, |w| w.write_all(stanza("hello", "1.0-1").as_bytes())).unwrap();
+    let components: Vec<String> = (0..100_000).map(|i| format!("component{i}")).collect();
+    sign_release(&h.root(), "stable", &components.join(" "), "amd64", &[listed], &h.key).unwrap();
+    let server = Server::start(&h.root()).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ddslug"));
+    cmd.args(["versions", "--repo", &server.url(), "--suite", "stable", "--component", "nope", "--keyring"]).arg(&h.keyring).arg("hello");
+    let run = run_measured(&mut cmd, Duration::from_secs(120)).unwrap();
+    assert_fails_with(&run, &["lists no nope/binary-amd64/Packages index", "component0, component1", "and 99980 more"]);
+}

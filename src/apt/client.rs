@@ -17,7 +17,7 @@ use crate::apt::release::{IndexFile, Release, ReleaseError, parse_release};
 use crate::apt::signature::{Keyring, SignatureError};
 use crate::fetch::{FetchError, Fetcher, into_fetch_error, take_fetch_error};
 use crate::hash::{Hasher, Sha256};
-use crate::report::limit as human;
+use crate::report::{excerpt, first_of, limit as human};
 
 /// Largest InRelease or Release accepted (Debian's and Ubuntu's are a few hundred kB).
 pub const RELEASE_LIMIT: u64 = 16 << 20;
@@ -144,8 +144,9 @@ pub fn load_index(fetcher: &Fetcher, source: &AptSource, keyring: &Keyring, want
             url: release_url,
             component: source.component.clone(),
             arch: source.arch.clone(),
-            components: release.components.join(", "),
-            architectures: release.architectures.join(", "),
+            // A Release can list anything: the message shows the first few, each cut short.
+            components: first_of(release.components.iter().map(|c| excerpt(c, 40)), 20),
+            architectures: first_of(release.architectures.iter().map(|a| excerpt(a, 40)), 20),
         });
     }
     let mut tried = Vec::new();

@@ -22,7 +22,6 @@ pub struct PackageEntry {
     pub filename: String,
     pub size: u64,
     pub sha256: Sha256,
-    pub depends: Option<String>,
     pub installed_size: Option<u64>,
 }
 
@@ -44,7 +43,9 @@ impl Default for Limits {
 }
 
 /// Longest value accepted for the fields kept: they become URLs, names in messages and
-/// lock entries (Debian's longest are far shorter).
+/// lock entries (Debian's longest are far shorter). Only these short fields are kept
+/// (not Depends or Description, which can fill a whole stanza): thousands of entries stay
+/// a few MB.
 const FIELD_LIMITS: [(&str, usize); 4] = [("Package", 256), ("Version", 256), ("Architecture", 64), ("Filename", 1024)];
 
 /// The Packages index is not usable.
@@ -159,7 +160,6 @@ fn entry(s: &deb822::Stanza, url: &str) -> Result<PackageEntry, PackagesError> {
         filename: filename.to_string(),
         size,
         sha256,
-        depends: s.get("Depends").map(str::to_string),
         installed_size: s.get("Installed-Size").and_then(|v| v.parse().ok()),
     })
 }
