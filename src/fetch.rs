@@ -290,7 +290,7 @@ impl Fetcher {
         let status = response.status().as_u16();
         let io_fatal = |source: io::Error| Attempt::Fatal(FetchError::Io { path: part.to_owned(), error: source });
         match status {
-            206 if have > 0 && content_range_start(&response) == Some(have) => {}
+            206 if content_range_start(&response) == Some(have) => {}
             // The server ignored Range (or we asked for none): start over.
             200 => {
                 if have > 0 {

@@ -42,6 +42,10 @@ impl Default for Limits {
     }
 }
 
+/// Largest package accepted (Datadog's agent is ~150 MB, Debian's largest a few GB): the
+/// download of a .deb is bounded by the Size its index gives, and that by this.
+pub const PACKAGE_LIMIT: u64 = 8 << 30;
+
 /// Longest value accepted for the fields kept: they become URLs, names in messages and
 /// lock entries (Debian's longest are far shorter). Only these short fields are kept
 /// (not Depends or Description, which can fill a whole stanza): thousands of entries stay
@@ -148,6 +152,9 @@ fn entry(s: &deb822::Stanza, url: &str) -> Result<PackageEntry, PackagesError> {
     let field = |name: &str| s.get(name).ok_or_else(|| fail(format!("missing {name}")));
     let version = field("Version")?.parse::<DebVersion>().map_err(|e| fail(e.to_string()))?;
     let size = field("Size")?.parse::<u64>().map_err(|_| fail("Size is not a number".into()))?;
+    if size > PACKAGE_LIMIT {
+        return Err(fail(format!("Size {size} is more than {}, the limit for a package", crate::report::limit(PACKAGE_LIMIT))));
+    }
     let sha256 = field("SHA256")?.parse::<Sha256>().map_err(|e| fail(e.to_string()))?;
     let filename = field("Filename")?;
     if filename.starts_with('/') || filename.split('/').any(|c| c == "..") {
@@ -241,6 +248,9 @@ mod tests {
         let limits = Limits { kept: 1, ..Limits::default() };
         let Err(ReadError::Invalid(e)) = read(&three, &["a"], limits) else { panic!("accepted") };
         assert!(e.to_string().contains("more than 1 entries for a"), "{e}");
+        let huge = stanza("a", "1", "amd64").replace("Size: 10", &format!("Size: {}", PACKAGE_LIMIT + 1));
+        let Err(ReadError::Invalid(e)) = read(&huge, &["a"], Limits::default()) else { panic!("accepted") };
+        assert!(e.to_string().contains("more than 8 GiB, the limit for a package"), "{e}");
         let limits = Limits { stanza_bytes: 100, ..Limits::default() };
         let Err(ReadError::Invalid(e)) = read(&three, &["a"], limits) else { panic!("accepted") };
         assert!(e.to_string().contains("longer than 100 bytes"), "{e}");
