@@ -11,7 +11,7 @@ use ddslug::manifest::{read_lock, to_json};
 use ddslug::report::{Reporter, bytes};
 use ddslug::store::Store;
 use ddslug::treehash::TreeDiff;
-use ddslug::verify::{diff_slugs, entry_size, rebuild, verify as verify_slug};
+use ddslug::verify::{Outcome, diff_slugs, entry_size, rebuild, verify as verify_slug};
 
 use crate::SettingsArgs;
 
@@ -99,61 +99,109 @@ pub fn fetch(settings: SettingsArgs, cache: PathBuf, lock_file: Option<PathBuf>)
     Ok(())
 }
 
+/// `ddslug verify`: exits 0 identical, 1 differs, 2 could not check (as Nix's `store verify`).
 pub fn verify(build_dir: &Path, rebuild_too: bool, cache: Option<PathBuf>, offline: bool, json: bool) -> Result<()> {
-    let report = verify_slug(build_dir)?;
-    let rebuilt = if rebuild_too {
-        Some(rebuild(build_dir, cache.as_deref(), offline.then(|| "--offline".to_string()))?)
-    } else {
-        None
-    };
-    let ok = report.identical && rebuilt.as_ref().is_none_or(|r| r.matches);
-    if json {
-        println!("{}", serde_json::json!({ "ok": ok, "verify": report, "rebuild": rebuilt }));
-    } else {
-        let d = &report.diff;
-        println!(
-            "{}: {} ({} added, {} missing, {} changed)",
-            build_dir.display(),
-            if report.identical { "identical to its manifest" } else { "DIFFERS from its manifest" },
-            d.added.len(),
-            d.removed.len(),
-            d.changed.len()
-        );
-        print_tree_diff(d, ["added   ", "missing ", "changed "]);
-        if !report.written_at_dyno_start.is_empty() {
-            println!("  ({} paths written at dyno start, not counted)", report.written_at_dyno_start.len());
+    let code = match verify_and_print(build_dir, rebuild_too, cache, offline, json) {
+        Ok(outcome) => outcome.exit_code(),
+        Err(e) => {
+            eprintln!("ddslug: error: {e:#}");
+            eprintln!("ddslug: could not check {}", build_dir.display());
+            Outcome::CouldNotCheck.exit_code()
         }
-        if let Some(r) = &rebuilt {
+    };
+    std::process::exit(code.into());
+}
+
+fn verify_and_print(build_dir: &Path, rebuild_too: bool, cache: Option<PathBuf>, offline: bool, json: bool) -> Result<Outcome> {
+    // Dyno start reads the app's configuration from here too.
+    let app_datadog = std::env::var_os("DD_HEROKU_CONF_FOLDER").filter(|v| !v.is_empty()).map(PathBuf::from);
+    let report = verify_slug(build_dir, app_datadog.as_deref())?;
+    // `None` without --rebuild; the error text when the rebuild could not be made.
+    let rebuilt = rebuild_too.then(|| rebuild(&report, cache.as_deref(), offline.then(|| "--offline".to_string())).map_err(|e| format!("{e:#}")));
+    let outcome = match &rebuilt {
+        None => report.outcome,
+        Some(Ok(r)) => report.outcome.and(r.outcome),
+        Some(Err(_)) => report.outcome.and(Outcome::CouldNotCheck),
+    };
+    if json {
+        let rebuild_json = match &rebuilt {
+            None => serde_json::Value::Null,
+            Some(Ok(r)) => serde_json::to_value(r)?,
+            Some(Err(why)) => serde_json::json!({ "error": why }),
+        };
+        println!("{}", serde_json::json!({ "ok": outcome == Outcome::Identical, "outcome": outcome, "verify": report, "rebuild": rebuild_json }));
+        return Ok(outcome);
+    }
+    let d = &report.diff;
+    println!(
+        "{}: {} ({} added, {} missing, {} changed)",
+        build_dir.display(),
+        match report.outcome {
+            Outcome::Identical => "identical to its manifest",
+            Outcome::Differs => "DIFFERS from its manifest",
+            Outcome::CouldNotCheck => "not fully checked against its manifest",
+        },
+        d.added.len(),
+        d.removed.len(),
+        d.changed.len()
+    );
+    print_tree_diff(d, ["added   ", "missing ", "changed "]);
+    for problem in &report.problems {
+        println!("  ! {problem}");
+    }
+    for what in &report.unchecked {
+        println!("  ? {what}");
+    }
+    if !report.written_at_dyno_start.is_empty() {
+        println!("  ({} paths written at dyno start, not counted)", report.written_at_dyno_start.len());
+    }
+    match &rebuilt {
+        Some(Ok(r)) => {
             println!(
-                "rebuild from the blobs in an empty store: tree hash {} {} the manifest's {}",
+                "rebuild from the blobs in an empty store: tree hash {} {} the slug's {}",
                 r.rebuilt_tree_hash,
-                if r.matches { "equals" } else { "DIFFERS from" },
-                r.manifest_tree_hash
+                if r.matches_slug { "equals" } else { "DIFFERS from" },
+                r.slug_tree_hash
             );
-            if r.matches {
+            print_tree_diff(&r.diff, ["extra   ", "missing ", "changed "]);
+            if !r.matches_manifest {
+                println!(
+                    "  ! the manifest records tree hash {} and layer {}; the rebuild gives {} and {}",
+                    r.manifest_tree_hash, r.manifest_layer_key, r.rebuilt_tree_hash, r.rebuilt_layer_key
+                );
+            }
+            if r.matches_slug && r.matches_manifest {
                 println!("a cache purge would change nothing");
             }
         }
+        Some(Err(why)) => println!("could not rebuild: {why}"),
+        None => {}
     }
-    if !ok {
-        std::process::exit(1);
-    }
-    Ok(())
+    Ok(outcome)
 }
 
+/// `ddslug diff`: exits 0 when nothing differs, 1 when something does, 2 when a side could
+/// not be read.
 pub fn diff(a: &Path, b: &Path, json: bool) -> Result<()> {
-    let d = diff_slugs(a, b)?;
+    let d = match diff_slugs(a, b) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("ddslug: error: {e:#}");
+            std::process::exit(Outcome::CouldNotCheck.exit_code().into());
+        }
+    };
     if json {
         println!("{}", serde_json::to_string_pretty(&d)?);
-        return Ok(());
+    } else {
+        for line in &d.summary {
+            println!("{line}");
+        }
+        if let Some(tree) = &d.tree {
+            print_tree_diff(tree, ["+", "-", "~"]);
+        }
     }
-    for line in &d.summary {
-        println!("{line}");
-    }
-    if let Some(tree) = &d.tree {
-        print_tree_diff(tree, ["+", "-", "~"]);
-    }
-    Ok(())
+    let outcome = if d.identical { Outcome::Identical } else { Outcome::Differs };
+    std::process::exit(outcome.exit_code().into());
 }
 
 /// One line per added, removed and changed path, with sizes; `marks` label the three kinds.

@@ -103,13 +103,13 @@ pub fn compile(args: &CompileArgs, report: &Reporter) -> Result<CompileOutcome> 
     report.topic("Installing into the slug");
     let mut t = Instant::now();
     let mut manifest = manifest_for(&lock, &config, &built);
-    if !install(args, &store, &built, &manifest)? {
+    if !install(args, &store, &built, &mut manifest)? {
         report.warn(&layer_changed(&built.info.key));
         built = build_layer(&store, &fetcher, &lock, report, Reuse::Never)?;
         manifest = manifest_for(&lock, &config, &built);
         report.topic("Installing into the slug");
         t = Instant::now();
-        if !install(args, &store, &built, &manifest)? {
+        if !install(args, &store, &built, &mut manifest)? {
             anyhow::bail!("layer {} changed while it was being installed; run the build again", &built.info.key.hex()[..12]);
         }
     }
@@ -136,7 +136,30 @@ fn manifest_for(lock: &Lock, config: &Config, built: &BuiltLayer) -> Manifest {
         bytes: built.info.bytes,
         removed: built.info.removed.iter().map(Removed::from).collect(),
         pkgconfig: built.info.pkgconfig.clone(),
+        start_script_sha256: Some(Sha256::of(PROFILE_SCRIPT.as_bytes())),
+        // Hashed from the slug's own copies when they are in place (see `seal_manifest`).
+        tree_json_sha256: None,
+        binary_sha256: None,
     }
+}
+
+/// Records in `manifest` the SHA-256 of the entry list and of the binary as staged for the
+/// slug (`ddslug_dir` is the staged `.ddslug`), so that `verify` can check them against
+/// something the slug's own files do not provide. `None` when the entry list is not the
+/// one the layer stored: the layer changed on disk.
+fn seal_manifest(manifest: &Manifest, built: &BuiltLayer, ddslug_dir: &Path) -> Result<Option<Manifest>> {
+    let digest = |rel: &str| -> Result<Sha256> {
+        let path = ddslug_dir.join(rel);
+        let mut file = fs::File::open(&path).with_context(|| format!("reading {}", path.display()))?;
+        let mut hasher = crate::hash::Hasher::new();
+        hasher.update_from(&mut file, &mut vec![0; 1 << 17]).with_context(|| format!("reading {}", path.display()))?;
+        Ok(hasher.finish())
+    };
+    let tree_json = digest("tree.json")?;
+    if built.info.entries_sha256.is_some_and(|recorded| recorded != tree_json) {
+        return Ok(None);
+    }
+    Ok(Some(Manifest { tree_json_sha256: Some(tree_json), binary_sha256: Some(digest("bin/ddslug")?), ..manifest.clone() }))
 }
 
 /// A lock committed by the app pins packages, recipe and options; settings that would now
@@ -461,7 +484,7 @@ fn file_name(path: &str) -> &str {
 /// Assembles the slug's files in a staging directory inside BUILD_DIR, then moves them
 /// into place. Returns `false`, with BUILD_DIR untouched, when the layer's files turn out
 /// not to be what its record says (checked on the way when the layer was reused).
-fn install(args: &CompileArgs, store: &Store, built: &BuiltLayer, manifest: &Manifest) -> Result<bool> {
+fn install(args: &CompileArgs, store: &Store, built: &BuiltLayer, manifest: &mut Manifest) -> Result<bool> {
     let key = built.info.key;
     let (layer_dir, entries_file) = (layer::layer_dir(store, &key), layer::entries_path(store, &key));
     let staging = args.build_dir.join(format!(".ddslug-staging.{}", std::process::id()));
@@ -489,12 +512,14 @@ fn install(args: &CompileArgs, store: &Store, built: &BuiltLayer, manifest: &Man
             fs::copy(&args.self_exe, &bin)
                 .with_context(|| format!("copying the ddslug binary from {}", args.self_exe.display()))?;
         }
-        fs::write(staging.join("ddslug/manifest.json"), to_json(manifest))?;
         let entries_to = staging.join("ddslug/tree.json");
         let linked = how == Materialize::Link && built.info.entries_file.is_some() && fs::hard_link(&entries_file, &entries_to).is_ok();
         if !linked {
             fs::copy(&entries_file, &entries_to).context("copying the layer's entry list")?;
         }
+        let Some(sealed) = seal_manifest(manifest, built, &staging.join("ddslug"))? else { return Ok(false) };
+        *manifest = sealed;
+        fs::write(staging.join("ddslug/manifest.json"), to_json(manifest))?;
         Ok(true)
     })();
     match result {

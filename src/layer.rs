@@ -91,6 +91,9 @@ pub struct LayerInfo {
     /// looks like this (layers stored without it have it copied).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entries_file: Option<FileStamp>,
+    /// SHA-256 of `<key>.tree.json` as stored: what a slug's manifest records for its copy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entries_sha256: Option<Sha256>,
 }
 
 /// The size and mtime of a stored file: an in-place edit changes the mtime. (Not the inode,
@@ -263,6 +266,7 @@ pub fn build(
         removed,
         pkgconfig,
         entries_file: None,
+        entries_sha256: None,
     };
     let dest = layer_dir(store, &key);
     // A layer dir without json is debris from an interrupted build.
@@ -278,7 +282,8 @@ pub fn build(
     fs::rename(&tmp_index, &index_dest).map_err(io_at(&index_dest))?;
     let tmp_entries = staging.join("tree.json");
     let entries_json = serde_json::to_vec(&scan.entries).map_err(|e| LayerError::Json { path: dest.clone(), reason: e.to_string() })?;
-    fs::write(&tmp_entries, entries_json).map_err(io_at(&tmp_entries))?;
+    fs::write(&tmp_entries, &entries_json).map_err(io_at(&tmp_entries))?;
+    info.entries_sha256 = Some(Sha256::of(&entries_json));
     info.entries_file = Some(FileStamp::of(&tmp_entries).map_err(io_at(&tmp_entries))?);
     let entries_dest = entries_path(store, &key);
     fs::rename(&tmp_entries, &entries_dest).map_err(io_at(&entries_dest))?;

@@ -70,7 +70,21 @@ pub struct Manifest {
     pub removed: Vec<Removed>,
     /// pkg-config files whose `prefix=` was made relative to their location.
     pub pkgconfig: Vec<String>,
+    /// SHA-256 of `.ddslug/tree.json`, the entry list: a slug cannot change a file and its
+    /// entry together without this disagreeing. (This and the next two are absent from
+    /// manifests written before they existed; `verify` then says what it could not check.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tree_json_sha256: Option<Sha256>,
+    /// SHA-256 of `.profile.d/datadog.sh`, the dyno start script.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_script_sha256: Option<Sha256>,
+    /// SHA-256 of `.ddslug/bin/ddslug`, the binary that runs dyno start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binary_sha256: Option<Sha256>,
 }
+
+/// The largest manifest or lock file read (a real one is a few KB): a bigger file is not one.
+pub const MAX_MANIFEST_BYTES: u64 = 1 << 20;
 
 /// A manifest or lock file could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +93,8 @@ pub enum ManifestError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("{path} is not a ddslug {what} (schema {SCHEMA}): {reason}")]
     Parse { path: PathBuf, what: &'static str, reason: String },
+    #[error("{path} is larger than {limit} bytes, the most a ddslug {what} may be; it is not one")]
+    TooBig { path: PathBuf, what: &'static str, limit: u64 },
 }
 
 /// Pretty JSON with a trailing newline.
@@ -99,6 +115,30 @@ pub fn read_lock(path: &Path) -> Result<Lock, ManifestError> {
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path, what: &'static str) -> Result<T, ManifestError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Io { path: path.into(), source })?;
-    serde_json::from_str(&text).map_err(|e| ManifestError::Parse { path: path.into(), what, reason: e.to_string() })
+    let bytes = read_bounded(path, MAX_MANIFEST_BYTES).map_err(|e| match e {
+        Bounded::Io(source) => ManifestError::Io { path: path.into(), source },
+        Bounded::TooBig => ManifestError::TooBig { path: path.into(), what, limit: MAX_MANIFEST_BYTES },
+    })?;
+    serde_json::from_slice(&bytes).map_err(|e| ManifestError::Parse { path: path.into(), what, reason: e.to_string() })
+}
+
+/// Why [`read_bounded`] gave nothing.
+#[derive(Debug)]
+pub enum Bounded {
+    Io(std::io::Error),
+    /// The file holds more than the limit.
+    TooBig,
+}
+
+/// The whole file at `path`, if it holds at most `limit` bytes; never more than `limit + 1`
+/// bytes are read, whatever its size says.
+pub fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>, Bounded> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(Bounded::Io)?;
+    let mut bytes = Vec::new();
+    file.take(limit + 1).read_to_end(&mut bytes).map_err(Bounded::Io)?;
+    if bytes.len() as u64 > limit {
+        return Err(Bounded::TooBig);
+    }
+    Ok(bytes)
 }

@@ -1,7 +1,17 @@
-//! Proof that a slug is what its manifest says: `verify` re-hashes `.apt` against the entry
-//! list recorded at build time; `verify --rebuild` rebuilds the layer from the locked blobs
-//! in an empty scratch store and compares tree hashes (what a cache purge would produce);
+//! Proof that a slug is what its manifest says, checked against references the slug's other
+//! files cannot forge alone: `verify` hashes what is actually under `.apt` and compares it
+//! with the manifest's tree hash, the entry list `.ddslug/tree.json` with the SHA-256 the
+//! manifest records for it, and the start script and the shipped binary with theirs. Paths
+//! dyno start writes are taken back by exact name ([`dyno_start`]), nothing by directory.
+//! `verify --rebuild` rebuilds the layer from the locked blobs in an empty scratch store and
+//! compares it with what is actually in the slug (and says whether the manifest agrees);
 //! `diff` compares two slugs or manifests.
+//!
+//! Outcomes, and `ddslug verify`'s exit codes, as Nix's `store verify`: 0 identical,
+//! 1 differs, 2 could not check (no manifest, unreadable, a manifest too old to record
+//! something).
+
+mod dyno_start;
 
 use std::path::{Path, PathBuf};
 
@@ -10,101 +20,264 @@ use anyhow::{Context, Result};
 use crate::compile::{RECIPE, Reuse, build_layer};
 use crate::fetch::{Downloaded, FetchOptions, Fetcher};
 use crate::hash::Sha256;
-use crate::manifest::{Manifest, read_manifest};
+use crate::manifest::{Bounded, Manifest, read_bounded, read_manifest};
 use crate::report::Reporter;
 use crate::store::{Store, remove_any};
-use crate::treehash::{EntryKind, PathBytes, TreeDiff, TreeEntry, TreeHash, diff, scan_tree};
+use crate::treehash::{EntryKind, PathBytes, TreeDiff, TreeEntry, TreeError, TreeHash, diff, hash_entries, scan_tree};
+
+/// The largest entry list read (the real agent's is about 5 MB).
+pub const MAX_TREE_JSON_BYTES: u64 = 64 << 20;
+
+/// How a check ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Identical,
+    /// Something could not be checked, and nothing checked differs.
+    CouldNotCheck,
+    Differs,
+}
+
+impl Outcome {
+    /// The exit code, as Nix's `store verify` gives it: 0 identical, 1 differs, 2 could not
+    /// check.
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Outcome::Identical => 0,
+            Outcome::Differs => 1,
+            Outcome::CouldNotCheck => 2,
+        }
+    }
+
+    /// The worse of two outcomes: a difference outweighs what could not be checked.
+    pub fn and(self, other: Outcome) -> Outcome {
+        self.max(other)
+    }
+}
 
 /// The result of `verify`.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct VerifyReport {
     pub build_dir: PathBuf,
-    pub manifest_tree_hash: TreeHash,
-    pub actual_tree_hash: TreeHash,
-    /// Differences that dyno start does not explain.
-    pub diff: TreeDiff,
-    /// Paths dyno start writes (datadog.yaml, conf.d, logs, restored symlinks): reported,
-    /// not counted as differences.
-    pub written_at_dyno_start: Vec<PathBytes>,
+    pub outcome: Outcome,
     pub identical: bool,
+    pub manifest_tree_hash: TreeHash,
+    /// The tree hash of `.apt` as found, with what dyno start wrote taken back.
+    pub actual_tree_hash: TreeHash,
+    /// `.apt` as found against the build's entry list, less what dyno start wrote.
+    pub diff: TreeDiff,
+    /// Differences outside that list: the list itself, the tree hash, the start script, the
+    /// binary, `.ddslug`.
+    pub problems: Vec<String>,
+    /// What could not be checked, and why.
+    pub unchecked: Vec<String>,
+    /// Paths dyno start wrote (each by its exact name), not counted.
+    pub written_at_dyno_start: Vec<PathBytes>,
+    #[serde(skip)]
+    pub manifest: Manifest,
+    /// `.apt` as found, dyno start's writes taken back (what `--rebuild` compares with).
+    #[serde(skip)]
+    pub slug_entries: Vec<TreeEntry>,
 }
 
-/// Where the slug's ddslug files are.
-fn slug_files(build_dir: &Path) -> (PathBuf, PathBuf) {
-    (build_dir.join(".ddslug/manifest.json"), build_dir.join(".ddslug/tree.json"))
-}
+/// Checks the slug at `build_dir` against its manifest. `app_datadog` is where dyno start
+/// finds the app's configuration (DD_HEROKU_CONF_FOLDER; default `BUILD_DIR/datadog`). An
+/// error means nothing could be checked (no readable manifest, an unreadable tree).
+pub fn verify(build_dir: &Path, app_datadog: Option<&Path>) -> Result<VerifyReport> {
+    let ddslug = build_dir.join(".ddslug");
+    let manifest = read_manifest(&ddslug.join("manifest.json"))?;
+    let mut problems = Vec::new();
+    let mut unchecked = Vec::new();
+    let built = read_entry_list(&ddslug.join("tree.json"), &manifest, &mut problems, &mut unchecked)?;
 
-fn read_entries(path: &Path) -> Result<Vec<TreeEntry>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("{} is not a ddslug entry list", path.display()))
-}
-
-/// Re-hashes `BUILD_DIR/.apt` and lists every added, missing or changed path.
-pub fn verify(build_dir: &Path) -> Result<VerifyReport> {
-    let (manifest_path, tree_path) = slug_files(build_dir);
-    let manifest = read_manifest(&manifest_path)?;
-    let expected = read_entries(&tree_path)?;
-    let scan = scan_tree(&build_dir.join(".apt")).with_context(|| format!("scanning {}/.apt", build_dir.display()))?;
-    let mut d = diff(&expected, &scan.entries);
-    let mut runtime = Vec::new();
-    d.added.retain(|e| {
-        let keep = !written_at_dyno_start(&e.path, e);
-        if !keep {
-            runtime.push(e.path.clone());
+    let apt = build_dir.join(".apt");
+    let found = match scan_tree(&apt) {
+        Ok(scan) => scan.entries,
+        Err(TreeError::Io { path, source }) if path == apt && source.kind() == std::io::ErrorKind::NotFound => {
+            problems.push(".apt is missing".into());
+            Vec::new()
         }
-        keep
-    });
-    let added_paths: Vec<PathBytes> = runtime.clone();
-    d.removed.retain(|e| {
-        // DD_DISABLE_HOST_METRICS renames conf.yaml.default to conf.yaml.default_disabled.
-        let disabled = PathBytes::from([e.path.as_bytes(), b"_disabled"].concat());
-        let renamed = added_paths.contains(&disabled);
-        if renamed {
-            runtime.push(e.path.clone());
+        Err(TreeError::Unsupported { path, reason }) => {
+            problems.push(format!("{}: {reason}", path.display()));
+            Vec::new()
         }
-        !renamed
-    });
-    // The restored symlinks replace nothing the build kept; a changed entry is always real.
-    let identical = d.is_empty();
+        Err(e) => return Err(e).with_context(|| format!("scanning {}", apt.display())),
+    };
+    let cx = dyno_start::Context {
+        manifest: &manifest,
+        built: built.as_deref().unwrap_or_default(),
+        app_datadog: app_datadog.map_or_else(|| build_dir.join("datadog"), Path::to_owned),
+    };
+    let undone = dyno_start::undo(&cx, found.into_iter().map(|e| (e.path.clone(), e)).collect());
+    unchecked.extend(undone.unchecked);
+    let actual_tree_hash = hash_entries(&undone.entries);
+    if actual_tree_hash != manifest.tree_hash {
+        problems.push(format!("the tree hash of .apt is {actual_tree_hash}; the manifest records {}", manifest.tree_hash));
+    }
+    let d = built.as_ref().map(|built| diff(built, &undone.entries)).unwrap_or_default();
+
+    check_file(build_dir, ".profile.d/datadog.sh", "the start script", manifest.start_script_sha256, &mut problems, &mut unchecked)?;
+    check_file(build_dir, ".ddslug/bin/ddslug", "the ddslug binary", manifest.binary_sha256, &mut problems, &mut unchecked)?;
+    check_ddslug_dir(&ddslug, &mut problems)?;
+
+    let outcome = if !problems.is_empty() || !d.is_empty() {
+        Outcome::Differs
+    } else if !unchecked.is_empty() {
+        Outcome::CouldNotCheck
+    } else {
+        Outcome::Identical
+    };
     Ok(VerifyReport {
         build_dir: build_dir.to_owned(),
+        outcome,
+        identical: outcome == Outcome::Identical,
         manifest_tree_hash: manifest.tree_hash,
-        actual_tree_hash: scan.hash,
+        actual_tree_hash,
         diff: d,
-        written_at_dyno_start: runtime,
-        identical,
+        problems,
+        unchecked,
+        written_at_dyno_start: undone.written,
+        manifest,
+        slug_entries: undone.entries,
     })
 }
 
-/// Whether an entry that is not in the build's list is one dyno start writes.
-fn written_at_dyno_start(path: &[u8], e: &TreeEntry) -> bool {
-    const DIRS: [&str; 4] = ["etc/datadog-agent/", "var/log/datadog", "opt/datadog-agent/run/", "var/"];
-    const LINKS: [&str; 5] = [
-        "opt/datadog-agent/embedded/ssl/cert.pem",
-        "opt/datadog-agent/embedded/bin/python",
-        "opt/datadog-agent/embedded/bin/python-config",
-        "opt/datadog-agent/embedded/bin/pip",
-        "opt/datadog-agent/bin/agent/process-agent",
-    ];
-    let is_link = matches!(e.kind, EntryKind::Symlink { .. });
-    (is_link && LINKS.iter().any(|l| l.as_bytes() == path))
-        || DIRS.iter().any(|d| path.starts_with(d.as_bytes()) || path == d.trim_end_matches('/').as_bytes())
+/// The build's entry list, if usable; what is wrong with it goes to `problems` (or to
+/// `unchecked` where the manifest is too old to say).
+fn read_entry_list(path: &Path, manifest: &Manifest, problems: &mut Vec<String>, unchecked: &mut Vec<String>) -> Result<Option<Vec<TreeEntry>>> {
+    let bytes = match read_bounded(path, MAX_TREE_JSON_BYTES) {
+        Ok(bytes) => bytes,
+        Err(Bounded::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+            problems.push(".ddslug/tree.json is missing".into());
+            return Ok(None);
+        }
+        Err(Bounded::Io(e)) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        Err(Bounded::TooBig) => {
+            problems.push(format!(".ddslug/tree.json is larger than {MAX_TREE_JSON_BYTES} bytes, more than any entry list"));
+            return Ok(None);
+        }
+    };
+    let digest = Sha256::of(&bytes);
+    let recorded = match manifest.tree_json_sha256 {
+        Some(recorded) if recorded != digest => {
+            problems.push(format!(".ddslug/tree.json changed: its SHA-256 is {digest}; the manifest records {recorded}"));
+            false
+        }
+        Some(_) => true,
+        None => {
+            unchecked.push(
+                "could not check .ddslug/tree.json against the manifest, which predates tree_json_sha256 \
+                 (a compile with this ddslug records it)"
+                    .into(),
+            );
+            false
+        }
+    };
+    let mut entries: Vec<TreeEntry> = match serde_json::from_slice(&bytes) {
+        Ok(entries) => entries,
+        // The manifest vouches for these bytes: they are a list this ddslug cannot read.
+        Err(e) if recorded => {
+            unchecked.push(format!("could not read .ddslug/tree.json ({e}); verify with the slug's own ddslug (.ddslug/bin/ddslug)"));
+            return Ok(None);
+        }
+        Err(e) => {
+            problems.push(format!(".ddslug/tree.json is not an entry list: {e}"));
+            return Ok(None);
+        }
+    };
+    let listed = hash_entries(&entries);
+    if listed != manifest.tree_hash {
+        problems.push(format!(".ddslug/tree.json lists a tree whose hash is {listed}; the manifest records {}", manifest.tree_hash));
+    }
+    // A list that is out of order already hashed differently; sorted, it still names paths.
+    entries.sort_by(|a, b| a.path.as_bytes().cmp(b.path.as_bytes()));
+    Ok(Some(entries))
+}
+
+/// Checks one file of the slug outside `.apt` against the SHA-256 the manifest records.
+fn check_file(
+    build_dir: &Path,
+    rel: &str,
+    what: &str,
+    recorded: Option<Sha256>,
+    problems: &mut Vec<String>,
+    unchecked: &mut Vec<String>,
+) -> Result<()> {
+    let path = build_dir.join(rel);
+    match std::fs::symlink_metadata(&path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            problems.push(format!("{rel} ({what}) is missing"));
+            return Ok(());
+        }
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        Ok(meta) if !meta.is_file() => {
+            problems.push(format!("{rel} ({what}) is not a regular file"));
+            return Ok(());
+        }
+        Ok(_) => {}
+    }
+    let Some(recorded) = recorded else {
+        unchecked.push(format!("could not check {rel} ({what}): the manifest predates its SHA-256 (a compile with this ddslug records it)"));
+        return Ok(());
+    };
+    let mut file = std::fs::File::open(&path).with_context(|| format!("reading {}", path.display()))?;
+    let mut hasher = crate::hash::Hasher::new();
+    hasher.update_from(&mut file, &mut vec![0; 1 << 17]).with_context(|| format!("reading {}", path.display()))?;
+    let digest = hasher.finish();
+    if digest != recorded {
+        problems.push(format!("{rel} ({what}) changed: its SHA-256 is {digest}; the manifest records {recorded}"));
+    }
+    Ok(())
+}
+
+/// `.ddslug` holds exactly what a compile puts there.
+fn check_ddslug_dir(ddslug: &Path, problems: &mut Vec<String>) -> Result<()> {
+    let expected: [(&str, bool); 4] = [("bin", true), ("bin/ddslug", false), ("manifest.json", false), ("tree.json", false)];
+    let mut pending = vec![String::new()];
+    while let Some(rel) = pending.pop() {
+        let dir = crate::fsat::join(ddslug, &rel);
+        for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+            let entry = entry.with_context(|| format!("reading {}", dir.display()))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let child = if rel.is_empty() { name } else { format!("{rel}/{name}") };
+            let is_dir = entry.file_type().with_context(|| format!("reading {}", entry.path().display()))?.is_dir();
+            match expected.iter().find(|(path, _)| *path == child) {
+                Some((_, true)) if is_dir => pending.push(child),
+                Some((_, false)) if entry.file_type().is_ok_and(|t| t.is_file()) => {}
+                Some(_) => problems.push(format!(".ddslug/{child} is not the {} a compile makes", if is_dir { "file" } else { "directory" })),
+                None => problems.push(format!(".ddslug/{child} is not something a compile makes")),
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The result of `verify --rebuild`.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct RebuildReport {
-    pub manifest_tree_hash: TreeHash,
+    pub outcome: Outcome,
     pub rebuilt_tree_hash: TreeHash,
     pub rebuilt_layer_key: Sha256,
+    /// `.apt` as found (dyno start's writes taken back).
+    pub slug_tree_hash: TreeHash,
+    pub manifest_tree_hash: TreeHash,
+    pub manifest_layer_key: Sha256,
+    /// The rebuilt tree is what the slug holds.
+    pub matches_slug: bool,
+    /// The rebuilt tree and layer are what the manifest records.
+    pub matches_manifest: bool,
+    /// Both.
     pub matches: bool,
+    /// The rebuilt tree against the slug's.
+    pub diff: TreeDiff,
 }
 
-/// Rebuilds the slug's layer from its locked blobs in an empty scratch store. Blobs come
-/// from `cache` when it has them (checked by hash), else from the locked repository.
-pub fn rebuild(build_dir: &Path, cache: Option<&Path>, offline: Option<String>) -> Result<RebuildReport> {
-    let (manifest_path, _) = slug_files(build_dir);
-    let manifest: Manifest = read_manifest(&manifest_path)?;
+/// Rebuilds the slug's layer from its locked blobs in an empty scratch store and compares it
+/// with what the slug actually holds (`verified.slug_entries`) and with what its manifest
+/// records. Blobs come from `cache` when it has them (checked by hash), else from the
+/// locked repository. An error means the rebuild could not be made.
+pub fn rebuild(verified: &VerifyReport, cache: Option<&Path>, offline: Option<String>) -> Result<RebuildReport> {
+    let manifest = &verified.manifest;
     let recipe_sha256 = Sha256::of(RECIPE.as_bytes());
     if manifest.lock.recipe_sha256 != recipe_sha256 {
         anyhow::bail!(
@@ -130,11 +303,26 @@ pub fn rebuild(build_dir: &Path, cache: Option<&Path>, offline: Option<String>) 
         }
         let fetcher = Fetcher::new(FetchOptions { offline, ..FetchOptions::default() });
         let built = build_layer(&scratch, &fetcher, &manifest.lock, &Reporter { quiet: true }, Reuse::Never)?;
+        let entries_path = crate::layer::entries_path(&scratch, &built.info.key);
+        let bytes = read_bounded(&entries_path, MAX_TREE_JSON_BYTES).map_err(|e| match e {
+            Bounded::Io(e) => anyhow::Error::new(e).context(format!("reading {}", entries_path.display())),
+            Bounded::TooBig => anyhow::anyhow!("{} is larger than {MAX_TREE_JSON_BYTES} bytes", entries_path.display()),
+        })?;
+        let rebuilt: Vec<TreeEntry> = serde_json::from_slice(&bytes).with_context(|| format!("reading {}", entries_path.display()))?;
+        let d = diff(&rebuilt, &verified.slug_entries);
+        let matches_slug = built.info.tree_hash == verified.actual_tree_hash && d.is_empty();
+        let matches_manifest = built.info.tree_hash == manifest.tree_hash && built.info.key == manifest.layer_key;
         Ok(RebuildReport {
-            manifest_tree_hash: manifest.tree_hash,
+            outcome: if matches_slug && matches_manifest { Outcome::Identical } else { Outcome::Differs },
             rebuilt_tree_hash: built.info.tree_hash,
             rebuilt_layer_key: built.info.key,
-            matches: built.info.tree_hash == manifest.tree_hash && built.info.key == manifest.layer_key,
+            slug_tree_hash: verified.actual_tree_hash,
+            manifest_tree_hash: manifest.tree_hash,
+            manifest_layer_key: manifest.layer_key,
+            matches_slug,
+            matches_manifest,
+            matches: matches_slug && matches_manifest,
+            diff: d,
         })
     })();
     let _ = remove_any(&scratch_root);
@@ -144,26 +332,41 @@ pub fn rebuild(build_dir: &Path, cache: Option<&Path>, offline: Option<String>) 
 /// What differs between two slugs (or manifests).
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct SlugDiff {
+    /// Nothing differs: packages, options, recipe, repository and trees.
+    pub identical: bool,
     pub summary: Vec<String>,
     pub tree: Option<TreeDiff>,
 }
 
-/// A slug directory or a manifest file, with its entry list when one is beside it.
-fn load_side(path: &Path) -> Result<(Manifest, Option<Vec<TreeEntry>>)> {
+/// A slug directory or a manifest file, with its entry list when one is beside it and it is
+/// the one the manifest records (a note in `notes` when it is not).
+fn load_side(path: &Path, label: &str, notes: &mut Vec<String>) -> Result<(Manifest, Option<Vec<TreeEntry>>)> {
     let (manifest_path, tree_path) = if path.is_dir() {
-        slug_files(path)
+        (path.join(".ddslug/manifest.json"), path.join(".ddslug/tree.json"))
     } else {
         (path.to_owned(), path.with_file_name("tree.json"))
     };
     let manifest = read_manifest(&manifest_path)?;
-    let entries = if tree_path.exists() { Some(read_entries(&tree_path)?) } else { None };
-    Ok((manifest, entries))
+    let bytes = match read_bounded(&tree_path, MAX_TREE_JSON_BYTES) {
+        Ok(bytes) => bytes,
+        Err(Bounded::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => return Ok((manifest, None)),
+        Err(Bounded::Io(e)) => return Err(e).with_context(|| format!("reading {}", tree_path.display())),
+        Err(Bounded::TooBig) => anyhow::bail!("{} is larger than {MAX_TREE_JSON_BYTES} bytes, more than any entry list", tree_path.display()),
+    };
+    let digest = Sha256::of(&bytes);
+    if manifest.tree_json_sha256.is_some_and(|recorded| recorded != digest) {
+        notes.push(format!("{label}'s tree.json is not the one its manifest records (SHA-256 {digest}); its paths are not compared"));
+        return Ok((manifest, None));
+    }
+    let entries = serde_json::from_slice(&bytes).with_context(|| format!("{} is not a ddslug entry list", tree_path.display()))?;
+    Ok((manifest, Some(entries)))
 }
 
 /// Compares two slugs or manifests: packages, options, layer, then paths.
 pub fn diff_slugs(a: &Path, b: &Path) -> Result<SlugDiff> {
-    let (ma, ea) = load_side(a)?;
-    let (mb, eb) = load_side(b)?;
+    let mut notes = Vec::new();
+    let (ma, ea) = load_side(a, "A", &mut notes)?;
+    let (mb, eb) = load_side(b, "B", &mut notes)?;
     let mut summary = Vec::new();
     let pa: Vec<String> = ma.lock.packages.iter().map(|p| format!("{} {}", p.name, p.version)).collect();
     let pb: Vec<String> = mb.lock.packages.iter().map(|p| format!("{} {}", p.name, p.version)).collect();
@@ -187,23 +390,23 @@ pub fn diff_slugs(a: &Path, b: &Path) -> Result<SlugDiff> {
     if ma.lock.repository != mb.lock.repository {
         summary.push(format!("repository: {} -> {}", ma.lock.repository, mb.lock.repository));
     }
+    let mut identical = summary.is_empty() && ma.tree_hash == mb.tree_hash;
     summary.push(if ma.tree_hash == mb.tree_hash {
         format!("trees identical ({})", ma.tree_hash)
     } else {
-        format!(
-            "trees differ: {} files, {} bytes -> {} files, {} bytes",
-            ma.files, ma.bytes, mb.files, mb.bytes
-        )
+        format!("trees differ: {} files, {} bytes -> {} files, {} bytes", ma.files, ma.bytes, mb.files, mb.bytes)
     });
     let tree = match (ea, eb) {
         (Some(a), Some(b)) => {
             let d = diff(&a, &b);
             summary.push(format!("{} added, {} removed, {} changed", d.added.len(), d.removed.len(), d.changed.len()));
+            identical &= d.is_empty();
             Some(d)
         }
         _ => None,
     };
-    Ok(SlugDiff { summary, tree })
+    summary.extend(notes);
+    Ok(SlugDiff { identical, summary, tree })
 }
 
 /// Size of an entry for listings.

@@ -161,7 +161,7 @@ fn diff_compares_two_slugs() {
     assert!(bin_compile(&a, &cache, &served.env_dir("a", &[])).status.success());
     assert!(bin_compile(&b, &cache, &served.env_dir("b", &[("DD_AGENT_VERSION", "7.67.0-1"), ("DD_APM_ENABLED", "false")])).status.success());
     let out = ddslug(&["diff", s(&a), s(&b)]);
-    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(1), "slugs that differ: {}", text(&out));
     let t = text(&out);
     assert!(t.starts_with("packages: datadog-heroku-agent 1:7.81.2-1 -> datadog-agent 1:7.67.0-1\n"), "{t}");
     assert!(t.contains("apm true") && t.contains("apm false"), "{t}");
