@@ -22,7 +22,7 @@ use crate::ar::{ArReader, Compression, Want};
 pub use crate::ar::list_members;
 use crate::extract::{DirModes, fill_deferred, unpack_tar_filtered};
 use crate::fetch::{FileRange, Progress};
-use crate::hash::Sha256;
+use crate::hash::Digests;
 use crate::treehash::FileId;
 use crate::xzseek::ForwardSeek;
 
@@ -41,7 +41,7 @@ pub struct UnpackReport {
     /// bytes passed, so that nobody has to read them back; see [`scan_tree_known`]).
     ///
     /// [`scan_tree_known`]: crate::treehash::scan_tree_known
-    pub digests: HashMap<FileId, Sha256>,
+    pub digests: HashMap<FileId, Digests>,
     /// For a multi-block data.tar.xz: how many blocks had to be decoded.
     pub xz_blocks: Option<crate::xzseek::BlockStats>,
     /// The exact permission bits of directories left with other bits on disk, by
@@ -131,7 +131,7 @@ fn unpack(
         let mut deferred = deferred;
         let (filled, _) = read_data_tar(deb, label, integrity, |tar| fill_deferred(tar, label, &mut deferred))?;
         for w in filled? {
-            report.digests.insert(w.id, w.sha256);
+            report.digests.insert(w.id, Digests { sha256: w.sha256, xxh3: w.xxh3 });
             report.files += 1;
             report.bytes += w.bytes;
         }
@@ -559,8 +559,8 @@ mod tests {
         // Every file's digest is that of what is on disk.
         for name in ["f7", "f9", "f0", "f123"] {
             let meta = fs::metadata(d.join(name)).unwrap();
-            let digest = report.digests.get(&FileId::of(&meta)).copied();
-            assert_eq!(digest, Some(Sha256::of(&fs::read(d.join(name)).unwrap())), "{name}");
+            let digest = report.digests.get(&FileId::of(&meta)).map(|d| d.sha256);
+            assert_eq!(digest, Some(crate::hash::Sha256::of(&fs::read(d.join(name)).unwrap())), "{name}");
         }
     }
 
@@ -624,7 +624,7 @@ mod tests {
             assert_eq!(fs::read(keep.join(name)).unwrap(), b"docs", "{name}");
             let meta = fs::metadata(keep.join(name)).unwrap();
             assert_eq!((meta.mode() & 0o7777, meta.mtime()), (0o644, 1_600_000_000), "{name}: the target's mode and mtime");
-            assert_eq!(report.digests.get(&FileId::of(&meta)), Some(&Sha256::of(b"docs")), "{name}: digest recorded");
+            assert_eq!(report.digests.get(&FileId::of(&meta)).map(|d| d.sha256), Some(crate::hash::Sha256::of(b"docs")), "{name}: digest recorded");
         }
         let ino = |name: &str| fs::metadata(keep.join(name)).unwrap().ino();
         assert_eq!(ino("link"), ino("link2"), "links to one another stay links");

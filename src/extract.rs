@@ -211,7 +211,7 @@ impl Unpacker<'_, '_> {
     }
 
     fn record(&mut self, w: Written) {
-        self.report.digests.insert(w.id, w.sha256);
+        self.report.digests.insert(w.id, crate::hash::Digests { sha256: w.sha256, xxh3: w.xxh3 });
         self.report.files += 1;
         self.report.bytes += w.bytes;
     }

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex};
 use std::time::SystemTime;
 
-use crate::hash::{Hasher, Sha256};
+use crate::hash::{FileHasher, Sha256};
 use crate::treehash::FileId;
 
 /// Bytes of file contents held in memory waiting for a writer, at most (a file bigger than
@@ -29,6 +29,8 @@ const BATCH_BYTES: usize = 1 << 20;
 pub struct Written {
     pub id: FileId,
     pub sha256: Sha256,
+    /// The content's xxh3, recorded in the layer index for warm builds' content checks.
+    pub xxh3: u64,
     pub bytes: u64,
 }
 
@@ -53,7 +55,7 @@ pub fn write_file(path: &Path, source: &mut dyn Read, mode: u32, mtime: SystemTi
         }
         Err(e) => return Err(at(e)),
     };
-    let mut hasher = Hasher::new();
+    let mut hasher = FileHasher::new();
     loop {
         let n = match source.read(buf) {
             Ok(0) => break,
@@ -69,7 +71,9 @@ pub fn write_file(path: &Path, source: &mut dyn Read, mode: u32, mtime: SystemTi
     }
     out.set_modified(mtime).map_err(at)?;
     let meta = out.metadata().map_err(at)?;
-    Ok(Written { id: FileId::of(&meta), bytes: hasher.len(), sha256: hasher.finish() })
+    let bytes = hasher.len();
+    let digests = hasher.finish();
+    Ok(Written { id: FileId::of(&meta), bytes, sha256: digests.sha256, xxh3: digests.xxh3 })
 }
 
 /// Writes what `source` gives into the open file `out` from its start, in place (every
@@ -80,7 +84,7 @@ pub fn fill_in_place(out: &mut fs::File, path: &Path, source: &mut dyn Read, mod
     let at = |e| WriteError { path: path.to_owned(), source: e };
     out.set_len(0).map_err(at)?;
     out.rewind().map_err(at)?;
-    let mut hasher = Hasher::new();
+    let mut hasher = FileHasher::new();
     loop {
         let n = match source.read(buf) {
             Ok(0) => break,
@@ -94,7 +98,9 @@ pub fn fill_in_place(out: &mut fs::File, path: &Path, source: &mut dyn Read, mod
     out.set_permissions(fs::Permissions::from_mode(mode)).map_err(at)?;
     out.set_modified(mtime).map_err(at)?;
     let meta = out.metadata().map_err(at)?;
-    Ok(Written { id: FileId::of(&meta), bytes: hasher.len(), sha256: hasher.finish() })
+    let bytes = hasher.len();
+    let digests = hasher.finish();
+    Ok(Written { id: FileId::of(&meta), bytes, sha256: digests.sha256, xxh3: digests.xxh3 })
 }
 
 /// Whether a file created with `mode & 0o777` already has exactly `mode`: no setuid, setgid
@@ -348,7 +354,7 @@ mod tests {
             assert_eq!(meta.permissions().mode() & 0o7777, 0o640);
             assert_eq!(meta.modified().unwrap(), mtime);
             let w = written.iter().find(|w| w.id == FileId::of(&meta)).unwrap();
-            assert_eq!(w.sha256, Sha256::of(&data));
+            assert_eq!((w.sha256, w.xxh3), (Sha256::of(&data), crate::hash::xxh3(&data)));
         }
     }
 

@@ -122,6 +122,29 @@ impl Dir {
         self.stat_at(buf.of(name.as_ref())?, libc::AT_SYMLINK_NOFOLLOW)
     }
 
+    /// Opens the file `name` in this directory to read it: never through a symlink, and
+    /// without updating its access time where the owner may ask that (a warm build reads
+    /// every file of the layer; an atime update each would be a metadata write each).
+    pub fn open_file(&self, name: impl AsRef<[u8]>) -> io::Result<File> {
+        let mut buf = CName::new();
+        let name = buf.of(name.as_ref())?;
+        let open = |extra: libc::c_int| {
+            let flags = libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC | extra;
+            // SAFETY: `name` is NUL-terminated; the descriptor is an open directory.
+            let fd = unsafe { libc::openat(self.0.as_raw_fd(), name.as_ptr(), flags) };
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: openat just returned this descriptor and nothing else owns it.
+            Ok(File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
+        };
+        match open(libc::O_NOATIME) {
+            // O_NOATIME is only for the file's owner (or CAP_FOWNER).
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => open(0),
+            other => other,
+        }
+    }
+
     /// The directory's own metadata.
     pub fn metadata(&self) -> io::Result<Stat> {
         self.stat_at(c"", libc::AT_EMPTY_PATH)
@@ -162,6 +185,40 @@ impl Dir {
         // SAFETY: both names are NUL-terminated; the descriptors are open directories.
         check(unsafe { libc::linkat(self.0.as_raw_fd(), name.as_ptr(), dest.0.as_raw_fd(), name.as_ptr(), 0) })
     }
+
+    /// Hard-links `file`, opened from this directory as `name` ([`Dir::open_file`]), as `name`
+    /// in `dest`: through its descriptor where the process may (CAP_DAC_READ_SEARCH), so that
+    /// the inode linked is the one that was opened and checked, and no name is looked up
+    /// again; else by name.
+    pub fn link_file_into(&self, file: &File, name: impl AsRef<[u8]>, dest: &Dir) -> io::Result<()> {
+        static BY_DESCRIPTOR: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+        if BY_DESCRIPTOR.load(std::sync::atomic::Ordering::Relaxed) {
+            let mut buf = CName::new();
+            let to = buf.of(name.as_ref())?;
+            // SAFETY: both strings are NUL-terminated; the descriptors are open.
+            let rc = unsafe { libc::linkat(file.as_raw_fd(), c"".as_ptr(), dest.0.as_raw_fd(), to.as_ptr(), libc::AT_EMPTY_PATH) };
+            match check(rc) {
+                // Without the capability the kernel answers ENOENT: link by name from now on.
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::EPERM)) => {
+                    BY_DESCRIPTOR.store(false, std::sync::atomic::Ordering::Relaxed)
+                }
+                done => return done,
+            }
+        }
+        self.link_into(name, dest)
+    }
+}
+
+/// `fstat` of an open file.
+pub fn stat_file(file: &File) -> io::Result<Stat> {
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: `st` is a valid out-pointer; fstat fills it on success.
+    if unsafe { libc::fstat(file.as_raw_fd(), st.as_mut_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fstat succeeded, so `st` is initialised.
+    let st = unsafe { st.assume_init() };
+    Ok(Stat { mode: st.st_mode, size: st.st_size as u64, mtime: (st.st_mtime, st.st_mtime_nsec), dev: st.st_dev, ino: st.st_ino })
 }
 
 /// Sets the mtime of `path` (following symlinks), leaving its atime: one `utimensat` by
@@ -282,6 +339,29 @@ mod tests {
         let link_meta = fs::symlink_metadata(b.join("l")).unwrap();
         assert_eq!((link_meta.mtime(), link_meta.mtime_nsec()), (1_700_000_000, 5));
         assert_eq!(db.symlink("x", "l", (0, 0)).unwrap_err().kind(), io::ErrorKind::AlreadyExists);
+    }
+
+    #[test]
+    fn files_opened_stat_and_linked_by_descriptor() {
+        let dir = tempfile::tempdir().unwrap();
+        let [a, b, c] = ["a", "b", "c"].map(|d| dir.path().join(d));
+        for d in [&a, &b, &c] {
+            fs::create_dir_all(d).unwrap();
+        }
+        fs::write(a.join("f"), b"12345").unwrap();
+        std::os::unix::fs::symlink("f", a.join("l")).unwrap();
+        let [da, db, dc] = [&a, &b, &c].map(|d| Dir::open(d).unwrap());
+        let file = da.open_file("f").unwrap();
+        let st = stat_file(&file).unwrap();
+        assert_eq!(st, da.stat("f").unwrap());
+        // Twice: the second time by whichever way the first settled on.
+        da.link_file_into(&file, "f", &db).unwrap();
+        da.link_file_into(&file, "f", &dc).unwrap();
+        for d in [&b, &c] {
+            assert_eq!(fs::metadata(d.join("f")).unwrap().ino(), st.ino, "{}", d.display());
+        }
+        assert_eq!(da.open_file("l").unwrap_err().raw_os_error(), Some(libc::ELOOP), "symlinks are not followed");
+        assert_eq!(da.open_file("missing").unwrap_err().kind(), io::ErrorKind::NotFound);
     }
 
     #[test]

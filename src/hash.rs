@@ -130,6 +130,95 @@ impl Hasher {
     }
 }
 
+/// What a file holds, as the layer records it: its SHA-256 (its identity, in tree hashes) and
+/// its xxh3 (what a warm build checks a reused layer's files against: fast enough to read
+/// and hash every file of the layer on every build).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Digests {
+    pub sha256: Sha256,
+    pub xxh3: u64,
+}
+
+/// [`Hasher`] and xxh3 over the same bytes: files are hashed both ways in one pass.
+#[derive(Clone, Default)]
+pub struct FileHasher {
+    sha256: Hasher,
+    xxh3: xxhash_rust::xxh3::Xxh3,
+}
+
+impl FileHasher {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.sha256.update(bytes);
+        self.xxh3.update(bytes);
+    }
+    /// Bytes hashed so far.
+    pub fn len(&self) -> u64 {
+        self.sha256.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.sha256.is_empty()
+    }
+    pub fn finish(self) -> Digests {
+        Digests { xxh3: self.xxh3.digest(), sha256: self.sha256.finish() }
+    }
+    /// Hashes everything `reader` gives until its end, through `buf`.
+    pub fn update_from(&mut self, reader: &mut impl Read, buf: &mut [u8]) -> io::Result<()> {
+        loop {
+            match reader.read(buf) {
+                Ok(0) => return Ok(()),
+                Ok(n) => self.update(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// The xxh3 of a byte slice.
+pub fn xxh3(bytes: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(bytes)
+}
+
+/// The xxh3 of `file`'s first `size` bytes, or `None` when it holds fewer: what a warm build
+/// checks each reused layer file with. Files up to `buf`'s length are read in one call (the
+/// common case: most layer files are small); bigger ones are streamed through it.
+pub fn xxh3_of_file(file: &std::fs::File, size: u64, buf: &mut [u8]) -> io::Result<Option<u64>> {
+    use std::os::unix::fs::FileExt;
+    let fill = |buf: &mut [u8], mut at: u64| -> io::Result<bool> {
+        let mut filled = 0;
+        while filled < buf.len() {
+            match file.read_at(&mut buf[filled..], at) {
+                Ok(0) => return Ok(false),
+                Ok(n) => {
+                    filled += n;
+                    at += n as u64;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(true)
+    };
+    if size <= buf.len() as u64 {
+        let part = &mut buf[..size as usize];
+        return Ok(fill(part, 0)?.then(|| xxh3(part)));
+    }
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    let mut at = 0;
+    while at < size {
+        let n = (size - at).min(buf.len() as u64) as usize;
+        if !fill(&mut buf[..n], at)? {
+            return Ok(None);
+        }
+        hasher.update(&buf[..n]);
+        at += n as u64;
+    }
+    Ok(Some(hasher.digest()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,6 +232,27 @@ mod tests {
         assert_eq!(parsed, empty);
         assert!("xyz".parse::<Sha256>().is_err());
         assert!("g".repeat(64).parse::<Sha256>().is_err());
+    }
+
+    #[test]
+    fn files_are_hashed_both_ways_in_one_pass_and_checked_by_xxh3() {
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let mut h = FileHasher::new();
+        h.update_from(&mut &data[..], &mut [0u8; 1000]).unwrap();
+        assert_eq!(h.len(), data.len() as u64);
+        assert_eq!(h.finish(), Digests { sha256: Sha256::of(&data), xxh3: xxh3(&data) });
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, &data).unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        // Read in one call, streamed through a smaller buffer, and cut short.
+        for buf_len in [1 << 20, 4096, 7] {
+            let mut buf = vec![0; buf_len];
+            assert_eq!(xxh3_of_file(&file, data.len() as u64, &mut buf).unwrap(), Some(xxh3(&data)), "{buf_len}");
+            assert_eq!(xxh3_of_file(&file, 10, &mut buf).unwrap(), Some(xxh3(&data[..10])), "{buf_len}");
+            assert_eq!(xxh3_of_file(&file, data.len() as u64 + 1, &mut buf).unwrap(), None, "{buf_len}");
+        }
+        assert_eq!(xxh3_of_file(&file, 0, &mut []).unwrap(), Some(xxh3(b"")));
     }
 
     #[test]

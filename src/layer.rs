@@ -24,8 +24,10 @@ use crate::xzseek::BlockStats;
 
 /// Bump when the way a layer is produced from the same inputs, or what is stored with it,
 /// changes (2: the binary `.index` replaced `.mtimes.json`; 3: directories are stored
-/// owner-accessible, their exact modes in the index).
-pub const LAYER_FORMAT: u32 = 3;
+/// owner-accessible, their exact modes in the index; 4: the index records each file's xxh3,
+/// and `<key>.json` the SHA-256 of `<key>.tree.json`). Older layers get other keys: they are
+/// rebuilt, never read with the wrong format.
+pub const LAYER_FORMAT: u32 = 4;
 
 /// Why a layer could not be built or read.
 #[derive(Debug, thiserror::Error)]
@@ -203,7 +205,7 @@ pub fn build(
     // Several packages unpack in parallel, each through the recipe's filter so that removed
     // files are never written; later packages win on conflicts, as with dpkg.
     let parts: Vec<PathBuf> = (0..debs.len()).map(|i| staging.join(format!("part{i}"))).collect();
-    type Unpacked = (Vec<RuleOutcome>, HashMap<FileId, Sha256>, Option<BlockStats>, HashMap<(u64, u64), u32>);
+    type Unpacked = (Vec<RuleOutcome>, HashMap<FileId, crate::hash::Digests>, Option<BlockStats>, HashMap<(u64, u64), u32>);
     let unpacked: Vec<Unpacked> = std::thread::scope(|scope| -> Result<Vec<Unpacked>, LayerError> {
         let handles: Vec<_> = debs
             .iter()

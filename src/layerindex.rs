@@ -16,15 +16,20 @@
 //! line, the group count, then per directory (the root first, every directory after its
 //! parent): its path below the root (`""` for the root), its permission bits, its child
 //! count, then per child that is not a directory: its kind (1 file, 2 symlink), permission
-//! bits and name, and for a file its size and mtime (seconds, nanoseconds), for a symlink
-//! its target.
+//! bits and name, and for a file its size, mtime (seconds, nanoseconds) and the xxh3 of
+//! its content, for a symlink its target.
+//!
+//! The mtimes tell a warm build cheaply that a file was written through a slug's hard link;
+//! the xxh3s catch what the mtimes cannot, a file overwritten in place with its size and mtime
+//! kept (`cp -p` over it, a restored mtime, damage in the cache): a warm build reads and
+//! hashes every file of the layer it reuses (see [`crate::materialize`]).
 
 use std::ops::Range;
 
 use crate::fsat::Stat;
-use crate::treehash::{EntryKind, TreeEntry};
+use crate::treehash::{EntryKind, FileMeta, TreeEntry};
 
-const MAGIC: &[u8] = b"ddslug layer index 1\n";
+const MAGIC: &[u8] = b"ddslug layer index 2\n";
 
 /// Bytes of the index a string occupies.
 #[derive(Clone, Copy, Debug)]
@@ -67,7 +72,7 @@ impl Group {
 /// What a child is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ChildKind {
-    File { size: u64, mtime: (i64, i64) },
+    File { size: u64, mtime: (i64, i64), xxh3: u64 },
     Symlink,
 }
 
@@ -87,7 +92,7 @@ impl Child {
     pub fn intact(&self, st: &Stat) -> bool {
         st.mode & 0o7777 == self.mode
             && match self.kind {
-                ChildKind::File { size, mtime } => st.is_file() && st.size == size && st.mtime == mtime,
+                ChildKind::File { size, mtime, .. } => st.is_file() && st.size == size && st.mtime == mtime,
                 ChildKind::Symlink => st.is_symlink(),
             }
     }
@@ -101,15 +106,16 @@ pub struct LayerIndex {
 }
 
 impl LayerIndex {
-    /// The index of `entries` (sorted by path, as a scan gives them) whose files had `mtimes`
-    /// (in entry order). `None` when a path has no listed directory or `mtimes` runs short.
-    pub fn encode(entries: &[TreeEntry], mtimes: &[(i64, i64)]) -> Option<Vec<u8>> {
-        // A directory's path, mode and children (name, entry, mtime), in entry order; the
-        // directories in entry order after the root.
-        type Dir<'a> = (&'a [u8], u32, Vec<(&'a [u8], &'a TreeEntry, Option<(i64, i64)>)>);
+    /// The index of `entries` (sorted by path, as a scan gives them) whose files had `files`'
+    /// mtimes and xxh3s (in entry order). `None` when a path has no listed directory or
+    /// `files` runs short.
+    pub fn encode(entries: &[TreeEntry], files: &[FileMeta]) -> Option<Vec<u8>> {
+        // A directory's path, mode and children (name, entry, mtime and xxh3), in entry order;
+        // the directories in entry order after the root.
+        type Dir<'a> = (&'a [u8], u32, Vec<(&'a [u8], &'a TreeEntry, Option<FileMeta>)>);
         let mut dirs: Vec<Dir> = vec![(b"", 0, Vec::new())];
         let mut by_path = std::collections::HashMap::from([(&b""[..], 0usize)]);
-        let mut mtimes = mtimes.iter();
+        let mut mtimes = files.iter();
         for e in entries {
             let (parent, name) = crate::pathbytes::split_last(&e.path);
             let group = *by_path.get(parent)?;
@@ -136,13 +142,14 @@ impl LayerIndex {
             for (name, e, mtime) in children {
                 match &e.kind {
                     EntryKind::File { size, .. } => {
-                        let (sec, nsec) = mtime.unwrap_or_default();
+                        let FileMeta { mtime: (sec, nsec), xxh3 } = mtime.unwrap_or(FileMeta { mtime: (0, 0), xxh3: 0 });
                         out.push(1);
                         out.extend_from_slice(&e.mode.to_le_bytes());
                         put_str(&mut out, name);
                         out.extend_from_slice(&size.to_le_bytes());
                         out.extend_from_slice(&sec.to_le_bytes());
                         out.extend_from_slice(&nsec.to_le_bytes());
+                        out.extend_from_slice(&xxh3.to_le_bytes());
                     }
                     EntryKind::Symlink { target } => {
                         out.push(2);
@@ -198,7 +205,7 @@ impl LayerIndex {
                         1 => {
                             let size = r.u64()?;
                             let mtime = (r.u64()? as i64, r.u64()? as i64);
-                            (ChildKind::File { size, mtime }, Span { start: 0, len: 0 })
+                            (ChildKind::File { size, mtime, xxh3: r.u64()? }, Span { start: 0, len: 0 })
                         }
                         2 => (ChildKind::Symlink, r.string()?),
                         _ => return None,
@@ -314,9 +321,14 @@ mod tests {
         ]
     }
 
+    /// Files' records with these mtimes (and, to tell them apart, xxh3s made from them).
+    fn metas(mtimes: &[(i64, i64)]) -> Vec<FileMeta> {
+        mtimes.iter().map(|&mtime| FileMeta { mtime, xxh3: (mtime.0 ^ mtime.1) as u64 }).collect()
+    }
+
     #[test]
     fn reads_back_what_was_written_grouped_by_directory() {
-        let mtimes = [(1, 2), (1_700_000_000, 999_999_999), (-1, 0)];
+        let mtimes = metas(&[(1, 2), (1_700_000_000, 999_999_999), (-1, 0)]);
         let index = LayerIndex::decode(LayerIndex::encode(&entries(), &mtimes).unwrap()).unwrap();
         type Layout<'a> = Vec<(&'a [u8], u32, Vec<&'a [u8]>)>;
         let layout: Layout =
@@ -331,7 +343,7 @@ mod tests {
         );
         let opt = &index.groups[1];
         let [b, l, n] = index.children(opt) else { panic!("three children") };
-        assert_eq!(b.kind, ChildKind::File { size: 5, mtime: (1_700_000_000, 999_999_999) });
+        assert_eq!(b.kind, ChildKind::File { size: 5, mtime: (1_700_000_000, 999_999_999), xxh3: 1_700_000_000 ^ 999_999_999 });
         assert_eq!((l.kind, index.target(l)), (ChildKind::Symlink, "d/c\u{e9}".as_bytes()));
         assert_eq!(index.target(n), b"d/\xff");
         assert_eq!(index.totals(), (5, 8));
@@ -344,7 +356,7 @@ mod tests {
 
     #[test]
     fn intact_means_same_type_mode_size_and_mtime() {
-        let index = LayerIndex::decode(LayerIndex::encode(&entries(), &[(1, 2), (3, 4), (5, 6)]).unwrap()).unwrap();
+        let index = LayerIndex::decode(LayerIndex::encode(&entries(), &metas(&[(1, 2), (3, 4), (5, 6)])).unwrap()).unwrap();
         let b = &index.children(&index.groups[1])[0];
         let st = |mode: u32, size: u64, mtime: (i64, i64)| Stat { mode, size, mtime, dev: 1, ino: 2 };
         assert!(b.intact(&st(libc::S_IFREG | 0o755, 5, (3, 4))));
@@ -367,7 +379,7 @@ mod tests {
 
     #[test]
     fn damage_and_paths_that_leave_the_tree_are_refused() {
-        let bytes = LayerIndex::encode(&entries(), &[(1, 2), (3, 4), (5, 6)]).unwrap();
+        let bytes = LayerIndex::encode(&entries(), &metas(&[(1, 2), (3, 4), (5, 6)])).unwrap();
         for cut in [0, MAGIC.len(), MAGIC.len() + 4, bytes.len() - 1] {
             assert!(LayerIndex::decode(bytes[..cut].to_vec()).is_none(), "truncated at {cut}");
         }

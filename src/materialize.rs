@@ -4,10 +4,12 @@
 //! to copying. Hard links, modes, symlink targets and mtimes are preserved either way.
 //!
 //! Sharing inodes with the store means an in-place edit of a slug file would also edit the
-//! layer: the store guards against that by checking each layer file's size, mode and mtime
-//! against the layer's record and rebuilding a layer that changed. A warm build links from
-//! the layer's index and checks each entry as it links it ([`materialize_index`]),
-//! so it neither lists nor reads the layer, and visits each of its directories once.
+//! layer: the store guards against that by checking each layer file's type, mode, size,
+//! mtime and content (its xxh3) against the layer's index and rebuilding a layer that
+//! changed, so that no manifest records a tree hash its slug does not have, even when a file
+//! was overwritten with its size and mtime kept. A warm build links from the layer's index
+//! and checks each entry as it links it ([`materialize_index`]), so it never lists the
+//! layer, and visits each of its directories once.
 //!
 //! Modes: the slug gets the package's exact modes from the index, whatever the store's
 //! directories have ([`crate::layerindex::stored_dir_mode`]); a directory whose exact mode
@@ -185,8 +187,9 @@ pub enum Materialized {
 /// Makes `dst` (which must not exist) equal to the layer at `src` that `index` describes:
 /// the fast path of a warm build. Each directory is made, checked and filled in one pass on
 /// all cores: files are hard-linked, symlinks and directories made from the index; nothing
-/// is listed or read. With `check`, every entry of `src` is compared with the index on the
-/// way (one lstat each) and a difference stops everything. Where the layer cannot be
+/// is listed. With `check`, every entry of `src` is compared with the index on the way (one
+/// lstat each, and each non-empty file read and hashed with xxh3) and a difference stops
+/// everything. Where the layer cannot be
 /// linked (another filesystem) or `how` asks for copies, the layer is checked, then copied,
 /// and what the index does not name is left out.
 pub fn materialize_index(src: &Path, dst: &Path, index: &LayerIndex, how: Materialize, check: bool) -> Result<Materialized, CopyError> {
@@ -219,6 +222,9 @@ fn checked_copy(src: &Path, dst: &Path, index: &LayerIndex, check: bool) -> Resu
     Ok(Materialized::Done(copy_listed(src, dst, index)?))
 }
 
+/// Bytes each thread reads at once to check a layer's files by content.
+const CHECK_BUFFER: usize = 1 << 20;
+
 /// What walking the groups found.
 struct Walked {
     /// Some entry differed from the index (or an entry to check was missing).
@@ -250,12 +256,15 @@ fn walk(src: &Path, dst: Option<&Path>, index: &LayerIndex, check: bool) -> Resu
     let stop = AtomicBool::new(false);
     let changed = AtomicBool::new(false);
     let cross_device = AtomicBool::new(false);
+    // Files bigger than a read buffer whose content was checked, by inode.
+    let big_files_read = std::sync::Mutex::new(std::collections::HashSet::new());
     let failed = |flag: &AtomicBool| {
         flag.store(true, Ordering::Relaxed);
         stop.store(true, Ordering::Relaxed);
     };
-    // One group; `Ok(false)` when the walk must stop (the layer changed, or EXDEV).
-    let visit = |at: usize, subdirs: &[usize]| -> Result<bool, CopyError> {
+    // One group; `Ok(false)` when the walk must stop (the layer changed, or EXDEV). `buf` is
+    // the thread's buffer for reading files.
+    let visit = |at: usize, subdirs: &[usize], buf: &mut [u8]| -> Result<bool, CopyError> {
         let group = &groups[at];
         let rel = index.rel(group);
         let from = || crate::fsat::join(src, rel);
@@ -290,6 +299,40 @@ fn walk(src: &Path, dst: Option<&Path>, index: &LayerIndex, check: bool) -> Resu
         };
         for child in index.children(group) {
             let name = index.name(child);
+            if let (true, ChildKind::File { size, xxh3, .. }) = (check, child.kind) {
+                // Opened once: its metadata, then its content (the same size and mtime do not
+                // prove the same bytes), then linked through the descriptor where allowed.
+                let opened = from_dir.open_file(name).and_then(|file| crate::fsat::stat_file(&file).map(|st| (file, st)));
+                let (file, st) = match opened {
+                    Ok((file, st)) if child.intact(&st) => (file, st),
+                    _ => {
+                        failed(&changed);
+                        return Ok(false);
+                    }
+                };
+                // An empty file has no bytes to change; a big one linked under two names in
+                // the layer is read once.
+                let big = size > CHECK_BUFFER as u64;
+                let seen = || big_files_read.lock().is_ok_and(|read| read.contains(&(st.dev, st.ino)));
+                if size > 0 && !seen() {
+                    if !crate::hash::xxh3_of_file(&file, size, buf).is_ok_and(|got| got == Some(xxh3)) {
+                        failed(&changed);
+                        return Ok(false);
+                    }
+                    if big && let Ok(mut read) = big_files_read.lock() {
+                        read.insert((st.dev, st.ino));
+                    }
+                }
+                let Some((to, to_dir)) = &to_dir else { continue };
+                match from_dir.link_file_into(&file, name, to_dir) {
+                    Ok(()) => continue,
+                    Err(err) if err.raw_os_error() == Some(libc::EXDEV) => {
+                        failed(&cross_device);
+                        return Ok(false);
+                    }
+                    Err(err) => return Err(CopyError { path: crate::fsat::join(to, name), source: err }),
+                }
+            }
             let is_symlink = child.kind == ChildKind::Symlink;
             let stat = if check || is_symlink {
                 let judged = judge(from_dir.stat(name), check, |st| child.intact(st)).map_err(|e| io_at(&crate::fsat::join(&from(), name))(e))?;
@@ -332,12 +375,14 @@ fn walk(src: &Path, dst: Option<&Path>, index: &LayerIndex, check: bool) -> Resu
         Ok(true)
     };
     let work = || -> Result<(), CopyError> {
+        // Most layer files fit in one read; bigger ones are hashed a buffer at a time.
+        let mut buf = if check { vec![0u8; CHECK_BUFFER] } else { Vec::new() };
         while !stop.load(Ordering::Relaxed) {
             let i = next.fetch_add(1, Ordering::Relaxed);
             if i >= groups.len() {
                 break;
             }
-            match visit(i, subdirs.get(i).map_or(&[][..], Vec::as_slice)) {
+            match visit(i, subdirs.get(i).map_or(&[][..], Vec::as_slice), &mut buf) {
                 Ok(true) => {
                     done.fetch_add(1, Ordering::Relaxed);
                 }
@@ -585,8 +630,15 @@ mod tests {
         let (_, index) = indexed(&src);
         assert!(check_index(&src, &index));
         type Edit<'a> = (&'a str, &'a dyn Fn(&Path));
-        let edits: [Edit; 4] = [
+        let edits: [Edit; 5] = [
             ("an in-place edit", &|p| fs::write(p.join("opt/agent/etc/conf.yaml"), b"a: 2\n").unwrap()),
+            ("an in-place edit keeping size and mtime", &|p| {
+                use std::io::Write;
+                let path = p.join("opt/agent/etc/conf.yaml");
+                let mut f = fs::OpenOptions::new().write(true).open(&path).unwrap();
+                f.write_all(b"a: 3\n").unwrap();
+                f.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_600_000_000)).unwrap();
+            }),
             ("a mode", &|p| fs::set_permissions(p.join("opt/agent/bin"), fs::Permissions::from_mode(0o700)).unwrap()),
             ("a missing file", &|p| fs::remove_file(p.join("opt/agent/bin/agent-copy")).unwrap()),
             ("a file for a symlink", &|p| {

@@ -25,7 +25,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::hash::{Hasher, Sha256};
+use crate::hash::{Digests, FileHasher, Hasher, Sha256};
 pub use crate::pathbytes::PathBytes;
 
 /// The hash of a whole tree.
@@ -196,35 +196,52 @@ impl FileId {
     }
 }
 
+/// What a layer index records of a file besides its entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileMeta {
+    /// Seconds and nanoseconds.
+    pub mtime: (i64, i64),
+    /// The content's xxh3 (see [`crate::hash::Digests`]).
+    pub xxh3: u64,
+}
+
 /// [`scan_tree`], taking the digests of files found in `known` (what an unpacker hashed as
 /// it wrote them) instead of reading them again, and the permission bits of directories
 /// found in `dir_modes` (by `(dev, ino)`: the exact bits of directories the store keeps with
 /// others, see [`crate::layerindex::stored_dir_mode`]) instead of those on disk. Also returns
-/// each file's mtime (seconds, nanoseconds), in entry order.
+/// each file's mtime and xxh3, in entry order.
 pub fn scan_tree_known(
     root: &Path,
-    known: &HashMap<FileId, Sha256>,
+    known: &HashMap<FileId, Digests>,
     dir_modes: &HashMap<(u64, u64), u32>,
-) -> Result<(TreeScan, Vec<(i64, i64)>), TreeError> {
+) -> Result<(TreeScan, Vec<FileMeta>), TreeError> {
     let mut listed = list(root, dir_modes)?;
     listed.sort_by(|a, b| a.0.path.cmp(&b.0.path));
     let (mut entries, ids): (Vec<TreeEntry>, Vec<FileId>) = listed.into_iter().unzip();
     let mut files = Vec::new();
+    // Each entry's xxh3 (files only), by entry.
+    let mut xxh3s = vec![0u64; entries.len()];
     for (i, (e, id)) in entries.iter_mut().zip(&ids).enumerate() {
         if let EntryKind::File { sha256, .. } = &mut e.kind {
             match known.get(id) {
-                Some(digest) => *sha256 = *digest,
+                Some(digests) => (*sha256, xxh3s[i]) = (digests.sha256, digests.xxh3),
                 None => files.push(i),
             }
         }
     }
     let digests = hash_files(root, &entries, &files)?;
-    for (index, digest) in files.iter().zip(digests) {
+    for (index, digests) in files.iter().zip(digests) {
         if let EntryKind::File { sha256, .. } = &mut entries[*index].kind {
-            *sha256 = digest;
+            (*sha256, xxh3s[*index]) = (digests.sha256, digests.xxh3);
         }
     }
-    let mtimes = entries.iter().zip(ids).filter(|(e, _)| matches!(e.kind, EntryKind::File { .. })).map(|(_, id)| id.mtime).collect();
+    let mtimes = entries
+        .iter()
+        .zip(ids)
+        .zip(xxh3s)
+        .filter(|((e, _), _)| matches!(e.kind, EntryKind::File { .. }))
+        .map(|((_, id), xxh3)| FileMeta { mtime: id.mtime, xxh3 })
+        .collect();
     let file_count = entries.iter().filter(|e| !matches!(e.kind, EntryKind::Dir)).count() as u64;
     let bytes = entries.iter().map(|e| if let EntryKind::File { size, .. } = e.kind { size } else { 0 }).sum();
     let hash = hash_entries(&entries);
@@ -315,9 +332,9 @@ fn list(root: &Path, dir_modes: &HashMap<(u64, u64), u32>) -> Result<Vec<(TreeEn
     Ok(listed)
 }
 
-fn hash_files(root: &Path, entries: &[TreeEntry], files: &[usize]) -> Result<Vec<Sha256>, TreeError> {
+fn hash_files(root: &Path, entries: &[TreeEntry], files: &[usize]) -> Result<Vec<Digests>, TreeError> {
     let next = AtomicUsize::new(0);
-    let hash_some = || -> Result<Vec<(usize, Sha256)>, TreeError> {
+    let hash_some = || -> Result<Vec<(usize, Digests)>, TreeError> {
         let mut done = Vec::new();
         let mut buf = vec![0u8; 1 << 17];
         loop {
@@ -328,20 +345,20 @@ fn hash_files(root: &Path, entries: &[TreeEntry], files: &[usize]) -> Result<Vec
         }
     };
     let panicked = || TreeError::Unsupported { path: root.to_owned(), reason: "hashing thread panicked" };
-    let mut results: Vec<Option<Sha256>> = vec![None; files.len()];
+    let mut results: Vec<Option<Digests>> = vec![None; files.len()];
     for done in crate::fsat::on_threads(crate::fsat::workers(), hash_some, panicked) {
         for (i, digest) in done? {
             results[i] = Some(digest);
         }
     }
-    Ok(results.into_iter().map(|d| d.unwrap_or(Sha256([0; 32]))).collect())
+    Ok(results.into_iter().map(|d| d.unwrap_or(Digests { sha256: Sha256([0; 32]), xxh3: 0 })).collect())
 }
 
-fn hash_file(path: &Path, buf: &mut [u8]) -> Result<Sha256, TreeError> {
+fn hash_file(path: &Path, buf: &mut [u8]) -> Result<Digests, TreeError> {
     use std::os::unix::fs::OpenOptionsExt;
     // It was a file when listed; a symlink put there since is not followed.
     let mut file = fs::File::options().read(true).custom_flags(libc::O_NOFOLLOW).open(path).map_err(io_at(path))?;
-    let mut h = Hasher::new();
+    let mut h = FileHasher::new();
     h.update_from(&mut file, buf).map_err(io_at(path))?;
     Ok(h.finish())
 }
@@ -458,8 +475,8 @@ mod tests {
             FileId::of(&f.metadata().unwrap())
         };
         // Recorded digests that are deliberately not the contents' own, to see which are used.
-        let sentinel = Sha256::of(b"recorded while writing");
-        let known: HashMap<FileId, Sha256> = [(id_of(&r.join("a/b/file")), sentinel), (id_of(&r.join("top")), sentinel)].into();
+        let sentinel = Digests { sha256: Sha256::of(b"recorded while writing"), xxh3: 7 };
+        let known: HashMap<FileId, Digests> = [(id_of(&r.join("a/b/file")), sentinel), (id_of(&r.join("top")), sentinel)].into();
         fs::rename(r.join("a/b/file"), r.join("a/moved")).unwrap();
         fs::write(r.join("top"), b"").unwrap();
         let (scan, mtimes) = scan_tree_known(r, &known, &HashMap::new()).unwrap();
@@ -467,10 +484,11 @@ mod tests {
             EntryKind::File { sha256, .. } => *sha256,
             _ => panic!("{path} is not a file"),
         };
-        assert_eq!(digest("a/moved"), sentinel, "a renamed file keeps its recorded digest");
+        assert_eq!(digest("a/moved"), sentinel.sha256, "a renamed file keeps its recorded digest");
         assert_eq!(digest("top"), Sha256::of(b""), "a file written to since is read again");
         assert_eq!(mtimes.len(), 2);
-        assert_eq!(mtimes[0], (1_600_000_000, 0));
+        assert_eq!((mtimes[0].xxh3, mtimes[1].xxh3), (7, crate::hash::xxh3(b"")), "the xxh3 comes with the SHA-256");
+        assert_eq!(mtimes[0].mtime, (1_600_000_000, 0));
     }
 
     #[test]

@@ -7,7 +7,7 @@
 mod common;
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -374,4 +374,43 @@ fn a_slug_after_dyno_start_verifies_and_tampering_after_it_still_shows() {
     // Without datadog.yaml as a file, nothing is taken for dyno start's.
     let t = verify_says(&b, &[], 1, &["added    opt/datadog-agent/embedded/bin/pip", "added    etc/datadog-agent/datadog.yaml"]);
     assert!(t.contains("added    etc/datadog-agent/conf.d/postgres.d/conf.yaml"), "{t}");
+}
+
+/// Overwrites a file in place (same inode) with other bytes of the same length, and puts its
+/// mtime back: what `cp -p` over it, or damage on disk, leaves.
+fn overwrite_keeping_size_and_mtime(path: &Path) {
+    use std::io::{Seek, Write};
+    let before = fs::metadata(path).unwrap();
+    let mut bytes = fs::read(path).unwrap();
+    for b in bytes.iter_mut().take(64) {
+        *b = !*b;
+    }
+    let mut f = fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.seek(std::io::SeekFrom::Start(0)).unwrap();
+    f.write_all(&bytes).unwrap();
+    f.set_modified(before.modified().unwrap()).unwrap();
+    drop(f);
+    let after = fs::metadata(path).unwrap();
+    assert_eq!((after.len(), after.modified().unwrap(), after.ino()), (before.len(), before.modified().unwrap(), before.ino()));
+}
+
+#[test]
+fn a_layer_file_overwritten_in_place_with_its_size_and_mtime_is_rebuilt_not_shipped() {
+    let slugs = Slugs::new(&[]);
+    let first = slugs.build();
+    let key = read_json(&first.join(".ddslug/manifest.json"))["layer_key"].as_str().unwrap().to_owned();
+    let layer = slugs.cache.join("ddslug/v1/layers").join(&key);
+    let agent = "opt/datadog-agent/bin/agent/agent";
+    assert_eq!(fs::metadata(first.join(".apt").join(agent)).unwrap().ino(), fs::metadata(layer.join(agent)).unwrap().ino());
+    // Through a slug's hard link into the layer, then directly in the cache.
+    for (how, path) in [("through a slug", first.join(".apt").join(agent)), ("in the cache", layer.join("opt/datadog-agent/embedded/lib/libssl.so.3"))] {
+        overwrite_keeping_size_and_mtime(&path);
+        let b = slugs.served.build_dir(&format!("after {how}"));
+        let out = bin_compile(&b, &slugs.cache, &slugs.env);
+        let t = text(&out);
+        assert!(out.status.success() && t.contains("changed on disk; rebuilding it"), "{how}: {t}");
+        let manifest = ddslug::manifest::read_manifest(&b.join(".ddslug/manifest.json")).unwrap();
+        assert_eq!(manifest.tree_hash, ddslug::treehash::scan_tree(&b.join(".apt")).unwrap().hash, "{how}");
+        verify_says(&b, &[], 0, &["identical to its manifest"]);
+    }
 }
