@@ -181,6 +181,8 @@ impl LayerIndex {
             let mut groups = Vec::with_capacity(group_count);
             // A child takes 40 to 60 bytes for the usual name lengths: one allocation.
             let mut children = Vec::with_capacity(bytes.len() / 32);
+            // File sizes must add up within u64: `totals` sums them.
+            let mut total_bytes = 0u64;
             for g in 0..group_count {
                 let rel = r.string()?;
                 // Only the first group is the root; every other is a relative path.
@@ -204,6 +206,7 @@ impl LayerIndex {
                     let (kind, target) = match kind {
                         1 => {
                             let size = r.u64()?;
+                            total_bytes = total_bytes.checked_add(size)?;
                             let mtime = (r.u64()? as i64, r.u64()? as i64);
                             (ChildKind::File { size, mtime, xxh3: r.u64()? }, Span { start: 0, len: 0 })
                         }
@@ -319,6 +322,14 @@ mod tests {
             // Names and targets that are not UTF-8 are kept byte for byte.
             TreeEntry { path: b"opt/n\xe9".as_slice().into(), mode: 0o777, kind: EntryKind::Symlink { target: b"d/\xff".as_slice().into() } },
         ]
+    }
+
+    /// Found by the `layerindex` fuzz target: two files whose sizes add up past u64::MAX
+    /// made `totals` overflow (a panic in debug builds, a wrong total in release builds).
+    #[test]
+    fn file_sizes_that_overflow_their_total_are_refused() {
+        let bytes = include_bytes!("../tests/data/fuzz/layerindex-size-overflow.index");
+        assert!(LayerIndex::decode(bytes.to_vec()).is_none());
     }
 
     /// Files' records with these mtimes (and, to tell them apart, xxh3s made from them).
