@@ -20,7 +20,7 @@ use ddslug_testsupport::{Fault, Server};
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// What `sh` and bin/compile's download path need; the tests' PATH holds only these.
-const TOOLS: &[&str] = &["curl", "sha256sum", "tar", "gzip", "uname", "mkdir", "mv", "rm", "chmod"];
+const TOOLS: &[&str] = &["curl", "timeout", "sha256sum", "tar", "gzip", "uname", "mkdir", "mv", "rm", "chmod"];
 
 fn target() -> String {
     format!("{}-unknown-linux-gnu", std::env::consts::ARCH)
@@ -210,6 +210,24 @@ fn download_verify_cache_reuse(user: Option<u32>) {
     let (build, before) = app_build_dir(&served, "too-big", user);
     let out = release.compile(&build, &cache, &env, user);
     assert_refused(&out, &build, &before, &cache, &[&format!("larger than the {} bytes", good.len())]);
+
+    // The download limits are package downloads' (DD_DOWNLOAD_*): checked like ddslug
+    // checks them, and the overall deadline holds.
+    let (build, before) = app_build_dir(&served, "bad-limit", user);
+    let out = release.compile(&build, &cache, &served.env_dir("bad-limit", &[("DDSLUG_RELEASE_URL", &url), ("DD_DOWNLOAD_TIMEOUT", "ten")]), user);
+    assert_refused(&out, &build, &before, &cache, &["DD_DOWNLOAD_TIMEOUT=\"ten\": expected a whole number of seconds from 1 to 86400"]);
+    fs::write(&release.archive, &good).unwrap();
+    // A second server, whose stalled requests are logged late: they must not count below.
+    let stalled = Server::start(release.archive.parent().unwrap().parent().unwrap()).unwrap();
+    for _ in 0..3 {
+        stalled.inject(&release.url_path, Fault::Delay(std::time::Duration::from_secs(10)));
+    }
+    let (build, before) = app_build_dir(&served, "slow", user);
+    let slow = served.env_dir("slow", &[("DDSLUG_RELEASE_URL", &stalled.url()), ("DD_DOWNLOAD_TIMEOUT", "2")]);
+    let started = std::time::Instant::now();
+    let out = release.compile(&build, &cache, &slow, user);
+    assert_refused(&out, &build, &before, &cache, &["DD_DOWNLOAD_TIMEOUT=2"]);
+    assert!(started.elapsed() < std::time::Duration::from_secs(8), "the deadline did not stop the download");
 
     // The real archive: downloaded (through a 503 and a connection dropped mid-body, which
     // are retried), checked, cached, run.
