@@ -48,6 +48,23 @@ fn run_ok(cmd: &mut Command) -> Output {
     out
 }
 
+/// In `dir`: the buildpack's scripts as a checkout without target/ (no pin yet), and a PATH
+/// directory holding only TOOLS (no cargo).
+fn bare_checkout(dir: &Path) -> (PathBuf, PathBuf) {
+    let checkout = dir.join("buildpack");
+    fs::create_dir_all(checkout.join("bin")).unwrap();
+    for script in ["compile", "detect", "release"] {
+        fs::copy(Path::new(REPO).join("bin").join(script), checkout.join("bin").join(script)).unwrap();
+    }
+    let tools = dir.join("tools");
+    fs::create_dir(&tools).unwrap();
+    for tool in TOOLS {
+        std::os::unix::fs::symlink(which(tool), tools.join(tool)).unwrap();
+    }
+    assert!(!checkout.join("target").exists() && !tools.join("cargo").exists());
+    (checkout, tools)
+}
+
 /// A buildpack checkout without target/, a release archive of this build's ddslug served
 /// on 127.0.0.1, the pin for it in the checkout, and a PATH directory without cargo.
 struct Release {
@@ -66,11 +83,7 @@ impl Release {
     fn new() -> Release {
         let dir = tempfile::tempdir().unwrap();
         fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
-        let checkout = dir.path().join("buildpack");
-        fs::create_dir_all(checkout.join("bin")).unwrap();
-        for script in ["compile", "detect", "release"] {
-            fs::copy(Path::new(REPO).join("bin").join(script), checkout.join("bin").join(script)).unwrap();
-        }
+        let (checkout, tools) = bare_checkout(dir.path());
         // The debug build without its debug info (200 MB to 16 MB): the tests are about the
         // bootstrap, not the optimiser, and a release build costs minutes.
         let binary = dir.path().join("ddslug");
@@ -97,12 +110,6 @@ impl Release {
         assert_eq!(pinned("archive_sha256"), sha256_file(&archive));
         assert_eq!(pinned("binary_sha256"), sha256_file(&binary));
         assert!(pin_text.contains("\nurl_base=\n"), "a test pin has no address of its own:\n{pin_text}");
-        let tools = dir.path().join("tools");
-        fs::create_dir(&tools).unwrap();
-        for tool in TOOLS {
-            std::os::unix::fs::symlink(which(tool), tools.join(tool)).unwrap();
-        }
-        assert!(!checkout.join("target").exists() && !tools.join("cargo").exists());
         let server = Server::start(&served).unwrap();
         Release {
             url_path: format!("/v{VERSION}/{name}"),
@@ -315,6 +322,34 @@ fn a_checkout_without_target_downloads_verifies_caches_and_reuses_the_pinned_bin
 fn the_same_as_an_unprivileged_user() {
     // CI runs as root: drop to nobody. Run by a user already, this is that user again.
     download_verify_cache_reuse(is_root().then_some(65534));
+}
+
+/// The committed pin is one bin/compile reads: run offline from an empty cache, the build
+/// gets as far as looking for the pinned binary and says which one.
+#[test]
+fn the_committed_pin_is_well_formed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (checkout, tools) = bare_checkout(dir.path());
+    fs::copy(Path::new(REPO).join("bin/ddslug.release"), checkout.join("bin/ddslug.release")).unwrap();
+    for d in ["build", "cache", "env"] {
+        fs::create_dir(dir.path().join(d)).unwrap();
+    }
+    fs::write(dir.path().join("env/DD_OFFLINE"), "true\n").unwrap();
+    let out = Command::new(checkout.join("bin/compile"))
+        .args(["build", "cache", "env"].map(|d| dir.path().join(d)))
+        .env_clear()
+        .env("PATH", &tools)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let pin = fs::read_to_string(checkout.join("bin/ddslug.release")).unwrap();
+    let version = pin.lines().find_map(|l| l.strip_prefix("version=")).unwrap();
+    let expected = match std::env::consts::ARCH {
+        "x86_64" => format!("the build cache has no ddslug {version} for x86_64"),
+        arch => format!("pins no ddslug binary for this machine's architecture ({arch})"),
+    };
+    assert!(text(&out).contains(&expected), "{}", text(&out));
+    assert!(pin.contains("\nurl_template={base}/v{version}/{archive}\n"), "{pin}");
 }
 
 #[test]
