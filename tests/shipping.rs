@@ -223,6 +223,9 @@ fn download_verify_cache_reuse(user: Option<u32>) {
     let (build, before) = app_build_dir(&served, "bad-limit", user);
     let out = release.compile(&build, &cache, &served.env_dir("bad-limit", &[("DDSLUG_RELEASE_URL", &url), ("DD_DOWNLOAD_TIMEOUT", "ten")]), user);
     assert_refused(&out, &build, &before, &cache, &["DD_DOWNLOAD_TIMEOUT=\"ten\": expected a whole number of seconds from 1 to 86400"]);
+    let (build, before) = app_build_dir(&served, "bad-offline", user);
+    let out = release.compile(&build, &cache, &served.env_dir("bad-offline", &[("DDSLUG_RELEASE_URL", &url), ("DD_OFFLINE", "maybe")]), user);
+    assert_refused(&out, &build, &before, &cache, &["DD_OFFLINE=\"maybe\": expected true or false"]);
     fs::write(&release.archive, &good).unwrap();
     // A second server, whose stalled requests are logged late: they must not count below.
     let stalled = Server::start(release.archive.parent().unwrap().parent().unwrap()).unwrap();
