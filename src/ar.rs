@@ -71,7 +71,7 @@ impl<R: Read> ArReader<R> {
     /// Checks the `!<arch>` signature.
     pub fn new(mut inner: R, label: &str) -> Result<Self, DebError> {
         let mut magic = [0u8; 8];
-        let got = read_full(&mut inner, &mut magic).map_err(|source| DebError::Io { deb: label.into(), source })?;
+        let got = read_full(&mut inner, &mut magic).map_err(|source| DebError::Io { deb: label.into(), error: source })?;
         if got < magic.len() {
             return Err(refuse(label, "unexpected end of file in archive magic version number"));
         }
@@ -218,7 +218,7 @@ impl<R: Read> ArReader<R> {
     }
 
     fn io(&self, source: io::Error) -> DebError {
-        DebError::Io { deb: self.label.clone(), source }
+        DebError::Io { deb: self.label.clone(), error: source }
     }
 }
 

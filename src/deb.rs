@@ -54,8 +54,8 @@ pub struct UnpackReport {
 /// Why a .deb could not be unpacked.
 #[derive(Debug, thiserror::Error)]
 pub enum DebError {
-    #[error("{deb}: {source}")]
-    Io { deb: String, source: io::Error },
+    #[error("{deb}: {error}")]
+    Io { deb: String, error: io::Error },
     #[error("{deb}: not a Debian package: {reason}")]
     NotADeb { deb: String, reason: String },
     /// `entry` is the entry's name for people ([`crate::pathbytes::escape`]d, bounded).
@@ -66,8 +66,8 @@ pub enum DebError {
     /// A tar or decompression error; `reason` escaped (it may quote the package's bytes).
     #[error("{deb}: data archive: {reason}")]
     Tar { deb: String, reason: String },
-    #[error("{deb}: writing {}: {source}", crate::pathbytes::escape_bounded(path.as_os_str().as_bytes(), 1024))]
-    Write { deb: String, path: PathBuf, source: io::Error },
+    #[error("{deb}: writing {}: {error}", crate::pathbytes::escape_bounded(path.as_os_str().as_bytes(), 1024))]
+    Write { deb: String, path: PathBuf, error: io::Error },
 }
 
 /// Decides, entry by entry, what not to write at all (the strip recipe, applied while
@@ -153,7 +153,7 @@ fn read_data_tar<T>(
     integrity: Integrity,
     read: impl FnOnce(&mut dyn TarStream) -> T,
 ) -> Result<(T, Option<crate::xzseek::BlockStats>), DebError> {
-    let io_err = |source| DebError::Io { deb: label.into(), source };
+    let io_err = |source| DebError::Io { deb: label.into(), error: source };
     let file = File::open(deb).map_err(io_err)?;
     let growing = match integrity {
         Integrity::Downloading(progress) => Some(progress),
@@ -295,7 +295,7 @@ pub const MAX_CONTROL_FILE: u64 = 1 << 20;
 /// finds it), within [`MAX_CONTROL_TAR`] and [`MAX_CONTROL_FILE`].
 pub fn read_control(deb: &Path) -> Result<String, DebError> {
     let label = deb.display().to_string();
-    let io_err = |source| DebError::Io { deb: label.clone(), source };
+    let io_err = |source| DebError::Io { deb: label.clone(), error: source };
     let file = File::open(deb).map_err(io_err)?;
     let mut ar = ArReader::new(BufReader::new(file), &label)?;
     let (member, compression) = ar.find(Want::Control, &mut |_| {})?;
@@ -438,6 +438,21 @@ mod tests {
             Err(DebError::Unsafe { entry: e, .. }) => assert_eq!(e, entry),
             other => panic!("expected refusal of {entry}, got {other:?}"),
         }
+    }
+
+    /// A cause is printed once: an error whose message shows its cause must not also hand
+    /// it on as its source, or anyhow's `{:#}` prints it twice ("premature eof: premature eof").
+    #[test]
+    fn errors_print_their_cause_once() {
+        let eof = || io::Error::new(io::ErrorKind::UnexpectedEof, "premature eof");
+        let io = DebError::Io { deb: "a.deb".into(), error: eof() };
+        assert_eq!(format!("{:#}", anyhow::Error::new(io)), "a.deb: premature eof");
+        let write = DebError::Write { deb: "a.deb".into(), path: "x/y".into(), error: eof() };
+        assert_eq!(format!("{:#}", anyhow::Error::new(write)), "a.deb: writing x/y: premature eof");
+        let tree = crate::treehash::TreeError::Io { path: "x".into(), error: eof() };
+        assert_eq!(format!("{:#}", anyhow::Error::new(tree)), "x: premature eof");
+        let manifest = crate::manifest::ManifestError::Io { path: "m.json".into(), error: eof() };
+        assert_eq!(format!("{:#}", anyhow::Error::new(manifest)), "m.json: premature eof");
     }
 
     #[test]

@@ -62,7 +62,7 @@ pub(crate) fn unpack_tar_filtered<R: Read + io::Seek>(
 ) -> Result<(UnpackReport, Vec<Deferred>), DebError> {
     let write_err = |path: &Path| {
         let path = path.to_owned();
-        move |source| DebError::Write { deb: label.into(), path, source }
+        move |source| DebError::Write { deb: label.into(), path, error: source }
     };
     fs::create_dir_all(dest).map_err(write_err(dest))?;
     let pool = WriterPool::new();
@@ -141,7 +141,7 @@ pub(crate) fn fill_deferred(tar: &mut dyn TarStream, label: &str, deferred: &mut
     let mut archive = tar::Archive::new(tar);
     let entries = archive.entries_with_seek().map_err(|e| tar_err(label, e))?;
     let (mut index, mut written, mut buf) = (0u64, Vec::new(), vec![0u8; 1 << 16]);
-    let write_err = |e: WriteError| DebError::Write { deb: label.into(), path: e.path, source: e.source };
+    let write_err = |e: WriteError| DebError::Write { deb: label.into(), path: e.path, error: e.source };
     crate::tarstream::for_each_entry(entries, |e| tar_err(label, e), |entry, meta| {
         let here = index;
         index += 1;
@@ -162,7 +162,7 @@ pub(crate) fn fill_deferred(tar: &mut dyn TarStream, label: &str, deferred: &mut
         let (first, rest) = links.split_first_mut().ok_or_else(|| tar_err(label, io::Error::other("no link to fill")))?;
         let w = fill_in_place(&mut first.file, &first.path, entry, mode, mtime_of(mtime), &mut buf).map_err(write_err)?;
         for link in rest {
-            first.file.rewind().map_err(|source| DebError::Write { deb: label.into(), path: first.path.clone(), source })?;
+            first.file.rewind().map_err(|source| DebError::Write { deb: label.into(), path: first.path.clone(), error: source })?;
             let mut source = &first.file;
             written.push(fill_in_place(&mut link.file, &link.path, &mut source, mode, mtime_of(mtime), &mut buf).map_err(write_err)?);
         }
@@ -207,7 +207,7 @@ const POOLED_FILE: u64 = 8 << 20;
 
 impl Unpacker<'_, '_> {
     fn written_err(&self, e: WriteError) -> DebError {
-        DebError::Write { deb: self.label.into(), path: e.path, source: e.source }
+        DebError::Write { deb: self.label.into(), path: e.path, error: e.source }
     }
 
     fn record(&mut self, w: Written) {
@@ -233,7 +233,7 @@ impl Unpacker<'_, '_> {
 
     fn write_err(&self, path: &Path) -> impl FnOnce(io::Error) -> DebError + use<> {
         let (deb, path) = (self.label.to_string(), path.to_owned());
-        move |source| DebError::Write { deb, path, source }
+        move |source| DebError::Write { deb, path, error: source }
     }
 
     fn entry<R: Read>(&mut self, entry: &mut tar::Entry<R>, meta: &EntryMeta, buf: &mut [u8]) -> Result<(), DebError> {

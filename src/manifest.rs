@@ -89,8 +89,8 @@ pub const MAX_MANIFEST_BYTES: u64 = 1 << 20;
 /// A manifest or lock file could not be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {error}")]
+    Io { path: PathBuf, error: std::io::Error },
     #[error("{path} is not a ddslug {what} (schema {SCHEMA}): {reason}")]
     Parse { path: PathBuf, what: &'static str, reason: String },
     #[error("{path} is larger than {limit} bytes, the most a ddslug {what} may be; it is not one")]
@@ -116,7 +116,7 @@ pub fn read_lock(path: &Path) -> Result<Lock, ManifestError> {
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path, what: &'static str) -> Result<T, ManifestError> {
     let bytes = read_bounded(path, MAX_MANIFEST_BYTES).map_err(|e| match e {
-        Bounded::Io(source) => ManifestError::Io { path: path.into(), source },
+        Bounded::Io(error) => ManifestError::Io { path: path.into(), error },
         Bounded::TooBig => ManifestError::TooBig { path: path.into(), what, limit: MAX_MANIFEST_BYTES },
     })?;
     serde_json::from_slice(&bytes).map_err(|e| ManifestError::Parse { path: path.into(), what, reason: e.to_string() })

@@ -164,14 +164,14 @@ pub struct TreeScan {
 /// A tree could not be scanned.
 #[derive(Debug, thiserror::Error)]
 pub enum TreeError {
-    #[error("{}: {source}", crate::pathbytes::escape_bounded(path.as_os_str().as_bytes(), 1024))]
-    Io { path: PathBuf, source: std::io::Error },
+    #[error("{}: {error}", crate::pathbytes::escape_bounded(path.as_os_str().as_bytes(), 1024))]
+    Io { path: PathBuf, error: std::io::Error },
     #[error("{}: {reason}", crate::pathbytes::escape_bounded(path.as_os_str().as_bytes(), 1024))]
     Unsupported { path: PathBuf, reason: &'static str },
 }
 
 fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> TreeError + '_ {
-    move |source| TreeError::Io { path: path.to_owned(), source }
+    move |error| TreeError::Io { path: path.to_owned(), error }
 }
 
 /// Scans and hashes the tree at `root`, hashing file contents on all cores.

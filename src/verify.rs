@@ -93,7 +93,7 @@ pub fn verify(build_dir: &Path, app_datadog: Option<&Path>) -> Result<VerifyRepo
     let apt = build_dir.join(".apt");
     let found = match scan_tree(&apt) {
         Ok(scan) => scan.entries,
-        Err(TreeError::Io { path, source }) if path == apt && source.kind() == std::io::ErrorKind::NotFound => {
+        Err(TreeError::Io { path, error }) if path == apt && error.kind() == std::io::ErrorKind::NotFound => {
             problems.push(".apt is missing".into());
             Vec::new()
         }
