@@ -15,11 +15,13 @@ use ddslug::verify::{Outcome, diff_slugs, entry_size, rebuild, verify as verify_
 
 use crate::SettingsArgs;
 
-fn resolve_store(settings: &SettingsArgs) -> Result<(Store, Option<tempfile_dir::TempDir>)> {
+/// The store a resolution uses: `--resolve-cache`, else a scratch one in a fresh temporary
+/// directory (an unpredictable name, made exclusively; removed on drop).
+fn resolve_store(settings: &SettingsArgs) -> Result<(Store, Option<tempfile::TempDir>)> {
     match &settings.resolve_cache {
         Some(dir) => Ok((Store::open(dir)?, None)),
         None => {
-            let tmp = tempfile_dir::TempDir::new()?;
+            let tmp = tempfile::Builder::new().prefix("ddslug-resolve.").tempdir().context("creating a temporary directory")?;
             Ok((Store::open(tmp.path())?, Some(tmp)))
         }
     }
@@ -54,10 +56,7 @@ pub fn lock(settings: SettingsArgs, out: Option<PathBuf>, check: Option<PathBuf>
     let text = to_json(&lock);
     match out {
         Some(path) => {
-            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-                std::fs::create_dir_all(parent)?;
-            }
-            std::fs::write(&path, &text).with_context(|| format!("writing {}", path.display()))?;
+            crate::write_replacing(&path, text.as_bytes(), 0o644)?;
             if json {
                 println!("{}", serde_json::json!({ "written": path, "lock": lock }));
             } else {
@@ -233,28 +232,4 @@ pub fn gc(cache: &Path, days: u64, delete: bool) -> Result<()> {
         if delete { "" } else { "; run with --delete to remove them" }
     );
     Ok(())
-}
-
-/// A temporary directory removed on drop (no extra dependency for one use).
-mod tempfile_dir {
-    use std::path::{Path, PathBuf};
-
-    pub struct TempDir(PathBuf);
-
-    impl TempDir {
-        pub fn new() -> std::io::Result<TempDir> {
-            let path = std::env::temp_dir().join(format!("ddslug-resolve.{}", std::process::id()));
-            std::fs::create_dir_all(&path)?;
-            Ok(TempDir(path))
-        }
-        pub fn path(&self) -> &Path {
-            &self.0
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
 }

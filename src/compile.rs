@@ -4,8 +4,11 @@
 //!
 //! Contract: nothing is written to BUILD_DIR until the layer is complete and hashed; the
 //! slug is assembled in a staging directory inside BUILD_DIR and moved into place at the
-//! end, so a failed build leaves BUILD_DIR as it was. The store lock is held throughout.
+//! end ([`crate::install`]), so a failed build leaves BUILD_DIR as it was. The store lock
+//! is held throughout. A package with a symlink where ddslug writes after unpacking is
+//! refused ([`crate::layer`]); nothing is ever written through a symlink.
 
+use std::ffi::OsStr;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -20,12 +23,13 @@ use crate::config::{Config, KeyringSetting, Settings, effective_python};
 use crate::fetch::{Downloaded, FetchOptions, Fetcher, Progress};
 use crate::hash::Sha256;
 use crate::layer::{self, DebInput, LAYER_FORMAT, LayerInputs};
-use crate::manifest::{Lock, LockedPackage, Manifest, Removed, SCHEMA, read_lock, to_json};
+use crate::manifest::{Lock, LockedPackage, Manifest, Removed, SCHEMA, read_lock};
 use crate::layerindex::LayerIndex;
-use crate::materialize::{Materialize, Materialized, materialize_index, merge_into};
 use crate::recipe::{Options, Recipe};
 use crate::report::{Reporter, bytes, seconds};
-use crate::store::{Blob, Store, remove_any};
+use crate::fsat::Dir;
+use crate::install::{check_build_dir, install, remove_stale_staging};
+use crate::store::{Blob, Store};
 
 /// The strip recipe shipped with this binary.
 pub const RECIPE: &str = include_str!("../recipes/datadog-agent.toml");
@@ -85,10 +89,18 @@ pub fn compile(args: &CompileArgs, report: &Reporter) -> Result<CompileOutcome> 
     if !args.build_dir.is_dir() {
         anyhow::bail!("BUILD_DIR {} is not a directory; bin/compile takes BUILD_DIR CACHE_DIR ENV_DIR", args.build_dir.display());
     }
+    // BUILD_DIR comes from the app: refuse what the slug cannot be written into before any
+    // work, and clear what builds killed midway left.
+    let build = Dir::open_given(&args.build_dir).with_context(|| format!("opening BUILD_DIR {}", args.build_dir.display()))?;
+    check_build_dir(&build, &args.build_dir)?;
     let config = load_config(args.env_dir.as_deref(), &args.overrides, report)?;
     let fetcher = fetcher_for(&config, report);
     let store = Store::open(&args.cache_dir)?;
     let _lock = store.lock()?;
+    let stale = remove_stale_staging(&build, &args.build_dir)?;
+    if stale > 0 {
+        report.detail(&format!("removed {stale} staging director{} left in BUILD_DIR by interrupted builds", if stale == 1 { "y" } else { "ies" }));
+    }
 
     let app_lock = args.build_dir.join(APP_LOCK);
     let lock = if app_lock.exists() {
@@ -147,7 +159,7 @@ fn manifest_for(lock: &Lock, config: &Config, built: &BuiltLayer) -> Manifest {
 /// slug (`ddslug_dir` is the staged `.ddslug`), so that `verify` can check them against
 /// something the slug's own files do not provide. `None` when the entry list is not the
 /// one the layer stored: the layer changed on disk.
-fn seal_manifest(manifest: &Manifest, built: &BuiltLayer, ddslug_dir: &Path) -> Result<Option<Manifest>> {
+pub(crate) fn seal_manifest(manifest: &Manifest, built: &BuiltLayer, ddslug_dir: &Path) -> Result<Option<Manifest>> {
     let digest = |rel: &str| -> Result<Sha256> {
         let path = ddslug_dir.join(rel);
         let mut file = fs::File::open(&path).with_context(|| format!("reading {}", path.display()))?;
@@ -429,11 +441,11 @@ fn resolve(
         }
     };
     let memo_key = Sha256::of(format!("{}\n{}\n{}\n{}\n{}\n{}", source.url, source.suite, source.component, source.arch, keyring_id, wanted).as_bytes());
-    let memo_path = store.root().join("indexes").join(format!("{}.json", memo_key.hex()));
     report.topic(&format!("Resolving Datadog Agent {wanted} ({} {} {})", source.url, source.suite, source.component));
+    let memo_name = format!("{}.json", memo_key.hex());
     if use_memo || fetcher.is_offline() {
-        if let Ok(text) = fs::read_to_string(&memo_path)
-            && let Ok((lock, package)) = serde_json::from_str::<(Lock, LockedPackage)>(&text) {
+        if let Some(text) = read_memo(store, &memo_name)
+            && let Ok((lock, package)) = serde_json::from_slice::<(Lock, LockedPackage)>(&text) {
                 report.detail(&format!("{} {} (resolved before; signed by {})", package.name, package.version, lock.signed_by));
                 return Ok((lock, package));
             }
@@ -471,70 +483,20 @@ fn resolve(
         recipe_sha256: Sha256::of(b""),
         options: Options { version: Vec::new(), major: config.major, python: 0, apm: false, process_agent: false },
     };
-    let tmp = store.staging_dir("resolve")?.join("memo.json");
-    fs::write(&tmp, serde_json::to_vec(&(&lock, &package))?)?;
-    fs::rename(&tmp, &memo_path)?;
+    store.put("indexes", &memo_name, &serde_json::to_vec(&(&lock, &package))?)?;
     Ok((lock, package))
+}
+
+/// A resolution stored before (`indexes/<hash>.json`), if there and readable: a regular
+/// file (not a symlink) of at most 1 MiB (a real one is under 1 KB).
+fn read_memo(store: &Store, name: &str) -> Option<Vec<u8>> {
+    use std::io::Read;
+    let file = store.dir("indexes").ok()?.open_regular(OsStr::new(name)).ok()?;
+    let mut bytes = Vec::new();
+    file.take(1 << 20).read_to_end(&mut bytes).ok()?;
+    Some(bytes)
 }
 
 fn file_name(path: &str) -> &str {
     path.rsplit('/').next().unwrap_or(path)
-}
-
-/// Assembles the slug's files in a staging directory inside BUILD_DIR, then moves them
-/// into place. Returns `false`, with BUILD_DIR untouched, when the layer's files turn out
-/// not to be what its record says (checked on the way when the layer was reused).
-fn install(args: &CompileArgs, store: &Store, built: &BuiltLayer, manifest: &mut Manifest) -> Result<bool> {
-    let key = built.info.key;
-    let (layer_dir, entries_file) = (layer::layer_dir(store, &key), layer::entries_path(store, &key));
-    let staging = args.build_dir.join(format!(".ddslug-staging.{}", std::process::id()));
-    remove_any(&staging)?;
-    fs::create_dir(&staging).with_context(|| format!("creating {}", staging.display()))?;
-    let result = (|| -> Result<bool> {
-        // The entry list is shared with slugs like the layer's files, on the same terms: a
-        // changed one is a changed layer. (Layers stored without a stamp copy it unchecked.)
-        if built.info.entries_file.is_some_and(|stamp| layer::FileStamp::of(&entries_file).ok() != Some(stamp)) {
-            return Ok(false);
-        }
-        let how = Materialize::from_env();
-        if let Materialized::SourceChanged = materialize_index(&layer_dir, &staging.join("apt"), &built.index, how, built.unchecked)? {
-            return Ok(false);
-        }
-        fs::create_dir_all(staging.join("profile"))?;
-        fs::write(staging.join("profile/datadog.sh"), PROFILE_SCRIPT)?;
-        fs::create_dir_all(staging.join("ddslug/bin"))?;
-        let bin = staging.join("ddslug/bin/ddslug");
-        // Builds replace the buildpack's binary, they never edit it in place: a hard link
-        // is as good as a copy and costs nothing (a copy is a few MB on every build).
-        let plain_file = fs::symlink_metadata(&args.self_exe).is_ok_and(|m| m.is_file());
-        let linked = how == Materialize::Link && plain_file && fs::hard_link(&args.self_exe, &bin).is_ok();
-        if !linked {
-            fs::copy(&args.self_exe, &bin)
-                .with_context(|| format!("copying the ddslug binary from {}", args.self_exe.display()))?;
-        }
-        let entries_to = staging.join("ddslug/tree.json");
-        let linked = how == Materialize::Link && built.info.entries_file.is_some() && fs::hard_link(&entries_file, &entries_to).is_ok();
-        if !linked {
-            fs::copy(&entries_file, &entries_to).context("copying the layer's entry list")?;
-        }
-        let Some(sealed) = seal_manifest(manifest, built, &staging.join("ddslug"))? else { return Ok(false) };
-        *manifest = sealed;
-        fs::write(staging.join("ddslug/manifest.json"), to_json(manifest))?;
-        Ok(true)
-    })();
-    match result {
-        Ok(true) => {}
-        other => {
-            let _ = remove_any(&staging);
-            return other;
-        }
-    }
-    // From here on only renames: BUILD_DIR changes all at once, as far as a filesystem allows.
-    merge_into(&staging.join("apt"), &args.build_dir.join(".apt"))?;
-    merge_into(&staging.join("profile"), &args.build_dir.join(".profile.d"))?;
-    let ddslug_dir = args.build_dir.join(".ddslug");
-    remove_any(&ddslug_dir)?;
-    fs::rename(staging.join("ddslug"), &ddslug_dir)?;
-    remove_any(&staging)?;
-    Ok(true)
 }

@@ -14,6 +14,7 @@ mod watch;
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -175,7 +176,15 @@ impl Fetcher {
     pub fn download(&self, url: &str, part: &Path, expected: Option<Downloaded>, progress: Option<&Progress>) -> Result<Downloaded, FetchError> {
         self.refuse_if_offline(url)?;
         let io_err = |error| FetchError::Io { path: part.to_owned(), error };
-        let mut file = OpenOptions::new().create(true).truncate(false).read(true).write(true).open(part).map_err(io_err)?;
+        // Never through a symlink: `part` is in the store, which may have been tampered with.
+        let mut file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(part)
+            .map_err(io_err)?;
         // Bytes left by an interrupted run were never hashed by this process: hash them once.
         let mut hasher = Hasher::new();
         let mut buf = vec![0u8; 1 << 16];

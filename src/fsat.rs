@@ -1,5 +1,10 @@
 //! Directory-relative file operations for whole trees: checking or linking tens of thousands
 //! of files costs one path walk per directory instead of one (or two) per file.
+//!
+//! Contract: what is written, renamed, linked, chmodded or removed through a [`Dir`] stays
+//! below it. Writes take one name in an open directory; directories are reached with
+//! [`Dir::dir_beneath`] (openat2 `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`), so a symlink
+//! planted by a package, an app or a damaged cache is an error, never a way out.
 
 use std::ffi::{CStr, CString};
 use std::fs::File;
@@ -9,9 +14,18 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
+mod beneath;
+pub use beneath::Kind;
+
 /// An open directory: an `O_PATH` descriptor (lookups only) unless opened with
 /// [`Dir::open_in_to_fill`].
 pub struct Dir(OwnedFd);
+
+impl std::fmt::Debug for Dir {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Dir(fd {})", self.0.as_raw_fd())
+    }
+}
 
 /// The metadata `fstatat` gives, reduced to what tree checks compare.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

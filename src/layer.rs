@@ -11,6 +11,7 @@
 //! debris and is rebuilt.
 
 use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -18,7 +19,7 @@ use crate::fetch::Progress;
 use crate::hash::Sha256;
 use crate::layerindex::LayerIndex;
 use crate::recipe::{Options, Recipe, RuleOutcome, StripFilter, merge_outcomes};
-use crate::store::{Store, StoreError, remove_any};
+use crate::store::{Store, StoreError};
 use crate::treehash::{FileId, TreeHash, scan_tree_known};
 use crate::xzseek::BlockStats;
 
@@ -46,6 +47,12 @@ pub enum LayerError {
     Json { path: PathBuf, reason: String },
     #[error("{path}: the download did not complete or did not match its SHA-256; nothing was stored. Run the build again (it resumes the download)")]
     Download { path: PathBuf },
+    #[error(
+        "package {package} ships a symlink at {link} (to {target}) where ddslug {writes}; ddslug never \
+         writes through a symlink, so the package is refused. Use another version of the package, or ask \
+         its publisher to ship a directory there"
+    )]
+    SymlinkInTheWay { package: String, link: String, target: String, writes: String },
 }
 
 fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> LayerError + '_ {
@@ -142,27 +149,46 @@ pub fn index_path(store: &Store, key: &Sha256) -> PathBuf {
 /// A stored layer's index, not checked against the disk yet; `None` when it is missing or
 /// damaged.
 pub fn load_index(store: &Store, key: &Sha256) -> Option<LayerIndex> {
-    LayerIndex::decode(fs::read(index_path(store, key)).ok()?)
+    LayerIndex::decode(read_stored(store, &format!("{}.index", key.hex()), INDEX_LIMIT).ok()??)
 }
 
 /// Marks a layer as used now (what `gc` reads).
 pub fn touch(store: &Store, key: &Sha256) {
     let now = filetime::FileTime::now();
-    let _ = filetime::set_file_mtime(info_path(store, key), now);
+    if let Ok(layers) = store.dir("layers") {
+        let _ = layers.set_mtime_of(OsStr::new(&format!("{}.json", key.hex())), (now.unix_seconds(), i64::from(now.nanoseconds())));
+    }
+}
+
+/// The largest `<key>.json` read; a real one is a few KB.
+const INFO_LIMIT: u64 = 16 << 20;
+/// The largest `<key>.index` read; the real agent's is about 2 MB.
+const INDEX_LIMIT: u64 = 512 << 20;
+
+/// The regular file `name` in the store's `layers/`, if there (a symlink is not), read
+/// whole up to `limit` bytes.
+fn read_stored(store: &Store, name: &str, limit: u64) -> Result<Option<Vec<u8>>, LayerError> {
+    use std::io::Read;
+    let path = store.root().join("layers").join(name);
+    let file = match store.dir("layers")?.open_regular(OsStr::new(name)) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => return Err(io_at(&path)(e)),
+        // Missing, or not a regular file: no usable layer.
+        Err(_) => return Ok(None),
+    };
+    let mut bytes = Vec::new();
+    file.take(limit + 1).read_to_end(&mut bytes).map_err(io_at(&path))?;
+    Ok((bytes.len() as u64 <= limit).then_some(bytes))
 }
 
 /// A stored layer, if complete.
 pub fn load(store: &Store, key: &Sha256) -> Result<Option<LayerInfo>, LayerError> {
-    let path = info_path(store, key);
-    let text = match fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(io_at(&path)(e)),
-    };
-    if !layer_dir(store, key).is_dir() {
+    let Some(text) = read_stored(store, &format!("{}.json", key.hex()), INFO_LIMIT)? else { return Ok(None) };
+    // The layer itself must be a directory, not a symlink to one.
+    if store.dir("layers")?.kind(OsStr::new(&key.hex())).ok() != Some(crate::fsat::Kind::Dir) {
         return Ok(None);
     }
-    match serde_json::from_str::<LayerInfo>(&text) {
+    match serde_json::from_slice::<LayerInfo>(&text) {
         Ok(info) if info.key == *key => Ok(Some(info)),
         // A damaged description is treated as no layer: it will be rebuilt.
         _ => Ok(None),
@@ -198,13 +224,28 @@ pub fn build(
     recipe: &Recipe,
     wrapper: (&str, &[u8]),
 ) -> Result<Built, LayerError> {
+    let staging = store.staging("layer")?;
+    let result = build_in(store, &staging, inputs, debs, recipe, wrapper);
+    staging.remove()?;
+    let (info, index, xz_blocks) = result?;
+    Ok(Built { info, index, xz_blocks })
+}
+
+/// [`build`] in a staging directory (which the caller removes).
+fn build_in(
+    store: &Store,
+    staging: &crate::store::Staging,
+    inputs: &LayerInputs,
+    debs: &[DebBlob],
+    recipe: &Recipe,
+    wrapper: (&str, &[u8]),
+) -> Result<(LayerInfo, LayerIndex, Vec<BlockStats>), LayerError> {
     let key = inputs.key();
-    let staging = store.staging_dir("layer")?;
-    let tree = staging.join("tree");
-    fs::create_dir(&tree).map_err(io_at(&tree))?;
+    let tree = staging.path.join("tree");
+    staging.dir.make_dirs_beneath(Path::new("tree")).map_err(io_at(&tree))?;
     // Several packages unpack in parallel, each through the recipe's filter so that removed
     // files are never written; later packages win on conflicts, as with dpkg.
-    let parts: Vec<PathBuf> = (0..debs.len()).map(|i| staging.join(format!("part{i}"))).collect();
+    let parts: Vec<PathBuf> = (0..debs.len()).map(|i| staging.path.join(format!("part{i}"))).collect();
     type Unpacked = (Vec<RuleOutcome>, HashMap<FileId, crate::hash::Digests>, Option<BlockStats>, HashMap<(u64, u64), u32>);
     let unpacked: Vec<Unpacked> = std::thread::scope(|scope| -> Result<Vec<Unpacked>, LayerError> {
         let handles: Vec<_> = debs
@@ -227,7 +268,7 @@ pub fn build(
         let mut all = Vec::new();
         for handle in handles {
             all.push(
-                handle.join().map_err(|_| LayerError::Json { path: staging.clone(), reason: "unpack thread panicked".into() })??,
+                handle.join().map_err(|_| LayerError::Json { path: staging.path.clone(), reason: "unpack thread panicked".into() })??,
             );
         }
         Ok(all)
@@ -236,8 +277,14 @@ pub fn build(
     if let Some(deb) = debs.iter().find(|d| d.downloading.is_some_and(|p| !p.wait_done())) {
         return Err(LayerError::Download { path: deb.path.clone() });
     }
-    for part in &parts {
-        crate::materialize::merge_into(part, &tree).map_err(|e| LayerError::Io { path: e.path, source: e.source })?;
+    // Where ddslug itself writes after unpacking, no package may have put a symlink.
+    let writes = paths_written(recipe, &inputs.options, wrapper.0)?;
+    for (i, deb) in debs.iter().enumerate() {
+        let name = OsString::from(format!("part{i}"));
+        let part = staging.dir.dir_beneath(Path::new(&name)).map_err(io_at(&parts[i]))?;
+        refuse_symlinks(&part, &deb.label, &writes)?;
+        let tree_dir = staging.dir.dir_beneath(Path::new("tree")).map_err(io_at(&tree))?;
+        crate::materialize::merge_into(&part, &parts[i], &tree_dir, &tree).map_err(|e| LayerError::Io { path: e.path, source: e.source })?;
     }
     let mut removed = recipe.apply(&tree, &inputs.options)?;
     // What each file holds, as hashed while it was written. Files changed since (renamed
@@ -250,14 +297,22 @@ pub fn build(
         xz_blocks.extend(blocks);
         dir_modes.extend(modes);
     }
-    let pkgconfig = relocate_pkgconfig(&tree)?;
+    let tree_dir = staging.dir.dir_beneath(Path::new("tree")).map_err(io_at(&tree))?;
+    let pkgconfig = relocate_pkgconfig(&tree_dir, &tree)?;
     let (wrapper_path, wrapper_text) = wrapper;
-    let wrapper_dest = tree.join(wrapper_path);
-    if let Some(parent) = wrapper_dest.parent() {
-        fs::create_dir_all(parent).map_err(io_at(parent))?;
-    }
-    fs::write(&wrapper_dest, wrapper_text).map_err(io_at(&wrapper_dest))?;
-    set_mode(&wrapper_dest, 0o755)?;
+    let wrapper_rel = Path::new(wrapper_path);
+    let (parent, name) = (wrapper_rel.parent().unwrap_or(Path::new("")), wrapper_rel.file_name().unwrap_or_default());
+    let in_the_way = |source| match tree_dir.symlink_on(wrapper_rel) {
+        Some((link, target)) => LayerError::SymlinkInTheWay {
+            package: debs.iter().map(|d| d.label.as_str()).collect::<Vec<_>>().join(" or "),
+            link: shown(&link),
+            target: shown(&target),
+            writes: format!("writes {wrapper_path}"),
+        },
+        None => io_at(&tree.join(wrapper_path))(source),
+    };
+    let wrapper_dir = tree_dir.make_dirs_beneath(parent).map_err(in_the_way)?;
+    wrapper_dir.write_via(name, wrapper_text, 0o755, &wrapper_dir).map_err(in_the_way)?;
     let (scan, mtimes) = scan_tree_known(&tree, &digests, &dir_modes)?;
     let mut info = LayerInfo {
         key,
@@ -271,61 +326,103 @@ pub fn build(
         entries_sha256: None,
     };
     let dest = layer_dir(store, &key);
+    let layers = store.dir("layers")?;
+    let hex = key.hex();
     // A layer dir without json is debris from an interrupted build.
-    remove_any(&dest)?;
-    fs::rename(&tree, &dest).map_err(io_at(&dest))?;
+    layers.remove_all(OsStr::new(&hex)).map_err(io_at(&dest))?;
+    staging.dir.rename(OsStr::new("tree"), &layers, OsStr::new(&hex)).map_err(io_at(&dest))?;
     let index_bytes = LayerIndex::encode(&scan.entries, &mtimes)
         .ok_or_else(|| LayerError::Json { path: dest.clone(), reason: "a scanned entry has no directory entry".into() })?;
-    let tmp_index = staging.join("index");
-    fs::write(&tmp_index, &index_bytes).map_err(io_at(&tmp_index))?;
-    let index = LayerIndex::decode(index_bytes)
-        .ok_or_else(|| LayerError::Json { path: tmp_index.clone(), reason: "the index just written does not read back".into() })?;
     let index_dest = index_path(store, &key);
-    fs::rename(&tmp_index, &index_dest).map_err(io_at(&index_dest))?;
-    let tmp_entries = staging.join("tree.json");
+    let index = LayerIndex::decode(index_bytes.clone())
+        .ok_or_else(|| LayerError::Json { path: index_dest.clone(), reason: "the index just made does not read back".into() })?;
+    layers.write_via(OsStr::new(&format!("{hex}.index")), &index_bytes, 0o644, &staging.dir).map_err(io_at(&index_dest))?;
     let entries_json = serde_json::to_vec(&scan.entries).map_err(|e| LayerError::Json { path: dest.clone(), reason: e.to_string() })?;
-    fs::write(&tmp_entries, &entries_json).map_err(io_at(&tmp_entries))?;
-    info.entries_sha256 = Some(Sha256::of(&entries_json));
-    info.entries_file = Some(FileStamp::of(&tmp_entries).map_err(io_at(&tmp_entries))?);
     let entries_dest = entries_path(store, &key);
-    fs::rename(&tmp_entries, &entries_dest).map_err(io_at(&entries_dest))?;
+    let stamp = layers.write_via(OsStr::new(&format!("{hex}.tree.json")), &entries_json, 0o644, &staging.dir).map_err(io_at(&entries_dest))?;
+    info.entries_sha256 = Some(Sha256::of(&entries_json));
+    info.entries_file = Some(FileStamp { size: stamp.size, mtime: stamp.mtime });
     let json = serde_json::to_vec_pretty(&info).map_err(|e| LayerError::Json { path: dest.clone(), reason: e.to_string() })?;
-    let tmp_info = staging.join("info.json");
-    fs::write(&tmp_info, json).map_err(io_at(&tmp_info))?;
     let info_dest = info_path(store, &key);
-    fs::rename(&tmp_info, &info_dest).map_err(io_at(&info_dest))?;
-    remove_any(&staging)?;
-    Ok(Built { info, index, xz_blocks })
+    layers.write_via(OsStr::new(&format!("{hex}.json")), &json, 0o644, &staging.dir).map_err(io_at(&info_dest))?;
+    Ok((info, index, xz_blocks))
 }
 
-fn set_mode(path: &Path, mode: u32) -> Result<(), LayerError> {
-    use std::os::unix::fs::PermissionsExt;
-    fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(io_at(path))
+/// What ddslug writes in an unpacked tree, and where, in the order it does: for each active
+/// rename the directories above both ends, then the wrapper (the path itself and every
+/// directory above it).
+fn paths_written(recipe: &Recipe, options: &crate::recipe::Options, wrapper: &str) -> Result<Vec<(PathBuf, String)>, LayerError> {
+    let mut writes = Vec::new();
+    for rule in recipe.active_rules(options)? {
+        for [from, to] in &rule.rename {
+            let what = format!("renames {from} to {to} (recipe rule {:?})", rule.name);
+            for end in [from, to] {
+                if let Some(parent) = Path::new(end).parent() {
+                    writes.push((parent.to_owned(), what.clone()));
+                }
+            }
+        }
+    }
+    writes.push((PathBuf::from(wrapper), format!("writes {wrapper}")));
+    Ok(writes)
 }
+
+/// A path as errors show it: bytes that are not printable UTF-8 escaped.
+fn shown(path: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    crate::pathbytes::escape(path.as_os_str().as_bytes())
+}
+
+/// Refuses a package whose tree has a symlink on a path in `writes`.
+fn refuse_symlinks(part: &crate::fsat::Dir, package: &str, writes: &[(PathBuf, String)]) -> Result<(), LayerError> {
+    for (path, what) in writes {
+        if let Some((link, target)) = part.symlink_on(path) {
+            return Err(LayerError::SymlinkInTheWay {
+                package: package.into(),
+                link: shown(&link),
+                target: shown(&target),
+                writes: what.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The largest pkg-config file relocated (they are a few hundred bytes).
+const PC_LIMIT: u64 = 1 << 20;
 
 /// Rewrites absolute `prefix=` lines of pkg-config files under the agent's embedded tree to
 /// `${pcfiledir}`-relative ones, so the layer holds no install location and pkg-config
-/// still resolves to wherever the slug ends up.
-fn relocate_pkgconfig(tree: &Path) -> Result<Vec<String>, LayerError> {
+/// still resolves to wherever the slug ends up. Walks and writes through directory
+/// descriptors: a symlink is never followed.
+fn relocate_pkgconfig(tree: &crate::fsat::Dir, tree_path: &Path) -> Result<Vec<String>, LayerError> {
+    use crate::fsat::Kind;
+    use std::io::{Read, Write};
     let mut changed = Vec::new();
-    let mut stack = vec![tree.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for entry in fs::read_dir(&dir).map_err(io_at(&dir))? {
-            let entry = entry.map_err(io_at(&dir))?;
-            let path = entry.path();
-            let kind = entry.file_type().map_err(io_at(&path))?;
-            if kind.is_dir() {
-                stack.push(path);
-                continue;
-            }
-            if !kind.is_file() || path.extension().is_none_or(|e| e != "pc") {
-                continue;
-            }
-            let rel = path.strip_prefix(tree).map_err(|_| LayerError::Json { path: path.clone(), reason: "outside tree".into() })?;
-            let text = fs::read_to_string(&path).map_err(io_at(&path))?;
-            if let Some(new) = relocate_pc_text(&text, rel) {
-                fs::write(&path, new).map_err(io_at(&path))?;
-                changed.push(rel.to_string_lossy().into_owned());
+    // Relative paths, not open directories, wait on the stack: a wide tree would hold too
+    // many descriptors.
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        let here = tree_path.join(&rel);
+        let dir = tree.dir_beneath(&rel).map_err(io_at(&here))?;
+        for (name, kind) in dir.entries().map_err(io_at(&here))? {
+            let child = rel.join(&name);
+            match kind {
+                Kind::Dir => stack.push(child),
+                Kind::File if Path::new(&name).extension().is_some_and(|e| e == "pc") => {
+                    let path = here.join(&name);
+                    let mut text = String::new();
+                    dir.open_regular(&name).map_err(io_at(&path))?.take(PC_LIMIT + 1).read_to_string(&mut text).map_err(io_at(&path))?;
+                    if text.len() as u64 > PC_LIMIT {
+                        let reason = format!("a pkg-config file larger than {PC_LIMIT} bytes; such files are small text files");
+                        return Err(LayerError::Json { path, reason });
+                    }
+                    if let Some(new) = relocate_pc_text(&text, &child) {
+                        dir.open_file_to_rewrite(&name).and_then(|mut f| f.write_all(new.as_bytes())).map_err(io_at(&path))?;
+                        changed.push(child.to_string_lossy().into_owned());
+                    }
+                }
+                _ => {}
             }
         }
     }

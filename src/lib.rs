@@ -8,11 +8,13 @@
 //!        ──► deb + recipe (layer, cached by its inputs) ──► materialize ──► manifest
 //! ```
 //!
-//! `compile` runs it end to end for `bin/compile`; the other commands use stages alone.
+//! `compile` runs it end to end for `bin/compile` (`install` puts the layer into BUILD_DIR);
+//! the other commands use stages alone.
 //! Helpers of the unpack stage: `ar` (the .deb container, as strict as dpkg-deb),
 //! `tarstream` (bounded decompression and tar entries), `extract` (entries written safely),
 //! `xzseek` (decode only the xz blocks an unpack needs), `filewriter` (files written on
-//! worker threads), `fsat` (directory-relative stat and link for whole trees), `pathbytes`
+//! worker threads), `fsat` (directory-relative stat and link for whole trees, and writes that never follow
+//! a symlink), `pathbytes`
 //! (names as bytes, shown escaped); of the layer stage: `layerindex` (the binary
 //! per-directory record a warm build checks and links from).
 
@@ -26,6 +28,7 @@ pub mod extract;
 pub mod filewriter;
 pub mod fsat;
 pub mod hash;
+pub mod install;
 pub mod layer;
 pub mod layerindex;
 pub mod manifest;

@@ -233,7 +233,8 @@ fn run(cli: Cli) -> Result<()> {
             let source = repo.source();
             let index = load_index(&fetcher, &source, &keyring, &[package])?;
             let entry = resolve::find(&index, package, version)?;
-            let store = Store::open(&cache.unwrap_or_else(default_cache_dir))?;
+            let cache = cache.or_else(default_cache_dir).context("no cache directory: pass --cache DIR (or set DDSLUG_CACHE_DIR, XDG_CACHE_HOME or HOME)")?;
+            let store = Store::open(&cache)?;
             let _lock = store.lock()?;
             let expected = Downloaded { sha256: entry.sha256, size: entry.size };
             let (blob, _) = store.ensure_blob(&fetcher, &source.pool_url(&entry.filename), expected)?;
@@ -308,22 +309,40 @@ fn env_fetcher() -> Result<Fetcher> {
     Ok(Fetcher::new(FetchOptions { limits, report: Reporter { quiet: true }, ..FetchOptions::default() }))
 }
 
-/// `$XDG_CACHE_HOME`, else `~/.cache`, else a folder in the temp dir.
-fn default_cache_dir() -> PathBuf {
+/// `$XDG_CACHE_HOME`, else `~/.cache`; `None` without either (a fixed name in the shared
+/// temp dir would be a cache anyone could plant files in).
+fn default_cache_dir() -> Option<PathBuf> {
     std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(|| std::env::temp_dir().join("ddslug-cache"))
 }
 
-/// Copies a stored blob out (by reflink where possible), writable like any download.
+/// Makes `dest` hold `bytes` (mode `mode`), all at once: a temp file of an unpredictable name,
+/// made exclusively beside it, renamed over it. A symlink at `dest` is replaced, not followed.
+fn write_replacing(dest: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+    let dir = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut tmp = tempfile::Builder::new().prefix(".ddslug.").tempfile_in(dir).with_context(|| format!("creating a temp file in {}", dir.display()))?;
+    tmp.write_all(bytes).with_context(|| format!("writing {}", tmp.path().display()))?;
+    tmp.as_file().set_permissions(std::fs::Permissions::from_mode(mode))?;
+    tmp.persist(dest).map_err(|e| e.error).with_context(|| format!("writing {}", dest.display()))?;
+    Ok(())
+}
+
+/// Copies a stored blob out (by reflink where possible), writable like any download: into a
+/// temp file of an unpredictable name, made exclusively in the same directory, then renamed
+/// over `dest` (a symlink there is replaced, never written through).
 fn copy_out(blob: &Path, dest: &Path) -> Result<()> {
-    let tmp = dest.with_extension("deb.tmp");
-    reflink_copy::reflink_or_copy(blob, &tmp).with_context(|| format!("copying {} to {}", blob.display(), tmp.display()))?;
-    let mut perms = std::fs::metadata(&tmp)?.permissions();
-    #[allow(clippy::permissions_set_readonly_false)]
-    perms.set_readonly(false);
-    std::fs::set_permissions(&tmp, perms)?;
-    std::fs::rename(&tmp, dest).with_context(|| format!("moving the download to {}", dest.display()))?;
+    use std::os::unix::fs::PermissionsExt;
+    let dir = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new().prefix(".ddslug.").suffix(".deb").tempfile_in(dir).with_context(|| format!("creating a temp file in {}", dir.display()))?;
+    let mut src = std::fs::File::open(blob).with_context(|| format!("reading {}", blob.display()))?;
+    if rustix::fs::ioctl_ficlone(tmp.as_file(), &src).is_err() {
+        std::io::copy(&mut src, tmp.as_file_mut()).with_context(|| format!("copying {} to {}", blob.display(), tmp.path().display()))?;
+    }
+    tmp.as_file().set_permissions(std::fs::Permissions::from_mode(0o644))?;
+    tmp.persist(dest).map_err(|e| e.error).with_context(|| format!("moving the download to {}", dest.display()))?;
     Ok(())
 }

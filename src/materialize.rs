@@ -23,6 +23,7 @@
 //! next index check, which rebuilds the layer).
 
 use std::collections::HashMap;
+use std::ffi::OsString;
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -31,6 +32,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use filetime::FileTime;
 
+use crate::fsat::{Dir, Kind};
 use crate::layerindex::{ChildKind, LayerIndex};
 
 /// A copy failed.
@@ -81,15 +83,25 @@ impl Materialize {
 }
 
 /// Copies the tree at `src` to `dst` (which must not exist): reflinks where the filesystem
-/// allows, else copies, on all cores; hard links inside the tree stay hard links.
+/// allows, else copies, on all cores; hard links inside the tree stay hard links. Every
+/// entry of `dst` is made relative to a directory descriptor opened without following
+/// symlinks, and every file of `src` is opened without following one.
 pub fn copy_tree(src: &Path, dst: &Path) -> Result<CopyStats, CopyError> {
     let mut items = Vec::new();
     list(src, PathBuf::new(), &mut items)?;
     fs::create_dir(dst).map_err(io_at(dst))?;
+    let src_root = Dir::open_given(src).map_err(io_at(src))?;
+    let dst_root = Dir::open_given(dst).map_err(io_at(dst))?;
+    // The directory holding `rel` below `root`, and `rel`'s name.
+    let in_dir = |root: &Dir, base: &Path, rel: &Path| -> Result<(Dir, OsString), CopyError> {
+        let parent = rel.parent().unwrap_or(Path::new(""));
+        let dir = root.dir_beneath(parent).map_err(io_at(&base.join(parent)))?;
+        Ok((dir, rel.file_name().unwrap_or_default().to_owned()))
+    };
     for item in &items {
         if let Item::Dir { rel, .. } = item {
-            let path = dst.join(rel);
-            fs::create_dir(&path).map_err(io_at(&path))?;
+            let (dir, name) = in_dir(&dst_root, dst, rel)?;
+            dir.make_dirs_beneath(Path::new(&name)).map_err(io_at(&dst.join(rel)))?;
         }
     }
     // First path of each multiply-linked inode is copied; the rest become hard links to it.
@@ -108,27 +120,29 @@ pub fn copy_tree(src: &Path, dst: &Path) -> Result<CopyStats, CopyError> {
             copies.push((rel, *mode, *size));
         }
     }
-    let reflink_works = AtomicBool::new(true);
     let reflinked = AtomicBool::new(false);
     let next = AtomicUsize::new(0);
     let copy_some = || -> Result<(), CopyError> {
         loop {
             let i = next.fetch_add(1, Ordering::Relaxed);
             let Some((rel, mode, _)) = copies.get(i) else { return Ok(()) };
-            let (from, to) = (src.join(rel), dst.join(rel));
-            if reflink_works.load(Ordering::Relaxed) {
-                match reflink_copy::reflink(&from, &to) {
-                    Ok(()) => reflinked.store(true, Ordering::Relaxed),
-                    Err(_) => {
-                        reflink_works.store(false, Ordering::Relaxed);
-                        let _ = fs::remove_file(&to);
-                        copy_file(&from, &to, *mode)?;
-                    }
+            let ((from_dir, name), (to_dir, _)) = (in_dir(&src_root, src, rel)?, in_dir(&dst_root, dst, rel)?);
+            let copied = match from_dir.copy_file(&name, &to_dir, &name, *mode) {
+                // A file its owner may not read (a package's 0000 file, in a build that does
+                // not run as root): readable for the copy only. The source is in the store and
+                // the build holds its lock; a build killed in between leaves a mode that the
+                // layer's index check finds, so the layer is rebuilt.
+                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied && mode & 0o400 == 0 => {
+                    from_dir.set_mode_of(&name, mode | 0o400).map_err(io_at(&src.join(rel)))?;
+                    let copied = from_dir.copy_file(&name, &to_dir, &name, *mode);
+                    from_dir.set_mode_of(&name, *mode).map_err(io_at(&src.join(rel)))?;
+                    copied
                 }
-            } else {
-                copy_file(&from, &to, *mode)?;
+                other => other,
+            };
+            if copied.map_err(io_at(&dst.join(rel)))? {
+                reflinked.store(true, Ordering::Relaxed);
             }
-            fs::set_permissions(&to, fs::Permissions::from_mode(*mode)).map_err(io_at(&to))?;
         }
     };
     let panicked = || CopyError { path: dst.to_owned(), source: std::io::Error::other("copy thread panicked") };
@@ -136,23 +150,22 @@ pub fn copy_tree(src: &Path, dst: &Path) -> Result<CopyStats, CopyError> {
         copied?;
     }
     for (rel, target) in links {
-        let path = dst.join(rel);
-        fs::hard_link(dst.join(target), &path).map_err(io_at(&path))?;
+        let ((to_dir, name), (first_dir, first)) = (in_dir(&dst_root, dst, rel)?, in_dir(&dst_root, dst, target)?);
+        first_dir.hard_link(&first, &to_dir, &name).map_err(io_at(&dst.join(rel)))?;
     }
     let mut stats = CopyStats { reflinked: reflinked.load(Ordering::Relaxed), ..Default::default() };
     for item in &items {
         match item {
             Item::Symlink { rel, mtime } => {
-                let target = fs::read_link(src.join(rel)).map_err(io_at(&src.join(rel)))?;
-                let path = dst.join(rel);
-                std::os::unix::fs::symlink(&target, &path).map_err(io_at(&path))?;
-                filetime::set_symlink_file_times(&path, *mtime, *mtime).map_err(io_at(&path))?;
+                let ((from_dir, name), (to_dir, _)) = (in_dir(&src_root, src, rel)?, in_dir(&dst_root, dst, rel)?);
+                let target = from_dir.read_link(&name).map_err(io_at(&src.join(rel)))?;
+                to_dir.make_symlink(&target, &name, times(*mtime)).map_err(io_at(&dst.join(rel)))?;
                 stats.files += 1;
             }
             Item::File { rel, mtime, size, .. } => {
-                let path = dst.join(rel);
-                // By path, never by opening it: its owner may not be allowed to.
-                crate::fsat::set_mtime(&path, times(*mtime)).map_err(io_at(&path))?;
+                let (to_dir, name) = in_dir(&dst_root, dst, rel)?;
+                // Through the directory, never by opening the file: its owner may not be allowed to.
+                to_dir.set_mtime_of(&name, times(*mtime)).map_err(io_at(&dst.join(rel)))?;
                 stats.files += 1;
                 stats.bytes += size;
             }
@@ -162,9 +175,10 @@ pub fn copy_tree(src: &Path, dst: &Path) -> Result<CopyStats, CopyError> {
     // Directories last, deepest first: filling them changed their mtimes.
     for item in items.iter().rev() {
         if let Item::Dir { rel, mode, mtime } = item {
+            let (dir, name) = in_dir(&dst_root, dst, rel)?;
             let path = dst.join(rel);
-            fs::set_permissions(&path, fs::Permissions::from_mode(*mode)).map_err(io_at(&path))?;
-            crate::fsat::set_mtime(&path, times(*mtime)).map_err(io_at(&path))?;
+            dir.set_mode_of(&name, *mode).map_err(io_at(&path))?;
+            dir.set_mtime_of(&name, times(*mtime)).map_err(io_at(&path))?;
         }
     }
     let root_meta = fs::metadata(src).map_err(io_at(src))?;
@@ -447,44 +461,23 @@ fn judge<T>(found: std::io::Result<T>, check: bool, intact: impl FnOnce(&T) -> b
     }
 }
 
-/// Copies a file's contents. A file its owner may not read (a package's `0000` file, say)
-/// cannot be read by a build that does not run as root: the source gets the owner's read bit
-/// for the copy and its own mode back right after. (The source is in the store, and the
-/// build holds the store's lock; a build killed in between leaves a mode that the layer's
-/// index check finds, so the layer is rebuilt.)
-fn copy_file(from: &Path, to: &Path, mode: u32) -> Result<(), CopyError> {
-    match fs::copy(from, to) {
-        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied && mode & 0o400 == 0 => {
-            let _ = fs::remove_file(to);
-            if !fs::symlink_metadata(from).map_err(io_at(from))?.is_file() {
-                return Err(io_at(from)(e));
-            }
-            fs::set_permissions(from, fs::Permissions::from_mode(mode | 0o400)).map_err(io_at(from))?;
-            let copied = fs::copy(from, to);
-            fs::set_permissions(from, fs::Permissions::from_mode(mode)).map_err(io_at(from))?;
-            copied.map(|_| ()).map_err(io_at(to))
-        }
-        other => other.map(|_| ()).map_err(io_at(to)),
-    }
-}
-
 /// [`copy_tree`], then removes whatever `index` does not list (a file added to the layer
 /// after it was recorded must not reach a slug, copied or linked), then gives directories
 /// the index's exact modes (the store keeps them owner-accessible).
 fn copy_listed(src: &Path, dst: &Path, index: &LayerIndex) -> Result<CopyStats, CopyError> {
     let stats = copy_tree(src, dst)?;
     let listed: std::collections::HashSet<Vec<u8>> = index.paths().collect();
-    let mut stack = vec![(dst.to_owned(), Vec::new())];
-    while let Some((dir, rel)) = stack.pop() {
-        for entry in fs::read_dir(&dir).map_err(io_at(&dir))? {
-            let entry = entry.map_err(io_at(&dir))?;
-            let path = entry.path();
-            let child = crate::pathbytes::join(&rel, entry.file_name().as_bytes());
-            let is_dir = entry.file_type().map_err(io_at(&path))?.is_dir();
+    let root = Dir::open_given(dst).map_err(io_at(dst))?;
+    let mut stack: Vec<Vec<u8>> = vec![Vec::new()];
+    while let Some(rel) = stack.pop() {
+        let here = crate::fsat::join(dst, &rel);
+        let dir = root.dir_beneath(Path::new(std::ffi::OsStr::from_bytes(&rel))).map_err(io_at(&here))?;
+        for (name, kind) in dir.entries().map_err(io_at(&here))? {
+            let child = crate::pathbytes::join(&rel, name.as_bytes());
             if !listed.contains(&child) {
-                if is_dir { fs::remove_dir_all(&path) } else { fs::remove_file(&path) }.map_err(io_at(&path))?;
-            } else if is_dir {
-                stack.push((path, child));
+                dir.remove_all(&name).map_err(io_at(&here.join(&name)))?;
+            } else if kind == Kind::Dir {
+                stack.push(child);
             }
         }
     }
@@ -492,7 +485,9 @@ fn copy_listed(src: &Path, dst: &Path, index: &LayerIndex) -> Result<CopyStats, 
     // directory that loses its owner's bits is set after the ones below it.
     for group in index.groups.iter().rev().filter(|g| !g.is_root()) {
         let path = crate::fsat::join(dst, index.rel(group));
-        fs::set_permissions(&path, fs::Permissions::from_mode(group.mode)).map_err(io_at(&path))?;
+        let (parent, name) = crate::pathbytes::split_last(index.rel(group));
+        let parent = root.dir_beneath(Path::new(std::ffi::OsStr::from_bytes(parent))).map_err(io_at(&path))?;
+        parent.set_mode_of(std::ffi::OsStr::from_bytes(name), group.mode).map_err(io_at(&path))?;
     }
     Ok(stats)
 }
@@ -528,28 +523,25 @@ fn list(root: &Path, rel: PathBuf, items: &mut Vec<Item>) -> Result<(), CopyErro
     Ok(())
 }
 
-/// Moves everything under `from` into `to`, merging directories and replacing files, so
-/// that other buildpacks' files already in `to` are kept.
-pub fn merge_into(from: &Path, to: &Path) -> Result<(), CopyError> {
-    if fs::symlink_metadata(to).is_err() {
-        return fs::rename(from, to).map_err(io_at(to));
-    }
-    for entry in fs::read_dir(from).map_err(io_at(from))? {
-        let entry = entry.map_err(io_at(from))?;
-        let src = entry.path();
-        let dst = to.join(entry.file_name());
-        let src_is_dir = entry.file_type().map_err(io_at(&src))?.is_dir();
-        match fs::symlink_metadata(&dst) {
-            Ok(meta) if meta.is_dir() && src_is_dir => merge_into(&src, &dst)?,
-            Ok(meta) => {
-                if meta.is_dir() {
-                    fs::remove_dir_all(&dst).map_err(io_at(&dst))?;
-                } else {
-                    fs::remove_file(&dst).map_err(io_at(&dst))?;
-                }
-                fs::rename(&src, &dst).map_err(io_at(&dst))?;
+/// Moves everything in the directory `from` into the directory `to` (paths given for
+/// errors), merging directories and replacing files, so that files already in `to` are
+/// kept. A symlink in `to` where `from` has something is replaced, the link itself: nothing
+/// is ever moved through a symlink (both sides are entered by descriptors that cannot be).
+pub fn merge_into(from: &Dir, from_path: &Path, to: &Dir, to_path: &Path) -> Result<(), CopyError> {
+    for (name, kind) in from.entries().map_err(io_at(from_path))? {
+        let (src, dst) = (from_path.join(&name), to_path.join(&name));
+        match to.kind(&name) {
+            Ok(Kind::Dir) if kind == Kind::Dir => {
+                let sub_from = from.dir_beneath(Path::new(&name)).map_err(io_at(&src))?;
+                let sub_to = to.dir_beneath(Path::new(&name)).map_err(io_at(&dst))?;
+                merge_into(&sub_from, &src, &sub_to, &dst)?;
             }
-            Err(_) => fs::rename(&src, &dst).map_err(io_at(&dst))?,
+            Ok(_) => {
+                to.remove_all(&name).map_err(io_at(&dst))?;
+                from.rename(&name, to, &name).map_err(io_at(&dst))?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => from.rename(&name, to, &name).map_err(io_at(&dst))?,
+            Err(e) => return Err(io_at(&dst)(e)),
         }
     }
     Ok(())

@@ -18,8 +18,9 @@
 //! `version` (compared numerically, component by component: `7.52` means `7.52.0`), `major`,
 //! `python`, `apm` and `process_agent`, combined with `and`, `or`, `not` and parentheses.
 //!
-//! Contract: applying a recipe only ever deletes paths under the given root; the result
-//! depends only on the tree, the recipe text and the [`Options`].
+//! Contract: applying a recipe only ever deletes and renames paths under the given root,
+//! through directory descriptors that never follow a symlink (one on the way is an error
+//! naming it); the result depends only on the tree, the recipe text and the [`Options`].
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -45,6 +46,11 @@ pub enum RecipeError {
     Condition { path: String, rule: String, when: String, reason: String },
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
+    #[error(
+        "recipe rule {rule:?}: {path} lies beyond the symlink {link} (to {target}); ddslug never removes or \
+         renames through a symlink, so the package is refused. Use a package without that symlink"
+    )]
+    Symlink { rule: String, path: String, link: String, target: String },
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -164,10 +170,14 @@ impl Recipe {
             Decision::Open if is_dir => Walk::Descend,
             _ => Walk::Skip,
         })?;
+        // Removals and renames go through directory descriptors opened without following any
+        // symlink: a package's symlink is an error here, never a way out of the tree.
+        let tree = crate::fsat::Dir::open_given(root).map_err(|source| RecipeError::Io { path: root.to_owned(), source })?;
         for (rel, i) in doomed {
             let path = crate::fsat::join(root, &rel);
             let (files, bytes) = measure(&path)?;
-            remove(&path)?;
+            let (dir, name) = parent_of(&tree, root, &rel, &rules[i].name)?.ok_or_else(|| missing(&path))?;
+            dir.remove_all(name).map_err(|source| RecipeError::Io { path: path.clone(), source })?;
             let outcome = &mut outcomes[i];
             outcome.paths.push(crate::pathbytes::escape(&rel));
             outcome.files += files;
@@ -176,16 +186,18 @@ impl Recipe {
         // Renames run after removals, in rule order; a missing source is not an error.
         for (i, rule) in rules.iter().enumerate() {
             for [from, to] in &rule.rename {
-                let (src, dst) = (root.join(from), root.join(to));
-                if fs::symlink_metadata(&src).is_err() {
+                let Some((src_dir, src)) = parent_of(&tree, root, from.as_bytes(), &rule.name)? else { continue };
+                if src_dir.kind(src).is_err() {
                     continue;
                 }
-                if let Ok(meta) = fs::symlink_metadata(&dst) {
+                let dst_path = root.join(to);
+                let (dst_dir, dst) = parent_of(&tree, root, to.as_bytes(), &rule.name)?.ok_or_else(|| missing(&dst_path))?;
+                if let Ok(st) = dst_dir.lstat(dst) {
                     outcomes[i].files += 1;
-                    outcomes[i].bytes += if meta.is_file() { meta.len() } else { 0 };
-                    remove(&dst)?;
+                    outcomes[i].bytes += if st.is_file() { st.size } else { 0 };
+                    dst_dir.remove_all(dst).map_err(|source| RecipeError::Io { path: dst_path.clone(), source })?;
                 }
-                fs::rename(&src, &dst).map_err(|source| RecipeError::Io { path: dst.clone(), source })?;
+                src_dir.rename(src, &dst_dir, dst).map_err(|source| RecipeError::Io { path: dst_path.clone(), source })?;
                 outcomes[i].paths.push(format!("{from} -> {to}"));
             }
         }
@@ -297,6 +309,31 @@ fn walk(dir: &Path, rel: &[u8], visit: &mut dyn FnMut(&[u8], bool) -> Walk) -> R
     Ok(())
 }
 
+/// The directory holding `rel` (opened without following any symlink) and `rel`'s last
+/// name; `None` when that directory does not exist. A symlink on the way is an error.
+fn parent_of<'a>(tree: &crate::fsat::Dir, root: &Path, rel: &'a [u8], rule: &str) -> Result<Option<(crate::fsat::Dir, &'a std::ffi::OsStr)>, RecipeError> {
+    use std::os::unix::ffi::OsStrExt;
+    let rel_path = Path::new(std::ffi::OsStr::from_bytes(rel));
+    let (parent, name) = (rel_path.parent().unwrap_or(Path::new("")), rel_path.file_name().unwrap_or_default());
+    match tree.dir_beneath(parent) {
+        Ok(dir) => Ok(Some((dir, name))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(match tree.symlink_on(parent) {
+            Some((link, target)) => RecipeError::Symlink {
+                rule: rule.into(),
+                path: crate::pathbytes::escape(rel),
+                link: crate::pathbytes::escape(link.as_os_str().as_bytes()),
+                target: crate::pathbytes::escape(target.as_os_str().as_bytes()),
+            },
+            None => RecipeError::Io { path: root.join(parent), source },
+        }),
+    }
+}
+
+fn missing(path: &Path) -> RecipeError {
+    RecipeError::Io { path: path.to_owned(), source: std::io::Error::from(std::io::ErrorKind::NotFound) }
+}
+
 /// Files (and symlinks) and bytes under a path, the path itself included.
 fn measure(path: &Path) -> Result<(u64, u64), RecipeError> {
     let meta = fs::symlink_metadata(path).map_err(|source| RecipeError::Io { path: path.to_owned(), source })?;
@@ -311,12 +348,6 @@ fn measure(path: &Path) -> Result<(u64, u64), RecipeError> {
         total.1 += b;
     }
     Ok(total)
-}
-
-fn remove(path: &Path) -> Result<(), RecipeError> {
-    let meta = fs::symlink_metadata(path).map_err(|source| RecipeError::Io { path: path.to_owned(), source })?;
-    let result = if meta.is_dir() { fs::remove_dir_all(path) } else { fs::remove_file(path) };
-    result.map_err(|source| RecipeError::Io { path: path.to_owned(), source })
 }
 
 /// Whether `path` (relative, `/`-separated, as bytes) matches the glob.
@@ -586,6 +617,33 @@ remove = ["doc", "lib/botocore/data/sqs"]
         assert_eq!(out[1].paths, vec!["doc"]);
         assert!(data.join("s3/service-2.json").exists());
         assert!(!root.join("doc").exists());
+    }
+
+    #[test]
+    fn removals_and_renames_never_go_through_a_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let (root, outside) = (dir.path().join("tree"), dir.path().join("outside"));
+        fs::create_dir_all(outside.join("bin")).unwrap();
+        fs::write(outside.join("bin/core"), b"outside core").unwrap();
+        fs::write(outside.join("bin/agent"), b"outside agent").unwrap();
+        fs::create_dir_all(root.join("opt")).unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("opt/app")).unwrap();
+        let recipe = Recipe::parse(
+            "format = 1\n[[rule]]\nname = 'combined'\nwhy = 'w'\nrename = [['opt/app/bin/core', 'opt/app/bin/agent']]\n",
+            "test",
+        )
+        .unwrap();
+        match recipe.apply(&root, &opts(&[7, 0], 3)) {
+            Err(RecipeError::Symlink { rule, link, .. }) => assert_eq!((rule.as_str(), link.as_str()), ("combined", "opt/app")),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        assert_eq!(fs::read(outside.join("bin/core")).unwrap(), b"outside core");
+        assert_eq!(fs::read(outside.join("bin/agent")).unwrap(), b"outside agent");
+        // A removal pattern never reaches below the symlink either (the walk does not enter it).
+        let recipe = Recipe::parse("format = 1\n[[rule]]\nname = 'x'\nwhy = 'w'\nremove = ['opt/*/bin']\n", "test").unwrap();
+        let out = recipe.apply(&root, &opts(&[7, 0], 3)).unwrap();
+        assert!(out[0].paths.is_empty());
+        assert!(outside.join("bin/core").exists());
     }
 
     #[test]

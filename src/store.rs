@@ -14,17 +14,25 @@
 //! Contract: whatever is under `blobs/` and `layers/` was complete and verified when it was
 //! renamed there. An interrupted build leaves only `tmp/` debris, cleared when the next build
 //! takes the lock. A blob whose bytes do not hash to its name is deleted and fetched again.
+//! Every write, rename and removal is made relative to the store's own directories, opened
+//! without following symlinks: a symlink in the cache is removed or refused, never followed.
 
-use std::fs::{self, File, OpenOptions};
-use std::io;
+use std::ffi::{OsStr, OsString};
+use std::fs::{self, File};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::fetch::{Downloaded, FetchError, Fetcher};
+use crate::fsat::{Dir, Kind};
 use crate::hash::{Hasher, Sha256};
 
 /// Layout version: bump when the meaning of anything in the store changes.
 pub const STORE_VERSION: &str = "v1";
+
+/// The store's directories below `v1`.
+const SUBDIRS: [&str; 5] = ["blobs/sha256", "layers", "tmp", "tmp/downloads", "indexes"];
 
 /// Why the store could not do something.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +46,11 @@ pub enum StoreError {
          run `ddslug fetch` with network access to fill the cache first"
     )]
     MissingOffline { sha256: Sha256, url: String, path: PathBuf },
+    #[error(
+        "cache {path}: {link} is a symlink (to {target}) where the store keeps a directory; the store \
+         never writes through a symlink. Remove {link} (or the whole cache directory: nothing in it is needed)"
+    )]
+    Symlink { path: PathBuf, link: PathBuf, target: PathBuf },
 }
 
 fn io_at(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
@@ -48,6 +61,8 @@ fn io_at(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
 #[derive(Clone, Debug)]
 pub struct Store {
     root: PathBuf,
+    /// `v1`, opened once: every write in the store is made relative to it.
+    dir: Arc<Dir>,
 }
 
 /// Holding this means no other ddslug process is changing the store.
@@ -56,15 +71,36 @@ pub struct StoreLock {
     _file: File,
 }
 
+/// A fresh directory under the store's `tmp/` (an unpredictable name, made exclusively),
+/// removed by [`Staging::remove`] or, if the process dies, by the next build.
+pub struct Staging {
+    pub path: PathBuf,
+    pub dir: Dir,
+    name: OsString,
+    tmp: Dir,
+}
+
+impl Staging {
+    /// Removes the directory and everything in it.
+    pub fn remove(self) -> Result<(), StoreError> {
+        self.tmp.remove_all(&self.name).map_err(io_at(&self.path))
+    }
+}
+
 impl Store {
-    /// Opens (creating if needed) the store under a cache directory.
+    /// Opens (creating if needed) the store under a cache directory. The cache is ours
+    /// alone: a symlink or a file found where the store keeps a directory is damage, and is
+    /// replaced by the directory (the link itself is removed, never what it points to).
     pub fn open(cache_dir: &Path) -> Result<Store, StoreError> {
+        // The cache directory itself is the caller's choice, symlinks and all.
+        fs::create_dir_all(cache_dir).map_err(io_at(cache_dir))?;
+        let cache = Dir::open_given(cache_dir).map_err(io_at(cache_dir))?;
+        let dir = real_dir(&cache, Path::new("ddslug").join(STORE_VERSION).as_path(), cache_dir)?;
         let root = cache_dir.join("ddslug").join(STORE_VERSION);
-        for dir in ["blobs/sha256", "layers", "tmp/downloads", "indexes"] {
-            let path = root.join(dir);
-            fs::create_dir_all(&path).map_err(io_at(&path))?;
+        for sub in SUBDIRS {
+            real_dir(&dir, Path::new(sub), &root)?;
         }
-        Ok(Store { root })
+        Ok(Store { root, dir: Arc::new(dir) })
     }
 
     /// The `v1` directory.
@@ -72,11 +108,17 @@ impl Store {
         &self.root
     }
 
+    /// The store directory `rel` (e.g. `layers`), opened without following any symlink.
+    pub fn dir(&self, rel: &str) -> Result<Dir, StoreError> {
+        beneath(&self.dir, Path::new(rel), &self.root)
+    }
+
     /// Waits for the store's advisory lock, then clears staging debris left by
     /// interrupted builds (partial downloads are kept for resuming, for a day).
     pub fn lock(&self) -> Result<StoreLock, StoreError> {
         let path = self.root.join("lock");
-        let mut file = OpenOptions::new().create(true).truncate(false).read(true).write(true).open(&path).map_err(io_at(&path))?;
+        // Never through a symlink at `lock`: one is refused.
+        let mut file = self.dir.open_or_create(OsStr::new("lock"), 0o644).map_err(io_at(&path))?;
         match file.try_lock() {
             Ok(()) => {}
             Err(fs::TryLockError::WouldBlock) => {
@@ -92,21 +134,20 @@ impl Store {
     }
 
     fn clear_tmp(&self) -> Result<(), StoreError> {
-        let tmp = self.root.join("tmp");
-        for entry in fs::read_dir(&tmp).map_err(io_at(&tmp))? {
-            let entry = entry.map_err(io_at(&tmp))?;
-            if entry.file_name() == "downloads" {
-                continue;
+        let tmp_path = self.root.join("tmp");
+        let tmp = self.dir("tmp")?;
+        for (name, _) in tmp.entries().map_err(io_at(&tmp_path))? {
+            if name != "downloads" {
+                tmp.remove_all(&name).map_err(io_at(&tmp_path.join(&name)))?;
             }
-            remove_any(&entry.path())?;
         }
-        let downloads = tmp.join("downloads");
-        let day_ago = SystemTime::now() - Duration::from_secs(86_400);
-        for entry in fs::read_dir(&downloads).map_err(io_at(&downloads))? {
-            let entry = entry.map_err(io_at(&downloads))?;
-            let stale = entry.metadata().and_then(|m| m.modified()).map(|t| t < day_ago).unwrap_or(true);
+        let downloads_path = self.root.join("tmp/downloads");
+        let downloads = self.dir("tmp/downloads")?;
+        let day_ago = unix_seconds(SystemTime::now() - Duration::from_secs(86_400));
+        for (name, kind) in downloads.entries().map_err(io_at(&downloads_path))? {
+            let stale = kind != Kind::File || downloads.lstat(&name).map(|st| st.mtime.0 < day_ago).unwrap_or(true);
             if stale {
-                remove_any(&entry.path())?;
+                downloads.remove_all(&name).map_err(io_at(&downloads_path.join(&name)))?;
             }
         }
         Ok(())
@@ -117,36 +158,50 @@ impl Store {
         self.root.join("blobs/sha256").join(sha256.hex())
     }
 
-    /// A fresh, empty staging directory under `tmp/`.
-    pub fn staging_dir(&self, label: &str) -> Result<PathBuf, StoreError> {
-        let tmp = self.root.join("tmp");
-        for n in 0u32.. {
-            let path = tmp.join(format!("{label}.{}.{n}", std::process::id()));
-            match fs::create_dir(&path) {
-                Ok(()) => return Ok(path),
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(io_at(&path)(e)),
-            }
-        }
-        unreachable!("u32 range exhausted")
+    /// A fresh, empty staging directory under `tmp/`, named `<label>.<random>`.
+    pub fn staging(&self, label: &str) -> Result<Staging, StoreError> {
+        let tmp_path = self.root.join("tmp");
+        let made = tempfile::Builder::new().prefix(&format!("{label}.")).tempdir_in(&tmp_path).map_err(io_at(&tmp_path))?;
+        // Removed by us (its trees may hold read-only directories), not by TempDir's drop.
+        let path = made.keep();
+        let name = path.file_name().map(OsStr::to_owned).unwrap_or_default();
+        let tmp = self.dir("tmp")?;
+        let dir = beneath(&tmp, Path::new(&name), &tmp_path)?;
+        Ok(Staging { path, dir, name, tmp })
     }
 
-    /// Checks a stored blob against its name; a blob whose bytes changed is deleted.
-    /// Returns whether a good blob is present.
+    /// Stores `bytes` as the file `name` in the store directory `rel` (e.g. `indexes`),
+    /// all at once: written under `tmp/`, then renamed into place. Returns what it looks like.
+    pub fn put(&self, rel: &str, name: &str, bytes: &[u8]) -> Result<crate::fsat::Stat, StoreError> {
+        let path = self.root.join(rel).join(name);
+        let (dir, tmp) = (self.dir(rel)?, self.dir("tmp")?);
+        dir.write_via(OsStr::new(name), bytes, 0o644, &tmp).map_err(io_at(&path))
+    }
+
+    /// Checks a stored blob against its name; a blob whose bytes changed (or anything else
+    /// in its place, such as a symlink) is deleted. Returns whether a good blob is present.
     pub fn check_blob(&self, expected: Downloaded) -> Result<bool, StoreError> {
         let path = self.blob_path(&expected.sha256);
-        let mut file = match File::open(&path) {
+        let blobs = self.dir("blobs/sha256")?;
+        let name = OsString::from(expected.sha256.hex());
+        let file = match blobs.open_regular(&name) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
-            Err(e) => return Err(io_at(&path)(e)),
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => return Err(io_at(&path)(e)),
+            // A symlink, a directory, a FIFO: not a blob.
+            Err(_) => {
+                blobs.remove_all(&name).map_err(io_at(&path))?;
+                return Ok(false);
+            }
         };
         let mut hasher = Hasher::new();
-        hasher.update_from(&mut file, &mut vec![0u8; 1 << 17]).map_err(io_at(&path))?;
+        // Never more than one byte past the expected size: a wrong blob is wrong already.
+        hasher.update_from(&mut file.take(expected.size + 1), &mut vec![0u8; 1 << 17]).map_err(io_at(&path))?;
         let size = hasher.len();
         if size == expected.size && hasher.finish() == expected.sha256 {
             return Ok(true);
         }
-        fs::remove_file(&path).map_err(io_at(&path))?;
+        blobs.remove_all(&name).map_err(io_at(&path))?;
         Ok(false)
     }
 
@@ -168,22 +223,33 @@ impl Store {
     pub fn find_blob(&self, fetcher: &Fetcher, url: &str, expected: Downloaded) -> Result<Blob, StoreError> {
         let path = self.blob_path(&expected.sha256);
         if self.check_blob(expected)? {
-            let _ = filetime::set_file_mtime(&path, filetime::FileTime::now());
+            let _ = self.dir("blobs/sha256")?.set_mtime_of(OsStr::new(&expected.sha256.hex()), now());
             return Ok(Blob::Stored(path));
         }
         if fetcher.is_offline() && !url.starts_with("file://") {
             return Err(StoreError::MissingOffline { sha256: expected.sha256, url: url.into(), path: self.root.clone() });
         }
-        let part = self.root.join("tmp/downloads").join(format!("{}.part", expected.sha256.hex()));
-        OpenOptions::new().create(true).truncate(false).write(true).open(&part).map_err(io_at(&part))?;
+        let name = OsString::from(format!("{}.part", expected.sha256.hex()));
+        let part = self.root.join("tmp/downloads").join(&name);
+        let downloads = self.dir("tmp/downloads")?;
+        // A partial download is resumed; anything else in its place (a symlink) goes.
+        if downloads.kind(&name).is_ok_and(|kind| kind != Kind::File) {
+            downloads.remove_all(&name).map_err(io_at(&part))?;
+        }
+        downloads.open_or_create(&name, 0o644).map_err(io_at(&part))?;
         Ok(Blob::Missing { part })
     }
 
-    /// Moves a downloaded and checked `part` into the store; returns the blob's path.
+    /// Moves a downloaded and checked `part` (in `tmp/downloads`) into the store, read-only;
+    /// returns the blob's path.
     pub fn keep_part(&self, part: &Path, expected: Downloaded) -> Result<PathBuf, StoreError> {
-        make_read_only(part)?;
         let path = self.blob_path(&expected.sha256);
-        fs::rename(part, &path).map_err(io_at(&path))?;
+        let name = part.file_name().ok_or_else(|| io_at(part)(io::Error::other("not a partial download")))?;
+        let downloads = self.dir("tmp/downloads")?;
+        let file = downloads.open_regular(name).map_err(io_at(part))?;
+        make_read_only(&file).map_err(io_at(part))?;
+        let blobs = self.dir("blobs/sha256")?;
+        downloads.rename(name, &blobs, OsStr::new(&expected.sha256.hex())).map_err(io_at(&path))?;
         Ok(path)
     }
 }
@@ -209,6 +275,50 @@ fn note_holder(file: &mut File) {
     let _ = file.set_len(0).and_then(|()| file.write_all_at(note.as_bytes(), 0));
 }
 
+/// The directory `rel` below `dir`, made where missing; whatever else is on the way (a
+/// symlink, a file) is removed first (the link itself) and replaced by a directory.
+fn real_dir(dir: &Dir, rel: &Path, base: &Path) -> Result<Dir, StoreError> {
+    match dir.dir_beneath(rel) {
+        Ok(found) => return Ok(found),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(_) => {
+            let mut at = dir.dir_beneath(Path::new("")).map_err(io_at(base))?;
+            let mut path = base.to_owned();
+            for name in rel.iter() {
+                path.push(name);
+                if at.kind(name).is_ok_and(|kind| kind != Kind::Dir) {
+                    at.remove_all(name).map_err(io_at(&path))?;
+                }
+                at = at.make_dirs_beneath(Path::new(name)).map_err(io_at(&path))?;
+            }
+            return Ok(at);
+        }
+    }
+    dir.make_dirs_beneath(rel).map_err(io_at(&base.join(rel)))
+}
+
+/// The directory `rel` below `dir`; a symlink on the way is an error naming it.
+fn beneath(dir: &Dir, rel: &Path, base: &Path) -> Result<Dir, StoreError> {
+    dir.dir_beneath(rel).map_err(|source| match dir.symlink_on(rel) {
+        Some((link, target)) => StoreError::Symlink { path: base.to_owned(), link, target },
+        None => StoreError::Io { path: base.join(rel), source },
+    })
+}
+
+fn unix_seconds(t: SystemTime) -> i64 {
+    t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+/// Seconds and nanoseconds since the epoch, as `Stat::mtime` has them.
+fn unix_time(t: SystemTime) -> (i64, i64) {
+    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    (d.as_secs() as i64, i64::from(d.subsec_nanos()))
+}
+
+fn now() -> (i64, i64) {
+    unix_time(SystemTime::now())
+}
+
 /// What [`Store::find_blob`] found.
 pub enum Blob {
     Stored(PathBuf),
@@ -226,52 +336,51 @@ pub struct Garbage {
 
 impl Store {
     /// Blobs and layers no build used in the last `days` days (use is recorded in their
-    /// mtimes). With `delete`, removes them; the store lock must be held.
+    /// mtimes). With `delete`, removes them; the store lock must be held. Removal goes
+    /// through the store's own directories: a symlink in the store is removed, never
+    /// followed.
     pub fn gc(&self, days: u64, delete: bool) -> Result<Vec<Garbage>, StoreError> {
-        let cutoff = SystemTime::now() - Duration::from_secs(days * 86_400);
-        let mut garbage = Vec::new();
-        let blobs = self.root.join("blobs/sha256");
-        for entry in fs::read_dir(&blobs).map_err(io_at(&blobs))? {
-            let entry = entry.map_err(io_at(&blobs))?;
-            let meta = entry.metadata().map_err(io_at(&entry.path()))?;
-            if let Some(idle) = idle(&meta, cutoff) {
-                garbage.push(Garbage { path: entry.path(), bytes: meta.len(), idle_days: idle });
+        // To the nanosecond: `--days 0` means everything used before now.
+        let cutoff = unix_time(SystemTime::now() - Duration::from_secs(days * 86_400));
+        let idle = |st: &crate::fsat::Stat| {
+            (st.mtime < cutoff).then(|| (unix_seconds(SystemTime::now()) - st.mtime.0).max(0) as u64 / 86_400)
+        };
+        // (directory, name, what it is): blobs, then layers with the files that go with them.
+        let mut garbage: Vec<(Garbage, &str, Vec<OsString>)> = Vec::new();
+        let blobs_path = self.root.join("blobs/sha256");
+        let blobs = self.dir("blobs/sha256")?;
+        for (name, _) in blobs.entries().map_err(io_at(&blobs_path))? {
+            let path = blobs_path.join(&name);
+            let st = blobs.lstat(&name).map_err(io_at(&path))?;
+            if let Some(idle_days) = idle(&st) {
+                garbage.push((Garbage { path, bytes: st.size, idle_days }, "blobs/sha256", vec![name]));
             }
         }
-        let layers = self.root.join("layers");
-        for entry in fs::read_dir(&layers).map_err(io_at(&layers))? {
-            let entry = entry.map_err(io_at(&layers))?;
-            let name = entry.file_name().to_string_lossy().into_owned();
+        let layers_path = self.root.join("layers");
+        let layers = self.dir("layers")?;
+        for (name, _) in layers.entries().map_err(io_at(&layers_path))? {
             // `<key>.json` describes a layer; `<key>.tree.json` and `<key>.index` go with it.
-            let Some(key) = name.strip_suffix(".json").filter(|k| !k.contains('.')) else { continue };
-            let meta = entry.metadata().map_err(io_at(&entry.path()))?;
-            if let Some(idle) = idle(&meta, cutoff) {
-                let dir = layers.join(key);
-                garbage.push(Garbage { path: dir.clone(), bytes: tree_bytes(&dir), idle_days: idle });
+            let Some(key) = name.to_str().and_then(|n| n.strip_suffix(".json")).filter(|k| !k.contains('.')) else { continue };
+            let st = layers.lstat(&name).map_err(io_at(&layers_path.join(&name)))?;
+            if let Some(idle_days) = idle(&st) {
+                let dir = layers_path.join(key);
+                // The description goes first: a layer without it is never reused. (What
+                // layers of format 1 had instead of `.index`: `.mtimes.json`.)
+                let names = [".json", ".tree.json", ".index", ".mtimes.json", ""].iter().map(|s| OsString::from(format!("{key}{s}"))).collect();
+                garbage.push((Garbage { path: dir.clone(), bytes: tree_bytes(&dir), idle_days }, "layers", names));
             }
         }
-        garbage.sort_by(|a, b| a.path.cmp(&b.path));
+        garbage.sort_by(|a, b| a.0.path.cmp(&b.0.path));
         if delete {
-            for g in &garbage {
-                // The description goes first: a layer without it is never reused.
-                if g.path.parent().is_some_and(|p| p.ends_with("layers")) {
-                    let base = g.path.to_string_lossy().into_owned();
-                    remove_any(Path::new(&format!("{base}.json")))?;
-                    remove_any(Path::new(&format!("{base}.tree.json")))?;
-                    remove_any(Path::new(&format!("{base}.index")))?;
-                    // What layers of format 1 had instead of `.index`.
-                    remove_any(Path::new(&format!("{base}.mtimes.json")))?;
+            for (g, rel, names) in &garbage {
+                let dir = self.dir(rel)?;
+                for name in names {
+                    dir.remove_all(name).map_err(io_at(&g.path))?;
                 }
-                remove_any(&g.path)?;
             }
         }
-        Ok(garbage)
+        Ok(garbage.into_iter().map(|(g, ..)| g).collect())
     }
-}
-
-fn idle(meta: &fs::Metadata, cutoff: SystemTime) -> Option<u64> {
-    let used = meta.modified().ok()?;
-    (used < cutoff).then(|| SystemTime::now().duration_since(used).map(|d| d.as_secs() / 86_400).unwrap_or(0))
 }
 
 fn tree_bytes(path: &Path) -> u64 {
@@ -283,44 +392,24 @@ fn tree_bytes(path: &Path) -> u64 {
 }
 
 /// Clears write permission so that nothing edits a stored item in place by accident.
-pub fn make_read_only(path: &Path) -> Result<(), StoreError> {
-    let meta = fs::metadata(path).map_err(io_at(path))?;
-    let mut perms = meta.permissions();
-    perms.set_readonly(true);
-    fs::set_permissions(path, perms).map_err(io_at(path))
-}
-
-/// Removes a file, a symlink or a whole tree (making read-only directories writable first).
-pub fn remove_any(path: &Path) -> Result<(), StoreError> {
-    let meta = match fs::symlink_metadata(path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(io_at(path)(e)),
-    };
-    if !meta.is_dir() {
-        return fs::remove_file(path).map_err(io_at(path));
-    }
-    match fs::remove_dir_all(path) {
-        Ok(()) => Ok(()),
-        Err(_) => {
-            make_tree_writable(path)?;
-            fs::remove_dir_all(path).map_err(io_at(path))
-        }
-    }
-}
-
-fn make_tree_writable(dir: &Path) -> Result<(), StoreError> {
+fn make_read_only(file: &File) -> io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    let meta = fs::symlink_metadata(dir).map_err(io_at(dir))?;
-    if meta.is_dir() {
-        let mode = meta.permissions().mode();
-        fs::set_permissions(dir, fs::Permissions::from_mode(mode | 0o700)).map_err(io_at(dir))?;
-        for entry in fs::read_dir(dir).map_err(io_at(dir))? {
-            let entry = entry.map_err(io_at(dir))?;
-            make_tree_writable(&entry.path())?;
-        }
+    let mode = file.metadata()?.permissions().mode();
+    file.set_permissions(fs::Permissions::from_mode(mode & !0o222))
+}
+
+/// Removes a file, a symlink (the link, not its target) or a whole tree (making read-only
+/// directories writable first), relative to the directory that holds it.
+pub fn remove_any(path: &Path) -> Result<(), StoreError> {
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(io_at(path)(io::Error::new(io::ErrorKind::InvalidInput, "not a path to remove")));
+    };
+    let parent = if parent.as_os_str().is_empty() { Path::new(".") } else { parent };
+    match Dir::open_given(parent) {
+        Ok(dir) => dir.remove_all(name).map_err(io_at(path)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_at(path)(e)),
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -341,10 +430,39 @@ mod tests {
     }
 
     #[test]
+    fn symlinks_in_the_store_are_replaced_never_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cache, outside) = (dir.path().join("cache"), dir.path().join("outside"));
+        fs::create_dir_all(cache.join("ddslug/v1/blobs")).unwrap();
+        fs::create_dir_all(&outside).unwrap();
+        fs::write(outside.join("f"), b"outside").unwrap();
+        std::os::unix::fs::symlink(&outside, cache.join("ddslug/v1/layers")).unwrap();
+        std::os::unix::fs::symlink(&outside, cache.join("ddslug/v1/blobs/sha256")).unwrap();
+        let store = Store::open(&cache).unwrap();
+        for sub in ["layers", "blobs/sha256"] {
+            assert!(fs::symlink_metadata(store.root().join(sub)).unwrap().is_dir(), "{sub}");
+        }
+        // A blob that is a symlink is no blob: the link goes, its target stays.
+        let data = b"outside";
+        let expected = Downloaded { sha256: Sha256::of(data), size: data.len() as u64 };
+        std::os::unix::fs::symlink(outside.join("f"), store.blob_path(&expected.sha256)).unwrap();
+        assert!(!store.check_blob(expected).unwrap());
+        assert!(fs::symlink_metadata(store.blob_path(&expected.sha256)).is_err());
+        store.put("indexes", "memo.json", b"{}").unwrap();
+        assert_eq!(fs::read_dir(&outside).unwrap().count(), 1);
+        assert_eq!(fs::read(outside.join("f")).unwrap(), b"outside");
+        // Swapped in after opening: refused with the link named.
+        fs::remove_dir_all(store.root().join("indexes")).unwrap();
+        std::os::unix::fs::symlink(&outside, store.root().join("indexes")).unwrap();
+        let err = store.put("indexes", "memo.json", b"{}").unwrap_err().to_string();
+        assert!(err.contains("indexes is a symlink (to ") && err.contains("never writes through a symlink"), "{err}");
+    }
+
+    #[test]
     fn lock_clears_staging_but_keeps_partial_downloads() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let staging = store.staging_dir("layer").unwrap();
+        let staging = store.staging("layer").unwrap().path;
         fs::write(staging.join("half-written"), b"x").unwrap();
         let part = store.root().join("tmp/downloads/abc.part");
         fs::write(&part, b"partial").unwrap();

@@ -286,8 +286,9 @@ pub fn rebuild(verified: &VerifyReport, cache: Option<&Path>, offline: Option<St
             manifest.lock.recipe_sha256
         );
     }
-    let scratch_root = std::env::temp_dir().join(format!("ddslug-rebuild.{}", std::process::id()));
-    remove_any(&scratch_root)?;
+    // An unpredictable name, made exclusively: nothing planted in the temp dir is used.
+    let scratch_dir = tempfile::Builder::new().prefix("ddslug-rebuild.").tempdir().context("creating a scratch directory")?;
+    let scratch_root = scratch_dir.path().to_owned();
     let result = (|| -> Result<RebuildReport> {
         let scratch = Store::open(&scratch_root)?;
         let _lock = scratch.lock()?;
@@ -326,6 +327,7 @@ pub fn rebuild(verified: &VerifyReport, cache: Option<&Path>, offline: Option<St
         })
     })();
     let _ = remove_any(&scratch_root);
+    drop(scratch_dir);
     result
 }
 
