@@ -358,9 +358,16 @@ fn staging_left_by_a_dead_build_is_removed_and_a_live_one_kept() {
     assert_contains(&out, &["removed 1 staging directory left in BUILD_DIR by interrupted builds"]);
     assert_eq!(staging_dirs(&build), [".ddslug-staging.live0123456"]);
     drop(held);
+    // A child that another test thread forked while the lock was held keeps a copy of it
+    // until it execs: wait until nobody holds it any more.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while rustix::fs::flock(fs::File::open(&live).unwrap(), rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
+        assert!(Instant::now() < deadline, "the live staging directory stayed locked");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let out = bin_compile(&build, &cache, &env);
     assert!(out.status.success(), "{}", text(&out));
-    assert!(staging_dirs(&build).is_empty());
+    assert!(staging_dirs(&build).is_empty(), "left: {:?}\n{}", staging_dirs(&build), text(&out));
 }
 
 #[test]
