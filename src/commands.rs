@@ -116,7 +116,12 @@ fn verify_and_print(build_dir: &Path, rebuild_too: bool, cache: Option<PathBuf>,
     let app_datadog = std::env::var_os("DD_HEROKU_CONF_FOLDER").filter(|v| !v.is_empty()).map(PathBuf::from);
     let report = verify_slug(build_dir, app_datadog.as_deref())?;
     // `None` without --rebuild; the error text when the rebuild could not be made.
-    let rebuilt = rebuild_too.then(|| rebuild(&report, cache.as_deref(), offline.then(|| "--offline".to_string())).map_err(|e| format!("{e:#}")));
+    // The rebuild downloads with the same limits as a build (DD_DOWNLOAD_* from the environment).
+    let fetch = || -> Result<ddslug::fetch::FetchOptions> {
+        let limits = download_limits(&Settings::load(None)?)?;
+        Ok(ddslug::fetch::FetchOptions { offline: offline.then(|| "--offline".to_string()), limits, ..Default::default() })
+    };
+    let rebuilt = rebuild_too.then(|| fetch().and_then(|f| rebuild(&report, cache.as_deref(), f)).map_err(|e| format!("{e:#}")));
     let outcome = match &rebuilt {
         None => report.outcome,
         Some(Ok(r)) => report.outcome.and(r.outcome),

@@ -430,13 +430,24 @@ fn resolve(
     let keyring_id = match &config.keyring {
         KeyringSetting::DatadogDefault => "datadog-pinned".to_string(),
         KeyringSetting::File(path) => {
-            let bytes = fs::read(path).with_context(|| {
+            use std::io::Read;
+            let limit = crate::apt::signature::KEYRING_LIMIT;
+            let mut bytes = Vec::new();
+            fs::File::open(path).and_then(|f| f.take(limit + 1).read_to_end(&mut bytes)).with_context(|| {
                 format!(
                     "DD_APT_KEYRING={}: cannot read the keyring; point it at a readable OpenPGP keyring \
                      (armored or binary), or unset it to use Datadog's pinned keys",
                     path.display()
                 )
             })?;
+            if bytes.len() as u64 > limit {
+                anyhow::bail!(
+                    "DD_APT_KEYRING={}: the keyring is larger than {}, the limit for a keyring; point it at the \
+                     repository's public signing key alone",
+                    path.display(),
+                    crate::report::limit(limit)
+                );
+            }
             Sha256::of(&bytes).hex()
         }
     };

@@ -453,6 +453,14 @@ mod tests {
         assert_eq!(format!("{:#}", anyhow::Error::new(tree)), "x: premature eof");
         let manifest = crate::manifest::ManifestError::Io { path: "m.json".into(), error: eof() };
         assert_eq!(format!("{:#}", anyhow::Error::new(manifest)), "m.json: premature eof");
+        let layer = crate::layer::LayerError::Io { path: "l".into(), error: eof() };
+        assert_eq!(format!("{:#}", anyhow::Error::new(layer)), "l: premature eof");
+        let recipe = crate::recipe::RecipeError::Io { path: "r".into(), error: eof() };
+        assert_eq!(format!("{:#}", anyhow::Error::new(recipe)), "r: premature eof");
+        let copy = crate::materialize::CopyError { path: "c".into(), error: eof() };
+        assert_eq!(format!("{:#}", anyhow::Error::new(copy)), "c: premature eof");
+        let store = crate::store::StoreError::Io { path: "s".into(), error: eof() };
+        assert!(!format!("{:#}", anyhow::Error::new(store)).contains("premature eof: premature eof"));
     }
 
     #[test]

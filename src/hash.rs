@@ -44,7 +44,7 @@ impl fmt::Debug for Sha256 {
 
 /// The text was not 64 hex digits.
 #[derive(Debug, thiserror::Error)]
-#[error("not a SHA-256 (expected 64 hex digits): {0:?}")]
+#[error("not a SHA-256 (expected 64 hex digits): \"{}\"", crate::pathbytes::escape_bounded(.0.as_bytes(), 100))]
 pub struct BadSha256(pub String);
 
 impl FromStr for Sha256 {
@@ -222,6 +222,13 @@ pub fn xxh3_of_file(file: &std::fs::File, size: u64, buf: &mut [u8]) -> io::Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A hostile index can put megabytes where a hash belongs: the error shows a bounded part.
+    #[test]
+    fn a_bad_sha256_error_is_bounded() {
+        let err = "z".repeat(1 << 20).parse::<Sha256>().expect_err("not hex");
+        assert!(err.to_string().len() < 300, "{} bytes", err.to_string().len());
+    }
 
     #[test]
     fn known_digest_and_round_trip() {

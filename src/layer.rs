@@ -41,8 +41,8 @@ pub enum LayerError {
     Recipe(#[from] crate::recipe::RecipeError),
     #[error(transparent)]
     Tree(#[from] crate::treehash::TreeError),
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {error}")]
+    Io { path: PathBuf, error: std::io::Error },
     #[error("{path}: {reason}")]
     Json { path: PathBuf, reason: String },
     #[error("{path}: the download did not complete or did not match its SHA-256; nothing was stored. Run the build again (it resumes the download)")]
@@ -56,7 +56,7 @@ pub enum LayerError {
 }
 
 fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> LayerError + '_ {
-    move |source| LayerError::Io { path: path.to_owned(), source }
+    move |source| LayerError::Io { path: path.to_owned(), error: source }
 }
 
 /// One .deb that goes into a layer.
@@ -284,7 +284,7 @@ fn build_in(
         let part = staging.dir.dir_beneath(Path::new(&name)).map_err(io_at(&parts[i]))?;
         refuse_symlinks(&part, &deb.label, &writes)?;
         let tree_dir = staging.dir.dir_beneath(Path::new("tree")).map_err(io_at(&tree))?;
-        crate::materialize::merge_into(&part, &parts[i], &tree_dir, &tree).map_err(|e| LayerError::Io { path: e.path, source: e.source })?;
+        crate::materialize::merge_into(&part, &parts[i], &tree_dir, &tree).map_err(|e| LayerError::Io { path: e.path, error: e.error })?;
     }
     let mut removed = recipe.apply(&tree, &inputs.options)?;
     // What each file holds, as hashed while it was written. Files changed since (renamed

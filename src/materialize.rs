@@ -37,14 +37,14 @@ use crate::layerindex::{ChildKind, LayerIndex};
 
 /// A copy failed.
 #[derive(Debug, thiserror::Error)]
-#[error("{}: {source}", crate::pathbytes::escape_bounded(path.as_os_str().as_bytes(), 1024))]
+#[error("{}: {error}", crate::pathbytes::escape_bounded(path.as_os_str().as_bytes(), 1024))]
 pub struct CopyError {
     pub path: PathBuf,
-    pub source: std::io::Error,
+    pub error: std::io::Error,
 }
 
 fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> CopyError + '_ {
-    move |source| CopyError { path: path.to_owned(), source }
+    move |source| CopyError { path: path.to_owned(), error: source }
 }
 
 /// How a tree was copied.
@@ -145,7 +145,7 @@ pub fn copy_tree(src: &Path, dst: &Path) -> Result<CopyStats, CopyError> {
             }
         }
     };
-    let panicked = || CopyError { path: dst.to_owned(), source: std::io::Error::other("copy thread panicked") };
+    let panicked = || CopyError { path: dst.to_owned(), error: std::io::Error::other("copy thread panicked") };
     for copied in crate::fsat::on_threads(crate::fsat::workers(), copy_some, panicked) {
         copied?;
     }
@@ -344,7 +344,7 @@ fn walk(src: &Path, dst: Option<&Path>, index: &LayerIndex, check: bool) -> Resu
                         failed(&cross_device);
                         return Ok(false);
                     }
-                    Err(err) => return Err(CopyError { path: crate::fsat::join(to, name), source: err }),
+                    Err(err) => return Err(CopyError { path: crate::fsat::join(to, name), error: err }),
                 }
             }
             let is_symlink = child.kind == ChildKind::Symlink;
@@ -369,7 +369,7 @@ fn walk(src: &Path, dst: Option<&Path>, index: &LayerIndex, check: bool) -> Resu
                     failed(&cross_device);
                     return Ok(false);
                 }
-                Err(err) => return Err(CopyError { path: crate::fsat::join(to, name), source: err }),
+                Err(err) => return Err(CopyError { path: crate::fsat::join(to, name), error: err }),
             }
         }
         // Complete now: its mode and mtime can be set (the slug root keeps the time it was
@@ -410,13 +410,13 @@ fn walk(src: &Path, dst: Option<&Path>, index: &LayerIndex, check: bool) -> Resu
         }
         Ok(())
     };
-    let panicked = || CopyError { path: src.to_owned(), source: std::io::Error::other("thread panicked") };
+    let panicked = || CopyError { path: src.to_owned(), error: std::io::Error::other("thread panicked") };
     for result in crate::fsat::on_threads(crate::fsat::workers().min(groups.len().max(1)), work, panicked) {
         result?;
     }
     let (changed, cross_device) = (changed.into_inner(), cross_device.into_inner());
     if !changed && !cross_device && done.into_inner() != groups.len() {
-        return Err(CopyError { path: src.to_owned(), source: std::io::Error::other("a directory was skipped") });
+        return Err(CopyError { path: src.to_owned(), error: std::io::Error::other("a directory was skipped") });
     }
     // The directories left for last, deepest first: until now they kept the owner's bits
     // they were made with, so each opens, and its parent can still be passed through.
@@ -517,7 +517,7 @@ fn list(root: &Path, rel: PathBuf, items: &mut Vec<Item>) -> Result<(), CopyErro
                 nlink: meta.nlink(),
             });
         } else {
-            return Err(CopyError { path, source: std::io::Error::other("not a file, directory or symlink") });
+            return Err(CopyError { path, error: std::io::Error::other("not a file, directory or symlink") });
         }
     }
     Ok(())

@@ -44,8 +44,8 @@ pub enum RecipeError {
     Invalid { path: String, reason: String },
     #[error("recipe {path}, rule {rule:?}: condition {when:?}: {reason}")]
     Condition { path: String, rule: String, when: String, reason: String },
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {error}")]
+    Io { path: PathBuf, error: std::io::Error },
     #[error(
         "recipe rule {rule:?}: {path} lies beyond the symlink {link} (to {target}); ddslug never removes or \
          renames through a symlink, so the package is refused. Use a package without that symlink"
@@ -172,12 +172,12 @@ impl Recipe {
         })?;
         // Removals and renames go through directory descriptors opened without following any
         // symlink: a package's symlink is an error here, never a way out of the tree.
-        let tree = crate::fsat::Dir::open_given(root).map_err(|source| RecipeError::Io { path: root.to_owned(), source })?;
+        let tree = crate::fsat::Dir::open_given(root).map_err(|source| RecipeError::Io { path: root.to_owned(), error: source })?;
         for (rel, i) in doomed {
             let path = crate::fsat::join(root, &rel);
             let (files, bytes) = measure(&path)?;
             let (dir, name) = parent_of(&tree, root, &rel, &rules[i].name)?.ok_or_else(|| missing(&path))?;
-            dir.remove_all(name).map_err(|source| RecipeError::Io { path: path.clone(), source })?;
+            dir.remove_all(name).map_err(|source| RecipeError::Io { path: path.clone(), error: source })?;
             let outcome = &mut outcomes[i];
             outcome.paths.push(crate::pathbytes::escape(&rel));
             outcome.files += files;
@@ -195,9 +195,9 @@ impl Recipe {
                 if let Ok(st) = dst_dir.lstat(dst) {
                     outcomes[i].files += 1;
                     outcomes[i].bytes += if st.is_file() { st.size } else { 0 };
-                    dst_dir.remove_all(dst).map_err(|source| RecipeError::Io { path: dst_path.clone(), source })?;
+                    dst_dir.remove_all(dst).map_err(|source| RecipeError::Io { path: dst_path.clone(), error: source })?;
                 }
-                src_dir.rename(src, &dst_dir, dst).map_err(|source| RecipeError::Io { path: dst_path.clone(), source })?;
+                src_dir.rename(src, &dst_dir, dst).map_err(|source| RecipeError::Io { path: dst_path.clone(), error: source })?;
                 outcomes[i].paths.push(format!("{from} -> {to}"));
             }
         }
@@ -294,7 +294,7 @@ enum Walk {
 
 /// Visits every entry below `dir` in sorted order; directories before their children.
 fn walk(dir: &Path, rel: &[u8], visit: &mut dyn FnMut(&[u8], bool) -> Walk) -> Result<(), RecipeError> {
-    let io = |source| RecipeError::Io { path: dir.to_owned(), source };
+    let io = |source| RecipeError::Io { path: dir.to_owned(), error: source };
     let mut entries: Vec<_> = fs::read_dir(dir).map_err(io)?.collect::<Result<_, _>>().map_err(io)?;
     entries.sort_by_key(|e| e.file_name());
     for entry in entries {
@@ -325,24 +325,24 @@ fn parent_of<'a>(tree: &crate::fsat::Dir, root: &Path, rel: &'a [u8], rule: &str
                 link: crate::pathbytes::escape(link.as_os_str().as_bytes()),
                 target: crate::pathbytes::escape(target.as_os_str().as_bytes()),
             },
-            None => RecipeError::Io { path: root.join(parent), source },
+            None => RecipeError::Io { path: root.join(parent), error: source },
         }),
     }
 }
 
 fn missing(path: &Path) -> RecipeError {
-    RecipeError::Io { path: path.to_owned(), source: std::io::Error::from(std::io::ErrorKind::NotFound) }
+    RecipeError::Io { path: path.to_owned(), error: std::io::Error::from(std::io::ErrorKind::NotFound) }
 }
 
 /// Files (and symlinks) and bytes under a path, the path itself included.
 fn measure(path: &Path) -> Result<(u64, u64), RecipeError> {
-    let meta = fs::symlink_metadata(path).map_err(|source| RecipeError::Io { path: path.to_owned(), source })?;
+    let meta = fs::symlink_metadata(path).map_err(|source| RecipeError::Io { path: path.to_owned(), error: source })?;
     if !meta.is_dir() {
         return Ok((1, if meta.is_file() { meta.len() } else { 0 }));
     }
     let mut total = (0, 0);
-    for entry in fs::read_dir(path).map_err(|source| RecipeError::Io { path: path.to_owned(), source })? {
-        let entry = entry.map_err(|source| RecipeError::Io { path: path.to_owned(), source })?;
+    for entry in fs::read_dir(path).map_err(|source| RecipeError::Io { path: path.to_owned(), error: source })? {
+        let entry = entry.map_err(|source| RecipeError::Io { path: path.to_owned(), error: source })?;
         let (f, b) = measure(&entry.path())?;
         total.0 += f;
         total.1 += b;

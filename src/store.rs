@@ -37,8 +37,8 @@ const SUBDIRS: [&str; 5] = ["blobs/sha256", "layers", "tmp", "tmp/downloads", "i
 /// Why the store could not do something.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("cache {path}: {source}; check that the cache directory is writable and the disk has room")]
-    Io { path: PathBuf, source: io::Error },
+    #[error("cache {path}: {error}; check that the cache directory is writable and the disk has room")]
+    Io { path: PathBuf, error: io::Error },
     #[error(transparent)]
     Fetch(#[from] FetchError),
     #[error(
@@ -54,7 +54,7 @@ pub enum StoreError {
 }
 
 fn io_at(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
-    move |source| StoreError::Io { path: path.to_owned(), source }
+    move |source| StoreError::Io { path: path.to_owned(), error: source }
 }
 
 /// A store rooted at `CACHE_DIR/ddslug/v1`.
@@ -301,7 +301,7 @@ fn real_dir(dir: &Dir, rel: &Path, base: &Path) -> Result<Dir, StoreError> {
 fn beneath(dir: &Dir, rel: &Path, base: &Path) -> Result<Dir, StoreError> {
     dir.dir_beneath(rel).map_err(|source| match dir.symlink_on(rel) {
         Some((link, target)) => StoreError::Symlink { path: base.to_owned(), link, target },
-        None => StoreError::Io { path: base.join(rel), source },
+        None => StoreError::Io { path: base.join(rel), error: source },
     })
 }
 

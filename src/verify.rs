@@ -276,7 +276,7 @@ pub struct RebuildReport {
 /// with what the slug actually holds (`verified.slug_entries`) and with what its manifest
 /// records. Blobs come from `cache` when it has them (checked by hash), else from the
 /// locked repository. An error means the rebuild could not be made.
-pub fn rebuild(verified: &VerifyReport, cache: Option<&Path>, offline: Option<String>) -> Result<RebuildReport> {
+pub fn rebuild(verified: &VerifyReport, cache: Option<&Path>, fetch: FetchOptions) -> Result<RebuildReport> {
     let manifest = &verified.manifest;
     let recipe_sha256 = Sha256::of(RECIPE.as_bytes());
     if manifest.lock.recipe_sha256 != recipe_sha256 {
@@ -302,7 +302,7 @@ pub fn rebuild(verified: &VerifyReport, cache: Option<&Path>, offline: Option<St
                 }
             }
         }
-        let fetcher = Fetcher::new(FetchOptions { offline, ..FetchOptions::default() });
+        let fetcher = Fetcher::new(fetch);
         let built = build_layer(&scratch, &fetcher, &manifest.lock, &Reporter { quiet: true }, Reuse::Never)?;
         let entries_path = crate::layer::entries_path(&scratch, &built.info.key);
         let bytes = read_bounded(&entries_path, MAX_TREE_JSON_BYTES).map_err(|e| match e {
