@@ -1,7 +1,7 @@
 # ddslug developer entry points. `make demo` and `make test` do all the set-up they need.
 CARGO ?= cargo
 
-.PHONY: build test demo bench lint clean
+.PHONY: build test demo bench lint clean fuzz
 
 build:
 	$(CARGO) build
@@ -43,3 +43,15 @@ build-release:
 glibc-check:
 	$(CARGO) build
 	.ci/glibc-check target/debug/ddslug
+# Fuzzing (nightly + cargo-fuzz; not run by CI: each target runs FUZZ_SECONDS, 600 by default).
+# Corpora grow in fuzz/corpus/<target> from the committed seeds in fuzz/seeds/<target>;
+# results are recorded in FUZZING.md.
+FUZZ_SECONDS ?= 600
+FUZZ_TARGETS ?= deb822 inrelease ar unpack xzseek recipe layerindex lock_manifest version
+fuzz:
+	command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	for t in $(FUZZ_TARGETS); do \
+		mkdir -p fuzz/corpus/$$t && \
+		$(CARGO) +nightly fuzz run $$t fuzz/corpus/$$t fuzz/seeds/$$t -- \
+			-max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=1024 -timeout=10 -print_final_stats=1 || exit 1; \
+	done
