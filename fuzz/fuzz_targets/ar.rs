@@ -1,10 +1,19 @@
-//! The ar reader (through the control member reader): any file is read or refused; never a
-//! panic, never an allocation the input's size fields alone decide.
+//! The ar reader: any bytes are read as dpkg-deb reads a .deb (up to control.tar, up to
+//! data.tar) or refused; never a panic, never an allocation the input's size fields alone
+//! decide. The control member reader gets the same bytes as a file.
 #![no_main]
 
+use ddslug::ar::{Want, list_members};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
+    for want in [Want::Control, Want::Data] {
+        if let Ok(members) = list_members(data, "fuzz.deb", want) {
+            // What was read lies within the input.
+            let total: u64 = members.iter().map(|m| m.size).sum();
+            assert!(total <= data.len() as u64, "members claim {total} bytes of {}", data.len());
+        }
+    }
     let dir = tempfile::tempdir().expect("temp dir");
     let deb = dir.path().join("input.deb");
     std::fs::write(&deb, data).expect("write input");
