@@ -53,5 +53,5 @@ fuzz:
 	for t in $(FUZZ_TARGETS); do \
 		mkdir -p fuzz/corpus/$$t && \
 		$(CARGO) +nightly fuzz run $$t fuzz/corpus/$$t fuzz/seeds/$$t -- \
-			-max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=1024 -timeout=10 -print_final_stats=1 || exit 1; \
+			-max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=1024 -timeout=10 -print_final_stats=1 -detect_leaks=0 || exit 1; \
 	done
