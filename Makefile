@@ -43,6 +43,7 @@ build-release:
 glibc-check:
 	$(CARGO) build
 	.ci/glibc-check target/debug/ddslug
+
 # Fuzzing (nightly + cargo-fuzz; not run by CI: each target runs FUZZ_SECONDS, 600 by default).
 # Corpora grow in fuzz/corpus/<target> from the committed seeds in fuzz/seeds/<target>;
 # results are recorded in FUZZING.md.
