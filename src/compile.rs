@@ -162,10 +162,7 @@ fn manifest_for(lock: &Lock, config: &Config, built: &BuiltLayer) -> Manifest {
 pub(crate) fn seal_manifest(manifest: &Manifest, built: &BuiltLayer, ddslug_dir: &Path) -> Result<Option<Manifest>> {
     let digest = |rel: &str| -> Result<Sha256> {
         let path = ddslug_dir.join(rel);
-        let mut file = fs::File::open(&path).with_context(|| format!("reading {}", path.display()))?;
-        let mut hasher = crate::hash::Hasher::new();
-        hasher.update_from(&mut file, &mut vec![0; 1 << 17]).with_context(|| format!("reading {}", path.display()))?;
-        Ok(hasher.finish())
+        Sha256::of_file(&path).with_context(|| format!("reading {}", path.display()))
     };
     let tree_json = digest("tree.json")?;
     if built.info.entries_sha256.is_some_and(|recorded| recorded != tree_json) {

@@ -55,25 +55,12 @@ pub fn write_file(path: &Path, source: &mut dyn Read, mode: u32, mtime: SystemTi
         }
         Err(e) => return Err(at(e)),
     };
-    let mut hasher = FileHasher::new();
-    loop {
-        let n = match source.read(buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(WriteError { path: path.to_owned(), source: e }),
-        };
-        out.write_all(&buf[..n]).map_err(at)?;
-        hasher.update(&buf[..n]);
-    }
+    let hasher = copy_hashing(&mut out, source, buf).map_err(at)?;
     if replaced || !created_with(mode) {
         out.set_permissions(fs::Permissions::from_mode(mode)).map_err(at)?;
     }
     out.set_modified(mtime).map_err(at)?;
-    let meta = out.metadata().map_err(at)?;
-    let bytes = hasher.len();
-    let digests = hasher.finish();
-    Ok(Written { id: FileId::of(&meta), bytes, sha256: digests.sha256, xxh3: digests.xxh3 })
+    written(&out, hasher).map_err(at)
 }
 
 /// Writes what `source` gives into the open file `out` from its start, in place (every
@@ -84,20 +71,30 @@ pub fn fill_in_place(out: &mut fs::File, path: &Path, source: &mut dyn Read, mod
     let at = |e| WriteError { path: path.to_owned(), source: e };
     out.set_len(0).map_err(at)?;
     out.rewind().map_err(at)?;
+    let hasher = copy_hashing(out, source, buf).map_err(at)?;
+    out.set_permissions(fs::Permissions::from_mode(mode)).map_err(at)?;
+    out.set_modified(mtime).map_err(at)?;
+    written(out, hasher).map_err(at)
+}
+
+/// Copies what `source` gives into `out` through `buf`, hashing it on the way.
+fn copy_hashing(out: &mut fs::File, source: &mut dyn Read, buf: &mut [u8]) -> io::Result<FileHasher> {
     let mut hasher = FileHasher::new();
     loop {
         let n = match source.read(buf) {
-            Ok(0) => break,
+            Ok(0) => return Ok(hasher),
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(at(e)),
+            Err(e) => return Err(e),
         };
-        out.write_all(&buf[..n]).map_err(at)?;
+        out.write_all(&buf[..n])?;
         hasher.update(&buf[..n]);
     }
-    out.set_permissions(fs::Permissions::from_mode(mode)).map_err(at)?;
-    out.set_modified(mtime).map_err(at)?;
-    let meta = out.metadata().map_err(at)?;
+}
+
+/// What was written to `out`: its identity and the digests of the bytes hashed.
+fn written(out: &fs::File, hasher: FileHasher) -> io::Result<Written> {
+    let meta = out.metadata()?;
     let bytes = hasher.len();
     let digests = hasher.finish();
     Ok(Written { id: FileId::of(&meta), bytes, sha256: digests.sha256, xxh3: digests.xxh3 })

@@ -19,6 +19,14 @@ impl Sha256 {
         Sha256(Sha256Hasher::digest(bytes).into())
     }
 
+    /// Digest of what reading the file at `path` gives (streamed, not held in memory).
+    pub fn of_file(path: &std::path::Path) -> io::Result<Sha256> {
+        let mut file = std::fs::File::open(path)?;
+        let mut hasher = Hasher::new();
+        hasher.update_from(&mut file, &mut vec![0; 1 << 17])?;
+        Ok(hasher.finish())
+    }
+
     /// Lowercase hex form, as used in file names and manifests.
     pub fn hex(&self) -> String {
         let mut s = String::with_capacity(64);
@@ -119,13 +127,18 @@ impl Hasher {
 
     /// Hashes everything `reader` gives until its end, through `buf`.
     pub fn update_from(&mut self, reader: &mut impl Read, buf: &mut [u8]) -> io::Result<()> {
-        loop {
-            match reader.read(buf) {
-                Ok(0) => return Ok(()),
-                Ok(n) => self.update(&buf[..n]),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
+        read_each(reader, buf, |bytes| self.update(bytes))
+    }
+}
+
+/// Calls `each` with every chunk `reader` gives until its end, read through `buf`.
+fn read_each(reader: &mut impl Read, buf: &mut [u8], mut each: impl FnMut(&[u8])) -> io::Result<()> {
+    loop {
+        match reader.read(buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => each(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
     }
 }
@@ -166,14 +179,7 @@ impl FileHasher {
     }
     /// Hashes everything `reader` gives until its end, through `buf`.
     pub fn update_from(&mut self, reader: &mut impl Read, buf: &mut [u8]) -> io::Result<()> {
-        loop {
-            match reader.read(buf) {
-                Ok(0) => return Ok(()),
-                Ok(n) => self.update(&buf[..n]),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
+        read_each(reader, buf, |bytes| self.update(bytes))
     }
 }
 

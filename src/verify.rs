@@ -220,10 +220,7 @@ fn check_file(
         unchecked.push(format!("could not check {rel} ({what}): the manifest predates its SHA-256 (a compile with this ddslug records it)"));
         return Ok(());
     };
-    let mut file = std::fs::File::open(&path).with_context(|| format!("reading {}", path.display()))?;
-    let mut hasher = crate::hash::Hasher::new();
-    hasher.update_from(&mut file, &mut vec![0; 1 << 17]).with_context(|| format!("reading {}", path.display()))?;
-    let digest = hasher.finish();
+    let digest = Sha256::of_file(&path).with_context(|| format!("reading {}", path.display()))?;
     if digest != recorded {
         problems.push(format!("{rel} ({what}) changed: its SHA-256 is {digest}; the manifest records {recorded}"));
     }

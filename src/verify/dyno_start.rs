@@ -175,10 +175,7 @@ fn file_sha256(e: &TreeEntry) -> Option<Sha256> {
 
 /// The SHA-256 of what reading `path` gives (following symlinks, as dyno start's copy does).
 fn sha256_of_file(path: &Path) -> Option<Sha256> {
-    let mut file = fs::File::open(path).ok()?;
-    let mut hasher = crate::hash::Hasher::new();
-    hasher.update_from(&mut file, &mut vec![0; 1 << 16]).ok()?;
-    Some(hasher.finish())
+    Sha256::of_file(path).ok()
 }
 
 /// The symlinks dyno start may have made: each link's path and its target (relative to the
