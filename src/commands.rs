@@ -4,14 +4,14 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use ddslug::compile::{Reuse, build_layer, fetcher_for, load_config, plan};
+use ddslug::buildpack::classic::{Reuse, build_layer, fetcher_for, load_config, plan};
 use ddslug::config::{Settings, download_limits};
 use ddslug::fetch::{Downloaded, FetchOptions, Fetcher};
-use ddslug::manifest::{read_lock, to_json};
+use ddslug::slug::manifest::{read_lock, to_json};
 use ddslug::report::{Reporter, bytes};
 use ddslug::store::Store;
-use ddslug::treehash::TreeDiff;
-use ddslug::verify::{Outcome, diff_slugs, entry_size, rebuild, verify as verify_slug};
+use ddslug::store::treehash::TreeDiff;
+use ddslug::slug::verify::{Outcome, diff_slugs, entry_size, rebuild, verify as verify_slug};
 
 use crate::SettingsArgs;
 

@@ -263,7 +263,7 @@ impl Config {
 /// 6.14 have only Python 2 (a request for 3 is ignored with a warning, as the classic
 /// buildpack ignores it), agent 6 from 6.14 defaults to 2, agent 7 is always 3.
 pub fn effective_python(version: &[u64], major: u64, requested: Option<u64>) -> (u64, Option<String>) {
-    let before_614 = crate::recipe::cmp_version(version, &[6, 14]).is_lt();
+    let before_614 = crate::unpack::recipe::cmp_version(version, &[6, 14]).is_lt();
     match (major, before_614, requested) {
         (7, _, _) => (3, None),
         (_, true, Some(3)) => (

@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use ddslug::apt::client::{AptSource, load_index};
 use ddslug::apt::resolve;
 use ddslug::apt::signature::Keyring;
-use ddslug::compile::{CompileArgs, compile};
+use ddslug::buildpack::classic::{CompileArgs, compile};
 use ddslug::report::Reporter;
 use ddslug::runtime;
 use ddslug::fetch::{Downloaded, FetchOptions, Fetcher};
@@ -290,7 +290,7 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Unpack { deb, dir } => {
-            let report = ddslug::deb::unpack_deb(&deb, &dir)?;
+            let report = ddslug::unpack::deb::unpack_deb(&deb, &dir)?;
             for warning in &report.skipped {
                 eprintln!("ddslug: warning: {warning}");
             }

@@ -8,7 +8,7 @@
 //! Text forms: [`fmt::Display`] is for people: bytes that are not printable UTF-8 appear as
 //! `\xNN` and a backslash as `\\`, so that a name prints on one line and two names never
 //! print alike. JSON carries UTF-8 names as strings and others in a hex field (see
-//! [`crate::treehash`]).
+//! [`crate::store::treehash`]).
 
 use std::ffi::OsStr;
 use std::fmt;
@@ -102,7 +102,7 @@ impl AsRef<std::path::Path> for PathBytes {
 }
 
 /// In JSON reports: the string when the bytes are UTF-8, else `{"hex": "<lowercase hex>"}`
-/// (the entry list has its own, flatter form: see [`crate::treehash`]).
+/// (the entry list has its own, flatter form: see [`crate::store::treehash`]).
 impl serde::Serialize for PathBytes {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;

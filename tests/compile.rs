@@ -7,8 +7,8 @@ use std::fs;
 use std::path::Path;
 
 use common::{CASES, Served, bin_compile, bin_compile_unprivileged, bin_compile_unprivileged_with, expected_path, normalized_tree, text};
-use ddslug::manifest::read_manifest;
-use ddslug::treehash::{TreeEntry, diff, scan_tree};
+use ddslug::slug::manifest::read_manifest;
+use ddslug::store::treehash::{TreeEntry, diff, scan_tree};
 
 /// Every settings case, built as a user who is not root (as on Heroku).
 #[test]
@@ -43,7 +43,7 @@ fn same_tree_as_the_classic_buildpack_for_every_case() {
 /// root the dyno sees as `/app/.apt`) as well as literally.
 fn assert_no_broken_symlinks(apt: &Path, dir: &Path) {
     for entry in scan_tree(dir).unwrap().entries {
-        if let ddslug::treehash::EntryKind::Symlink { target } = &entry.kind {
+        if let ddslug::store::treehash::EntryKind::Symlink { target } = &entry.kind {
             let link = dir.join(&entry.path);
             assert!(
                 fs::metadata(&link).is_ok(),
@@ -148,7 +148,7 @@ fn changing_inputs_in_any_order_never_reuses_a_stale_layer() {
 }
 
 /// BUILD_DIR with an app file and an `.apt` from another buildpack, and its tree hash.
-fn app_build_dir(served: &Served, name: &str) -> (std::path::PathBuf, ddslug::treehash::TreeHash) {
+fn app_build_dir(served: &Served, name: &str) -> (std::path::PathBuf, ddslug::store::treehash::TreeHash) {
     let build = served.build_dir(name);
     fs::write(build.join("Procfile"), "web: ./server\n").unwrap();
     fs::create_dir_all(build.join(".apt/usr/bin")).unwrap();

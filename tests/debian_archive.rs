@@ -10,7 +10,7 @@ use ddslug::apt::resolve;
 use ddslug::apt::signature::Keyring;
 use ddslug::fetch::{Downloaded, FetchOptions, Fetcher};
 use ddslug::store::Store;
-use ddslug::treehash::scan_tree;
+use ddslug::store::treehash::scan_tree;
 
 const KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
 
@@ -37,7 +37,7 @@ fn bookworm_packages_unpack_like_dpkg() {
 
         let ours = work.path().join(format!("{name}-ddslug"));
         let theirs = work.path().join(format!("{name}-dpkg"));
-        let report = ddslug::deb::unpack_deb(&deb, &ours).unwrap();
+        let report = ddslug::unpack::deb::unpack_deb(&deb, &ours).unwrap();
         let status = Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&theirs).status().unwrap();
         assert!(status.success(), "dpkg-deb -x failed on {}", deb.display());
 
@@ -51,17 +51,17 @@ fn bookworm_packages_unpack_like_dpkg() {
         }
         // dpkg-deb -x leaves directories with the extraction time; ddslug gives them the
         // archive's mtime (deterministic), so only files and symlinks are compared.
-        let non_dirs: Vec<ddslug::treehash::PathBytes> = b
+        let non_dirs: Vec<ddslug::store::treehash::PathBytes> = b
             .entries
             .iter()
-            .filter(|e| !matches!(e.kind, ddslug::treehash::EntryKind::Dir))
+            .filter(|e| !matches!(e.kind, ddslug::store::treehash::EntryKind::Dir))
             .map(|e| e.path.clone())
             .collect();
         assert_same_mtimes(&ours, &theirs, &non_dirs);
     }
 }
 
-fn assert_same_mtimes(a: &Path, b: &Path, paths: &[ddslug::treehash::PathBytes]) {
+fn assert_same_mtimes(a: &Path, b: &Path, paths: &[ddslug::store::treehash::PathBytes]) {
     for p in paths {
         let ma = std::fs::symlink_metadata(a.join(p)).unwrap();
         let mb = std::fs::symlink_metadata(b.join(p)).unwrap();

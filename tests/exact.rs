@@ -10,8 +10,8 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use common::{Served, bin_compile, text};
-use ddslug::manifest::{read_lock, read_manifest};
-use ddslug::treehash::scan_tree;
+use ddslug::slug::manifest::{read_lock, read_manifest};
+use ddslug::store::treehash::scan_tree;
 
 fn ddslug(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_ddslug")).args(args).output().unwrap()
@@ -21,7 +21,7 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-fn tree_hash(build: &Path) -> ddslug::treehash::TreeHash {
+fn tree_hash(build: &Path) -> ddslug::store::treehash::TreeHash {
     scan_tree(&build.join(".apt")).unwrap().hash
 }
 
@@ -109,7 +109,7 @@ fn offline_builds_from_a_fetched_cache_and_names_what_is_missing() {
     // With a lock, the missing item is the blob itself.
     let lock = dir.path().join("ddslug.lock");
     let m = read_manifest(&build.join(".ddslug/manifest.json")).unwrap();
-    fs::write(&lock, ddslug::manifest::to_json(&m.lock)).unwrap();
+    fs::write(&lock, ddslug::slug::manifest::to_json(&m.lock)).unwrap();
     fs::create_dir_all(build2.join("datadog")).unwrap();
     fs::copy(&lock, build2.join("datadog/ddslug.lock")).unwrap();
     let out = bin_compile(&build2, &dir.path().join("empty-cache2"), &env);

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::{Served, bin_compile, text};
-use ddslug::treehash::scan_tree;
+use ddslug::store::treehash::scan_tree;
 
 struct Tmpfs(PathBuf);
 

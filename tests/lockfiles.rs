@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use common::{Served, text};
-use ddslug::manifest::{Lock, read_lock};
+use ddslug::slug::manifest::{Lock, read_lock};
 
 const LOCKS: &[(&str, &[(&str, &str)])] = &[
     ("agent7-default", &[]),

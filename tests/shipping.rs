@@ -14,7 +14,7 @@ use std::process::{Command, Output};
 
 use common::{Served, text};
 use ddslug::hash::Sha256;
-use ddslug::treehash::{TreeHash, scan_tree};
+use ddslug::store::treehash::{TreeHash, scan_tree};
 use ddslug_testsupport::{Fault, Server};
 
 const REPO: &str = env!("CARGO_MANIFEST_DIR");

@@ -10,7 +10,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use common::{bin_compile, text};
-use ddslug::treehash::{TreeHash, scan_tree};
+use ddslug::store::treehash::{TreeHash, scan_tree};
 use ddslug_testsupport::agent::{Scale, agent_deb};
 use ddslug_testsupport::debs::Compression;
 use ddslug_testsupport::repo::{PublishedDeb, RepoSpec, write_repo};

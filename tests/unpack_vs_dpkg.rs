@@ -9,7 +9,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::process::Command;
 
-use ddslug::treehash::{EntryKind, scan_tree};
+use ddslug::store::treehash::{EntryKind, scan_tree};
 
 fn make_tree(root: &Path) {
     let p = |rel: &str| root.join(rel);
@@ -66,7 +66,7 @@ fn same_tree_as_dpkg_for_every_compression() {
         assert!(status.success(), "dpkg-deb --build -Z{z}");
         let ours = dir.path().join(format!("ours-{z}"));
         let theirs = dir.path().join(format!("theirs-{z}"));
-        let report = ddslug::deb::unpack_deb(&deb, &ours).unwrap();
+        let report = ddslug::unpack::deb::unpack_deb(&deb, &ours).unwrap();
         assert!(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&theirs).status().unwrap().success());
         let (a, b) = (scan_tree(&ours).unwrap(), scan_tree(&theirs).unwrap());
         assert_eq!(a.entries, b.entries, "-Z{z}");
@@ -82,7 +82,7 @@ fn same_tree_as_dpkg_for_every_compression() {
             let (ma, mb) = (fs::symlink_metadata(ours.join(&e.path)).unwrap(), fs::symlink_metadata(theirs.join(&e.path)).unwrap());
             assert_eq!(ma.mtime(), mb.mtime(), "-Z{z}: mtime of {}", e.path);
         }
-        assert_eq!(ddslug::deb::read_control(&deb).unwrap().lines().next(), Some("Package: ddslug-oracle"));
+        assert_eq!(ddslug::unpack::deb::read_control(&deb).unwrap().lines().next(), Some("Package: ddslug-oracle"));
     }
 }
 
@@ -103,7 +103,7 @@ fn every_compression_matches_dpkg() {
         let deb = dir.path().join(format!("{c:?}.deb"));
         fs::write(&deb, spec.build().unwrap()).unwrap();
         let (ours, theirs) = (dir.path().join(format!("ours-{c:?}")), dir.path().join(format!("theirs-{c:?}")));
-        ddslug::deb::unpack_deb(&deb, &ours).unwrap();
+        ddslug::unpack::deb::unpack_deb(&deb, &ours).unwrap();
         assert!(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&theirs).status().unwrap().success(), "{c:?}");
         let (a, b) = (scan_tree(&ours).unwrap(), scan_tree(&theirs).unwrap());
         assert_eq!(a.entries, b.entries, "{c:?}");
@@ -136,7 +136,7 @@ fn names_that_are_not_utf8_match_dpkg_byte_for_byte() {
     let deb = dir.path().join("bytes.deb");
     fs::write(&deb, spec.build().unwrap()).unwrap();
     let (ours, theirs) = (dir.path().join("ours"), dir.path().join("theirs"));
-    let report = ddslug::deb::unpack_deb(&deb, &ours).unwrap();
+    let report = ddslug::unpack::deb::unpack_deb(&deb, &ours).unwrap();
     assert!(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&theirs).status().unwrap().success());
     let (a, b) = (scan_tree(&ours).unwrap(), scan_tree(&theirs).unwrap());
     assert_eq!(a.entries, b.entries);
@@ -151,8 +151,8 @@ fn names_that_are_not_utf8_match_dpkg_byte_for_byte() {
     // The entry list carries the bytes and reads back to the same tree hash.
     let json = serde_json::to_string(&a.entries).unwrap();
     assert!(json.contains(r#""path_hex":"6f70742f6e2f61e9""#), "{json}");
-    let back: Vec<ddslug::treehash::TreeEntry> = serde_json::from_str(&json).unwrap();
-    assert_eq!(ddslug::treehash::hash_entries(&back), a.hash);
+    let back: Vec<ddslug::store::treehash::TreeEntry> = serde_json::from_str(&json).unwrap();
+    assert_eq!(ddslug::store::treehash::hash_entries(&back), a.hash);
 }
 
 /// The members of a well-formed .deb, as (name, bytes), split without ddslug's reader.
@@ -240,7 +240,7 @@ fn the_ar_container_is_read_as_strictly_as_dpkg_deb_reads_it() {
         let (ours, theirs) = (dir.path().join(format!("ours{i}")), dir.path().join(format!("theirs{i}")));
         let dpkg = Command::new("dpkg-deb").arg("-x").arg(&path).arg(&theirs).output().unwrap();
         let dpkg_says = String::from_utf8_lossy(&dpkg.stderr);
-        let result = ddslug::deb::unpack_deb(&path, &ours);
+        let result = ddslug::unpack::deb::unpack_deb(&path, &ours);
         match refusal {
             None => {
                 assert!(dpkg.status.success(), "{case}: dpkg-deb refused it: {dpkg_says}");

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use common::{Served, bin_compile, text};
 use ddslug::hash::Sha256;
-use ddslug::treehash::{TreeEntry, hash_entries};
+use ddslug::store::treehash::{TreeEntry, hash_entries};
 use serde_json::Value;
 
 fn ddslug(args: &[&str]) -> Output {
@@ -409,8 +409,8 @@ fn a_layer_file_overwritten_in_place_with_its_size_and_mtime_is_rebuilt_not_ship
         let out = bin_compile(&b, &slugs.cache, &slugs.env);
         let t = text(&out);
         assert!(out.status.success() && t.contains("changed on disk; rebuilding it"), "{how}: {t}");
-        let manifest = ddslug::manifest::read_manifest(&b.join(".ddslug/manifest.json")).unwrap();
-        assert_eq!(manifest.tree_hash, ddslug::treehash::scan_tree(&b.join(".apt")).unwrap().hash, "{how}");
+        let manifest = ddslug::slug::manifest::read_manifest(&b.join(".ddslug/manifest.json")).unwrap();
+        assert_eq!(manifest.tree_hash, ddslug::store::treehash::scan_tree(&b.join(".apt")).unwrap().hash, "{how}");
         verify_says(&b, &[], 0, &["identical to its manifest"]);
     }
 }

@@ -3,7 +3,7 @@
 //! decide. The control member reader gets the same bytes as a file.
 #![no_main]
 
-use ddslug::ar::{Want, list_members};
+use ddslug::unpack::ar::{Want, list_members};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -18,5 +18,5 @@ fuzz_target!(|data: &[u8]| {
     let dir = tempfile::tempdir().expect("temp dir");
     let deb = dir.path().join("input.deb");
     std::fs::write(&deb, data).expect("write input");
-    let _ = ddslug::deb::read_control(&deb);
+    let _ = ddslug::unpack::deb::read_control(&deb);
 });

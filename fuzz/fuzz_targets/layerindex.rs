@@ -2,7 +2,7 @@
 //! index answers every query without panicking.
 #![no_main]
 
-use ddslug::layerindex::LayerIndex;
+use ddslug::store::layerindex::LayerIndex;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

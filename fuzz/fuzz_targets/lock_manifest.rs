@@ -2,7 +2,7 @@
 //! writes back to JSON that reads again to the same value.
 #![no_main]
 
-use ddslug::manifest::{read_lock, read_manifest, to_json};
+use ddslug::slug::manifest::{read_lock, read_manifest, to_json};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

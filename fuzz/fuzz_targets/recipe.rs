@@ -3,7 +3,7 @@
 //! never name a path outside the root.
 #![no_main]
 
-use ddslug::recipe::{Options, Recipe, eval, glob_match};
+use ddslug::unpack::recipe::{Options, Recipe, eval, glob_match};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

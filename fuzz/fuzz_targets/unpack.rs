@@ -16,7 +16,7 @@ fuzz_target!(|data: &[u8]| {
     let deb = dir.path().join("input.deb");
     std::fs::write(&deb, data).expect("write input");
     let out = dir.path().join("out");
-    let _ = ddslug::deb::unpack_deb(&deb, &out);
+    let _ = ddslug::unpack::deb::unpack_deb(&deb, &out);
     let left: Vec<_> = names(dir.path()).into_iter().filter(|n| n != "input.deb" && n != "out").collect();
     assert!(left.is_empty(), "created beside the target: {left:?}");
     // Seeds carry symlinks to this absolute path: writing through them must fail.

@@ -11,10 +11,10 @@ fuzz_target!(|data: &[u8]| {
     let mut file = tempfile::tempfile().expect("temp file");
     std::io::Write::write_all(&mut file, data).expect("write input");
     let len = data.len() as u64;
-    let Some(blocks) = ddslug::xzseek::blocks(&file, 0, len) else { return };
+    let Some(blocks) = ddslug::unpack::xzseek::blocks(&file, 0, len) else { return };
     let ours = std::thread::scope(|scope| {
         let mut reader =
-            ddslug::xzseek::BlockReader::new(scope, &file, 0, len, ddslug::xzseek::Layout::Indexed(blocks), true);
+            ddslug::unpack::xzseek::BlockReader::new(scope, &file, 0, len, ddslug::unpack::xzseek::Layout::Indexed(blocks), true);
         let mut out = Vec::new();
         // Bounded: a hostile stream may claim huge blocks.
         (&mut reader).take(64 << 20).read_to_end(&mut out).map(|_| out)

@@ -15,7 +15,7 @@ use super::confdir::{Keep, Missing, Tree};
 use super::integrations::database_integrations;
 use super::yaml::{YamlSettings, edit, install_info};
 use super::{Env, Level, Log, Paths, agent_version, assign_line, dyno_host, export_line, is_true, normalize_tags, rfc1123};
-use crate::recipe::cmp_version;
+use crate::unpack::recipe::cmp_version;
 
 /// The buildpack version reported in tags and install_info.
 pub const BUILDPACK_VERSION: &str = concat!("ddslug-", env!("CARGO_PKG_VERSION"));

@@ -151,7 +151,7 @@ pub fn is_true(env: &Env, name: &str) -> bool {
 /// The agent version and major, from the slug's manifest (no need to run the agent).
 pub fn agent_version(paths: &Paths) -> Result<(Vec<u64>, u64)> {
     let manifest_path = paths.home.join(".ddslug/manifest.json");
-    let manifest = crate::manifest::read_manifest(&manifest_path)
+    let manifest = crate::slug::manifest::read_manifest(&manifest_path)
         .with_context(|| "the slug has no ddslug manifest; was it built by ddslug's bin/compile?")?;
     let version = manifest.lock.options.version.clone();
     let major = version.first().copied().unwrap_or(7);

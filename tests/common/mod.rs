@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use ddslug::hash::Sha256;
-use ddslug::treehash::{EntryKind, TreeEntry, scan_tree};
+use ddslug::store::treehash::{EntryKind, TreeEntry, scan_tree};
 use ddslug_testsupport::agent::{Scale, agent_deb};
 use ddslug_testsupport::{DebSpec, KeyKind, RepoSpec, Server, SigningKey, write_repo};
 use ddslug_testsupport::fixtures::{AgentRepo, agent_repository};

@@ -17,9 +17,9 @@ fn main() -> std::io::Result<()> {
     std::fs::write(root.join("opt/agent/etc").join(OsStr::from_bytes(b"a\xe9")), b"")?;
     std::os::unix::fs::symlink("../bin/agent", root.join("opt/agent/etc/link"))?;
     std::fs::set_permissions(root.join("opt/agent/etc"), std::fs::Permissions::from_mode(0o750))?;
-    let (scan, files) = ddslug::treehash::scan_tree_known(&root, &HashMap::new(), &HashMap::new())
+    let (scan, files) = ddslug::store::treehash::scan_tree_known(&root, &HashMap::new(), &HashMap::new())
         .map_err(std::io::Error::other)?;
-    let index = ddslug::layerindex::LayerIndex::encode(&scan.entries, &files).ok_or_else(|| std::io::Error::other("encode"))?;
+    let index = ddslug::store::layerindex::LayerIndex::encode(&scan.entries, &files).ok_or_else(|| std::io::Error::other("encode"))?;
     let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("seeds/layerindex/small.index");
     std::fs::write(&out, &index)?;
     println!("{} ({} bytes)", out.display(), index.len());

@@ -17,6 +17,10 @@
 //! Every write, rename and removal is made relative to the store's own directories, opened
 //! without following symlinks: a symlink in the cache is removed or refused, never followed.
 
+pub mod layer;
+pub mod layerindex;
+pub mod treehash;
+
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, File};
 use std::io::{self, Read};

@@ -17,13 +17,13 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use crate::compile::{RECIPE, Reuse, build_layer};
+use crate::buildpack::classic::{RECIPE, Reuse, build_layer};
 use crate::fetch::{Downloaded, FetchOptions, Fetcher};
 use crate::hash::Sha256;
-use crate::manifest::{Bounded, Manifest, read_bounded, read_manifest};
+use crate::slug::manifest::{Bounded, Manifest, read_bounded, read_manifest};
 use crate::report::Reporter;
 use crate::store::{Store, remove_any};
-use crate::treehash::{EntryKind, PathBytes, TreeDiff, TreeEntry, TreeError, TreeHash, diff, hash_entries, scan_tree};
+use crate::store::treehash::{EntryKind, PathBytes, TreeDiff, TreeEntry, TreeError, TreeHash, diff, hash_entries, scan_tree};
 
 /// The largest entry list read (the real agent's is about 5 MB).
 pub const MAX_TREE_JSON_BYTES: u64 = 64 << 20;
@@ -301,7 +301,7 @@ pub fn rebuild(verified: &VerifyReport, cache: Option<&Path>, fetch: FetchOption
         }
         let fetcher = Fetcher::new(fetch);
         let built = build_layer(&scratch, &fetcher, &manifest.lock, &Reporter { quiet: true }, Reuse::Never)?;
-        let entries_path = crate::layer::entries_path(&scratch, &built.info.key);
+        let entries_path = crate::store::layer::entries_path(&scratch, &built.info.key);
         let bytes = read_bounded(&entries_path, MAX_TREE_JSON_BYTES).map_err(|e| match e {
             Bounded::Io(e) => anyhow::Error::new(e).context(format!("reading {}", entries_path.display())),
             Bounded::TooBig => anyhow::anyhow!("{} is larger than {MAX_TREE_JSON_BYTES} bytes", entries_path.display()),

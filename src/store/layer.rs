@@ -17,11 +17,11 @@ use std::path::{Path, PathBuf};
 
 use crate::fetch::Progress;
 use crate::hash::Sha256;
-use crate::layerindex::LayerIndex;
-use crate::recipe::{Options, Recipe, RuleOutcome, StripFilter, merge_outcomes};
+use crate::store::layerindex::LayerIndex;
+use crate::unpack::recipe::{Options, Recipe, RuleOutcome, StripFilter, merge_outcomes};
 use crate::store::{Store, StoreError};
-use crate::treehash::{FileId, TreeHash, scan_tree_known};
-use crate::xzseek::BlockStats;
+use crate::store::treehash::{FileId, TreeHash, scan_tree_known};
+use crate::unpack::xzseek::BlockStats;
 
 /// Bump when the way a layer is produced from the same inputs, or what is stored with it,
 /// changes (2: the binary `.index` replaced `.mtimes.json`; 3: directories are stored
@@ -36,11 +36,11 @@ pub enum LayerError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
-    Deb(#[from] crate::deb::DebError),
+    Deb(#[from] crate::unpack::deb::DebError),
     #[error(transparent)]
-    Recipe(#[from] crate::recipe::RecipeError),
+    Recipe(#[from] crate::unpack::recipe::RecipeError),
     #[error(transparent)]
-    Tree(#[from] crate::treehash::TreeError),
+    Tree(#[from] crate::store::treehash::TreeError),
     #[error("{path}: {error}")]
     Io { path: PathBuf, error: std::io::Error },
     #[error("{path}: {reason}")]
@@ -106,7 +106,7 @@ pub struct LayerInfo {
 }
 
 /// The size and mtime of a stored file: an in-place edit changes the mtime. (Not the inode,
-/// as [`crate::treehash::FileId`] has: a cache restored from an archive keeps sizes and
+/// as [`crate::store::treehash::FileId`] has: a cache restored from an archive keeps sizes and
 /// mtimes, not inodes.)
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FileStamp {
@@ -139,7 +139,7 @@ pub fn entries_path(store: &Store, key: &Sha256) -> PathBuf {
     store.root().join("layers").join(format!("{}.tree.json", key.hex()))
 }
 
-/// The layer's index (`layers/<key>.index`, see [`crate::layerindex`]): its entries by
+/// The layer's index (`layers/<key>.index`, see [`crate::store::layerindex`]): its entries by
 /// directory with what each looked like on disk when it was stored. Slugs share the layer's
 /// files through hard links, so an in-place edit of a slug file shows up against it.
 pub fn index_path(store: &Store, key: &Sha256) -> PathBuf {
@@ -257,10 +257,10 @@ fn build_in(
                     // Stored blobs were verified against the lock's SHA-256; a downloading one
                     // is checked at the end (below).
                     let integrity = match deb.downloading {
-                        Some(progress) => crate::deb::Integrity::Downloading(progress),
-                        None => crate::deb::Integrity::Verified,
+                        Some(progress) => crate::unpack::deb::Integrity::Downloading(progress),
+                        None => crate::unpack::deb::Integrity::Verified,
                     };
-                    let report = crate::deb::unpack_deb_filtered(&deb.path, &deb.label, part, Some(&mut filter), integrity)?;
+                    let report = crate::unpack::deb::unpack_deb_filtered(&deb.path, &deb.label, part, Some(&mut filter), integrity)?;
                     Ok((filter.outcomes, report.digests, report.xz_blocks, report.dir_modes))
                 })
             })
@@ -284,7 +284,7 @@ fn build_in(
         let part = staging.dir.dir_beneath(Path::new(&name)).map_err(io_at(&parts[i]))?;
         refuse_symlinks(&part, &deb.label, &writes)?;
         let tree_dir = staging.dir.dir_beneath(Path::new("tree")).map_err(io_at(&tree))?;
-        crate::materialize::merge_into(&part, &parts[i], &tree_dir, &tree).map_err(|e| LayerError::Io { path: e.path, error: e.error })?;
+        crate::slug::materialize::merge_into(&part, &parts[i], &tree_dir, &tree).map_err(|e| LayerError::Io { path: e.path, error: e.error })?;
     }
     let mut removed = recipe.apply(&tree, &inputs.options)?;
     // What each file holds, as hashed while it was written. Files changed since (renamed
@@ -351,7 +351,7 @@ fn build_in(
 /// What ddslug writes in an unpacked tree, and where, in the order it does: for each active
 /// rename the directories above both ends, then the wrapper (the path itself and every
 /// directory above it).
-fn paths_written(recipe: &Recipe, options: &crate::recipe::Options, wrapper: &str) -> Result<Vec<(PathBuf, String)>, LayerError> {
+fn paths_written(recipe: &Recipe, options: &crate::unpack::recipe::Options, wrapper: &str) -> Result<Vec<(PathBuf, String)>, LayerError> {
     let mut writes = Vec::new();
     for rule in recipe.active_rules(options)? {
         for [from, to] in &rule.rename {

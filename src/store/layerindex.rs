@@ -22,12 +22,12 @@
 //! The mtimes tell a warm build cheaply that a file was written through a slug's hard link;
 //! the xxh3s catch what the mtimes cannot, a file overwritten in place with its size and mtime
 //! kept (`cp -p` over it, a restored mtime, damage in the cache): a warm build reads and
-//! hashes every file of the layer it reuses (see [`crate::materialize`]).
+//! hashes every file of the layer it reuses (see [`crate::slug::materialize`]).
 
 use std::ops::Range;
 
 use crate::fsat::Stat;
-use crate::treehash::{EntryKind, FileMeta, TreeEntry};
+use crate::store::treehash::{EntryKind, FileMeta, TreeEntry};
 
 const MAGIC: &[u8] = b"ddslug layer index 2\n";
 
@@ -328,7 +328,7 @@ mod tests {
     /// made `totals` overflow (a panic in debug builds, a wrong total in release builds).
     #[test]
     fn file_sizes_that_overflow_their_total_are_refused() {
-        let bytes = include_bytes!("../tests/data/fuzz/layerindex-size-overflow.index");
+        let bytes = include_bytes!("../../tests/data/fuzz/layerindex-size-overflow.index");
         assert!(LayerIndex::decode(bytes.to_vec()).is_none());
     }
 

@@ -215,7 +215,7 @@ enum Decision {
     Closed,
 }
 
-/// The recipe applied while unpacking ([`crate::deb::EntryFilter`]): entries it removes are
+/// The recipe applied while unpacking ([`crate::unpack::deb::EntryFilter`]): entries it removes are
 /// never written. Its outcomes merge with [`Recipe::apply`]'s, which runs afterwards for
 /// renames and for anything several packages put together.
 pub struct StripFilter<'r> {
@@ -246,7 +246,7 @@ fn decide(rules: &[&Rule], rel: &[u8], is_dir: bool) -> Decision {
     if rules.iter().any(|r| r.remove.iter().any(|g| glob_is_below(g, rel))) { Decision::Open } else { Decision::Closed }
 }
 
-impl crate::deb::EntryFilter for StripFilter<'_> {
+impl crate::unpack::deb::EntryFilter for StripFilter<'_> {
     fn skip(&mut self, rel: &[u8], is_dir: bool, size: u64) -> bool {
         let (parent, _) = crate::pathbytes::split_last(rel);
         let decision = match self.decisions.get(parent) {

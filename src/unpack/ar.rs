@@ -15,7 +15,7 @@
 
 use std::io::{self, Read};
 
-use crate::deb::DebError;
+use crate::unpack::deb::DebError;
 
 /// How a control.tar or data.tar member is compressed (from its name, as dpkg decides it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

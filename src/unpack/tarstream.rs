@@ -10,7 +10,7 @@
 
 use std::io::{self, BufRead, BufReader, Read};
 
-use crate::ar::Compression;
+use crate::unpack::ar::Compression;
 
 /// Bytes of one GNU long-name or long-link record, or of one PAX header: far beyond any real
 /// path (Linux allows 4096 bytes).

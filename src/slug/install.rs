@@ -16,11 +16,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use crate::compile::{BuiltLayer, CompileArgs, PROFILE_SCRIPT, seal_manifest};
+use crate::buildpack::classic::{BuiltLayer, CompileArgs, PROFILE_SCRIPT, seal_manifest};
 use crate::fsat::{Dir, Kind};
-use crate::layer;
-use crate::manifest::{Manifest, to_json};
-use crate::materialize::{Materialize, Materialized, materialize_index, merge_into};
+use crate::store::layer;
+use crate::slug::manifest::{Manifest, to_json};
+use crate::slug::materialize::{Materialize, Materialized, materialize_index, merge_into};
 use crate::store::Store;
 
 /// The parts of BUILD_DIR that other buildpacks may share: a symlink there is refused

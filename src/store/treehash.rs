@@ -208,7 +208,7 @@ pub struct FileMeta {
 /// [`scan_tree`], taking the digests of files found in `known` (what an unpacker hashed as
 /// it wrote them) instead of reading them again, and the permission bits of directories
 /// found in `dir_modes` (by `(dev, ino)`: the exact bits of directories the store keeps with
-/// others, see [`crate::layerindex::stored_dir_mode`]) instead of those on disk. Also returns
+/// others, see [`crate::store::layerindex::stored_dir_mode`]) instead of those on disk. Also returns
 /// each file's mtime and xxh3, in entry order.
 pub fn scan_tree_known(
     root: &Path,

@@ -6,8 +6,8 @@
 use std::path::{Path, PathBuf};
 
 use crate::hash::Sha256;
-use crate::recipe::{Options, RuleOutcome};
-use crate::treehash::TreeHash;
+use crate::unpack::recipe::{Options, RuleOutcome};
+use crate::store::treehash::TreeHash;
 
 /// Current schema of locks and manifests.
 pub const SCHEMA: u32 = 1;

@@ -1,7 +1,7 @@
 //! The .deb unpacker: `ar` container → `data.tar.{xz,gz,zst,bz2,lzma,}` → files, like
-//! `dpkg-deb -x`. The container is read as dpkg-deb reads it ([`crate::ar`]: what it refuses
+//! `dpkg-deb -x`. The container is read as dpkg-deb reads it ([`crate::unpack::ar`]: what it refuses
 //! is refused, with its reason), the member decompressed and its tar entries read within
-//! bounds ([`crate::tarstream`]), and the entries written by [`crate::extract`].
+//! bounds ([`crate::unpack::tarstream`]), and the entries written by [`crate::unpack::extract`].
 //!
 //! Contract: streams (no member is held in memory) and never writes outside the target
 //! directory. Entries with `..` or absolute paths, hard links leaving the tree, and writes
@@ -17,14 +17,14 @@ use std::io::{self, BufReader, Read};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use crate::ar::{ArReader, Compression, Want};
+use crate::unpack::ar::{ArReader, Compression, Want};
 /// The members dpkg-deb reads of a .deb, or why it refuses it (a fuzz target's entry point).
-pub use crate::ar::list_members;
-use crate::extract::{DirModes, fill_deferred, unpack_tar_filtered};
+pub use crate::unpack::ar::list_members;
+use crate::unpack::extract::{DirModes, fill_deferred, unpack_tar_filtered};
 use crate::fetch::{FileRange, Progress};
 use crate::hash::Digests;
-use crate::treehash::FileId;
-use crate::xzseek::ForwardSeek;
+use crate::store::treehash::FileId;
+use crate::unpack::xzseek::ForwardSeek;
 
 /// What an unpack produced.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -40,13 +40,13 @@ pub struct UnpackReport {
     /// SHA-256 of every regular file as written, by the file's identity (hashed while the
     /// bytes passed, so that nobody has to read them back; see [`scan_tree_known`]).
     ///
-    /// [`scan_tree_known`]: crate::treehash::scan_tree_known
+    /// [`scan_tree_known`]: crate::store::treehash::scan_tree_known
     pub digests: HashMap<FileId, Digests>,
     /// For a multi-block data.tar.xz: how many blocks had to be decoded.
-    pub xz_blocks: Option<crate::xzseek::BlockStats>,
+    pub xz_blocks: Option<crate::unpack::xzseek::BlockStats>,
     /// The exact permission bits of directories left with other bits on disk, by
     /// `(dev, ino)`: [`unpack_deb_filtered`] leaves every directory owner-accessible (see
-    /// [`crate::layerindex::stored_dir_mode`]).
+    /// [`crate::store::layerindex::stored_dir_mode`]).
     pub dir_modes: HashMap<(u64, u64), u32>,
 }
 
@@ -100,10 +100,10 @@ pub fn unpack_deb(deb: &Path, dest: &Path) -> Result<UnpackReport, DebError> {
 }
 
 /// [`unpack_deb`], leaving out what `filter` skips. A multi-block data.tar.xz is read block
-/// by block ([`crate::xzseek`]): blocks that hold only skipped contents are never decoded.
+/// by block ([`crate::unpack::xzseek`]): blocks that hold only skipped contents are never decoded.
 /// `label` names the package in errors and warnings (its file name, say, rather than the
 /// partial download or the blob its bytes are in). Unlike `dpkg-deb -x`, directories are
-/// left with the store's modes ([`crate::layerindex::stored_dir_mode`]); the archive's are in
+/// left with the store's modes ([`crate::store::layerindex::stored_dir_mode`]); the archive's are in
 /// the report's `dir_modes`.
 pub fn unpack_deb_filtered(
     deb: &Path,
@@ -152,7 +152,7 @@ fn read_data_tar<T>(
     label: &str,
     integrity: Integrity,
     read: impl FnOnce(&mut dyn TarStream) -> T,
-) -> Result<(T, Option<crate::xzseek::BlockStats>), DebError> {
+) -> Result<(T, Option<crate::unpack::xzseek::BlockStats>), DebError> {
     let io_err = |source| DebError::Io { deb: label.into(), error: source };
     let file = File::open(deb).map_err(io_err)?;
     let growing = match integrity {
@@ -176,12 +176,12 @@ fn read_data_tar<T>(
     }
     if compression == Compression::Xz {
         let layout = match growing {
-            Some(progress) => crate::xzseek::arriving(&file, start, size, progress).map_err(io_err)?,
-            None => crate::xzseek::blocks(&file, start, size).map(crate::xzseek::Layout::Indexed),
+            Some(progress) => crate::unpack::xzseek::arriving(&file, start, size, progress).map_err(io_err)?,
+            None => crate::unpack::xzseek::blocks(&file, start, size).map(crate::unpack::xzseek::Layout::Indexed),
         };
         if let Some(layout) = layout {
             return Ok(std::thread::scope(|scope| {
-                let mut reader = crate::xzseek::BlockReader::new(scope, &file, start, size, layout, checks);
+                let mut reader = crate::unpack::xzseek::BlockReader::new(scope, &file, start, size, layout, checks);
                 let result = read(&mut reader);
                 (result, Some(reader.stats()))
             }));
@@ -189,9 +189,9 @@ fn read_data_tar<T>(
     }
     let body = Exact { inner: FileRange { file: &file, pos: start, end: start + size, growing }, left: size, member: member.shown() };
     let decompressed: Box<dyn Read + Send> = if checks || compression != Compression::Gzip {
-        crate::tarstream::decompressor(compression, body).map_err(io_err)?
+        crate::unpack::tarstream::decompressor(compression, body).map_err(io_err)?
     } else {
-        Box::new(crate::tarstream::gzip_unchecked(body).map_err(io_err)?)
+        Box::new(crate::unpack::tarstream::gzip_unchecked(body).map_err(io_err)?)
     };
     Ok((pipelined(decompressed, read), None))
 }
@@ -300,12 +300,12 @@ pub fn read_control(deb: &Path) -> Result<String, DebError> {
     let mut ar = ArReader::new(BufReader::new(file), &label)?;
     let (member, compression) = ar.find(Want::Control, &mut |_| {})?;
     let body = Exact { inner: ar.inner_mut(), left: member.size, member: member.shown() };
-    let decompressed = crate::tarstream::decompressor(compression, body).map_err(io_err)?;
+    let decompressed = crate::unpack::tarstream::decompressor(compression, body).map_err(io_err)?;
     let bounded = Bounded::new(decompressed, MAX_CONTROL_TAR, "control.tar, uncompressed,");
     let mut archive = tar::Archive::new(bounded);
     let entries = archive.entries().map_err(|e| tar_err(&label, e))?;
     let mut text = None;
-    crate::tarstream::for_each_entry(entries, |e| tar_err(&label, e), |entry, meta| {
+    crate::unpack::tarstream::for_each_entry(entries, |e| tar_err(&label, e), |entry, meta| {
         if meta.path != b"./control" && meta.path != b"control" {
             return Ok(true);
         }
@@ -373,7 +373,7 @@ pub fn unpack_data_tar<R: Read>(tar_stream: R, dest: &Path, label: &str) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::extract::MAX_WARNINGS;
+    use crate::unpack::extract::MAX_WARNINGS;
     use std::ffi::OsStr;
     use std::fs;
 
@@ -449,15 +449,15 @@ mod tests {
         assert_eq!(format!("{:#}", anyhow::Error::new(io)), "a.deb: premature eof");
         let write = DebError::Write { deb: "a.deb".into(), path: "x/y".into(), error: eof() };
         assert_eq!(format!("{:#}", anyhow::Error::new(write)), "a.deb: writing x/y: premature eof");
-        let tree = crate::treehash::TreeError::Io { path: "x".into(), error: eof() };
+        let tree = crate::store::treehash::TreeError::Io { path: "x".into(), error: eof() };
         assert_eq!(format!("{:#}", anyhow::Error::new(tree)), "x: premature eof");
-        let manifest = crate::manifest::ManifestError::Io { path: "m.json".into(), error: eof() };
+        let manifest = crate::slug::manifest::ManifestError::Io { path: "m.json".into(), error: eof() };
         assert_eq!(format!("{:#}", anyhow::Error::new(manifest)), "m.json: premature eof");
-        let layer = crate::layer::LayerError::Io { path: "l".into(), error: eof() };
+        let layer = crate::store::layer::LayerError::Io { path: "l".into(), error: eof() };
         assert_eq!(format!("{:#}", anyhow::Error::new(layer)), "l: premature eof");
-        let recipe = crate::recipe::RecipeError::Io { path: "r".into(), error: eof() };
+        let recipe = crate::unpack::recipe::RecipeError::Io { path: "r".into(), error: eof() };
         assert_eq!(format!("{:#}", anyhow::Error::new(recipe)), "r: premature eof");
-        let copy = crate::materialize::CopyError { path: "c".into(), error: eof() };
+        let copy = crate::slug::materialize::CopyError { path: "c".into(), error: eof() };
         assert_eq!(format!("{:#}", anyhow::Error::new(copy)), "c: premature eof");
         let store = crate::store::StoreError::Io { path: "s".into(), error: eof() };
         assert!(!format!("{:#}", anyhow::Error::new(store)).contains("premature eof: premature eof"));

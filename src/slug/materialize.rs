@@ -12,7 +12,7 @@
 //! layer, and visits each of its directories once.
 //!
 //! Modes: the slug gets the package's exact modes from the index, whatever the store's
-//! directories have ([`crate::layerindex::stored_dir_mode`]); a directory whose exact mode
+//! directories have ([`crate::store::layerindex::stored_dir_mode`]); a directory whose exact mode
 //! lacks the owner's search bit is finished after everything else, deepest first, so that a
 //! build that does not run as root can still pass through it while it fills the slug. A
 //! copy of a file its owner may not read briefly gives the store's file the owner's read bit.
@@ -33,7 +33,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use filetime::FileTime;
 
 use crate::fsat::{Dir, Kind};
-use crate::layerindex::{ChildKind, LayerIndex};
+use crate::store::layerindex::{ChildKind, LayerIndex};
 
 /// A copy failed.
 #[derive(Debug, thiserror::Error)]
@@ -550,7 +550,7 @@ pub fn merge_into(from: &Dir, from_path: &Path, to: &Dir, to_path: &Path) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::treehash::scan_tree;
+    use crate::store::treehash::scan_tree;
 
     fn sample_tree(root: &Path) {
         fs::create_dir_all(root.join("opt/agent/bin")).unwrap();
@@ -571,8 +571,8 @@ mod tests {
     }
 
     /// The tree's scan and its index, as a layer build records them.
-    fn indexed(root: &Path) -> (crate::treehash::TreeScan, LayerIndex) {
-        let (scan, mtimes) = crate::treehash::scan_tree_known(root, &HashMap::new(), &HashMap::new()).unwrap();
+    fn indexed(root: &Path) -> (crate::store::treehash::TreeScan, LayerIndex) {
+        let (scan, mtimes) = crate::store::treehash::scan_tree_known(root, &HashMap::new(), &HashMap::new()).unwrap();
         let index = LayerIndex::decode(LayerIndex::encode(&scan.entries, &mtimes).unwrap()).unwrap();
         (scan, index)
     }
@@ -681,13 +681,13 @@ mod tests {
         let mut exact = HashMap::new();
         for (depth, path) in dirs.iter().enumerate().skip(1).rev() {
             let mode = if root { [0o555, 0o750, 0o311, 0o000, 0o644, 0o500][depth % 6] } else { [0o555, 0o750, 0o500, 0o700][depth % 4] };
-            fs::set_permissions(path, fs::Permissions::from_mode(crate::layerindex::stored_dir_mode(mode))).unwrap();
+            fs::set_permissions(path, fs::Permissions::from_mode(crate::store::layerindex::stored_dir_mode(mode))).unwrap();
             filetime::set_file_mtime(path, FileTime::from_unix_time(1_600_000_000 + depth as i64, 7)).unwrap();
             let meta = fs::metadata(path).unwrap();
             exact.insert((meta.dev(), meta.ino()), (mode, path.clone()));
         }
         let modes: HashMap<(u64, u64), u32> = exact.iter().map(|(id, (mode, _))| (*id, *mode)).collect();
-        let (scan, mtimes) = crate::treehash::scan_tree_known(&src, &HashMap::new(), &modes).unwrap();
+        let (scan, mtimes) = crate::store::treehash::scan_tree_known(&src, &HashMap::new(), &modes).unwrap();
         let index = LayerIndex::decode(LayerIndex::encode(&scan.entries, &mtimes).unwrap()).unwrap();
         assert_eq!(index.groups.len(), 41);
         assert!(check_index(&src, &index), "the store's bits are what the index expects");

@@ -1,5 +1,5 @@
 //! Writing a tar stream's entries into a directory: the unpacker proper, behind
-//! [`crate::deb`].
+//! [`crate::unpack::deb`].
 //!
 //! Contract: never writes outside the target directory. Paths are taken apart component by
 //! component (`..` and absolute paths refused); a directory path goes through symlinks the
@@ -20,9 +20,9 @@ use std::path::{Component, Path, PathBuf};
 
 use filetime::FileTime;
 
-use crate::deb::{DebError, EntryFilter, TarStream, UnpackReport, shown, tar_err};
-use crate::filewriter::{WriteError, WriterPool, Written, fill_in_place, make_room, write_file};
-use crate::tarstream::EntryMeta;
+use crate::unpack::deb::{DebError, EntryFilter, TarStream, UnpackReport, shown, tar_err};
+use crate::unpack::filewriter::{WriteError, WriterPool, Written, fill_in_place, make_room, write_file};
+use crate::unpack::tarstream::EntryMeta;
 
 /// The permission bits an unpack leaves on directories.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -91,7 +91,7 @@ pub(crate) fn unpack_tar_filtered<R: Read + io::Seek>(
             let mut archive = tar::Archive::new(tar_stream);
             let mut buf = vec![0u8; 1 << 16];
             let entries = archive.entries_with_seek().map_err(|e| tar_err(label, e))?;
-            crate::tarstream::for_each_entry(entries, |e| tar_err(label, e), |entry, meta| {
+            crate::unpack::tarstream::for_each_entry(entries, |e| tar_err(label, e), |entry, meta| {
                 unpacker.entry(entry, meta, &mut buf)?;
                 Ok(true)
             })
@@ -109,7 +109,7 @@ pub(crate) fn unpack_tar_filtered<R: Read + io::Seek>(
     dirs.sort_by_key(|(p, _, _)| std::cmp::Reverse(p.components().count()));
     for (rel, mode, mtime) in dirs {
         let path = dest.join(&rel);
-        let on_disk = if modes == DirModes::Stored { crate::layerindex::stored_dir_mode(mode) } else { mode };
+        let on_disk = if modes == DirModes::Stored { crate::store::layerindex::stored_dir_mode(mode) } else { mode };
         fs::set_permissions(&path, fs::Permissions::from_mode(on_disk)).map_err(write_err(&path))?;
         crate::fsat::set_mtime(&path, (mtime.unix_seconds(), i64::from(mtime.nanoseconds()))).map_err(write_err(&path))?;
         if modes == DirModes::Stored {
@@ -142,7 +142,7 @@ pub(crate) fn fill_deferred(tar: &mut dyn TarStream, label: &str, deferred: &mut
     let entries = archive.entries_with_seek().map_err(|e| tar_err(label, e))?;
     let (mut index, mut written, mut buf) = (0u64, Vec::new(), vec![0u8; 1 << 16]);
     let write_err = |e: WriteError| DebError::Write { deb: label.into(), path: e.path, error: e.source };
-    crate::tarstream::for_each_entry(entries, |e| tar_err(label, e), |entry, meta| {
+    crate::unpack::tarstream::for_each_entry(entries, |e| tar_err(label, e), |entry, meta| {
         let here = index;
         index += 1;
         let Some(links) = wanted.get_mut(&here) else { return Ok(here < last) };

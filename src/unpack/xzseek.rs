@@ -238,7 +238,7 @@ fn decode_block(source: &Source<'_>, block: &Block, index: usize, wanted: &Atomi
     // A stream decoder fed the stream header and this one block decodes exactly this block;
     // it would then expect the index, which it is never given.
     let flags = if source.checks { 0 } else { IGNORE_CHECK };
-    let mut stream = Stream::new_stream_decoder(crate::tarstream::XZ_MEMLIMIT, flags).map_err(io::Error::other)?;
+    let mut stream = Stream::new_stream_decoder(crate::unpack::tarstream::XZ_MEMLIMIT, flags).map_err(io::Error::other)?;
     let bad = |e: liblzma::stream::Error| io::Error::new(io::ErrorKind::InvalidData, e);
     let total = block.uncompressed_len as usize;
     reuse(out, total);
@@ -472,7 +472,7 @@ impl<'a> BlockReader<'a> {
     /// Switches to the sequential decoder, from the start of the stream up to `pos`.
     fn start_tail(&mut self) -> io::Result<()> {
         let range = FileRange { file: self.source.file, pos: self.source.start, end: self.source.start + self.len, growing: None };
-        let stream = liblzma::stream::Stream::new_stream_decoder(crate::tarstream::XZ_MEMLIMIT, liblzma::stream::CONCATENATED)
+        let stream = liblzma::stream::Stream::new_stream_decoder(crate::unpack::tarstream::XZ_MEMLIMIT, liblzma::stream::CONCATENATED)
             .map_err(io::Error::other)?;
         let mut tail = ForwardSeek::new(liblzma::read::XzDecoder::new_stream(range, stream));
         tail.seek(SeekFrom::Start(self.pos))?;

@@ -4,9 +4,9 @@
 //!
 //! Contract: nothing is written to BUILD_DIR until the layer is complete and hashed; the
 //! slug is assembled in a staging directory inside BUILD_DIR and moved into place at the
-//! end ([`crate::install`]), so a failed build leaves BUILD_DIR as it was. The store lock
+//! end ([`crate::slug::install`]), so a failed build leaves BUILD_DIR as it was. The store lock
 //! is held throughout. A package with a symlink where ddslug writes after unpacking is
-//! refused ([`crate::layer`]); nothing is ever written through a symlink.
+//! refused ([`crate::store::layer`]); nothing is ever written through a symlink.
 
 use std::ffi::OsStr;
 use std::fs;
@@ -22,23 +22,23 @@ use crate::apt::signature::Keyring;
 use crate::config::{Config, KeyringSetting, Settings, effective_python};
 use crate::fetch::{Downloaded, FetchOptions, Fetcher, Progress};
 use crate::hash::Sha256;
-use crate::layer::{self, DebInput, LAYER_FORMAT, LayerInputs};
-use crate::manifest::{Lock, LockedPackage, Manifest, Removed, SCHEMA, read_lock};
-use crate::layerindex::LayerIndex;
-use crate::recipe::{Options, Recipe};
+use crate::store::layer::{self, DebInput, LAYER_FORMAT, LayerInputs};
+use crate::slug::manifest::{Lock, LockedPackage, Manifest, Removed, SCHEMA, read_lock};
+use crate::store::layerindex::LayerIndex;
+use crate::unpack::recipe::{Options, Recipe};
 use crate::report::{Reporter, bytes, seconds};
 use crate::fsat::Dir;
-use crate::install::{check_build_dir, install, remove_stale_staging};
+use crate::slug::install::{check_build_dir, install, remove_stale_staging};
 use crate::store::{Blob, Store};
 
 /// The strip recipe shipped with this binary.
-pub const RECIPE: &str = include_str!("../recipes/datadog-agent.toml");
+pub const RECIPE: &str = include_str!("../../recipes/datadog-agent.toml");
 /// The agent CLI wrapper installed in `.apt/opt/datadog-agent/bin/agent/`.
-pub const AGENT_WRAPPER: &str = include_str!("../assets/agent-wrapper");
+pub const AGENT_WRAPPER: &str = include_str!("../../assets/agent-wrapper");
 /// Where the wrapper goes, relative to `.apt`.
 pub const AGENT_WRAPPER_PATH: &str = "opt/datadog-agent/bin/agent/agent-wrapper";
 /// The dyno start script installed as `.profile.d/datadog.sh`.
-pub const PROFILE_SCRIPT: &str = include_str!("../assets/datadog.sh");
+pub const PROFILE_SCRIPT: &str = include_str!("../../assets/datadog.sh");
 
 /// The directories of a buildpack compile.
 #[derive(Clone, Debug)]
@@ -270,7 +270,7 @@ pub fn build_layer(store: &Store, fetcher: &Fetcher, lock: &Lock, report: &Repor
     let existing = match stored {
         Some(info) => match layer::load_index(store, &key) {
             Some(index) if reuse == Reuse::CheckWhileLinking => Some((info, index, true)),
-            Some(index) if crate::materialize::check_index(&layer::layer_dir(store, &key), &index) => Some((info, index, false)),
+            Some(index) if crate::slug::materialize::check_index(&layer::layer_dir(store, &key), &index) => Some((info, index, false)),
             Some(_) => {
                 report.warn(&layer_changed(&key));
                 None

@@ -14,7 +14,7 @@ use std::sync::{Condvar, Mutex};
 use std::time::SystemTime;
 
 use crate::hash::{FileHasher, Sha256};
-use crate::treehash::FileId;
+use crate::store::treehash::FileId;
 
 /// Bytes of file contents held in memory waiting for a writer, at most (a file bigger than
 /// this is still accepted alone).

@@ -29,9 +29,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use crate::hash::Sha256;
-use crate::manifest::Manifest;
-use crate::recipe::cmp_version;
-use crate::treehash::{EntryKind, PathBytes, TreeEntry};
+use crate::slug::manifest::Manifest;
+use crate::unpack::recipe::cmp_version;
+use crate::store::treehash::{EntryKind, PathBytes, TreeEntry};
 
 const CONF: &str = "etc/datadog-agent";
 const DD: &str = "opt/datadog-agent";
@@ -307,9 +307,9 @@ mod tests {
     }
 
     fn manifest(version: &[u64]) -> Manifest {
-        use crate::manifest::{Lock, SCHEMA};
+        use crate::slug::manifest::{Lock, SCHEMA};
         let zero = Sha256::of(b"");
-        let options = crate::recipe::Options { version: version.to_vec(), major: version[0], python: 3, apm: true, process_agent: true };
+        let options = crate::unpack::recipe::Options { version: version.to_vec(), major: version[0], python: 3, apm: true, process_agent: true };
         let lock = Lock {
             schema: SCHEMA,
             repository: "http://127.0.0.1/".into(),
@@ -327,7 +327,7 @@ mod tests {
             lock,
             stack: None,
             layer_key: zero,
-            tree_hash: crate::treehash::TreeHash(zero),
+            tree_hash: crate::store::treehash::TreeHash(zero),
             files: 0,
             bytes: 0,
             removed: Vec::new(),
