@@ -20,6 +20,7 @@ pub mod config;
 pub mod fetch;
 pub mod fsat;
 pub mod hash;
+pub mod oci;
 pub mod pathbytes;
 pub mod report;
 pub mod runtime;

@@ -1,0 +1,8 @@
+//! The agent as OCI artifacts: reproducible layer tarballs ([`tarball`]) and the image
+//! layout `ddslug image` writes ([`image`]).
+//!
+//! Same lock and recipe, same bytes: a layer's `diff_id` and digest, and the manifest's
+//! digest, depend only on what the layer holds (see [`tarball`] for the rules), never on the
+//! machine, the directories or the day of the build.
+
+pub mod tarball;
