@@ -6,3 +6,7 @@
 //! machine, the directories or the day of the build.
 
 pub mod tarball;
+// The shared layer cache: the registry client, signatures, and lookup/pull/push of layers.
+pub mod cache;
+pub mod registry;
+pub mod sign;
