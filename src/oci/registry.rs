@@ -328,13 +328,23 @@ impl Registry {
         }
     }
 
+    /// A body read that failed, for people: a timeout names its setting.
+    fn read_failed(&self, e: &io::Error, got: u64, size: Option<u64>) -> String {
+        let of = size.map(|s| format!(" of {s}")).unwrap_or_default();
+        if e.kind() == io::ErrorKind::TimedOut || e.to_string().starts_with("timeout") {
+            format!("no data for {} s (DD_DOWNLOAD_LOW_SPEED_TIME) after {got}{of} bytes", self.limits.low_speed_time.as_secs())
+        } else {
+            format!("{e} after {got}{of} bytes")
+        }
+    }
+
     fn read_limited(&self, url: &str, response: ureq::http::Response<ureq::Body>, limit: u64, what: &str) -> Result<Vec<u8>, RegistryError> {
         let mut bytes = Vec::new();
         let deadline = Instant::now() + self.limits.deadline;
-        Watch::new(response.into_body().into_reader(), self.limits, deadline)
-            .take(limit + 1)
-            .read_to_end(&mut bytes)
-            .map_err(|e| RegistryError::Network { url: url.into(), reason: e.to_string() })?;
+        let read = Watch::new(response.into_body().into_reader(), self.limits, deadline).take(limit + 1).read_to_end(&mut bytes);
+        if let Err(e) = read {
+            return Err(RegistryError::Network { url: url.into(), reason: self.read_failed(&e, bytes.len() as u64, None) });
+        }
         if bytes.len() as u64 > limit {
             return Err(RegistryError::TooLarge { url: url.into(), limit, what: what.into() });
         }
@@ -384,7 +394,7 @@ impl Registry {
                 Ok(0) => break,
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(RegistryError::Network { url, reason: format!("{e} after {} of {} bytes", hasher.len(), blob.size) }),
+                Err(e) => return Err(RegistryError::Network { url, reason: self.read_failed(&e, hasher.len(), Some(blob.size)) }),
             };
             hasher.update(&buf[..n]);
             out.write_all(&buf[..n]).map_err(|error| RegistryError::Io { path: "the blob's destination".into(), error })?;

@@ -1,0 +1,277 @@
+//! The shared layer cache against a real registry (Debian's `docker-registry`, started here
+//! on 127.0.0.1) and the served, signed agent repository: a cold builder pushes, a second
+//! builder with an empty cache pulls and makes a bit-identical slug without downloading the
+//! .deb; every registry fault (down, 401/403, 404, 5xx, stall, truncated or wrong blob,
+//! garbage manifest, unknown or lying signer, failed push) falls back to the apt repository
+//! with one line and never installs a bad layer.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::{Served, bin_compile_unprivileged_with, text};
+use ddslug::fetch::Limits;
+use ddslug::hash::Sha256;
+use ddslug::oci::registry::{BlobRef, Registry as Client, RepoRef};
+use ddslug::oci::sign::{self, SecretKey};
+use ddslug::store::treehash::{TreeHash, scan_tree};
+use ddslug_testsupport::registry::{FaultProxy, ProxyFault, Registry, free_port};
+
+const REPO: &str = "ddslug/cache";
+
+/// Runs `ddslug compile BUILD CACHE ENV` with `vars` added to a clean environment.
+fn compile(build: &Path, cache: &Path, env: &Path, vars: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ddslug"));
+    command.arg("compile").arg(build).arg(cache).arg(env).env("STACK", "heroku-24");
+    for (name, _) in std::env::vars() {
+        if name.starts_with("DD_") || name == "DOCKER_CONFIG" {
+            command.env_remove(name);
+        }
+    }
+    // No Docker config.json of the machine's is read.
+    command.env("HOME", build).envs(vars.iter().copied()).output().unwrap()
+}
+
+/// The lines about the shared cache that are warnings (" !     " lines).
+fn cache_warnings(out: &Output) -> Vec<String> {
+    text(out).lines().filter(|l| l.starts_with(" !     ") && l.contains("shared layer cache")).map(str::to_string).collect()
+}
+
+/// The one warning a faulty registry costs; the build went on from the apt repository.
+fn assert_fell_back(out: &Output, mentions: &[&str]) -> String {
+    assert!(out.status.success(), "{}", text(out));
+    let warnings = cache_warnings(out);
+    assert_eq!(warnings.len(), 1, "expected one warning: {}", text(out));
+    for m in mentions {
+        assert!(warnings[0].contains(m), "warning does not mention {m:?}: {}", warnings[0]);
+    }
+    assert!(warnings[0].contains("building it from the apt repository instead"), "{}", warnings[0]);
+    assert!(text(out).contains("Building layer"), "{}", text(out));
+    warnings[0].clone()
+}
+
+struct Keys {
+    secret: String,
+    public: String,
+}
+
+fn keys(name: &str) -> Keys {
+    let secret = SecretKey::generate(name).unwrap();
+    Keys { public: secret.public().to_string(), secret: secret.to_text() }
+}
+
+/// An agent repository, a registry, and a signing key, plus a first builder's slug.
+struct World {
+    served: Served,
+    registry: Registry,
+    keys: Keys,
+}
+
+impl World {
+    fn start() -> World {
+        let served = Served::start();
+        let registry = Registry::start(&served.dir.path().join("registry"), None).unwrap();
+        World { served, registry, keys: keys("ci-1") }
+    }
+
+    /// An ENV_DIR using the registry at `host`, trusting and signing as `keys` says.
+    fn env(&self, name: &str, host: &str, trusted: &str, signing: Option<&str>, more: &[(&str, &str)]) -> PathBuf {
+        let registry = format!("{host}/{REPO}");
+        let mut pairs = vec![("DD_CACHE_REGISTRY", registry.as_str()), ("DD_CACHE_TRUSTED_KEYS", trusted)];
+        if let Some(secret) = signing {
+            pairs.push(("DD_CACHE_SIGNING_KEY", secret));
+        }
+        pairs.extend_from_slice(more);
+        self.served.env_dir(name, &pairs)
+    }
+
+    fn cache(&self, name: &str) -> PathBuf {
+        self.served.dir.path().join(format!("cache-{name}"))
+    }
+
+    /// A cold build that pushes its layer; returns its BUILD_DIR.
+    fn push_first(&self) -> PathBuf {
+        let build = self.served.build_dir("first");
+        let env = self.env("first", &self.registry.host(), &self.keys.public, Some(&self.keys.secret), &[]);
+        let out = compile(&build, &self.cache("first"), &env, &[]);
+        assert!(out.status.success(), "{}", text(&out));
+        assert!(text(&out).contains("not in 127.0.0.1:"), "the first lookup finds nothing: {}", text(&out));
+        assert!(text(&out).contains("pushed layer"), "{}", text(&out));
+        assert!(cache_warnings(&out).is_empty(), "{}", text(&out));
+        build
+    }
+
+    fn client(&self, host: &str) -> Client {
+        Client::new(RepoRef::parse(&format!("{host}/{REPO}"), "test", false).unwrap(), None, Limits::default())
+    }
+
+    /// The shared layer's manifest as JSON (there is one layer in these tests).
+    fn manifest(&self) -> (String, serde_json::Value) {
+        let tags = self.registry.dir.join("data/docker/registry/v2/repositories/ddslug/cache/_manifests/tags");
+        let tag = std::fs::read_dir(&tags).unwrap().next().unwrap().unwrap().file_name().into_string().unwrap();
+        let (_, bytes) = self.client(&self.registry.host()).get_manifest(&tag, &["application/vnd.oci.image.manifest.v1+json"]).unwrap().unwrap();
+        (tag, serde_json::from_slice(&bytes).unwrap())
+    }
+}
+
+fn digest_of(descriptor: &serde_json::Value) -> BlobRef {
+    let digest = descriptor["digest"].as_str().unwrap().strip_prefix("sha256:").unwrap().parse().unwrap();
+    BlobRef { digest, size: descriptor["size"].as_u64().unwrap() }
+}
+
+/// Every file of the slug, byte for byte: the tree hash of the whole BUILD_DIR.
+fn slug_hash(build: &Path) -> TreeHash {
+    scan_tree(build).unwrap().hash
+}
+
+#[test]
+fn a_second_builder_pulls_a_bit_identical_slug_without_downloading_the_package() {
+    let world = World::start();
+    let first = world.push_first();
+    let downloads = world.served.pool_requests();
+    assert_eq!(downloads, 1);
+    // A second builder, not root (as on Heroku), with an empty cache, trusting the key.
+    let second = world.served.build_dir("second");
+    let env = world.env("second", &world.registry.host(), &world.keys.public, None, &[]);
+    let out = bin_compile_unprivileged_with(&second, &world.cache("second"), &env, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("pulled and verified"), "{}", text(&out));
+    assert!(text(&out).contains("signed by ci-1"), "{}", text(&out));
+    assert!(!text(&out).contains("Building layer"), "{}", text(&out));
+    assert!(cache_warnings(&out).is_empty(), "{}", text(&out));
+    assert_eq!(world.served.pool_requests(), downloads, "the second builder downloaded the .deb");
+    assert_eq!(slug_hash(&first), slug_hash(&second), "the slugs differ");
+    assert_eq!(std::fs::read(first.join(".ddslug/manifest.json")).unwrap(), std::fs::read(second.join(".ddslug/manifest.json")).unwrap());
+    let verify = Command::new(env!("CARGO_BIN_EXE_ddslug")).arg("verify").arg(&second).output().unwrap();
+    assert_eq!(verify.status.code(), Some(0), "{}", text(&verify));
+    // The pulled layer is in the second cache now: a third build there reuses it, no request.
+    let third = world.served.build_dir("third");
+    let out = bin_compile_unprivileged_with(&third, &world.cache("second"), &env, &[]);
+    assert!(text(&out).contains("Reusing layer"), "{}", text(&out));
+    assert_eq!(slug_hash(&third), slug_hash(&first));
+}
+
+#[test]
+fn registry_faults_fall_back_to_the_apt_repository_with_one_warning() {
+    let world = World::start();
+    let first = world.push_first();
+    let (_, manifest) = world.manifest();
+    let layer = digest_of(&manifest["layers"][0]);
+    let layer_path = format!("/blobs/sha256:{}", layer.digest);
+    let proxy = FaultProxy::start(&world.registry.host()).unwrap();
+    let cases: Vec<(&str, ProxyFault, &str, &[&str])> = vec![
+        ("403", ProxyFault::Status(403), "/manifests/", &["HTTP 403", "DD_CACHE_REGISTRY_USER"]),
+        ("503", ProxyFault::Status(503), "/manifests/", &["HTTP 503"]),
+        ("500-blob", ProxyFault::Status(500), &layer_path, &["HTTP 500"]),
+        ("garbage", ProxyFault::Replace("application/vnd.oci.image.manifest.v1+json", b"{\"schemaVersion\": 2, garbage".to_vec()), "/manifests/", &["not a usable ddslug layer"]),
+        ("not-ours", ProxyFault::Replace("application/vnd.oci.image.manifest.v1+json", br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2},"layers":[]}"#.to_vec()), "/manifests/", &["artifactType"]),
+        ("truncated", ProxyFault::Truncate(1000), &layer_path, &["bytes"]),
+        ("corrupt", ProxyFault::Corrupt(500), &layer_path, &["instead of the", "SHA-256"]),
+        ("stall", ProxyFault::StallAfter(100), &layer_path, &["DD_DOWNLOAD_LOW_SPEED_TIME"]),
+    ];
+    let mut downloads = world.served.pool_requests();
+    for (name, fault, path, mentions) in cases {
+        proxy.inject("GET", path, fault, Some(1));
+        let build = world.served.build_dir(name);
+        let env = world.env(name, &proxy.host(), &world.keys.public, None, &[("DD_DOWNLOAD_LOW_SPEED_TIME", "2")]);
+        let cache = world.cache(name);
+        let out = compile(&build, &cache, &env, &[]);
+        let warning = assert_fell_back(&out, mentions);
+        assert!(!warning.contains(&world.keys.secret), "{warning}");
+        downloads += 1;
+        assert_eq!(world.served.pool_requests(), downloads, "{name}: the .deb was not downloaded");
+        assert_eq!(slug_hash(&build), slug_hash(&first), "{name}: the slug differs");
+        // Nothing of the pull is left in the cache's staging.
+        let tmp = cache.join("ddslug/v1/tmp");
+        let left: Vec<_> = std::fs::read_dir(&tmp).unwrap().map(|e| e.unwrap().file_name()).filter(|n| n != "downloads").collect();
+        assert!(left.is_empty(), "{name}: {left:?}");
+    }
+    // No fault left unused (each was met by the build it was meant for).
+    let faulted = proxy.requests().iter().filter(|(_, _, status)| *status != 200 && *status != 404).count();
+    assert!(faulted >= 3, "{:?}", proxy.requests());
+}
+
+#[test]
+fn a_missing_layer_is_one_line_and_is_pushed_after_the_build() {
+    let world = World::start();
+    let build = world.served.build_dir("miss");
+    let env = world.env("miss", &world.registry.host(), &world.keys.public, Some(&world.keys.secret), &[]);
+    let out = compile(&build, &world.cache("miss"), &env, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    // Besides the step's heading ("-----> Looking up layer ...").
+    let lines: Vec<_> = text(&out).lines().filter(|l| l.contains(&format!("/{REPO}")) && !l.starts_with("----->")).map(str::to_string).collect();
+    assert_eq!(lines.len(), 2, "one line for the miss, one for the push: {lines:#?}");
+    assert!(lines[0].contains("not in") && lines[0].contains("building it from the apt repository"), "{}", lines[0]);
+    assert!(lines[1].contains("pushed layer"), "{}", lines[1]);
+    assert!(cache_warnings(&out).is_empty());
+}
+
+#[test]
+fn a_registry_down_falls_back_and_one_restarted_serves_again() {
+    let mut world = World::start();
+    let first = world.push_first();
+    world.registry.stop();
+    let build = world.served.build_dir("down");
+    let env = world.env("down", &world.registry.host(), &world.keys.public, None, &[]);
+    let out = compile(&build, &world.cache("down"), &env, &[]);
+    assert_fell_back(&out, &["Connection refused"]);
+    world.registry.restart().unwrap();
+    let again = world.served.build_dir("up");
+    let downloads = world.served.pool_requests();
+    let out = compile(&again, &world.cache("up"), &env, &[]);
+    assert!(text(&out).contains("pulled and verified"), "{}", text(&out));
+    assert_eq!(world.served.pool_requests(), downloads);
+    assert_eq!(slug_hash(&again), slug_hash(&first));
+    // Nothing listens there at all: the same.
+    let nowhere = format!("127.0.0.1:{}", free_port().unwrap());
+    let env = world.env("nowhere", &nowhere, &world.keys.public, None, &[]);
+    let out = compile(&world.served.build_dir("nowhere"), &world.cache("nowhere"), &env, &[]);
+    assert_fell_back(&out, &["Connection refused"]);
+}
+
+#[test]
+fn untrusted_or_lying_signatures_are_never_installed() {
+    let world = World::start();
+    let first = world.push_first();
+    // Signed by a key this builder does not trust.
+    let other = keys("someone-else");
+    let build = world.served.build_dir("unknown");
+    let env = world.env("unknown", &world.registry.host(), &other.public, None, &[]);
+    let out = compile(&build, &world.cache("unknown"), &env, &[]);
+    assert_fell_back(&out, &["signed by key \"ci-1\"", "DD_CACHE_TRUSTED_KEYS"]);
+    // No trusted key at all: no lookup, one line saying how to trust.
+    let env = world.env("none", &world.registry.host(), "", None, &[]);
+    let out = compile(&world.served.build_dir("none"), &world.cache("none"), &env, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let warnings = cache_warnings(&out);
+    assert!(warnings.len() == 1 && warnings[0].contains("DD_CACHE_TRUSTED_KEYS is empty"), "{}", text(&out));
+
+    // A trusted signer that lies: its record and signature claim another tree hash than
+    // the layer's. The layer is downloaded and unpacked, its tree hashed, and refused.
+    let (tag, mut manifest) = world.manifest();
+    let client = world.client(&world.registry.host());
+    let record_ref = digest_of(&manifest["config"]);
+    let mut record: serde_json::Value = serde_json::from_slice(&client.get_blob_bytes(record_ref, 1 << 20).unwrap().unwrap()).unwrap();
+    let forged = TreeHash(Sha256::of(b"another tree"));
+    record["tree_hash"] = serde_json::json!(forged.to_string());
+    let record_bytes = serde_json::to_vec(&record).unwrap();
+    let new_record = BlobRef { digest: Sha256::of(&record_bytes), size: record_bytes.len() as u64 };
+    client.push_blob(new_record, &mut || Ok(Box::new(std::io::Cursor::new(record_bytes.clone())) as Box<dyn std::io::Read>)).unwrap();
+    let key: Sha256 = tag.strip_prefix("layer-").unwrap().parse().unwrap();
+    let layer = digest_of(&manifest["layers"][0]);
+    let secret = SecretKey::parse(&world.keys.secret, "test").unwrap();
+    let signature = secret.sign(&sign::statement(&key, &forged, &layer.digest, &new_record.digest));
+    manifest["config"]["digest"] = serde_json::json!(format!("sha256:{}", new_record.digest));
+    manifest["config"]["size"] = serde_json::json!(new_record.size);
+    manifest["annotations"]["dev.ddslug.tree-hash"] = serde_json::json!(forged.to_string());
+    manifest["annotations"]["dev.ddslug.signature"] = serde_json::json!(signature);
+    client.put_manifest(&tag, "application/vnd.oci.image.manifest.v1+json", &serde_json::to_vec(&manifest).unwrap()).unwrap();
+    let build = world.served.build_dir("lying");
+    let env = world.env("lying", &world.registry.host(), &world.keys.public, None, &[]);
+    let downloads = world.served.pool_requests();
+    let out = compile(&build, &world.cache("lying"), &env, &[]);
+    assert_fell_back(&out, &["did not install", &format!("not {forged} as recorded")]);
+    assert_eq!(world.served.pool_requests(), downloads + 1);
+    assert_eq!(slug_hash(&build), slug_hash(&first));
+}

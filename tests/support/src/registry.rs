@@ -1,0 +1,306 @@
+//! A real OCI registry for tests (Debian's `docker-registry`, the CNCF distribution
+//! registry) on 127.0.0.1, with filesystem storage and optional htpasswd auth in a temp
+//! dir; and a small HTTP proxy in front of any server that injects faults per request
+//! (statuses, stalls, truncated, corrupted or replaced bodies).
+
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+
+/// The registry binary Debian's `docker-registry` package installs.
+pub const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
+
+/// A running registry; killed when dropped. Its storage outlives a [`Registry::stop`], so
+/// that [`Registry::restart`] brings back the same content on the same port.
+pub struct Registry {
+    pub dir: PathBuf,
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl Registry {
+    /// Starts a registry storing under `dir` (created), with basic auth for `user`/`password`
+    /// (an htpasswd file made by apache2-utils' `htpasswd -B`) when given.
+    pub fn start(dir: &Path, auth: Option<(&str, &str)>) -> Result<Registry> {
+        std::fs::create_dir_all(dir.join("data"))?;
+        let port = free_port()?;
+        let mut config = format!(
+            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            dir.join("data").display()
+        );
+        if let Some((user, password)) = auth {
+            let out = Command::new("htpasswd").args(["-Bbn", user, password]).output().context("running htpasswd (apache2-utils)")?;
+            anyhow::ensure!(out.status.success(), "htpasswd: {}", String::from_utf8_lossy(&out.stderr));
+            std::fs::write(dir.join("htpasswd"), &out.stdout)?;
+            config += &format!("auth:\n  htpasswd:\n    realm: ddslug-test\n    path: {}\n", dir.join("htpasswd").display());
+        }
+        std::fs::write(dir.join("config.yml"), config)?;
+        let mut registry = Registry { dir: dir.to_owned(), port, child: None };
+        registry.restart()?;
+        Ok(registry)
+    }
+
+    /// `127.0.0.1:<port>`.
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Stops the registry (the port then refuses connections).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again with the same storage and port; returns once it answers.
+    pub fn restart(&mut self) -> Result<()> {
+        self.stop();
+        let log = std::fs::File::create(self.dir.join("registry.log"))?;
+        let child = Command::new(REGISTRY_BIN)
+            .arg("serve")
+            .arg(self.dir.join("config.yml"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {REGISTRY_BIN} (Debian package docker-registry)"))?;
+        self.child = Some(child);
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(30) {
+            if let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) {
+                let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+                if write!(s, "GET /v2/ HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").is_ok() {
+                    let mut head = [0u8; 12];
+                    if s.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.1") {
+                        return Ok(());
+                    }
+                }
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        let log = std::fs::read_to_string(self.dir.join("registry.log")).unwrap_or_default();
+        anyhow::bail!("the registry did not answer on port {} within 30 s: {log}", self.port)
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind(("127.0.0.1", 0))?.local_addr()?.port())
+}
+
+/// What the proxy does to one request instead of passing it on untouched.
+#[derive(Clone, Debug)]
+pub enum ProxyFault {
+    /// Answer with this status; the request is not passed on.
+    Status(u16),
+    /// Send the upstream answer's headers and this many body bytes, then stay silent.
+    StallAfter(usize),
+    /// Send the upstream answer's headers and this many body bytes, then close.
+    Truncate(usize),
+    /// Send the upstream answer with this body byte flipped (the same length).
+    Corrupt(usize),
+    /// Answer 200 with this body and content type; the request is not passed on.
+    Replace(&'static str, Vec<u8>),
+}
+
+#[derive(Default)]
+struct ProxyShared {
+    /// (method, path substring, fault, times left: None = always).
+    faults: Mutex<VecDeque<(String, String, ProxyFault, Option<usize>)>>,
+    log: Mutex<Vec<(String, String, u16)>>,
+    stop: AtomicBool,
+}
+
+/// An HTTP proxy on 127.0.0.1 in front of `upstream` (`host:port`), one request per
+/// connection; stops when dropped.
+pub struct FaultProxy {
+    pub port: u16,
+    shared: Arc<ProxyShared>,
+}
+
+impl FaultProxy {
+    pub fn start(upstream: &str) -> Result<FaultProxy> {
+        let listener = TcpListener::bind(("127.0.0.1", 0))?;
+        let port = listener.local_addr()?.port();
+        let shared = Arc::new(ProxyShared::default());
+        let accept = shared.clone();
+        let upstream = upstream.to_string();
+        thread::spawn(move || {
+            for stream in listener.incoming() {
+                if accept.stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(stream) = stream else { continue };
+                let (shared, upstream) = (accept.clone(), upstream.clone());
+                thread::spawn(move || {
+                    let _ = relay(stream, &upstream, &shared);
+                });
+            }
+        });
+        Ok(FaultProxy { port, shared })
+    }
+
+    /// `127.0.0.1:<port>`.
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Applies `fault` to the next `times` requests (`None`: all) whose method is `method`
+    /// and whose path contains `path_part`.
+    pub fn inject(&self, method: &str, path_part: &str, fault: ProxyFault, times: Option<usize>) {
+        if let Ok(mut f) = self.shared.faults.lock() {
+            f.push_back((method.into(), path_part.into(), fault, times));
+        }
+    }
+
+    /// Every request seen: method, path, status answered.
+    pub fn requests(&self) -> Vec<(String, String, u16)> {
+        self.shared.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+fn take_fault(shared: &ProxyShared, method: &str, path: &str) -> Option<ProxyFault> {
+    let mut faults = shared.faults.lock().ok()?;
+    let i = faults.iter().position(|(m, p, _, _)| m == method && path.contains(p.as_str()))?;
+    let fault = faults[i].2.clone();
+    match &mut faults[i].3 {
+        Some(1) => {
+            faults.remove(i);
+        }
+        Some(n) => *n -= 1,
+        None => {}
+    }
+    Some(fault)
+}
+
+/// Reads a request or response head (up to the blank line) and its headers.
+fn read_head(reader: &mut impl BufRead) -> std::io::Result<(String, Vec<(String, String)>)> {
+    let mut first = String::new();
+    reader.read_line(&mut first)?;
+    let mut headers = Vec::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 || line.trim().is_empty() {
+            break;
+        }
+        if let Some((k, v)) = line.split_once(':') {
+            headers.push((k.trim().to_string(), v.trim().to_string()));
+        }
+    }
+    Ok((first.trim_end().to_string(), headers))
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+}
+
+fn relay(client: TcpStream, upstream: &str, shared: &ProxyShared) -> std::io::Result<()> {
+    client.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let mut reader = BufReader::new(client.try_clone()?);
+    let mut client = client;
+    let (request_line, headers) = read_head(&mut reader)?;
+    let mut parts = request_line.split_whitespace();
+    let (method, path) = (parts.next().unwrap_or("").to_string(), parts.next().unwrap_or("/").to_string());
+    let len: usize = header(&headers, "content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let mut body = vec![0u8; len];
+    reader.read_exact(&mut body)?;
+    let log = |status: u16| {
+        if let Ok(mut l) = shared.log.lock() {
+            l.push((method.clone(), path.clone(), status));
+        }
+    };
+    let fault = take_fault(shared, &method, &path);
+    match &fault {
+        Some(ProxyFault::Status(code)) => {
+            log(*code);
+            let text = format!("{{\"errors\":[{{\"code\":\"INJECTED\",\"message\":\"injected {code}\"}}]}}");
+            write!(client, "HTTP/1.1 {code} Injected\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}", text.len())?;
+            return Ok(());
+        }
+        Some(ProxyFault::Replace(content_type, bytes)) => {
+            log(200);
+            write!(client, "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", bytes.len())?;
+            client.write_all(bytes)?;
+            return Ok(());
+        }
+        _ => {}
+    }
+    let mut up = TcpStream::connect(upstream)?;
+    let mut head = format!("{request_line}\r\n");
+    for (k, v) in &headers {
+        // Host is kept: the registry builds its upload Locations from it (the proxy's).
+        if !k.eq_ignore_ascii_case("connection") {
+            head += &format!("{k}: {v}\r\n");
+        }
+    }
+    head += "Connection: close\r\n\r\n";
+    up.write_all(head.as_bytes())?;
+    up.write_all(&body)?;
+    let mut up_reader = BufReader::new(up);
+    let (status_line, up_headers) = read_head(&mut up_reader)?;
+    let status: u16 = status_line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    log(status);
+    let mut up_body = Vec::new();
+    if method != "HEAD" {
+        up_reader.read_to_end(&mut up_body)?;
+    }
+    let mut out = format!("{status_line}\r\n");
+    for (k, v) in &up_headers {
+        if !k.eq_ignore_ascii_case("connection") {
+            out += &format!("{k}: {v}\r\n");
+        }
+    }
+    out += "Connection: close\r\n\r\n";
+    client.write_all(out.as_bytes())?;
+    match fault {
+        Some(ProxyFault::StallAfter(n)) => {
+            client.write_all(&up_body[..n.min(up_body.len())])?;
+            client.flush()?;
+            let started = Instant::now();
+            client.set_read_timeout(Some(Duration::from_millis(100)))?;
+            while !shared.stop.load(Ordering::SeqCst) && started.elapsed() < Duration::from_secs(120) {
+                match reader.read(&mut [0u8; 16]) {
+                    Ok(0) => break,
+                    Ok(_) => {}
+                    Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                    Err(_) => break,
+                }
+            }
+        }
+        Some(ProxyFault::Truncate(n)) => {
+            client.write_all(&up_body[..n.min(up_body.len())])?;
+            client.flush()?;
+            client.shutdown(Shutdown::Both)?;
+        }
+        Some(ProxyFault::Corrupt(i)) => {
+            if let Some(b) = up_body.get_mut(i) {
+                *b ^= 0xff;
+            }
+            client.write_all(&up_body)?;
+        }
+        _ => client.write_all(&up_body)?,
+    }
+    Ok(())
+}
