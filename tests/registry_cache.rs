@@ -275,3 +275,97 @@ fn untrusted_or_lying_signatures_are_never_installed() {
     assert_eq!(world.served.pool_requests(), downloads + 1);
     assert_eq!(slug_hash(&build), slug_hash(&first));
 }
+
+#[test]
+fn basic_auth_from_settings_or_docker_config_and_a_clear_401_without() {
+    let served = Served::start();
+    let registry = Registry::start(&served.dir.path().join("registry"), Some(("builder", "s3cret-pass"))).unwrap();
+    let world = World { served, registry, keys: keys("ci-auth") };
+    // No credentials: 401, one warning naming the settings, and the push warns too.
+    let build = world.served.build_dir("anon");
+    let env = world.env("anon", &world.registry.host(), &world.keys.public, Some(&world.keys.secret), &[]);
+    let out = compile(&build, &world.cache("anon"), &env, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let warnings = cache_warnings(&out);
+    assert_eq!(warnings.len(), 2, "{}", text(&out));
+    assert!(warnings[0].contains("HTTP 401") && warnings[0].contains("DD_CACHE_REGISTRY_USER"), "{}", warnings[0]);
+    assert!(warnings[1].contains("could not push") && warnings[1].contains("HTTP 401"), "{}", warnings[1]);
+    // With the settings: pushed.
+    let first = world.served.build_dir("user");
+    let creds = [("DD_CACHE_REGISTRY_USER", "builder"), ("DD_CACHE_REGISTRY_PASSWORD", "s3cret-pass")];
+    let env = world.env("user", &world.registry.host(), &world.keys.public, Some(&world.keys.secret), &creds);
+    let out = compile(&first, &world.cache("user"), &env, &[]);
+    assert!(text(&out).contains("pushed layer"), "{}", text(&out));
+    assert!(!text(&out).contains("s3cret-pass"));
+    // From a Docker config.json: pulled.
+    let docker = world.served.dir.path().join("docker");
+    std::fs::create_dir_all(&docker).unwrap();
+    let auth = base64_of(b"builder:s3cret-pass");
+    std::fs::write(docker.join("config.json"), format!(r#"{{"auths":{{"{}":{{"auth":"{auth}"}}}}}}"#, world.registry.host())).unwrap();
+    let second = world.served.build_dir("docker");
+    let env = world.env("docker", &world.registry.host(), &world.keys.public, None, &[]);
+    let downloads = world.served.pool_requests();
+    let out = compile(&second, &world.cache("docker"), &env, &[("DOCKER_CONFIG", docker.to_str().unwrap())]);
+    assert!(text(&out).contains("pulled and verified"), "{}", text(&out));
+    assert_eq!(world.served.pool_requests(), downloads);
+    assert_eq!(slug_hash(&second), slug_hash(&first));
+    // Wrong password: 401 again, named.
+    let env = world.env("wrong", &world.registry.host(), &world.keys.public, None, &[("DD_CACHE_REGISTRY_USER", "builder"), ("DD_CACHE_REGISTRY_PASSWORD", "nope")]);
+    let out = compile(&world.served.build_dir("wrong"), &world.cache("wrong"), &env, &[]);
+    let warning = assert_fell_back(&out, &["HTTP 401", "check DD_CACHE_REGISTRY_USER"]);
+    assert!(!warning.contains("nope"), "{warning}");
+}
+
+fn base64_of(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+#[test]
+fn a_failed_push_warns_and_the_build_goes_on() {
+    let world = World::start();
+    for (name, method, path, status) in [("upload", "POST", "/blobs/uploads/", 500), ("manifest", "PUT", "/manifests/", 503)] {
+        let proxy = FaultProxy::start(&world.registry.host()).unwrap();
+        proxy.inject(method, path, ProxyFault::Status(status), None);
+        let build = world.served.build_dir(name);
+        let env = world.env(name, &proxy.host(), &world.keys.public, Some(&world.keys.secret), &[]);
+        let out = compile(&build, &world.cache(name), &env, &[]);
+        assert!(out.status.success(), "{}", text(&out));
+        let warnings = cache_warnings(&out);
+        assert_eq!(warnings.len(), 1, "{}", text(&out));
+        assert!(warnings[0].contains("could not push") && warnings[0].contains(&format!("HTTP {status}")), "{}", warnings[0]);
+        assert!(warnings[0].contains("the build goes on"), "{}", warnings[0]);
+        assert!(build.join(".ddslug/manifest.json").exists());
+    }
+}
+
+#[test]
+fn two_builders_pushing_at_once_leave_one_valid_artifact() {
+    let world = World::start();
+    // Each builder has its own key (both trusted), cache and BUILD_DIR; they race.
+    let (a, b) = (keys("builder-a"), keys("builder-b"));
+    let trusted = format!("{} {}", a.public, b.public);
+    let runs: Vec<_> = [("a", &a), ("b", &b)]
+        .into_iter()
+        .map(|(name, k)| (world.served.build_dir(name), world.cache(name), world.env(name, &world.registry.host(), &trusted, Some(&k.secret), &[])))
+        .collect();
+    let outs: Vec<Output> = std::thread::scope(|scope| {
+        let handles: Vec<_> = runs.iter().map(|(build, cache, env)| scope.spawn(move || compile(build, cache, env, &[]))).collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for out in &outs {
+        assert!(out.status.success(), "{}", text(out));
+        assert!(text(out).contains("pushed layer"), "{}", text(out));
+        assert!(cache_warnings(out).is_empty(), "{}", text(out));
+    }
+    // One tag, and what it names verifies: a third builder pulls it.
+    let (tag, _) = world.manifest();
+    assert!(tag.starts_with("layer-"));
+    let c = world.served.build_dir("c");
+    let env = world.env("c", &world.registry.host(), &trusted, None, &[]);
+    let downloads = world.served.pool_requests();
+    let out = compile(&c, &world.cache("c"), &env, &[]);
+    assert!(text(&out).contains("pulled and verified"), "{}", text(&out));
+    assert_eq!(world.served.pool_requests(), downloads);
+    assert_eq!(slug_hash(&c), slug_hash(&runs[0].0));
+}
