@@ -369,3 +369,28 @@ fn two_builders_pushing_at_once_leave_one_valid_artifact() {
     assert_eq!(world.served.pool_requests(), downloads);
     assert_eq!(slug_hash(&c), slug_hash(&runs[0].0));
 }
+
+#[test]
+fn token_auth_as_the_distribution_spec_describes() {
+    let world = World::start();
+    let proxy = FaultProxy::start_with_token_auth(&world.registry.host(), "builder", "t0ken-pass").unwrap();
+    let creds = [("DD_CACHE_REGISTRY_USER", "builder"), ("DD_CACHE_REGISTRY_PASSWORD", "t0ken-pass")];
+    let first = world.served.build_dir("token-push");
+    let env = world.env("token-push", &proxy.host(), &world.keys.public, Some(&world.keys.secret), &creds);
+    let out = compile(&first, &world.cache("token-push"), &env, &[]);
+    assert!(text(&out).contains("pushed layer"), "{}", text(&out));
+    let second = world.served.build_dir("token-pull");
+    let env = world.env("token-pull", &proxy.host(), &world.keys.public, None, &creds);
+    let out = compile(&second, &world.cache("token-pull"), &env, &[]);
+    assert!(text(&out).contains("pulled and verified"), "{}", text(&out));
+    assert_eq!(slug_hash(&second), slug_hash(&first));
+    // Tokens were asked for (and each used more than once: not one per request).
+    let requests = proxy.requests();
+    let tokens = requests.iter().filter(|(_, path, status)| path.starts_with("/token") && *status == 200).count();
+    assert!(tokens >= 2 && tokens * 3 < requests.len(), "{requests:?}");
+    assert!(requests.iter().any(|(_, path, _)| path.contains("scope=repository%3Addslug%2Fcache%3Apull%2Cpush")), "{requests:?}");
+    // Without credentials the token service refuses: one warning naming the settings.
+    let env = world.env("token-anon", &proxy.host(), &world.keys.public, None, &[]);
+    let out = compile(&world.served.build_dir("token-anon"), &world.cache("token-anon"), &env, &[]);
+    assert_fell_back(&out, &["HTTP 401", "DD_CACHE_REGISTRY_USER"]);
+}

@@ -118,8 +118,15 @@ pub enum ProxyFault {
     Replace(&'static str, Vec<u8>),
 }
 
+/// The token the proxy's token service hands out.
+pub const PROXY_TOKEN: &str = "ddslug-test-token";
+
 #[derive(Default)]
 struct ProxyShared {
+    /// With a user and password: the proxy is a registry with token auth (the distribution
+    /// spec's flow): `/v2/` wants `Bearer <PROXY_TOKEN>`, which its own `/token` gives for
+    /// those credentials in basic auth; tokens asked for record their scope in the log.
+    token_auth: Option<(String, String)>,
     /// (method, path substring, fault, times left: None = always).
     faults: Mutex<VecDeque<(String, String, ProxyFault, Option<usize>)>>,
     log: Mutex<Vec<(String, String, u16)>>,
@@ -135,9 +142,18 @@ pub struct FaultProxy {
 
 impl FaultProxy {
     pub fn start(upstream: &str) -> Result<FaultProxy> {
+        FaultProxy::start_with(upstream, None)
+    }
+
+    /// A proxy that asks for token auth, issuing tokens for `user` and `password`.
+    pub fn start_with_token_auth(upstream: &str, user: &str, password: &str) -> Result<FaultProxy> {
+        FaultProxy::start_with(upstream, Some((user.into(), password.into())))
+    }
+
+    fn start_with(upstream: &str, token_auth: Option<(String, String)>) -> Result<FaultProxy> {
         let listener = TcpListener::bind(("127.0.0.1", 0))?;
         let port = listener.local_addr()?.port();
-        let shared = Arc::new(ProxyShared::default());
+        let shared = Arc::new(ProxyShared { token_auth, ..ProxyShared::default() });
         let accept = shared.clone();
         let upstream = upstream.to_string();
         thread::spawn(move || {
@@ -231,6 +247,25 @@ fn relay(client: TcpStream, upstream: &str, shared: &ProxyShared) -> std::io::Re
             l.push((method.clone(), path.clone(), status));
         }
     };
+    if let Some((user, password)) = &shared.token_auth {
+        let authorization = header(&headers, "authorization").unwrap_or("");
+        if path.starts_with("/token") {
+            let expected = format!("Basic {}", base64(format!("{user}:{password}").as_bytes()));
+            let (status, body) = if authorization == expected { (200, format!("{{\"token\":\"{PROXY_TOKEN}\"}}")) } else { (401, "{}".to_string()) };
+            log(status);
+            write!(client, "HTTP/1.1 {status} Token\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())?;
+            return Ok(());
+        }
+        if authorization != format!("Bearer {PROXY_TOKEN}") {
+            log(401);
+            let port = client.local_addr()?.port();
+            write!(
+                client,
+                "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer realm=\"http://127.0.0.1:{port}/token\",service=\"ddslug-test\"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            )?;
+            return Ok(());
+        }
+    }
     let fault = take_fault(shared, &method, &path);
     match &fault {
         Some(ProxyFault::Status(code)) => {
@@ -250,8 +285,9 @@ fn relay(client: TcpStream, upstream: &str, shared: &ProxyShared) -> std::io::Re
     let mut up = TcpStream::connect(upstream)?;
     let mut head = format!("{request_line}\r\n");
     for (k, v) in &headers {
-        // Host is kept: the registry builds its upload Locations from it (the proxy's).
-        if !k.eq_ignore_ascii_case("connection") {
+        // Host is kept: the registry builds its upload Locations from it (the proxy's). The
+        // token is the proxy's, not the registry's.
+        if !k.eq_ignore_ascii_case("connection") && !(shared.token_auth.is_some() && k.eq_ignore_ascii_case("authorization")) {
             head += &format!("{k}: {v}\r\n");
         }
     }
@@ -303,4 +339,20 @@ fn relay(client: TcpStream, upstream: &str, shared: &ProxyShared) -> std::io::Re
         _ => client.write_all(&up_body)?,
     }
     Ok(())
+}
+
+fn base64(bytes: &[u8]) -> String {
+    const TABLE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk.iter().enumerate().fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(TABLE[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }

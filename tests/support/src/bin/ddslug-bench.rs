@@ -14,6 +14,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use ddslug_testsupport::agent::{Scale, agent_deb};
 use ddslug_testsupport::debs::Compression;
+use ddslug_testsupport::registry::Registry;
 use ddslug_testsupport::repo::{RepoSpec, write_repo};
 use ddslug_testsupport::{KeyKind, Server, SigningKey};
 
@@ -176,7 +177,40 @@ fn bench_variant(project: &Path, bin: &Path, work: &Path, v: &Variant, runs: usi
     // Warm cache for the warm runs.
     let warm_cache = scratch.join("warm-cache");
     run(&mut compile(&fresh(&scratch.join("warm-prep"))?, &warm_cache))?;
-    let names = ["classic mechanics", "ddslug compile, cold", "ddslug compile, warm", "ddslug verify", "decompression floor", "dyno start (source datadog.sh)"];
+    // A registry holding the layer, pushed by a builder that signs, for the runs that start
+    // from an empty cache and pull it (DD_CACHE_REGISTRY).
+    let registry = Registry::start(&fresh(&scratch.join("registry"))?, None)?;
+    let keys = fresh(&scratch.join("keys"))?;
+    let made = Command::new(bin).args(["cache", "keygen", "--name", "bench", "--out-dir"]).arg(&keys).output()?;
+    if !made.status.success() {
+        bail!("ddslug cache keygen: {}", String::from_utf8_lossy(&made.stderr));
+    }
+    let pull_env = fresh(&scratch.join("pull-env"))?;
+    for name in ["DD_APT_REPO_URL", "DD_APT_KEYRING"] {
+        fs::copy(env.join(name), pull_env.join(name))?;
+    }
+    fs::write(pull_env.join("DD_CACHE_REGISTRY"), format!("{}/ddslug/bench", registry.host()))?;
+    fs::write(pull_env.join("DD_CACHE_TRUSTED_KEYS"), fs::read(keys.join("bench.pub"))?)?;
+    let push_env = fresh(&scratch.join("push-env"))?;
+    for name in ["DD_APT_REPO_URL", "DD_APT_KEYRING", "DD_CACHE_REGISTRY", "DD_CACHE_TRUSTED_KEYS"] {
+        fs::copy(pull_env.join(name), push_env.join(name))?;
+    }
+    fs::write(push_env.join("DD_CACHE_SIGNING_KEY"), keys.join("bench.secret").to_string_lossy().as_bytes())?;
+    let with_env = |build: &Path, cache: &Path, env: &Path| {
+        let mut c = Command::new(project.join("bin/compile"));
+        c.arg(build).arg(cache).arg(env).env("DDSLUG_BIN", bin);
+        c
+    };
+    run(&mut with_env(&fresh(&scratch.join("push-prep"))?, &fresh(&scratch.join("push-cache"))?, &push_env))?;
+    let names = [
+        "classic mechanics",
+        "ddslug compile, cold",
+        "ddslug compile, warm",
+        "ddslug verify",
+        "decompression floor",
+        "dyno start (source datadog.sh)",
+        "ddslug compile, warm from registry",
+    ];
     let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); names.len()];
     let settle_secs: u64 = std::env::var("BENCH_SETTLE_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(35);
     for i in 0..runs {
@@ -206,6 +240,11 @@ fn bench_variant(project: &Path, bin: &Path, work: &Path, v: &Variant, runs: usi
         samples[3].push(run(Command::new(bin).arg("verify").arg(&build))?);
         samples[4].push(run(Command::new("sh").arg("-c").arg(format!("{} -dc '{}' > /dev/null", v.decompress, member.display())))?);
         samples[5].push(run(&mut dyno_start(&build)?)?);
+        settle(0)?;
+        // An empty CACHE_DIR, the layer in the local registry.
+        let build = fresh(&scratch.join(format!("pull-build-{i}")))?;
+        let cache = fresh(&scratch.join(format!("pull-cache-{i}")))?;
+        samples[6].push(run(&mut with_env(&build, &cache, &pull_env))?);
     }
     let mut table = format!(
         "\n### {} variant ({:.0} MB .deb, data.tar {})\n\n| step | wall (s) | wall, fastest–slowest run (s) | CPU (s) | peak RSS (MB) | wall vs classic |\n|---|---:|---:|---:|---:|---:|\n",
@@ -222,6 +261,15 @@ fn bench_variant(project: &Path, bin: &Path, work: &Path, v: &Variant, runs: usi
             median(s.iter().map(|x| x.max_rss_mb).collect()),
             wall / classic_wall
         );
+    }
+    let cold = median(samples[1].iter().map(|x| x.wall).collect());
+    let pulled = median(samples[6].iter().map(|x| x.wall).collect());
+    table += &format!("\nWarm from registry vs cold: {:.3}x (target at most 0.5x).\n", pulled / cold);
+    // Where the time goes: the pull's own lines from one more run.
+    let out = with_env(&fresh(&scratch.join("pull-build-where"))?, &fresh(&scratch.join("pull-cache-where"))?, &pull_env).output()?;
+    let log = String::from_utf8_lossy(&out.stdout);
+    for line in log.lines().filter(|l| l.contains("pulled and verified") || l.contains("in place in") || l.contains("installed in")) {
+        table += &format!("    {}\n", line.trim());
     }
     let scan = Command::new("du").arg("-sb").arg(scratch.join("warm-build-0/.apt")).output()?;
     let count = Command::new("sh").arg("-c").arg(format!("find '{}' | wc -l", scratch.join("warm-build-0/.apt").display())).output()?;
