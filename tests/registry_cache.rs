@@ -261,7 +261,7 @@ fn untrusted_or_lying_signatures_are_never_installed() {
     let key: Sha256 = tag.strip_prefix("layer-").unwrap().parse().unwrap();
     let layer = digest_of(&manifest["layers"][0]);
     let secret = SecretKey::parse(&world.keys.secret, "test").unwrap();
-    let signature = secret.sign(&sign::statement(&key, &forged, &layer.digest, &new_record.digest));
+    let signature = secret.sign(&sign::statement(&key, &forged, (&layer.digest, layer.size), (&new_record.digest, new_record.size)));
     manifest["config"]["digest"] = serde_json::json!(format!("sha256:{}", new_record.digest));
     manifest["config"]["size"] = serde_json::json!(new_record.size);
     manifest["annotations"]["dev.ddslug.tree-hash"] = serde_json::json!(forged.to_string());

@@ -9,7 +9,8 @@
 //!   config  application/vnd.ddslug.layer.record.v1+json  the record: key, inputs, tree hash, counts,
 //!                                                        what the recipe removed, relocated pkg-config files
 //!   layers  [application/vnd.oci.image.layer.v1.tar+gzip] the tree, as oci::tarball writes it (exact modes)
-//!   annotations  dev.ddslug.layer-key, dev.ddslug.tree-hash, dev.ddslug.signature (NAME:BASE64)
+//!   annotations  dev.ddslug.layer-key, dev.ddslug.tree-hash, dev.ddslug.signature (NAME:BASE64 over
+//!                [`sign::statement`]: the layer key, the tree hash, both blobs' digests and sizes)
 //! ```
 //!
 //! Contract: the registry is not trusted. A pulled layer is installed only when its
@@ -190,7 +191,7 @@ impl SharedCache {
             return Err(Miss::Garbage(format!("it is annotated as layer {}", artifact.key)));
         }
         // Trust first: nothing is downloaded for a layer no trusted key vouches for.
-        let statement = sign::statement(&key, &artifact.tree_hash, &artifact.layer.digest, &artifact.record.digest);
+        let statement = sign::statement(&key, &artifact.tree_hash, (&artifact.layer.digest, artifact.layer.size), (&artifact.record.digest, artifact.record.size));
         let signer = sign::check(artifact.signature.as_deref(), &statement, &self.trusted).map_err(Miss::Untrusted)?;
         let record_bytes = self.registry.get_blob_bytes(artifact.record, RECORD_LIMIT)?.ok_or_else(|| Miss::Garbage("its record blob is missing".into()))?;
         let record: Record = serde_json::from_slice(&record_bytes).map_err(|e| Miss::Garbage(format!("its record is not a ddslug layer record: {e}")))?;
@@ -276,7 +277,7 @@ impl SharedCache {
             let mut uploaded = self.registry.push_blob(layer, &mut || Ok(Box::new(staging.dir.open_regular(std::ffi::OsStr::new("layer.tar.gz"))?) as Box<dyn Read>))?;
             let body = record_bytes.clone();
             uploaded |= self.registry.push_blob(record_ref, &mut || Ok(Box::new(io::Cursor::new(body.clone())) as Box<dyn Read>))?;
-            let statement = sign::statement(&info.key, &info.tree_hash, &layer.digest, &record_ref.digest);
+            let statement = sign::statement(&info.key, &info.tree_hash, (&layer.digest, layer.size), (&record_ref.digest, record_ref.size));
             let manifest = manifest_bytes(&info.key, &info.tree_hash, layer, record_ref, &signing.sign(&statement)).map_err(Miss::Garbage)?;
             self.registry.put_manifest(&tag_for(&info.key), MANIFEST_TYPE, &manifest)?;
             Ok(uploaded)
@@ -347,14 +348,14 @@ impl Artifact {
         }
         let blob = |d: &Descriptor, media: &str| -> Result<BlobRef, String> {
             if d.media_type().to_string() != media {
-                return Err(format!("a blob is {}, not {media}", crate::report::excerpt(&d.media_type().to_string(), 100)));
+                return Err(format!("a blob is {}, not {media}", crate::report::excerpt(d.media_type().as_ref(), 100)));
             }
             let digest = d.as_digest_sha256().and_then(|hex| hex.parse::<Sha256>().ok()).ok_or("a blob digest is not sha256")?;
             Ok(BlobRef { digest, size: d.size() })
         };
         let record = blob(manifest.config(), RECORD_TYPE)?;
         let [layer] = manifest.layers().as_slice() else { return Err("it does not have exactly one layer".into()) };
-        let layer = blob(layer, &MediaType::ImageLayerGzip.to_string())?;
+        let layer = blob(layer, MediaType::ImageLayerGzip.as_ref())?;
         let annotations = manifest.annotations().clone().unwrap_or_default();
         let key = annotations
             .get(KEY_ANNOTATION)

@@ -158,11 +158,15 @@ pub fn read_key_file(path: &Path) -> Result<String, SignError> {
     Ok(text)
 }
 
-/// What a signature covers: the layer key, its tree hash, and the digests of the layer blob
-/// and of the record blob (which holds the layer's description), under a versioned header.
-pub fn statement(layer_key: &Sha256, tree_hash: &TreeHash, layer_digest: &Sha256, record_digest: &Sha256) -> Vec<u8> {
-    format!("ddslug shared layer v1\nlayer-key sha256:{layer_key}\ntree-hash {tree_hash}\nlayer sha256:{layer_digest}\nrecord sha256:{record_digest}\n")
-        .into_bytes()
+/// What a signature covers: the layer key, its tree hash, and the digests and sizes of the
+/// layer blob and of the record blob (which holds the layer's description), under a
+/// versioned header. (The sizes too: a puller reads no more than the signed size.)
+pub fn statement(layer_key: &Sha256, tree_hash: &TreeHash, layer: (&Sha256, u64), record: (&Sha256, u64)) -> Vec<u8> {
+    format!(
+        "ddslug shared layer v1\nlayer-key sha256:{layer_key}\ntree-hash {tree_hash}\nlayer sha256:{} {}\nrecord sha256:{} {}\n",
+        layer.0, layer.1, record.0, record.1
+    )
+    .into_bytes()
 }
 
 /// Why a signature was not accepted, as one line for people (with what to do).
@@ -221,7 +225,7 @@ mod tests {
     use super::*;
 
     fn message() -> Vec<u8> {
-        statement(&Sha256::of(b"key"), &TreeHash(Sha256::of(b"tree")), &Sha256::of(b"layer"), &Sha256::of(b"record"))
+        statement(&Sha256::of(b"key"), &TreeHash(Sha256::of(b"tree")), (&Sha256::of(b"layer"), 5), (&Sha256::of(b"record"), 6))
     }
 
     #[test]
@@ -234,8 +238,10 @@ mod tests {
         // Same name, another key: refused.
         assert_eq!(check(Some(&sig), &message(), &[other.public()]), Err(Untrusted::BadSignature("builder-1".into())));
         // Another statement (one field changed): refused.
-        let changed = statement(&Sha256::of(b"key"), &TreeHash(Sha256::of(b"tree2")), &Sha256::of(b"layer"), &Sha256::of(b"record"));
+        let changed = statement(&Sha256::of(b"key"), &TreeHash(Sha256::of(b"tree2")), (&Sha256::of(b"layer"), 5), (&Sha256::of(b"record"), 6));
         assert_eq!(check(Some(&sig), &changed, &trusted), Err(Untrusted::BadSignature("builder-1".into())));
+        let bigger = statement(&Sha256::of(b"key"), &TreeHash(Sha256::of(b"tree")), (&Sha256::of(b"layer"), 8 << 30), (&Sha256::of(b"record"), 6));
+        assert_eq!(check(Some(&sig), &bigger, &trusted), Err(Untrusted::BadSignature("builder-1".into())));
         assert_eq!(check(Some(&sig), &message(), &[]), Err(Untrusted::UnknownKey("builder-1".into())));
         assert_eq!(check(None, &message(), &trusted), Err(Untrusted::Unsigned));
         assert_eq!(check(Some("builder-1:AAAA"), &message(), &trusted), Err(Untrusted::Malformed));

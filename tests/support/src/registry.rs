@@ -118,6 +118,9 @@ pub enum ProxyFault {
     Replace(&'static str, Vec<u8>),
 }
 
+/// A queued fault: method, path substring, what to do, how many more times (None: always).
+type Injected = (String, String, ProxyFault, Option<usize>);
+
 /// The token the proxy's token service hands out.
 pub const PROXY_TOKEN: &str = "ddslug-test-token";
 
@@ -128,7 +131,7 @@ struct ProxyShared {
     /// those credentials in basic auth; tokens asked for record their scope in the log.
     token_auth: Option<(String, String)>,
     /// (method, path substring, fault, times left: None = always).
-    faults: Mutex<VecDeque<(String, String, ProxyFault, Option<usize>)>>,
+    faults: Mutex<VecDeque<Injected>>,
     log: Mutex<Vec<(String, String, u16)>>,
     stop: AtomicBool,
 }
@@ -287,7 +290,8 @@ fn relay(client: TcpStream, upstream: &str, shared: &ProxyShared) -> std::io::Re
     for (k, v) in &headers {
         // Host is kept: the registry builds its upload Locations from it (the proxy's). The
         // token is the proxy's, not the registry's.
-        if !k.eq_ignore_ascii_case("connection") && !(shared.token_auth.is_some() && k.eq_ignore_ascii_case("authorization")) {
+        let ours = k.eq_ignore_ascii_case("connection") || shared.token_auth.is_some() && k.eq_ignore_ascii_case("authorization");
+        if !ours {
             head += &format!("{k}: {v}\r\n");
         }
     }
