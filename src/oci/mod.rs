@@ -6,3 +6,4 @@
 //! machine, the directories or the day of the build.
 
 pub mod tarball;
+pub mod image;
