@@ -4,8 +4,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use ddslug::buildpack::classic::{Reuse, build_layer, fetcher_for, load_config, plan};
-use ddslug::config::{Settings, download_limits};
+use ddslug::buildpack::classic::{Reuse, build_layer_shared, fetcher_for, load_config, plan, shared_cache};
+use ddslug::config::{Settings, cache_settings, download_limits};
+use ddslug::oci::cache::SharedCache;
 use ddslug::fetch::{Downloaded, FetchOptions, Fetcher};
 use ddslug::slug::manifest::{read_lock, to_json};
 use ddslug::report::{Reporter, bytes};
@@ -73,24 +74,30 @@ pub fn fetch(settings: SettingsArgs, cache: PathBuf, lock_file: Option<PathBuf>)
     let store = Store::open(&cache)?;
     let _guard = store.lock()?;
     let overrides = settings.overrides()?;
-    let (lock, limits) = match lock_file {
+    let (lock, limits, shared) = match lock_file {
         Some(path) => {
-            // Only the download settings matter with a lock: the rest is in the lock.
+            // Only the download and shared cache settings matter with a lock: the rest is in the lock.
             let mut values = Settings::load(settings.env_dir.as_deref()).context("reading the settings")?;
             for (name, value) in &overrides {
                 values.set(name, value);
             }
-            (read_lock(&path)?, download_limits(&values)?)
+            let limits = download_limits(&values)?;
+            let shared = match cache_settings(&values)? {
+                Some(c) if !settings.offline => Some(SharedCache::new(&c, limits)),
+                _ => None,
+            };
+            (read_lock(&path)?, limits, shared)
         }
         None => {
             let config = load_config(settings.env_dir.as_deref(), &overrides, &report)?;
-            (plan(&config, &fetcher_for(&config, &report), &store, &report, false)?, config.download)
+            let shared = shared_cache(&config, &report);
+            (plan(&config, &fetcher_for(&config, &report), &store, &report, false)?, config.download, shared)
         }
     };
     let offline = settings.offline.then(|| "--offline".to_string());
     let fetcher = Fetcher::new(FetchOptions { offline, limits, report, ..FetchOptions::default() });
     // Building the layer too means the later compile only copies.
-    build_layer(&store, &fetcher, &lock, &report, Reuse::Checked)?;
+    build_layer_shared(&store, &fetcher, &lock, &report, Reuse::Checked, shared.as_ref())?;
     for p in &lock.packages {
         let ok = store.check_blob(Downloaded { sha256: p.sha256, size: p.size })?;
         println!("{} {} {}", if ok { "cached" } else { "MISSING" }, p.name, p.version);

@@ -59,6 +59,8 @@ pub struct Config {
     pub offline: Option<String>,
     /// Timeouts, low-speed limit, deadline and attempts of every download.
     pub download: Limits,
+    /// The shared layer cache (`DD_CACHE_REGISTRY` and its companions), if one is set.
+    pub cache: Option<crate::oci::cache::CacheSettings>,
     /// Things the user should fix but that do not stop the build.
     pub warnings: Vec<String>,
 }
@@ -240,6 +242,7 @@ impl Config {
             stack: s.get("STACK").map(str::to_string),
             offline,
             download: download_limits(s)?,
+            cache: cache_settings(s)?,
             warnings,
         })
     }
@@ -257,6 +260,52 @@ impl Config {
     pub fn component(&self) -> String {
         self.major.to_string()
     }
+}
+
+/// Setting: the shared layer cache, `host[:port]/repository` of an OCI registry.
+pub const CACHE_REGISTRY: &str = "DD_CACHE_REGISTRY";
+
+/// The shared layer cache's settings: `DD_CACHE_REGISTRY` (unset: no shared cache),
+/// `DD_CACHE_REGISTRY_USER` / `DD_CACHE_REGISTRY_PASSWORD` (else the registry's entry in
+/// the Docker `config.json`, if any), `DD_CACHE_REGISTRY_INSECURE` (plain http beyond
+/// 127.0.0.1), `DD_CACHE_TRUSTED_KEYS` and `DD_CACHE_SIGNING_KEY`. Secrets never appear in
+/// an error: the value shown is `<hidden>`.
+pub fn cache_settings(s: &Settings) -> Result<Option<crate::oci::cache::CacheSettings>, SettingError> {
+    use crate::oci::registry::{Credentials, RepoRef};
+    use crate::oci::sign::{PublicKey, SecretKey};
+    let signing = match s.get("DD_CACHE_SIGNING_KEY") {
+        None => None,
+        Some(v) => Some(std::sync::Arc::new(SecretKey::from_setting(v, "DD_CACHE_SIGNING_KEY").map_err(|e| {
+            bad("DD_CACHE_SIGNING_KEY", "<hidden>", &e.to_string(), "\"$(cat builder.secret)\"")
+        })?)),
+    };
+    let trusted = match s.get("DD_CACHE_TRUSTED_KEYS") {
+        None => Vec::new(),
+        Some(v) => PublicKey::parse_list(v, "DD_CACHE_TRUSTED_KEYS").map_err(|e| bad("DD_CACHE_TRUSTED_KEYS", v, &e.to_string(), "\"$(cat builder.pub)\""))?,
+    };
+    let Some(value) = s.get(CACHE_REGISTRY) else { return Ok(None) };
+    let insecure = bool_setting(s, "DD_CACHE_REGISTRY_INSECURE", false)?;
+    let repo = RepoRef::parse(value, CACHE_REGISTRY, insecure).map_err(|e| {
+        let expected = match e {
+            crate::oci::registry::RegistryError::Setting { expected, .. } => expected,
+            other => other.to_string(),
+        };
+        bad(CACHE_REGISTRY, value, &expected, "registry.example.com/team/ddslug-cache")
+    })?;
+    let credentials = match (s.get("DD_CACHE_REGISTRY_USER"), s.get("DD_CACHE_REGISTRY_PASSWORD")) {
+        (Some(user), Some(password)) => Some(Credentials { user: user.into(), password: password.into() }),
+        (Some(_), None) => return Err(bad("DD_CACHE_REGISTRY_PASSWORD", "", "DD_CACHE_REGISTRY_USER is set, so the password (or token) must be too", "<password>")),
+        (None, Some(_)) => return Err(bad("DD_CACHE_REGISTRY_USER", "", "DD_CACHE_REGISTRY_PASSWORD is set, so the user name must be too", "<user>")),
+        (None, None) => {
+            let dir = std::env::var_os("DOCKER_CONFIG").map(PathBuf::from).or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".docker")));
+            match dir {
+                Some(dir) => Credentials::from_docker_config(&dir.join("config.json"), &repo.host)
+                    .map_err(|e| bad(CACHE_REGISTRY, value, &format!("its credentials could not be read: {e}"), value))?,
+                None => None,
+            }
+        }
+    };
+    Ok(Some(crate::oci::cache::CacheSettings { repo, credentials, trusted, signing }))
 }
 
 /// The Python the agent will run, from its version and DD_PYTHON_VERSION: agents before
@@ -334,6 +383,32 @@ mod tests {
             let e = config(&[(name, value)]).unwrap_err().to_string();
             assert!(e.starts_with(&format!("{name}={value:?}: expected a whole number")), "{e}");
         }
+    }
+
+    #[test]
+    fn cache_settings_are_validated_and_secrets_never_shown() {
+        assert!(config(&[]).unwrap().cache.is_none());
+        let key = crate::oci::sign::SecretKey::generate("ci").unwrap();
+        let public = key.public().to_string();
+        let c = config(&[
+            ("DD_CACHE_REGISTRY", "127.0.0.1:5000/ddslug/cache"),
+            ("DD_CACHE_REGISTRY_USER", "me"),
+            ("DD_CACHE_REGISTRY_PASSWORD", "hunter2"),
+            ("DD_CACHE_TRUSTED_KEYS", &public),
+            ("DD_CACHE_SIGNING_KEY", &key.to_text()),
+        ])
+        .unwrap();
+        let cache = c.cache.as_ref().unwrap();
+        assert_eq!((cache.repo.scheme, cache.trusted.len()), ("http", 1));
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("hunter2") && !shown.contains(&key.to_text()), "{shown}");
+        let e = config(&[("DD_CACHE_REGISTRY", "http://registry.example.com/c")]).unwrap_err().to_string();
+        assert!(e.starts_with("DD_CACHE_REGISTRY=\"http://registry.example.com/c\": plain http") && e.contains("heroku config:set"), "{e}");
+        let e = config(&[("DD_CACHE_REGISTRY", "h/c"), ("DD_CACHE_REGISTRY_USER", "me")]).unwrap_err().to_string();
+        assert!(e.starts_with("DD_CACHE_REGISTRY_PASSWORD"), "{e}");
+        let secret_text = format!("{}x", key.to_text());
+        let e = config(&[("DD_CACHE_SIGNING_KEY", &secret_text)]).unwrap_err().to_string();
+        assert!(e.starts_with("DD_CACHE_SIGNING_KEY=\"<hidden>\"") && !e.contains(&key.to_text()), "{e}");
     }
 
     #[test]

@@ -26,7 +26,9 @@ pub use watch::{ATTEMPTS, CONNECT_TIMEOUT, LOW_SPEED_LIMIT, LOW_SPEED_TIME, Limi
 
 use crate::hash::{Hasher, Sha256};
 use crate::report::{Reporter, excerpt};
-use watch::{Stop, Ticker, Transfer, Watch, secs, stop_of};
+use watch::{Stop, Ticker, Transfer, secs, stop_of};
+/// The low-speed and deadline check on a body as it is read (the registry client uses it too).
+pub(crate) use watch::Watch;
 
 /// Why a download failed.
 #[derive(Debug, thiserror::Error)]

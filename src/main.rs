@@ -54,6 +54,10 @@ enum Command {
         /// Override a setting, e.g. --set DD_APM_ENABLED=false (repeatable).
         #[arg(long = "set", value_name = "NAME=VALUE")]
         set: Vec<String>,
+        /// Share layers through this OCI registry repository (host[:port]/repository): the
+        /// same as DD_CACHE_REGISTRY.
+        #[arg(long = "cache-registry", value_name = "HOST/REPOSITORY")]
+        cache_registry: Option<String>,
     },
     /// Resolve the settings to an exact lock file (packages, hashes, recipe, options).
     Lock {
@@ -116,6 +120,11 @@ enum Command {
         #[command(subcommand)]
         step: DynoStep,
     },
+    /// The shared layer cache (DD_CACHE_REGISTRY).
+    Cache {
+        #[command(subcommand)]
+        step: CacheStep,
+    },
     /// Extract the data archive of a .deb into a directory, like `dpkg-deb -x`.
     Unpack {
         /// The .deb file.
@@ -140,6 +149,10 @@ struct SettingsArgs {
     /// Forbid network access.
     #[arg(long)]
     offline: bool,
+    /// Share layers through this OCI registry repository (host[:port]/repository): the
+    /// same as DD_CACHE_REGISTRY.
+    #[arg(long = "cache-registry", value_name = "HOST/REPOSITORY")]
+    cache_registry: Option<String>,
 }
 
 impl SettingsArgs {
@@ -148,8 +161,25 @@ impl SettingsArgs {
         if self.offline {
             out.push(("DD_OFFLINE".into(), "true".into()));
         }
+        if let Some(registry) = &self.cache_registry {
+            out.push((ddslug::config::CACHE_REGISTRY.into(), registry.clone()));
+        }
         Ok(out)
     }
+}
+
+#[derive(Subcommand)]
+enum CacheStep {
+    /// Make an Ed25519 key pair for signing shared layers: DIR/NAME.secret (for
+    /// DD_CACHE_SIGNING_KEY, keep it secret) and DIR/NAME.pub (for DD_CACHE_TRUSTED_KEYS).
+    Keygen {
+        /// The key's name, e.g. ci-1 (letters, digits, '.', '_', '-').
+        #[arg(long)]
+        name: String,
+        /// Where to write the two files.
+        #[arg(long, default_value = ".")]
+        out_dir: PathBuf,
+    },
 }
 
 fn parse_pairs(pairs: &[String]) -> Result<Vec<(String, String)>> {
@@ -251,8 +281,16 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Diff { a, b, json } => return commands::diff(&a, &b, json),
         Command::Gc { cache, days, delete } => return commands::gc(&cache, days, delete),
-        Command::Compile { build_dir, cache_dir, env_dir, set } => {
-            let overrides = parse_pairs(&set)?;
+        Command::Cache { step: CacheStep::Keygen { name, out_dir } } => {
+            let public = ddslug::oci::sign::keygen(&out_dir, &name)?;
+            println!("wrote {} (keep it secret: DD_CACHE_SIGNING_KEY) and {}", out_dir.join(format!("{name}.secret")).display(), out_dir.join(format!("{name}.pub")).display());
+            println!("public key, for DD_CACHE_TRUSTED_KEYS: {public}");
+        }
+        Command::Compile { build_dir, cache_dir, env_dir, set, cache_registry } => {
+            let mut overrides = parse_pairs(&set)?;
+            if let Some(registry) = cache_registry {
+                overrides.push((ddslug::config::CACHE_REGISTRY.into(), registry));
+            }
             let args = CompileArgs {
                 build_dir,
                 cache_dir,

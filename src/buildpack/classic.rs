@@ -22,6 +22,7 @@ use crate::apt::signature::Keyring;
 use crate::config::{Config, KeyringSetting, Settings, effective_python};
 use crate::fetch::{Downloaded, FetchOptions, Fetcher, Progress};
 use crate::hash::Sha256;
+use crate::oci::cache::SharedCache;
 use crate::store::layer::{self, DebInput, LAYER_FORMAT, LayerInputs};
 use crate::slug::manifest::{Lock, LockedPackage, Manifest, Removed, SCHEMA, read_lock};
 use crate::store::layerindex::LayerIndex;
@@ -111,13 +112,14 @@ pub fn compile(args: &CompileArgs, report: &Reporter) -> Result<CompileOutcome> 
     } else {
         plan(&config, &fetcher, &store, report, true)?
     };
-    let mut built = build_layer(&store, &fetcher, &lock, report, Reuse::CheckWhileLinking)?;
+    let shared = shared_cache(&config, report);
+    let mut built = build_layer_shared(&store, &fetcher, &lock, report, Reuse::CheckWhileLinking, shared.as_ref())?;
     report.topic("Installing into the slug");
     let mut t = Instant::now();
     let mut manifest = manifest_for(&lock, &config, &built);
     if !install(args, &store, &built, &mut manifest)? {
         report.warn(&layer_changed(&built.info.key));
-        built = build_layer(&store, &fetcher, &lock, report, Reuse::Never)?;
+        built = build_layer_shared(&store, &fetcher, &lock, report, Reuse::Never, shared.as_ref())?;
         manifest = manifest_for(&lock, &config, &built);
         report.topic("Installing into the slug");
         t = Instant::now();
@@ -249,10 +251,27 @@ pub enum Reuse {
     Never,
 }
 
+/// The shared layer cache the settings ask for (`DD_CACHE_REGISTRY`), unless network access
+/// is disabled.
+pub fn shared_cache(config: &Config, report: &Reporter) -> Option<SharedCache> {
+    let settings = config.cache.as_ref()?;
+    if let Some(why) = &config.offline {
+        report.detail(&format!("not using the shared layer cache {}: network access is disabled ({why})", settings.repo));
+        return None;
+    }
+    Some(SharedCache::new(settings, config.download))
+}
+
 /// Builds (or reuses) the layer the locked blobs and the recipe make. A layer already in the
 /// store (and unchanged on disk) needs no blob at all; otherwise the blobs are fetched and
 /// verified first.
 pub fn build_layer(store: &Store, fetcher: &Fetcher, lock: &Lock, report: &Reporter, reuse: Reuse) -> Result<BuiltLayer> {
+    build_layer_shared(store, fetcher, lock, report, reuse, None)
+}
+
+/// [`build_layer`], with a shared layer cache: a layer the store lacks is pulled from it
+/// when it has a trusted one ([`SharedCache::pull`]), and one built here is pushed to it.
+pub fn build_layer_shared(store: &Store, fetcher: &Fetcher, lock: &Lock, report: &Reporter, reuse: Reuse, shared: Option<&SharedCache>) -> Result<BuiltLayer> {
     let recipe = Recipe::parse(RECIPE, "recipes/datadog-agent.toml")?;
     let inputs = LayerInputs {
         format: LAYER_FORMAT,
@@ -288,18 +307,25 @@ pub fn build_layer(store: &Store, fetcher: &Fetcher, lock: &Lock, report: &Repor
             report.topic(&format!("Reusing layer {} (nothing to download or unpack)", &key.hex()[..12]));
             (info, index, unchecked, true)
         }
-        None => {
-            let (built, fetched) = fetch_and_build(store, fetcher, lock, &inputs, &recipe, report, &key)?;
-            downloaded = fetched;
-            for xz in &built.xz_blocks {
-                let ahead = xz.decoded.saturating_sub(xz.used);
-                report.detail(&format!(
-                    "used {} of {} xz blocks, the others held only stripped files ({} decoded ahead and not needed)",
-                    xz.used, xz.blocks, ahead
-                ));
+        None => match shared.and_then(|cache| cache.pull(store, &inputs, report)) {
+            // Verified against its signature and tree hash while it was installed.
+            Some((info, index)) => (info, index, false, true),
+            None => {
+                let (built, fetched) = fetch_and_build(store, fetcher, lock, &inputs, &recipe, report, &key)?;
+                downloaded = fetched;
+                for xz in &built.xz_blocks {
+                    let ahead = xz.decoded.saturating_sub(xz.used);
+                    report.detail(&format!(
+                        "used {} of {} xz blocks, the others held only stripped files ({} decoded ahead and not needed)",
+                        xz.used, xz.blocks, ahead
+                    ));
+                }
+                if let Some(cache) = shared {
+                    cache.push(store, &built.info, &built.index, report);
+                }
+                (built.info, built.index, false, false)
             }
-            (built.info, built.index, false, false)
-        }
+        },
     };
     layer::touch(store, &key);
     for removed in info.removed.iter().filter(|r| !r.paths.is_empty()) {

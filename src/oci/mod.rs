@@ -7,3 +7,7 @@
 
 pub mod tarball;
 pub mod image;
+// The shared layer cache: the registry client, signatures, and lookup/pull/push of layers.
+pub mod cache;
+pub mod registry;
+pub mod sign;

@@ -47,6 +47,8 @@ pub enum LayerError {
     Json { path: PathBuf, reason: String },
     #[error("{path}: the download did not complete or did not match its SHA-256; nothing was stored. Run the build again (it resumes the download)")]
     Download { path: PathBuf },
+    #[error("layer {key}: its tree hash is {actual}, not {expected} as recorded; it was not stored")]
+    TreeMismatch { key: Sha256, expected: TreeHash, actual: TreeHash },
     #[error(
         "package {package} ships a symlink at {link} (to {target}) where ddslug {writes}; ddslug never \
          writes through a symlink, so the package is refused. Use another version of the package, or ask \
@@ -240,7 +242,6 @@ fn build_in(
     recipe: &Recipe,
     wrapper: (&str, &[u8]),
 ) -> Result<(LayerInfo, LayerIndex, Vec<BlockStats>), LayerError> {
-    let key = inputs.key();
     let tree = staging.path.join("tree");
     staging.dir.make_dirs_beneath(Path::new("tree")).map_err(io_at(&tree))?;
     // Several packages unpack in parallel, each through the recipe's filter so that removed
@@ -313,7 +314,34 @@ fn build_in(
     };
     let wrapper_dir = tree_dir.make_dirs_beneath(parent).map_err(in_the_way)?;
     wrapper_dir.write_via(name, wrapper_text, 0o755, &wrapper_dir).map_err(in_the_way)?;
-    let (scan, mtimes) = scan_tree_known(&tree, &digests, &dir_modes)?;
+    let (info, index) = store_tree(store, staging, inputs, removed, pkgconfig, &digests, &dir_modes, None)?;
+    Ok((info, index, xz_blocks))
+}
+
+/// Hashes the finished tree `tree` of `staging` and stores it as the layer of `inputs`: the
+/// tree renamed into `layers/<key>`, then its index, its entry list and, last, `<key>.json`.
+/// `digests` and `dir_modes` are what the unpacker recorded (see [`scan_tree_known`]). With
+/// `expected`, a tree whose hash differs is not stored (a layer pulled from a registry must
+/// be the tree its signer hashed).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn store_tree(
+    store: &Store,
+    staging: &crate::store::Staging,
+    inputs: &LayerInputs,
+    removed: Vec<RuleOutcome>,
+    pkgconfig: Vec<String>,
+    digests: &HashMap<FileId, crate::hash::Digests>,
+    dir_modes: &HashMap<(u64, u64), u32>,
+    expected: Option<TreeHash>,
+) -> Result<(LayerInfo, LayerIndex), LayerError> {
+    let key = inputs.key();
+    let tree = staging.path.join("tree");
+    let (scan, mtimes) = scan_tree_known(&tree, digests, dir_modes)?;
+    if let Some(expected) = expected
+        && expected != scan.hash
+    {
+        return Err(LayerError::TreeMismatch { key, expected, actual: scan.hash });
+    }
     let mut info = LayerInfo {
         key,
         inputs: inputs.clone(),
@@ -345,7 +373,7 @@ fn build_in(
     let json = serde_json::to_vec_pretty(&info).map_err(|e| LayerError::Json { path: dest.clone(), reason: e.to_string() })?;
     let info_dest = info_path(store, &key);
     layers.write_via(OsStr::new(&format!("{hex}.json")), &json, 0o644, &staging.dir).map_err(io_at(&info_dest))?;
-    Ok((info, index, xz_blocks))
+    Ok((info, index))
 }
 
 /// What ddslug writes in an unpacked tree, and where, in the order it does: for each active

@@ -1,0 +1,421 @@
+//! Layers shared through an OCI registry (`DD_CACHE_REGISTRY`): before building a layer the
+//! local store lacks, a build looks it up by its layer key, pulls it, verifies it and
+//! installs it into the store; after building one, it pushes it.
+//!
+//! A shared layer is an OCI 1.1 artifact, tagged `layer-<layer key>` in the repository:
+//!
+//! ```text
+//! manifest  application/vnd.oci.image.manifest.v1+json, artifactType application/vnd.ddslug.layer.v1
+//!   config  application/vnd.ddslug.layer.record.v1+json  the record: key, inputs, tree hash, counts,
+//!                                                        what the recipe removed, relocated pkg-config files
+//!   layers  [application/vnd.oci.image.layer.v1.tar+gzip] the tree, as oci::tarball writes it (exact modes)
+//!   annotations  dev.ddslug.layer-key, dev.ddslug.tree-hash, dev.ddslug.signature (NAME:BASE64)
+//! ```
+//!
+//! Contract: the registry is not trusted. A pulled layer is installed only when its
+//! signature is valid and by a key in `DD_CACHE_TRUSTED_KEYS` (checked before any blob is
+//! fetched), both blobs match the digests and sizes the signed manifest gives, its record
+//! names exactly the inputs this build wants, and the tree unpacked (through the .deb
+//! unpacker's safe, bounded path into a staging directory) hashes to the signed tree hash;
+//! otherwise nothing is stored. Any fault (registry down, refused, missing, slow, wrong)
+//! costs one warning line and the build goes on from the apt repository; a failed push
+//! costs one warning line too. Two builders pushing one layer at once both upload the same
+//! content-addressed blobs before their manifest, so the tag ends on one complete artifact.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io::{self, Read};
+use std::path::Path;
+use std::sync::Arc;
+
+use oci_spec::image::{Descriptor, Digest, ImageManifest, ImageManifestBuilder, MediaType};
+
+use crate::fetch::Limits;
+use crate::hash::Sha256;
+use crate::oci::registry::{BlobRef, Credentials, Registry, RegistryError, RepoRef};
+use crate::oci::sign::{self, PublicKey, SecretKey};
+use crate::report::Reporter;
+use crate::store::Store;
+use crate::store::layer::{self, LayerInfo, LayerInputs};
+use crate::store::layerindex::LayerIndex;
+use crate::store::treehash::TreeHash;
+use crate::unpack::recipe::RuleOutcome;
+
+/// The artifact type of a shared layer's manifest.
+pub const ARTIFACT_TYPE: &str = "application/vnd.ddslug.layer.v1";
+/// The media type of its record (the manifest's config).
+pub const RECORD_TYPE: &str = "application/vnd.ddslug.layer.record.v1+json";
+const MANIFEST_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const KEY_ANNOTATION: &str = "dev.ddslug.layer-key";
+pub const TREE_HASH_ANNOTATION: &str = "dev.ddslug.tree-hash";
+pub const SIGNATURE_ANNOTATION: &str = "dev.ddslug.signature";
+/// The largest record read (a real one is a few KB).
+const RECORD_LIMIT: u64 = 16 << 20;
+/// The largest layer blob read (the agent's is about 60 MB).
+const LAYER_LIMIT: u64 = 8 << 30;
+/// Decompressed bytes accepted beyond the file bytes the record gives (tar headers of
+/// up to a million entries, padding).
+const TAR_OVERHEAD: u64 = 1 << 30;
+
+/// The shared cache settings (`DD_CACHE_*`), validated by [`crate::config`].
+#[derive(Clone)]
+pub struct CacheSettings {
+    pub repo: RepoRef,
+    pub credentials: Option<Credentials>,
+    pub trusted: Vec<PublicKey>,
+    pub signing: Option<Arc<SecretKey>>,
+}
+
+impl fmt::Debug for CacheSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Credentials and the signing key are never printed.
+        let signing = self.signing.as_ref().map(|k| k.name.as_str());
+        write!(f, "CacheSettings({}, user {:?}, {} trusted keys, signing key {signing:?})", self.repo, self.credentials.as_ref().map(|c| &c.user), self.trusted.len())
+    }
+}
+
+/// What a shared layer's config blob says about it: everything a build takes from a layer
+/// besides its tree (the manifest of a slug records it).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Record {
+    pub key: Sha256,
+    pub inputs: LayerInputs,
+    pub tree_hash: TreeHash,
+    pub files: u64,
+    pub bytes: u64,
+    pub removed: Vec<RuleOutcome>,
+    pub pkgconfig: Vec<String>,
+}
+
+/// The tag a layer is shared under.
+pub fn tag_for(key: &Sha256) -> String {
+    format!("layer-{}", key.hex())
+}
+
+/// Why a shared layer was not used or not pushed: one line for the build log.
+#[derive(Debug)]
+pub enum Miss {
+    /// The registry does not have it (the normal first build).
+    Absent,
+    Registry(RegistryError),
+    /// The artifact is not what a shared layer is, or does not match this build.
+    Garbage(String),
+    Untrusted(sign::Untrusted),
+    Install(String),
+}
+
+impl fmt::Display for Miss {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Miss::Absent => write!(f, "it is not there yet"),
+            Miss::Registry(e) => write!(f, "{e}"),
+            Miss::Garbage(why) => write!(f, "what it holds under that tag is not a usable ddslug layer ({why})"),
+            Miss::Untrusted(why) => write!(f, "{why}"),
+            Miss::Install(why) => write!(f, "the layer did not install ({why})"),
+        }
+    }
+}
+
+impl From<RegistryError> for Miss {
+    fn from(e: RegistryError) -> Self {
+        Miss::Registry(e)
+    }
+}
+
+/// A registry used as a shared layer cache.
+pub struct SharedCache {
+    registry: Registry,
+    trusted: Vec<PublicKey>,
+    signing: Option<Arc<SecretKey>>,
+}
+
+impl SharedCache {
+    pub fn new(settings: &CacheSettings, limits: Limits) -> SharedCache {
+        SharedCache {
+            registry: Registry::new(settings.repo.clone(), settings.credentials.clone(), limits),
+            trusted: settings.trusted.clone(),
+            signing: settings.signing.clone(),
+        }
+    }
+
+    /// The registry client (for `ddslug image --push`, which shares its settings).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Pulls, verifies and stores the layer of `inputs`. `None` (after one line saying why
+    /// and what to do) when the registry has no usable one: the caller builds it.
+    pub fn pull(&self, store: &Store, inputs: &LayerInputs, report: &Reporter) -> Option<(LayerInfo, LayerIndex)> {
+        let key = inputs.key();
+        let short = &key.hex()[..12];
+        if self.trusted.is_empty() {
+            report.warn(&format!(
+                "shared layer cache {}: not looking up layer {short}: DD_CACHE_TRUSTED_KEYS is empty, so no pulled layer could be trusted; \
+                 set it to the public keys of the builders that push (`ddslug cache keygen` makes a pair)",
+                self.registry.repo
+            ));
+            return None;
+        }
+        report.topic(&format!("Looking up layer {short} in {}", self.registry.repo));
+        let t = std::time::Instant::now();
+        match self.try_pull(store, inputs) {
+            Ok((info, index, signer)) => {
+                report.detail(&format!(
+                    "pulled and verified in {} (signed by {}, tree hash {})",
+                    crate::report::seconds(t.elapsed()),
+                    signer.name,
+                    info.tree_hash
+                ));
+                Some((info, index))
+            }
+            Err(Miss::Absent) => {
+                report.detail(&format!("not in {} yet: building it from the apt repository", self.registry.repo));
+                None
+            }
+            Err(miss) => {
+                report.warn(&format!(
+                    "shared layer cache {}: layer {short} not used: {miss}; building it from the apt repository instead",
+                    self.registry.repo
+                ));
+                None
+            }
+        }
+    }
+
+    fn try_pull(&self, store: &Store, inputs: &LayerInputs) -> Result<(LayerInfo, LayerIndex, PublicKey), Miss> {
+        let key = inputs.key();
+        let Some((_, bytes)) = self.registry.get_manifest(&tag_for(&key), &[MANIFEST_TYPE])? else { return Err(Miss::Absent) };
+        let artifact = Artifact::parse(&bytes).map_err(Miss::Garbage)?;
+        if artifact.key != key {
+            return Err(Miss::Garbage(format!("it is annotated as layer {}", artifact.key)));
+        }
+        // Trust first: nothing is downloaded for a layer no trusted key vouches for.
+        let statement = sign::statement(&key, &artifact.tree_hash, &artifact.layer.digest, &artifact.record.digest);
+        let signer = sign::check(artifact.signature.as_deref(), &statement, &self.trusted).map_err(Miss::Untrusted)?;
+        let record_bytes = self.registry.get_blob_bytes(artifact.record, RECORD_LIMIT)?.ok_or_else(|| Miss::Garbage("its record blob is missing".into()))?;
+        let record: Record = serde_json::from_slice(&record_bytes).map_err(|e| Miss::Garbage(format!("its record is not a ddslug layer record: {e}")))?;
+        if record.key != key || record.inputs != *inputs || record.tree_hash != artifact.tree_hash {
+            return Err(Miss::Garbage("its record describes another layer".into()));
+        }
+        let staging = store.staging("pull").map_err(|e| Miss::Install(e.to_string()))?;
+        let result = self.fetch_and_install(store, &staging, &artifact, record);
+        let removed = staging.remove().map_err(|e| Miss::Install(e.to_string()));
+        let (info, index) = result?;
+        removed?;
+        Ok((info, index, signer))
+    }
+
+    fn fetch_and_install(&self, store: &Store, staging: &crate::store::Staging, artifact: &Artifact, record: Record) -> Result<(LayerInfo, LayerIndex), Miss> {
+        let install = |e: &dyn fmt::Display| Miss::Install(e.to_string());
+        let blob_path = staging.path.join("layer.tar.gz");
+        let mut file = staging.dir.create_new(std::ffi::OsStr::new("layer.tar.gz"), 0o600).map_err(|e| install(&e))?;
+        if !self.registry.get_blob(artifact.layer, LAYER_LIMIT, &mut io::BufWriter::new(&mut file))? {
+            return Err(Miss::Garbage("its layer blob is missing".into()));
+        }
+        let file = staging.dir.open_regular(std::ffi::OsStr::new("layer.tar.gz")).map_err(|e| install(&format!("{}: {e}", blob_path.display())))?;
+        let limit = record.bytes.saturating_add(TAR_OVERHEAD);
+        let tar = Bounded { inner: flate2::read::GzDecoder::new(io::BufReader::with_capacity(1 << 17, file)), left: limit, limit };
+        let label = format!("shared layer {}", &record.key.hex()[..12]);
+        let tree = staging.path.join("tree");
+        let (report, deferred) = crate::unpack::extract::unpack_tar_filtered(
+            crate::unpack::xzseek::ForwardSeek::new(tar),
+            &tree,
+            &label,
+            None,
+            crate::unpack::extract::DirModes::Stored,
+        )
+        .map_err(|e| install(&e))?;
+        if !deferred.is_empty() || !report.skipped.is_empty() {
+            return Err(Miss::Garbage("its layer has entries a ddslug layer never has".into()));
+        }
+        let inputs = record.inputs.clone();
+        layer::store_tree(store, staging, &inputs, record.removed, record.pkgconfig, &report.digests, &report.dir_modes, Some(record.tree_hash))
+            .map_err(|e| install(&e))
+    }
+
+    /// Pushes a layer just built: its tarball and record (each only when the registry
+    /// lacks it), then the signed manifest under its tag. One warning line when it fails.
+    pub fn push(&self, store: &Store, info: &LayerInfo, index: &LayerIndex, report: &Reporter) {
+        let short = &info.key.hex()[..12];
+        let Some(signing) = &self.signing else {
+            report.detail(&format!("not pushing layer {short} to {}: DD_CACHE_SIGNING_KEY is not set (other builders only use signed layers)", self.registry.repo));
+            return;
+        };
+        let t = std::time::Instant::now();
+        match self.try_push(store, info, index, signing) {
+            Ok(uploaded) => report.detail(&format!(
+                "pushed layer {short} to {} in {} ({})",
+                self.registry.repo,
+                crate::report::seconds(t.elapsed()),
+                if uploaded { "uploaded" } else { "the registry had its blobs already" }
+            )),
+            Err(e) => report.warn(&format!(
+                "shared layer cache {}: could not push layer {short}: {e}; the build goes on (other builders will build it themselves)",
+                self.registry.repo
+            )),
+        }
+    }
+
+    fn try_push(&self, store: &Store, info: &LayerInfo, index: &LayerIndex, signing: &SecretKey) -> Result<bool, Miss> {
+        let install = |e: &dyn fmt::Display| Miss::Install(e.to_string());
+        let staging = store.staging("push").map_err(|e| install(&e))?;
+        let result = (|| -> Result<bool, Miss> {
+            let blob_path = staging.path.join("layer.tar.gz");
+            let (layer, _) = write_tarball(store, info, index, &staging, &blob_path).map_err(|e| install(&e))?;
+            let record = Record {
+                key: info.key,
+                inputs: info.inputs.clone(),
+                tree_hash: info.tree_hash,
+                files: info.files,
+                bytes: info.bytes,
+                removed: info.removed.clone(),
+                pkgconfig: info.pkgconfig.clone(),
+            };
+            let record_bytes = serde_json::to_vec(&record).map_err(|e| install(&e))?;
+            let record_ref = BlobRef { digest: Sha256::of(&record_bytes), size: record_bytes.len() as u64 };
+            let mut uploaded = self.registry.push_blob(layer, &mut || Ok(Box::new(staging.dir.open_regular(std::ffi::OsStr::new("layer.tar.gz"))?) as Box<dyn Read>))?;
+            let body = record_bytes.clone();
+            uploaded |= self.registry.push_blob(record_ref, &mut || Ok(Box::new(io::Cursor::new(body.clone())) as Box<dyn Read>))?;
+            let statement = sign::statement(&info.key, &info.tree_hash, &layer.digest, &record_ref.digest);
+            let manifest = manifest_bytes(&info.key, &info.tree_hash, layer, record_ref, &signing.sign(&statement)).map_err(Miss::Garbage)?;
+            self.registry.put_manifest(&tag_for(&info.key), MANIFEST_TYPE, &manifest)?;
+            Ok(uploaded)
+        })();
+        let removed = staging.remove();
+        let uploaded = result?;
+        removed.map_err(|e| install(&e))?;
+        Ok(uploaded)
+    }
+}
+
+/// Writes the layer's tree as a reproducible tarball (exact directory modes from its
+/// index) into `path`, a new file in `staging`.
+fn write_tarball(store: &Store, info: &LayerInfo, index: &LayerIndex, staging: &crate::store::Staging, path: &Path) -> Result<(BlobRef, Sha256), String> {
+    let mut tree = crate::oci::tarball::LayerTree::new();
+    tree.add_tree(b"", &layer::layer_dir(store, &info.key)).map_err(|e| e.to_string())?;
+    for group in index.groups.iter().filter(|g| !g.is_root()) {
+        tree.set_mode(index.rel(group), group.mode);
+    }
+    let file = staging.dir.create_new(std::ffi::OsStr::new("layer.tar.gz"), 0o600).map_err(|e| format!("{}: {e}", path.display()))?;
+    // No clamp: the layer's own mtimes (the package's; the build's for what ddslug wrote).
+    let blob = tree.write(io::BufWriter::with_capacity(1 << 17, file), i64::MAX).map_err(|e| e.to_string())?;
+    Ok((BlobRef { digest: blob.digest, size: blob.size }, blob.diff_id))
+}
+
+fn digest_of(sha: &Sha256) -> Result<Digest, String> {
+    format!("sha256:{sha}").parse::<Digest>().map_err(|e| e.to_string())
+}
+
+/// The manifest of a shared layer, as canonical JSON (keys sorted): the same layer, record
+/// and signature give the same bytes.
+fn manifest_bytes(key: &Sha256, tree_hash: &TreeHash, layer: BlobRef, record: BlobRef, signature: &str) -> Result<Vec<u8>, String> {
+    let annotations: HashMap<String, String> = [
+        (KEY_ANNOTATION.to_string(), format!("sha256:{key}")),
+        (TREE_HASH_ANNOTATION.to_string(), tree_hash.to_string()),
+        (SIGNATURE_ANNOTATION.to_string(), signature.to_string()),
+    ]
+    .into();
+    let manifest = ImageManifestBuilder::default()
+        .schema_version(2u32)
+        .media_type(MediaType::ImageManifest)
+        .artifact_type(MediaType::Other(ARTIFACT_TYPE.into()))
+        .config(Descriptor::new(MediaType::Other(RECORD_TYPE.into()), record.size, digest_of(&record.digest)?))
+        .layers(vec![Descriptor::new(MediaType::ImageLayerGzip, layer.size, digest_of(&layer.digest)?)])
+        .annotations(annotations)
+        .build()
+        .map_err(|e| e.to_string())?;
+    // Through a Value: serde_json's maps are sorted, the HashMap's order is not.
+    let value = serde_json::to_value(&manifest).map_err(|e| e.to_string())?;
+    serde_json::to_vec(&value).map_err(|e| e.to_string())
+}
+
+/// What a shared layer's manifest says, checked for shape.
+#[derive(Debug)]
+struct Artifact {
+    key: Sha256,
+    tree_hash: TreeHash,
+    record: BlobRef,
+    layer: BlobRef,
+    signature: Option<String>,
+}
+
+impl Artifact {
+    fn parse(bytes: &[u8]) -> Result<Artifact, String> {
+        let manifest: ImageManifest = serde_json::from_slice(bytes).map_err(|e| format!("the manifest is not an OCI image manifest: {}", crate::report::excerpt(&e.to_string(), 200)))?;
+        if manifest.artifact_type().as_ref().map(|t| t.to_string()).as_deref() != Some(ARTIFACT_TYPE) {
+            return Err(format!("its artifactType is not {ARTIFACT_TYPE}"));
+        }
+        let blob = |d: &Descriptor, media: &str| -> Result<BlobRef, String> {
+            if d.media_type().to_string() != media {
+                return Err(format!("a blob is {}, not {media}", crate::report::excerpt(&d.media_type().to_string(), 100)));
+            }
+            let digest = d.as_digest_sha256().and_then(|hex| hex.parse::<Sha256>().ok()).ok_or("a blob digest is not sha256")?;
+            Ok(BlobRef { digest, size: d.size() })
+        };
+        let record = blob(manifest.config(), RECORD_TYPE)?;
+        let [layer] = manifest.layers().as_slice() else { return Err("it does not have exactly one layer".into()) };
+        let layer = blob(layer, &MediaType::ImageLayerGzip.to_string())?;
+        let annotations = manifest.annotations().clone().unwrap_or_default();
+        let key = annotations
+            .get(KEY_ANNOTATION)
+            .and_then(|k| k.strip_prefix("sha256:"))
+            .and_then(|k| k.parse::<Sha256>().ok())
+            .ok_or("no layer-key annotation")?;
+        let tree_hash = annotations.get(TREE_HASH_ANNOTATION).and_then(|t| t.parse::<Sha256>().ok()).map(TreeHash).ok_or("no tree-hash annotation")?;
+        Ok(Artifact { key, tree_hash, record, layer, signature: annotations.get(SIGNATURE_ANNOTATION).cloned() })
+    }
+}
+
+/// A decompressed stream that fails (naming its limit) past `limit` bytes, instead of ending
+/// early as `take` would.
+struct Bounded<R> {
+    inner: R,
+    left: u64,
+    limit: u64,
+}
+
+impl<R: Read> Read for Bounded<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n as u64 > self.left {
+            return Err(io::Error::other(format!(
+                "the layer decompresses to more than {} (its files' bytes plus {} of tar headers), the limit for a shared layer",
+                crate::report::limit(self.limit),
+                crate::report::limit(TAR_OVERHEAD)
+            )));
+        }
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manifests_round_trip_and_are_canonical() {
+        let key = Sha256::of(b"key");
+        let tree = TreeHash(Sha256::of(b"tree"));
+        let layer = BlobRef { digest: Sha256::of(b"layer"), size: 5 };
+        let record = BlobRef { digest: Sha256::of(b"record"), size: 6 };
+        let a = manifest_bytes(&key, &tree, layer, record, "k:sig").unwrap();
+        assert_eq!(a, manifest_bytes(&key, &tree, layer, record, "k:sig").unwrap());
+        let parsed = Artifact::parse(&a).unwrap();
+        assert_eq!((parsed.key, parsed.tree_hash, parsed.layer, parsed.record), (key, tree, layer, record));
+        assert_eq!(parsed.signature.as_deref(), Some("k:sig"));
+        for garbage in [&b"{}"[..], b"not json", br#"{"schemaVersion":2,"config":{"mediaType":"x","digest":"sha256:00","size":1},"layers":[]}"#] {
+            assert!(Artifact::parse(garbage).is_err());
+        }
+        let text = String::from_utf8(a).unwrap().replace(ARTIFACT_TYPE, "application/vnd.other");
+        assert!(Artifact::parse(text.as_bytes()).unwrap_err().contains("artifactType"));
+    }
+
+    #[test]
+    fn bounded_fails_past_its_limit() {
+        let mut r = Bounded { inner: &b"0123456789"[..], left: 4, limit: 4 };
+        let mut out = Vec::new();
+        let e = r.read_to_end(&mut out).unwrap_err().to_string();
+        assert!(e.contains("the limit for a shared layer"), "{e}");
+    }
+}
