@@ -7,6 +7,7 @@
 
 pub mod tarball;
 pub mod image;
+pub mod push;
 // The shared layer cache: the registry client, signatures, and lookup/pull/push of layers.
 pub mod cache;
 pub mod registry;

@@ -8,6 +8,7 @@ pub mod debs;
 pub mod fixtures;
 pub mod hostile;
 pub mod mirror;
+pub mod registry;
 pub mod repo;
 pub mod server;
 pub mod signing;
