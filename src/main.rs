@@ -238,6 +238,13 @@ enum DynoStep {
         #[arg(long)]
         no_agents: bool,
     },
+    /// In a container (no .profile.d is sourced there): source the slug's .profile.d scripts
+    /// in bash as a dyno does (prepare, the app's prerun.sh, start), then exec the command.
+    Run {
+        /// The app's command and its arguments, after `--`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true, value_name = "COMMAND")]
+        command: Vec<std::ffi::OsString>,
+    },
 }
 
 /// Where to read packages from.
@@ -353,12 +360,14 @@ fn run(cli: Cli) -> Result<()> {
                 std::process::exit(1);
             }
         }
+        Command::Dyno { step: DynoStep::Run { command } } => return runtime::container::run(&command),
         Command::Dyno { step } => {
             let env = runtime::process_env();
             let mut log = runtime::Log::new(&env);
             let result = match step {
                 DynoStep::Prepare => runtime::launch::prepare(&env, &mut log),
                 DynoStep::Start { no_agents } => runtime::launch::start(&env, &mut log, !no_agents),
+                DynoStep::Run { .. } => unreachable!("handled above"),
             };
             match result {
                 Ok(exports) => {
