@@ -202,3 +202,28 @@ fn bad_input_is_named_and_nothing_is_written() {
     assert!(!out.status.success() && text(&out).contains("is not what its manifest says"), "{}", text(&out));
     assert!(!layout.join("index.json").exists());
 }
+
+/// Heroku-like builders are not root, and umasks differ: the same image all the same.
+#[test]
+fn an_unprivileged_user_with_another_umask_writes_the_same_image() {
+    let served = Served::start();
+    let env = served.env_dir("user", &[]);
+    let root_layout = served.dir.path().join("as-root");
+    ok(ddslug(&[&"image", &"--env-dir", &env, &"--oci-layout", &root_layout]));
+    let layout = served.dir.path().join("as-user");
+    let script = r#"umask 077; exec "$0" image --env-dir "$1" --oci-layout "$2""#;
+    let mut cmd = if running_as_root() {
+        // The test's directories, opened to the user (the server reads them as root).
+        let out = Command::new("chown").args(["-R", "65534:65534"]).arg(served.dir.path()).output().unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        let mut cmd = Command::new("setpriv");
+        cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "sh"]);
+        cmd
+    } else {
+        Command::new("sh")
+    };
+    let out = cmd.arg("-c").arg(script).arg(DDSLUG).arg(&env).arg(&layout).env_remove("STACK").env("HOME", served.dir.path()).output().unwrap();
+    let out = ok(out);
+    assert!(out.contains("-----> Writing the OCI image"), "{out}");
+    assert_eq!(image_of(&layout, TAG).0, image_of(&root_layout, TAG).0, "another user or umask gives another image");
+}
