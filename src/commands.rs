@@ -245,3 +245,73 @@ pub fn gc(cache: &Path, days: u64, delete: bool) -> Result<()> {
     );
     Ok(())
 }
+
+/// Where `ddslug image` takes its slug from.
+pub enum ImageSource {
+    /// A slug compile made.
+    Slug(PathBuf),
+    /// A build in a temporary directory from these settings (or this lock).
+    Build { env_dir: Option<PathBuf>, overrides: Vec<(String, String)>, lock: Option<PathBuf>, cache: Option<PathBuf> },
+}
+
+/// `ddslug image`: the slug (checked, or built now) as an OCI image layout; `--push` too.
+pub fn image(source: ImageSource, layout: &Path, tag: Option<&str>, push: Option<&str>, insecure: bool) -> Result<()> {
+    use ddslug::oci::{image, push as pusher};
+    // Checked before any work: a bad reference should not cost a build.
+    let push_ref = push.map(|r| pusher::parse_ref(r, insecure)).transpose()?;
+    let (build_dir, manifest, _scratch) = match source {
+        ImageSource::Slug(dir) => {
+            let report = verify_slug(&dir, None).with_context(|| format!("checking the slug in {}", dir.display()))?;
+            if !report.written_at_dyno_start.is_empty() {
+                anyhow::bail!(
+                    "{}: dyno start has run in this slug (it wrote {} paths, datadog.yaml among them); an image must hold the slug as compile made it: compile into a fresh directory, or give --env-dir or --lock instead",
+                    dir.display(),
+                    report.written_at_dyno_start.len()
+                );
+            }
+            if report.outcome != Outcome::Identical {
+                anyhow::bail!("{}: the slug is not what its manifest says (run `ddslug verify {}` to see how); compile it again", dir.display(), dir.display());
+            }
+            (dir, report.manifest, None)
+        }
+        ImageSource::Build { env_dir, overrides, lock, cache } => {
+            let scratch = tempfile::Builder::new().prefix("ddslug-image.").tempdir().context("creating a temporary directory")?;
+            let build = scratch.path().join("build");
+            std::fs::create_dir(&build).with_context(|| format!("creating {}", build.display()))?;
+            if let Some(lock) = &lock {
+                // Read first: a bad lock is named as the user gave it.
+                read_lock(lock)?;
+                let app_lock = build.join(ddslug::buildpack::classic::APP_LOCK);
+                std::fs::create_dir_all(app_lock.parent().unwrap_or(&build)).with_context(|| format!("creating {}", build.display()))?;
+                std::fs::copy(lock, &app_lock).with_context(|| format!("copying {} into the build", lock.display()))?;
+            }
+            let args = ddslug::buildpack::classic::CompileArgs {
+                build_dir: build.clone(),
+                cache_dir: cache.unwrap_or_else(|| scratch.path().join("cache")),
+                env_dir,
+                overrides,
+                self_exe: std::env::current_exe().context("locating the ddslug binary")?,
+            };
+            let outcome = ddslug::buildpack::classic::compile(&args, &Reporter::default())?;
+            (build, outcome.manifest, Some(scratch))
+        }
+    };
+    let tag = tag.map(str::to_string).unwrap_or_else(|| image::default_tag(&manifest));
+    let report = Reporter::default();
+    report.topic(&format!("Writing the OCI image {}:{tag}", layout.display()));
+    let written = image::write_image(&build_dir, &manifest, layout, &tag)?;
+    report.detail(&format!("manifest sha256:{} ({} bytes)", written.manifest_digest, written.manifest_size));
+    report.detail(&format!("config   sha256:{}", written.config_digest));
+    report.detail(&format!("layer    sha256:{} ({}; diff_id sha256:{})", written.layer_digest, bytes(written.layer_size), written.layer_diff_id));
+    report.detail(&format!("tree hash {} (layer {})", manifest.tree_hash, &manifest.layer_key.hex()[..12]));
+    if let Some(to) = push_ref {
+        let settings = Settings::load(None).context("reading the settings")?;
+        let credentials = pusher::credentials(&to.repo.host)?;
+        let registry = ddslug::oci::registry::Registry::new(to.repo.clone(), credentials, download_limits(&settings)?);
+        let push_tag = to.tag.clone().unwrap_or_else(|| tag.clone());
+        report.topic(&format!("Pushing to {}:{push_tag}", to.repo));
+        let (digest, uploaded) = pusher::push(layout, &tag, &registry, &push_tag)?;
+        report.detail(&format!("manifest sha256:{digest}; {uploaded} blob{} uploaded, the others were there", if uploaded == 1 { "" } else { "s" }));
+    }
+    Ok(())
+}

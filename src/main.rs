@@ -59,6 +59,42 @@ enum Command {
         #[arg(long = "cache-registry", value_name = "HOST/REPOSITORY")]
         cache_registry: Option<String>,
     },
+    /// Write the agent as an OCI image layout (one layer at /app: .apt, .profile.d/datadog.sh,
+    /// .ddslug), from a compiled slug or from a build of the settings or a lock.
+    Image {
+        /// A slug made by compile (it must verify against its manifest); without it, a slug is
+        /// built in a temporary directory from --env-dir/--set or --lock.
+        #[arg(conflicts_with_all = ["env_dir", "set", "lock", "cache", "cache_registry"])]
+        build_dir: Option<PathBuf>,
+        /// Heroku-style ENV_DIR (one file per variable); the environment fills the gaps.
+        #[arg(long)]
+        env_dir: Option<PathBuf>,
+        /// Override a setting, e.g. --set DD_APM_ENABLED=false (repeatable).
+        #[arg(long = "set", value_name = "NAME=VALUE")]
+        set: Vec<String>,
+        /// Build exactly what this lock file says (as an app's datadog/ddslug.lock).
+        #[arg(long, value_name = "LOCKFILE")]
+        lock: Option<PathBuf>,
+        /// The build's cache directory (CACHE_DIR; default: a temporary one).
+        #[arg(long)]
+        cache: Option<PathBuf>,
+        /// Share layers through this OCI registry repository: the same as DD_CACHE_REGISTRY.
+        #[arg(long = "cache-registry", value_name = "HOST/REPOSITORY")]
+        cache_registry: Option<String>,
+        /// The OCI image layout directory to write (made if missing; other images it holds stay).
+        #[arg(long, value_name = "DIR")]
+        oci_layout: PathBuf,
+        /// The image's tag in the layout (default: the agent's version, e.g. 7.81.2-1).
+        #[arg(long)]
+        tag: Option<String>,
+        /// Also push the image to host[:port]/repository[:tag] (credentials from
+        /// DD_REGISTRY_USER / DD_REGISTRY_PASSWORD or the Docker config.json).
+        #[arg(long, value_name = "REF")]
+        push: Option<String>,
+        /// Allow plain http for --push beyond 127.0.0.1 and localhost.
+        #[arg(long)]
+        insecure: bool,
+    },
     /// Resolve the settings to an exact lock file (packages, hashes, recipe, options).
     Lock {
         #[command(flatten)]
@@ -202,6 +238,13 @@ enum DynoStep {
         #[arg(long)]
         no_agents: bool,
     },
+    /// In a container (no .profile.d is sourced there): source the slug's .profile.d scripts
+    /// in bash as a dyno does (prepare, the app's prerun.sh, start), then exec the command.
+    Run {
+        /// The app's command and its arguments, after `--`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true, value_name = "COMMAND")]
+        command: Vec<std::ffi::OsString>,
+    },
 }
 
 /// Where to read packages from.
@@ -274,6 +317,17 @@ fn run(cli: Cli) -> Result<()> {
             copy_out(&blob, &dest)?;
             println!("{}", dest.display());
         }
+        Command::Image { build_dir, env_dir, set, lock, cache, cache_registry, oci_layout, tag, push, insecure } => {
+            let mut overrides = parse_pairs(&set)?;
+            if let Some(registry) = cache_registry {
+                overrides.push((ddslug::config::CACHE_REGISTRY.into(), registry));
+            }
+            let source = match build_dir {
+                Some(dir) => commands::ImageSource::Slug(dir),
+                None => commands::ImageSource::Build { env_dir, overrides, lock, cache },
+            };
+            return commands::image(source, &oci_layout, tag.as_deref(), push.as_deref(), insecure);
+        }
         Command::Lock { settings, out, check, json } => return commands::lock(settings, out, check, json),
         Command::Fetch { settings, cache, lock } => return commands::fetch(settings, cache, lock),
         Command::Verify { build_dir, rebuild, cache, offline, json } => {
@@ -306,12 +360,14 @@ fn run(cli: Cli) -> Result<()> {
                 std::process::exit(1);
             }
         }
+        Command::Dyno { step: DynoStep::Run { command } } => return runtime::container::run(&command),
         Command::Dyno { step } => {
             let env = runtime::process_env();
             let mut log = runtime::Log::new(&env);
             let result = match step {
                 DynoStep::Prepare => runtime::launch::prepare(&env, &mut log),
                 DynoStep::Start { no_agents } => runtime::launch::start(&env, &mut log, !no_agents),
+                DynoStep::Run { .. } => unreachable!("handled above"),
             };
             match result {
                 Ok(exports) => {

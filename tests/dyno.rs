@@ -245,3 +245,56 @@ fn prerun_assignments_exported_or_not_are_what_the_agent_start_sees() {
     assert!(!started.env.contains_key("SHELL_ONLY_URL") && !started.env.contains_key("DD_POSTGRES_URL_VAR"));
 }
 
+
+/// `ddslug dyno run -- COMMAND` (a container's entry point): the slug's binary finds its slug,
+/// sources datadog.sh and the app's prerun.sh in bash as a dyno does, starts the agents and
+/// replaces itself with the app's command, which gets the exports and its exit status back.
+#[test]
+fn dyno_run_starts_the_agents_then_execs_the_app() {
+    let served = Served::start();
+    let s = slug(&served, "run", &[]);
+    fs::create_dir_all(s.dir.join("datadog")).unwrap();
+    fs::write(s.dir.join("datadog/prerun.sh"), "export DD_TAGS=\"$DD_TAGS from:prerun\"\n").unwrap();
+    let record = s.dir.join("record-run");
+    fs::create_dir_all(&record).unwrap();
+    let app = "env > \"$RECORD_DIR/app.env\"; echo \"app args: $*\"; exit 7";
+    let out = Command::new(s.dir.join(".ddslug/bin/ddslug"))
+        .args(["dyno", "run", "--", "sh", "-c", app, "sh", "--port", "5000"])
+        .env_clear()
+        // HOME is not the slug (a container's is /root): the binary's place says where it is.
+        .env("HOME", "/nonexistent")
+        .env("PATH", std::env::var("PATH").unwrap())
+        .env("RECORD_DIR", &record)
+        .env("DYNO", "web.1")
+        .env("DDSLUG_HOSTNAME_OVERRIDE", "1a2b_host")
+        .env("DD_API_KEY", "k")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(7), "the app's exit status: {}", text(&out));
+    assert!(text(&out).contains("app args: --port 5000"), "{}", text(&out));
+    let launched = || fs::read_dir(&record).unwrap().filter(|e| !e.as_ref().unwrap().file_name().to_string_lossy().starts_with('.')).count();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    // app.env and one record per agent.
+    while launched() < 3 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let read = |name: &str| -> std::collections::BTreeMap<String, String> {
+        let text = fs::read_to_string(record.join(name)).unwrap();
+        text.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    };
+    let env = read("app.env");
+    assert_eq!(env["HOME"], s.dir.display().to_string());
+    assert!(env["DD_TAGS"].starts_with("dyno:web.1 dynotype:web ") && env["DD_TAGS"].ends_with(" from:prerun"), "{}", env["DD_TAGS"]);
+    assert!(env["PATH"].starts_with(&format!("{}/.apt/usr/bin:", s.dir.display())), "{}", env["PATH"]);
+    let mut programs: Vec<String> = fs::read_dir(&record)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "app.env" && !n.starts_with('.'))
+        .map(|n| read(&n)["PROGRAM"].rsplit('/').next().unwrap().to_string())
+        .collect();
+    programs.sort();
+    assert_eq!(programs, ["agent", "trace-agent"]);
+    // Run from elsewhere, with no slug in HOME either: a clear error, nothing run.
+    let out = Command::new(env!("CARGO_BIN_EXE_ddslug")).args(["dyno", "run", "--", "true"]).env("HOME", "/nonexistent").output().unwrap();
+    assert!(!out.status.success() && text(&out).contains("not <slug>/.ddslug/bin/ddslug"), "{}", text(&out));
+}

@@ -16,7 +16,8 @@ use ddslug::hash::Sha256;
 use ddslug::oci::registry::{BlobRef, Registry as Client, RepoRef};
 use ddslug::oci::sign::{self, SecretKey};
 use ddslug::store::treehash::{TreeHash, scan_tree};
-use ddslug_testsupport::registry::{FaultProxy, ProxyFault, Registry, free_port};
+use ddslug_testsupport::faultproxy::{FaultProxy, ProxyFault};
+use ddslug_testsupport::registry::{Registry, free_port};
 
 const REPO: &str = "ddslug/cache";
 
@@ -71,7 +72,7 @@ struct World {
 impl World {
     fn start() -> World {
         let served = Served::start();
-        let registry = Registry::start(&served.dir.path().join("registry"), None).unwrap();
+        let registry = Registry::start(&served.dir.path().join("registry")).unwrap();
         World { served, registry, keys: keys("ci-1") }
     }
 
@@ -108,7 +109,7 @@ impl World {
 
     /// The shared layer's manifest as JSON (there is one layer in these tests).
     fn manifest(&self) -> (String, serde_json::Value) {
-        let tags = self.registry.dir.join("data/docker/registry/v2/repositories/ddslug/cache/_manifests/tags");
+        let tags = self.registry.storage().join("docker/registry/v2/repositories/ddslug/cache/_manifests/tags");
         let tag = std::fs::read_dir(&tags).unwrap().next().unwrap().unwrap().file_name().into_string().unwrap();
         let (_, bytes) = self.client(&self.registry.host()).get_manifest(&tag, &["application/vnd.oci.image.manifest.v1+json"]).unwrap().unwrap();
         (tag, serde_json::from_slice(&bytes).unwrap())
@@ -279,7 +280,7 @@ fn untrusted_or_lying_signatures_are_never_installed() {
 #[test]
 fn basic_auth_from_settings_or_docker_config_and_a_clear_401_without() {
     let served = Served::start();
-    let registry = Registry::start(&served.dir.path().join("registry"), Some(("builder", "s3cret-pass"))).unwrap();
+    let registry = Registry::start_with_auth(&served.dir.path().join("registry"), "builder", "s3cret-pass").unwrap();
     let world = World { served, registry, keys: keys("ci-auth") };
     // No credentials: 401, one warning naming the settings, and the push warns too.
     let build = world.served.build_dir("anon");

@@ -6,6 +6,8 @@
 //! machine, the directories or the day of the build.
 
 pub mod tarball;
+pub mod image;
+pub mod push;
 // The shared layer cache: the registry client, signatures, and lookup/pull/push of layers.
 pub mod cache;
 pub mod registry;

@@ -171,6 +171,40 @@ impl LayerTree {
         self.entries.get_mut(at).map(|e| e.mode = mode & 0o7777).is_some()
     }
 
+    /// Sets the mtime of the entry `at`. `false` if there is none.
+    pub fn set_mtime(&mut self, at: &[u8], mtime: i64) -> bool {
+        self.entries.get_mut(at).map(|e| e.mtime = mtime).is_some()
+    }
+
+    /// Gives `at` and everything below it the modes of files nobody's umask decides:
+    /// directories 0755, files 0755 when their owner may run them, else 0644. For what a
+    /// build wrote (its directories' modes come from the umask), never for a package's tree.
+    pub fn normalize_modes(&mut self, at: &[u8]) {
+        for (path, e) in self.entries.range_mut(at.to_vec()..).take_while(|(path, _)| path.starts_with(at)) {
+            // `at-x` sorts between `at` and `at/...`: not below it.
+            if path.len() > at.len() && path[at.len()] != b'/' {
+                continue;
+            }
+            e.mode = match e.source {
+                Source::Dir => 0o755,
+                Source::File { .. } if e.mode & 0o100 != 0 => 0o755,
+                Source::File { .. } => 0o644,
+                Source::Symlink { .. } => 0o777,
+            };
+        }
+    }
+
+    /// The newest mtime among the files and symlinks below `under` (a prefix of paths, such
+    /// as `app/.apt/`) that `skip` does not name.
+    pub fn newest_mtime(&self, under: &[u8], skip: impl Fn(&[u8]) -> bool) -> Option<i64> {
+        self.entries
+            .range(under.to_vec()..)
+            .take_while(|(path, _)| path.starts_with(under))
+            .filter(|(path, e)| !matches!(e.source, Source::Dir) && !skip(path))
+            .map(|(_, e)| e.mtime)
+            .max()
+    }
+
     /// How many entries the layer has.
     pub fn len(&self) -> usize {
         self.entries.len()

@@ -15,6 +15,7 @@
 //! no password, URL or API key is ever printed.
 
 pub mod appconf;
+pub mod container;
 pub mod confdir;
 pub mod integrations;
 pub mod launch;

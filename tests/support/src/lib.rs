@@ -5,6 +5,7 @@
 
 pub mod agent;
 pub mod debs;
+pub mod faultproxy;
 pub mod fixtures;
 pub mod hostile;
 pub mod mirror;

@@ -1,59 +1,80 @@
-//! A real OCI registry for tests (Debian's `docker-registry`, the CNCF distribution
-//! registry) on 127.0.0.1, with filesystem storage and optional htpasswd auth in a temp
-//! dir; and a small HTTP proxy in front of any server that injects faults per request
-//! (statuses, stalls, truncated, corrupted or replaced bodies).
+//! A real OCI registry for tests: Debian's `docker-registry` (the CNCF distribution
+//! registry) serving plain http on 127.0.0.1, with its config file and storage in a
+//! directory the test owns, optionally with basic auth (an htpasswd file made by
+//! apache2-utils' `htpasswd -B`). Stopped (killed by its pid) when dropped; a stopped one
+//! restarts on its port with its storage ([`Registry::stop`], [`Registry::restart`]).
 
-use std::collections::VecDeque;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 
-/// The registry binary Debian's `docker-registry` package installs.
-pub const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
+/// The registry program (Debian package docker-registry).
+pub const PROGRAM: &str = "/usr/bin/docker-registry";
 
-/// A running registry; killed when dropped. Its storage outlives a [`Registry::stop`], so
-/// that [`Registry::restart`] brings back the same content on the same port.
+/// A running registry.
 pub struct Registry {
-    pub dir: PathBuf,
-    pub port: u16,
     child: Option<Child>,
+    port: u16,
+    log: PathBuf,
+    dir: PathBuf,
+    auth: Option<(String, String)>,
 }
 
 impl Registry {
-    /// Starts a registry storing under `dir` (created), with basic auth for `user`/`password`
-    /// (an htpasswd file made by apache2-utils' `htpasswd -B`) when given.
-    pub fn start(dir: &Path, auth: Option<(&str, &str)>) -> Result<Registry> {
-        std::fs::create_dir_all(dir.join("data"))?;
-        let port = free_port()?;
-        let mut config = format!(
-            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
-            dir.join("data").display()
+    /// Starts a registry whose config (`registry.yml`), storage (`storage/`) and log
+    /// (`registry.log`) are in `dir`, on a free port of 127.0.0.1; returns once it answers
+    /// `GET /v2/`.
+    pub fn start(dir: &Path) -> Result<Registry> {
+        Registry::start_with(dir, None)
+    }
+
+    /// [`Registry::start`], asking for basic auth as `user` with `password`.
+    pub fn start_with_auth(dir: &Path, user: &str, password: &str) -> Result<Registry> {
+        Registry::start_with(dir, Some((user.into(), password.into())))
+    }
+
+    fn start_with(dir: &Path, auth: Option<(String, String)>) -> Result<Registry> {
+        let mut last = String::new();
+        // A port found free may be taken before the registry binds it: try a few.
+        for _ in 0..5 {
+            let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+            match Registry::start_on_with(dir, port, auth.clone()) {
+                Ok(registry) => return Ok(registry),
+                Err(e) => last = format!("{e:#}"),
+            }
+        }
+        bail!("the registry did not start: {last}")
+    }
+
+    /// Starts a registry on `port` (as [`Registry::start`]; also to restart one on its port).
+    pub fn start_on(dir: &Path, port: u16) -> Result<Registry> {
+        Registry::start_on_with(dir, port, None)
+    }
+
+    fn start_on_with(dir: &Path, port: u16, auth: Option<(String, String)>) -> Result<Registry> {
+        std::fs::create_dir_all(dir.join("storage"))?;
+        let config = dir.join("registry.yml");
+        let mut text = format!(
+            "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            dir.join("storage").display()
         );
-        if let Some((user, password)) = auth {
+        if let Some((user, password)) = &auth {
             let out = Command::new("htpasswd").args(["-Bbn", user, password]).output().context("running htpasswd (apache2-utils)")?;
             anyhow::ensure!(out.status.success(), "htpasswd: {}", String::from_utf8_lossy(&out.stderr));
             std::fs::write(dir.join("htpasswd"), &out.stdout)?;
-            config += &format!("auth:\n  htpasswd:\n    realm: ddslug-test\n    path: {}\n", dir.join("htpasswd").display());
+            text += &format!("auth:\n  htpasswd:\n    realm: ddslug-test\n    path: {}\n", dir.join("htpasswd").display());
         }
-        std::fs::write(dir.join("config.yml"), config)?;
-        let mut registry = Registry { dir: dir.to_owned(), port, child: None };
+        std::fs::write(&config, text)?;
+        let mut registry = Registry { child: None, port, log: dir.join("registry.log"), dir: dir.to_owned(), auth };
         registry.restart()?;
         Ok(registry)
     }
 
-    /// `127.0.0.1:<port>`.
-    pub fn host(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    /// Stops the registry (the port then refuses connections).
+    /// Stops the registry: its port then refuses connections.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
@@ -61,34 +82,66 @@ impl Registry {
         }
     }
 
-    /// Starts it again with the same storage and port; returns once it answers.
+    /// Starts it again (stopping it first if it runs) on its port, with its storage;
+    /// returns once it answers.
     pub fn restart(&mut self) -> Result<()> {
         self.stop();
-        let log = std::fs::File::create(self.dir.join("registry.log"))?;
-        let child = Command::new(REGISTRY_BIN)
+        let (dir, port) = (self.dir.clone(), self.port);
+        let config = dir.join("registry.yml");
+        let out = std::fs::File::create(&self.log)?;
+        let child = Command::new(PROGRAM)
             .arg("serve")
-            .arg(self.dir.join("config.yml"))
+            .arg(&config)
             .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
+            .stdout(out.try_clone()?)
+            .stderr(out)
             .spawn()
-            .with_context(|| format!("starting {REGISTRY_BIN} (Debian package docker-registry)"))?;
+            .with_context(|| format!("starting {PROGRAM} (Debian package docker-registry)"))?;
         self.child = Some(child);
-        let started = Instant::now();
-        while started.elapsed() < Duration::from_secs(30) {
-            if let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) {
-                let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-                if write!(s, "GET /v2/ HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").is_ok() {
-                    let mut head = [0u8; 12];
-                    if s.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.1") {
-                        return Ok(());
-                    }
-                }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.as_mut().map(Child::try_wait).transpose()?.flatten() {
+                self.child = None;
+                bail!("{PROGRAM} exited ({status}): {}", self.log_text());
             }
-            thread::sleep(Duration::from_millis(50));
+            if self.answers() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
-        let log = std::fs::read_to_string(self.dir.join("registry.log")).unwrap_or_default();
-        anyhow::bail!("the registry did not answer on port {} within 30 s: {log}", self.port)
+        bail!("{PROGRAM} did not answer on 127.0.0.1:{port} within 20 s: {}", self.log_text())
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Where it keeps blobs and manifests (the distribution registry's own layout).
+    pub fn storage(&self) -> PathBuf {
+        self.dir.join("storage")
+    }
+
+    /// What the registry logged.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Whether `GET /v2/` answers 200.
+    fn answers(&self) -> bool {
+        let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port)) else { return false };
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+        if stream.write_all(b"GET /v2/ HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").is_err() {
+            return false;
+        }
+        let mut head = [0u8; 12];
+        // With auth, `/v2/` answers 401: up all the same.
+        let up = if self.auth.is_some() { b"HTTP/1.1 401".as_slice() } else { b"HTTP/1.1 200".as_slice() };
+        stream.read_exact(&mut head).is_ok() && head.starts_with(up)
     }
 }
 
@@ -101,262 +154,4 @@ impl Drop for Registry {
 /// A port that was free a moment ago.
 pub fn free_port() -> Result<u16> {
     Ok(TcpListener::bind(("127.0.0.1", 0))?.local_addr()?.port())
-}
-
-/// What the proxy does to one request instead of passing it on untouched.
-#[derive(Clone, Debug)]
-pub enum ProxyFault {
-    /// Answer with this status; the request is not passed on.
-    Status(u16),
-    /// Send the upstream answer's headers and this many body bytes, then stay silent.
-    StallAfter(usize),
-    /// Send the upstream answer's headers and this many body bytes, then close.
-    Truncate(usize),
-    /// Send the upstream answer with this body byte flipped (the same length).
-    Corrupt(usize),
-    /// Answer 200 with this body and content type; the request is not passed on.
-    Replace(&'static str, Vec<u8>),
-}
-
-/// A queued fault: method, path substring, what to do, how many more times (None: always).
-type Injected = (String, String, ProxyFault, Option<usize>);
-
-/// The token the proxy's token service hands out.
-pub const PROXY_TOKEN: &str = "ddslug-test-token";
-
-#[derive(Default)]
-struct ProxyShared {
-    /// With a user and password: the proxy is a registry with token auth (the distribution
-    /// spec's flow): `/v2/` wants `Bearer <PROXY_TOKEN>`, which its own `/token` gives for
-    /// those credentials in basic auth; tokens asked for record their scope in the log.
-    token_auth: Option<(String, String)>,
-    /// (method, path substring, fault, times left: None = always).
-    faults: Mutex<VecDeque<Injected>>,
-    log: Mutex<Vec<(String, String, u16)>>,
-    stop: AtomicBool,
-}
-
-/// An HTTP proxy on 127.0.0.1 in front of `upstream` (`host:port`), one request per
-/// connection; stops when dropped.
-pub struct FaultProxy {
-    pub port: u16,
-    shared: Arc<ProxyShared>,
-}
-
-impl FaultProxy {
-    pub fn start(upstream: &str) -> Result<FaultProxy> {
-        FaultProxy::start_with(upstream, None)
-    }
-
-    /// A proxy that asks for token auth, issuing tokens for `user` and `password`.
-    pub fn start_with_token_auth(upstream: &str, user: &str, password: &str) -> Result<FaultProxy> {
-        FaultProxy::start_with(upstream, Some((user.into(), password.into())))
-    }
-
-    fn start_with(upstream: &str, token_auth: Option<(String, String)>) -> Result<FaultProxy> {
-        let listener = TcpListener::bind(("127.0.0.1", 0))?;
-        let port = listener.local_addr()?.port();
-        let shared = Arc::new(ProxyShared { token_auth, ..ProxyShared::default() });
-        let accept = shared.clone();
-        let upstream = upstream.to_string();
-        thread::spawn(move || {
-            for stream in listener.incoming() {
-                if accept.stop.load(Ordering::SeqCst) {
-                    break;
-                }
-                let Ok(stream) = stream else { continue };
-                let (shared, upstream) = (accept.clone(), upstream.clone());
-                thread::spawn(move || {
-                    let _ = relay(stream, &upstream, &shared);
-                });
-            }
-        });
-        Ok(FaultProxy { port, shared })
-    }
-
-    /// `127.0.0.1:<port>`.
-    pub fn host(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    /// Applies `fault` to the next `times` requests (`None`: all) whose method is `method`
-    /// and whose path contains `path_part`.
-    pub fn inject(&self, method: &str, path_part: &str, fault: ProxyFault, times: Option<usize>) {
-        if let Ok(mut f) = self.shared.faults.lock() {
-            f.push_back((method.into(), path_part.into(), fault, times));
-        }
-    }
-
-    /// Every request seen: method, path, status answered.
-    pub fn requests(&self) -> Vec<(String, String, u16)> {
-        self.shared.log.lock().map(|l| l.clone()).unwrap_or_default()
-    }
-}
-
-impl Drop for FaultProxy {
-    fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect(("127.0.0.1", self.port));
-    }
-}
-
-fn take_fault(shared: &ProxyShared, method: &str, path: &str) -> Option<ProxyFault> {
-    let mut faults = shared.faults.lock().ok()?;
-    let i = faults.iter().position(|(m, p, _, _)| m == method && path.contains(p.as_str()))?;
-    let fault = faults[i].2.clone();
-    match &mut faults[i].3 {
-        Some(1) => {
-            faults.remove(i);
-        }
-        Some(n) => *n -= 1,
-        None => {}
-    }
-    Some(fault)
-}
-
-/// Reads a request or response head (up to the blank line) and its headers.
-fn read_head(reader: &mut impl BufRead) -> std::io::Result<(String, Vec<(String, String)>)> {
-    let mut first = String::new();
-    reader.read_line(&mut first)?;
-    let mut headers = Vec::new();
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line)? == 0 || line.trim().is_empty() {
-            break;
-        }
-        if let Some((k, v)) = line.split_once(':') {
-            headers.push((k.trim().to_string(), v.trim().to_string()));
-        }
-    }
-    Ok((first.trim_end().to_string(), headers))
-}
-
-fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
-}
-
-fn relay(client: TcpStream, upstream: &str, shared: &ProxyShared) -> std::io::Result<()> {
-    client.set_read_timeout(Some(Duration::from_secs(60)))?;
-    let mut reader = BufReader::new(client.try_clone()?);
-    let mut client = client;
-    let (request_line, headers) = read_head(&mut reader)?;
-    let mut parts = request_line.split_whitespace();
-    let (method, path) = (parts.next().unwrap_or("").to_string(), parts.next().unwrap_or("/").to_string());
-    let len: usize = header(&headers, "content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
-    let mut body = vec![0u8; len];
-    reader.read_exact(&mut body)?;
-    let log = |status: u16| {
-        if let Ok(mut l) = shared.log.lock() {
-            l.push((method.clone(), path.clone(), status));
-        }
-    };
-    if let Some((user, password)) = &shared.token_auth {
-        let authorization = header(&headers, "authorization").unwrap_or("");
-        if path.starts_with("/token") {
-            let expected = format!("Basic {}", base64(format!("{user}:{password}").as_bytes()));
-            let (status, body) = if authorization == expected { (200, format!("{{\"token\":\"{PROXY_TOKEN}\"}}")) } else { (401, "{}".to_string()) };
-            log(status);
-            write!(client, "HTTP/1.1 {status} Token\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())?;
-            return Ok(());
-        }
-        if authorization != format!("Bearer {PROXY_TOKEN}") {
-            log(401);
-            let port = client.local_addr()?.port();
-            write!(
-                client,
-                "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer realm=\"http://127.0.0.1:{port}/token\",service=\"ddslug-test\"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-            )?;
-            return Ok(());
-        }
-    }
-    let fault = take_fault(shared, &method, &path);
-    match &fault {
-        Some(ProxyFault::Status(code)) => {
-            log(*code);
-            let text = format!("{{\"errors\":[{{\"code\":\"INJECTED\",\"message\":\"injected {code}\"}}]}}");
-            write!(client, "HTTP/1.1 {code} Injected\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}", text.len())?;
-            return Ok(());
-        }
-        Some(ProxyFault::Replace(content_type, bytes)) => {
-            log(200);
-            write!(client, "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", bytes.len())?;
-            client.write_all(bytes)?;
-            return Ok(());
-        }
-        _ => {}
-    }
-    let mut up = TcpStream::connect(upstream)?;
-    let mut head = format!("{request_line}\r\n");
-    for (k, v) in &headers {
-        // Host is kept: the registry builds its upload Locations from it (the proxy's). The
-        // token is the proxy's, not the registry's.
-        let ours = k.eq_ignore_ascii_case("connection") || shared.token_auth.is_some() && k.eq_ignore_ascii_case("authorization");
-        if !ours {
-            head += &format!("{k}: {v}\r\n");
-        }
-    }
-    head += "Connection: close\r\n\r\n";
-    up.write_all(head.as_bytes())?;
-    up.write_all(&body)?;
-    let mut up_reader = BufReader::new(up);
-    let (status_line, up_headers) = read_head(&mut up_reader)?;
-    let status: u16 = status_line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    log(status);
-    let mut up_body = Vec::new();
-    if method != "HEAD" {
-        up_reader.read_to_end(&mut up_body)?;
-    }
-    let mut out = format!("{status_line}\r\n");
-    for (k, v) in &up_headers {
-        if !k.eq_ignore_ascii_case("connection") {
-            out += &format!("{k}: {v}\r\n");
-        }
-    }
-    out += "Connection: close\r\n\r\n";
-    client.write_all(out.as_bytes())?;
-    match fault {
-        Some(ProxyFault::StallAfter(n)) => {
-            client.write_all(&up_body[..n.min(up_body.len())])?;
-            client.flush()?;
-            let started = Instant::now();
-            client.set_read_timeout(Some(Duration::from_millis(100)))?;
-            while !shared.stop.load(Ordering::SeqCst) && started.elapsed() < Duration::from_secs(120) {
-                match reader.read(&mut [0u8; 16]) {
-                    Ok(0) => break,
-                    Ok(_) => {}
-                    Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
-                    Err(_) => break,
-                }
-            }
-        }
-        Some(ProxyFault::Truncate(n)) => {
-            client.write_all(&up_body[..n.min(up_body.len())])?;
-            client.flush()?;
-            client.shutdown(Shutdown::Both)?;
-        }
-        Some(ProxyFault::Corrupt(i)) => {
-            if let Some(b) = up_body.get_mut(i) {
-                *b ^= 0xff;
-            }
-            client.write_all(&up_body)?;
-        }
-        _ => client.write_all(&up_body)?,
-    }
-    Ok(())
-}
-
-fn base64(bytes: &[u8]) -> String {
-    const TABLE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let n = chunk.iter().enumerate().fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(TABLE[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }

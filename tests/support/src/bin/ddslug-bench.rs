@@ -179,7 +179,7 @@ fn bench_variant(project: &Path, bin: &Path, work: &Path, v: &Variant, runs: usi
     run(&mut compile(&fresh(&scratch.join("warm-prep"))?, &warm_cache))?;
     // A registry holding the layer, pushed by a builder that signs, for the runs that start
     // from an empty cache and pull it (DD_CACHE_REGISTRY).
-    let registry = Registry::start(&fresh(&scratch.join("registry"))?, None)?;
+    let registry = Registry::start(&fresh(&scratch.join("registry"))?)?;
     let keys = fresh(&scratch.join("keys"))?;
     let made = Command::new(bin).args(["cache", "keygen", "--name", "bench", "--out-dir"]).arg(&keys).output()?;
     if !made.status.success() {

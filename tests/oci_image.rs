@@ -1,0 +1,229 @@
+//! `ddslug image` against real tools: two builds in separate directories with separate
+//! caches give the same digests (and so do a lock and a compiled slug); `umoci unpack`
+//! accepts the layout and its rootfs has the slug's tree hash; `skopeo` copies it to a real
+//! registry (Debian's docker-registry on 127.0.0.1) and inspects it; `--push` puts the same
+//! manifest there.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::{Served, running_as_root, text};
+use ddslug::slug::manifest::read_manifest;
+use ddslug::store::treehash::scan_tree;
+use ddslug_testsupport::registry::Registry;
+
+const DDSLUG: &str = env!("CARGO_BIN_EXE_ddslug");
+
+/// Runs ddslug with `args`, without the settings a developer's shell might carry.
+fn ddslug(args: &[&dyn AsRef<std::ffi::OsStr>]) -> Output {
+    let mut cmd = Command::new(DDSLUG);
+    for a in args {
+        cmd.arg(a);
+    }
+    cmd.env_remove("STACK").env_remove("DD_AGENT_VERSION").env_remove("DD_AGENT_MAJOR_VERSION").env_remove("DD_CACHE_REGISTRY");
+    cmd.output().unwrap()
+}
+
+fn ok(out: Output) -> String {
+    assert!(out.status.success(), "{}", text(&out));
+    text(&out)
+}
+
+/// The layout's index, and the digest and bytes of the one manifest it lists under `tag`.
+fn image_of(layout: &Path, tag: &str) -> (String, String, serde_json::Value) {
+    let index_text = fs::read_to_string(layout.join("index.json")).unwrap();
+    let index: serde_json::Value = serde_json::from_str(&index_text).unwrap();
+    let entry = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
+        .unwrap_or_else(|| panic!("no {tag} in {index_text}"))
+        .clone();
+    let digest = entry["digest"].as_str().unwrap().to_string();
+    let manifest: serde_json::Value = serde_json::from_slice(&fs::read(blob(layout, &digest)).unwrap()).unwrap();
+    (index_text, digest, manifest)
+}
+
+fn blob(layout: &Path, digest: &str) -> PathBuf {
+    layout.join("blobs/sha256").join(digest.strip_prefix("sha256:").unwrap())
+}
+
+const TAG: &str = "7.81.2-1";
+
+#[test]
+fn same_digests_from_two_builds_a_lock_and_a_compiled_slug() {
+    let served = Served::start();
+    let env = served.env_dir("img", &[]);
+    let mut images = Vec::new();
+    for name in ["one", "two"] {
+        // Separate directories and separate caches: nothing shared but the repository.
+        let dir = served.dir.path().join(name);
+        let out = ok(ddslug(&[&"image", &"--env-dir", &env, &"--cache", &dir.join("cache"), &"--oci-layout", &dir.join("layout")]));
+        assert!(out.contains("-----> Writing the OCI image") && out.contains("tree hash "), "{out}");
+        images.push(image_of(&dir.join("layout"), TAG));
+    }
+    let (index, digest, manifest) = images[0].clone();
+    assert_eq!(images[1].0, index, "index.json differs between two builds");
+    let layout = served.dir.path().join("one/layout");
+    assert_eq!(fs::read_to_string(layout.join("oci-layout")).unwrap(), r#"{"imageLayoutVersion":"1.0.0"}"#);
+    // Every blob is named by its digest and has the size its descriptor gives.
+    let layer = &manifest["layers"][0];
+    assert_eq!(layer["mediaType"], "application/vnd.oci.image.layer.v1.tar+gzip");
+    assert_eq!(manifest["layers"].as_array().unwrap().len(), 1);
+    for d in [&manifest["config"], layer] {
+        let bytes = fs::read(blob(&layout, d["digest"].as_str().unwrap())).unwrap();
+        assert_eq!(format!("sha256:{}", ddslug::hash::Sha256::of(&bytes)), d["digest"].as_str().unwrap());
+        assert_eq!(bytes.len() as u64, d["size"].as_u64().unwrap());
+    }
+    // The config: the package's time as `created`, the agent's environment, labels.
+    let config: serde_json::Value = serde_json::from_slice(&fs::read(blob(&layout, manifest["config"]["digest"].as_str().unwrap())).unwrap()).unwrap();
+    let labels = &config["config"]["Labels"];
+    assert_eq!(labels["org.opencontainers.image.version"], "1:7.81.2-1");
+    assert_eq!(labels["ddslug.agent.version"], "1:7.81.2-1");
+    assert_eq!(manifest["annotations"]["ddslug.tree.hash"], labels["ddslug.tree.hash"]);
+    assert_eq!(config["architecture"], "amd64");
+    assert_eq!(config["rootfs"]["diff_ids"].as_array().unwrap().len(), 1);
+    let env_vars: Vec<&str> = config["config"]["Env"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    assert!(env_vars.contains(&"DATADOG_CONF=/app/.apt/etc/datadog-agent/datadog.yaml"), "{env_vars:?}");
+    assert!(env_vars.iter().any(|v| v.starts_with("PATH=/app/.apt/usr/bin:")), "{env_vars:?}");
+
+    // From a lock made of the same settings, and from a slug compile made: the same image.
+    let lock = served.dir.path().join("ddslug.lock");
+    ok(ddslug(&[&"lock", &"--env-dir", &env, &"--out", &lock]));
+    let from_lock = served.dir.path().join("from-lock");
+    ok(ddslug(&[&"image", &"--lock", &lock, &"--oci-layout", &from_lock]));
+    assert_eq!(image_of(&from_lock, TAG).1, digest, "a lock gives another image");
+    let build = served.build_dir("compiled");
+    ok(ddslug(&[&"compile", &build, &served.dir.path().join("compile-cache"), &env]));
+    let from_slug = served.dir.path().join("from-slug");
+    ok(ddslug(&[&"image", &build, &"--oci-layout", &from_slug, &"--tag", &"mine"]));
+    assert_eq!(image_of(&from_slug, "mine").1, digest, "a compiled slug gives another image");
+    // A second image in the same layout keeps the first.
+    ok(ddslug(&[&"image", &build, &"--oci-layout", &from_slug]));
+    assert_eq!(image_of(&from_slug, TAG).1, digest);
+    assert_eq!(image_of(&from_slug, "mine").1, digest);
+}
+
+#[test]
+fn umoci_unpacks_it_and_the_rootfs_has_the_slugs_tree_hash() {
+    let served = Served::start();
+    let env = served.env_dir("umoci", &[("DD_PROCESS_AGENT", "true")]);
+    let layout = served.dir.path().join("layout");
+    ok(ddslug(&[&"image", &"--env-dir", &env, &"--oci-layout", &layout, &"--tag", &"agent"]));
+    let bundle = served.dir.path().join("bundle");
+    let mut cmd = Command::new("umoci");
+    cmd.arg("unpack");
+    if !running_as_root() {
+        cmd.arg("--rootless");
+    }
+    let out = cmd.arg("--image").arg(format!("{}:agent", layout.display())).arg(&bundle).output().expect("umoci (Debian package umoci) is installed");
+    assert!(out.status.success(), "umoci unpack: {}", text(&out));
+    let app = bundle.join("rootfs/app");
+    let manifest = read_manifest(&app.join(".ddslug/manifest.json")).unwrap();
+    assert_eq!(scan_tree(&app.join(".apt")).unwrap().hash, manifest.tree_hash, "the unpacked .apt is not the slug's tree");
+    assert!(manifest.lock.options.process_agent);
+    assert_eq!(fs::read_to_string(app.join(".profile.d/datadog.sh")).unwrap(), ddslug::buildpack::classic::PROFILE_SCRIPT);
+    // The binary that runs dyno start, and the entry list verify reads.
+    assert_eq!(Some(ddslug::hash::Sha256::of_file(&app.join(".ddslug/bin/ddslug")).unwrap()), manifest.binary_sha256);
+    assert_eq!(Some(ddslug::hash::Sha256::of_file(&app.join(".ddslug/tree.json")).unwrap()), manifest.tree_json_sha256);
+    // What it unpacked verifies as a slug.
+    let out = ddslug(&[&"verify", &app]);
+    assert!(out.status.success(), "verify of the unpacked image: {}", text(&out));
+}
+
+#[test]
+fn skopeo_copies_it_to_a_registry_and_push_puts_the_same_manifest() {
+    let served = Served::start();
+    let registry = Registry::start(&served.dir.path().join("registry")).unwrap();
+    let build = served.build_dir("push");
+    ok(ddslug(&[&"compile", &build, &served.dir.path().join("cache"), &served.env_dir("push", &[])]));
+    let layout = served.dir.path().join("layout");
+    ok(ddslug(&[&"image", &build, &"--oci-layout", &layout]));
+    let (_, digest, manifest) = image_of(&layout, TAG);
+    let skopeo = |args: &[&str]| -> String {
+        let out = Command::new("skopeo").args(args).output().expect("skopeo (Debian package skopeo) is installed");
+        assert!(out.status.success(), "skopeo {args:?}: {}\nregistry log:\n{}", text(&out), registry.log_text());
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let copied = format!("docker://{}/ddslug/agent:{TAG}", registry.host());
+    skopeo(&["copy", "--dest-tls-verify=false", &format!("oci:{}:{TAG}", layout.display()), &copied]);
+    let inspected: serde_json::Value = serde_json::from_str(&skopeo(&["inspect", "--tls-verify=false", &copied])).unwrap();
+    assert_eq!(inspected["Digest"], digest.as_str(), "skopeo changed the manifest on the way: {inspected}");
+    assert_eq!(inspected["Labels"]["ddslug.tree.hash"], manifest["annotations"]["ddslug.tree.hash"]);
+    assert_eq!(inspected["Layers"][0], manifest["layers"][0]["digest"]);
+
+    // ddslug's own push: the same manifest, the blobs the repository has are not sent again.
+    let pushed = format!("{}/ddslug/pushed:{TAG}", registry.host());
+    let out = ok(ddslug(&[&"image", &build, &"--oci-layout", &layout, &"--push", &pushed]));
+    assert!(out.contains(&format!("manifest {digest}; 2 blobs uploaded")), "{out}");
+    let inspected: serde_json::Value = serde_json::from_str(&skopeo(&["inspect", "--tls-verify=false", &format!("docker://{pushed}")])).unwrap();
+    assert_eq!(inspected["Digest"], digest.as_str());
+    let raw = skopeo(&["inspect", "--raw", "--tls-verify=false", &format!("docker://{pushed}")]);
+    assert_eq!(raw.as_bytes(), fs::read(blob(&layout, &digest)).unwrap(), "the registry holds other manifest bytes");
+    let again = ok(ddslug(&[&"image", &build, &"--oci-layout", &layout, &"--push", &pushed]));
+    assert!(again.contains("0 blobs uploaded"), "{again}");
+    // And back: what the registry serves unpacks to the slug's tree.
+    let back = served.dir.path().join("back");
+    skopeo(&["copy", "--src-tls-verify=false", &format!("docker://{pushed}"), &format!("oci:{}:x", back.display())]);
+    assert_eq!(image_of(&back, "x").1, digest);
+}
+
+#[test]
+fn bad_input_is_named_and_nothing_is_written() {
+    let served = Served::start();
+    let env = served.env_dir("bad", &[]);
+    let build = served.build_dir("bad");
+    ok(ddslug(&[&"compile", &build, &served.dir.path().join("cache"), &env]));
+    // A layout directory that holds something else.
+    let other = served.dir.path().join("not-a-layout");
+    fs::create_dir_all(&other).unwrap();
+    fs::write(other.join("notes.txt"), "mine").unwrap();
+    let out = ddslug(&[&"image", &build, &"--oci-layout", &other]);
+    assert!(!out.status.success() && text(&out).contains("neither empty nor an OCI image layout"), "{}", text(&out));
+    assert_eq!(fs::read_dir(&other).unwrap().count(), 1, "something was written into it");
+    // A tag the distribution spec does not allow.
+    let layout = served.dir.path().join("layout");
+    let out = ddslug(&[&"image", &build, &"--oci-layout", &layout, &"--tag", &"a:b"]);
+    assert!(!out.status.success() && text(&out).contains("--tag \"a:b\" is not a valid tag"), "{}", text(&out));
+    // A bad --push reference, before any work.
+    let out = ddslug(&[&"image", &build, &"--oci-layout", &layout, &"--push", &"http://registry.example.com/agent"]);
+    assert!(!out.status.success() && text(&out).contains("--push"), "{}", text(&out));
+    assert!(!layout.join("index.json").exists());
+    // A slug changed since compile.
+    let changed = build.join(".apt/opt/datadog-agent/bin/agent/agent");
+    let bytes = fs::read(&changed).unwrap();
+    fs::remove_file(&changed).unwrap();
+    fs::write(&changed, [&bytes[..], b"x"].concat()).unwrap();
+    let out = ddslug(&[&"image", &build, &"--oci-layout", &layout]);
+    assert!(!out.status.success() && text(&out).contains("is not what its manifest says"), "{}", text(&out));
+    assert!(!layout.join("index.json").exists());
+}
+
+/// Heroku-like builders are not root, and umasks differ: the same image all the same.
+#[test]
+fn an_unprivileged_user_with_another_umask_writes_the_same_image() {
+    let served = Served::start();
+    let env = served.env_dir("user", &[]);
+    let root_layout = served.dir.path().join("as-root");
+    ok(ddslug(&[&"image", &"--env-dir", &env, &"--oci-layout", &root_layout]));
+    let layout = served.dir.path().join("as-user");
+    let script = r#"umask 077; exec "$0" image --env-dir "$1" --oci-layout "$2""#;
+    let mut cmd = if running_as_root() {
+        // The test's directories, opened to the user (the server reads them as root).
+        let out = Command::new("chown").args(["-R", "65534:65534"]).arg(served.dir.path()).output().unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        let mut cmd = Command::new("setpriv");
+        cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "sh"]);
+        cmd
+    } else {
+        Command::new("sh")
+    };
+    let out = cmd.arg("-c").arg(script).arg(DDSLUG).arg(&env).arg(&layout).env_remove("STACK").env("HOME", served.dir.path()).output().unwrap();
+    let out = ok(out);
+    assert!(out.contains("-----> Writing the OCI image"), "{out}");
+    assert_eq!(image_of(&layout, TAG).0, image_of(&root_layout, TAG).0, "another user or umask gives another image");
+}
