@@ -97,10 +97,12 @@ pub fn fetch(settings: SettingsArgs, cache: PathBuf, lock_file: Option<PathBuf>)
     let offline = settings.offline.then(|| "--offline".to_string());
     let fetcher = Fetcher::new(FetchOptions { offline, limits, report, ..FetchOptions::default() });
     // Building the layer too means the later compile only copies.
-    build_layer_shared(&store, &fetcher, &lock, &report, Reuse::Checked, shared.as_ref())?;
+    let built = build_layer_shared(&store, &fetcher, &lock, &report, Reuse::Checked, shared.as_ref())?;
     for p in &lock.packages {
         let ok = store.check_blob(Downloaded { sha256: p.sha256, size: p.size })?;
-        println!("{} {} {}", if ok { "cached" } else { "MISSING" }, p.name, p.version);
+        // A layer pulled from a shared cache needs no package: compile reuses the layer.
+        let state = if ok { "cached" } else if built.pulled { "layer-cached" } else { "MISSING" };
+        println!("{state} {} {}", p.name, p.version);
     }
     Ok(())
 }

@@ -151,6 +151,23 @@ fn a_second_builder_pulls_a_bit_identical_slug_without_downloading_the_package()
     let out = bin_compile_unprivileged_with(&third, &world.cache("second"), &env, &[]);
     assert!(text(&out).contains("Reusing layer"), "{}", text(&out));
     assert_eq!(slug_hash(&third), slug_hash(&first));
+    // `ddslug fetch --cache-registry` fills a cache from the registry too (the flag is
+    // DD_CACHE_REGISTRY's; here the ENV_DIR has none).
+    let env = world.served.env_dir("fetch", &[("DD_CACHE_TRUSTED_KEYS", &world.keys.public)]);
+    let cache = world.cache("fetch");
+    let out = Command::new(env!("CARGO_BIN_EXE_ddslug"))
+        .args(["fetch", "--cache"])
+        .arg(&cache)
+        .arg("--env-dir")
+        .arg(&env)
+        .args(["--cache-registry", &format!("{}/{REPO}", world.registry.host())])
+        .env_remove("DD_CACHE_REGISTRY")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("pulled and verified"), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("layer-cached datadog-heroku-agent 1:7.81.2-1"), "{}", text(&out));
+    assert_eq!(world.served.pool_requests(), downloads, "fetch downloaded the .deb");
 }
 
 #[test]

@@ -237,6 +237,8 @@ pub struct BuiltLayer {
     pub unchecked: bool,
     pub downloaded: bool,
     pub reused: bool,
+    /// Pulled from a shared layer cache (and verified) rather than built here.
+    pub pulled: bool,
 }
 
 /// Whether [`build_layer`] may reuse a stored layer, and who checks it first.
@@ -301,7 +303,7 @@ pub fn build_layer_shared(store: &Store, fetcher: &Fetcher, lock: &Lock, report:
         },
         None => None,
     };
-    let mut downloaded = false;
+    let (mut downloaded, mut pulled) = (false, false);
     let (info, index, unchecked, reused) = match existing {
         Some((info, index, unchecked)) => {
             report.topic(&format!("Reusing layer {} (nothing to download or unpack)", &key.hex()[..12]));
@@ -309,7 +311,10 @@ pub fn build_layer_shared(store: &Store, fetcher: &Fetcher, lock: &Lock, report:
         }
         None => match shared.and_then(|cache| cache.pull(store, &inputs, report)) {
             // Verified against its signature and tree hash while it was installed.
-            Some((info, index)) => (info, index, false, true),
+            Some((info, index)) => {
+                pulled = true;
+                (info, index, false, true)
+            }
             None => {
                 let (built, fetched) = fetch_and_build(store, fetcher, lock, &inputs, &recipe, report, &key)?;
                 downloaded = fetched;
@@ -337,7 +342,7 @@ pub fn build_layer_shared(store: &Store, fetcher: &Fetcher, lock: &Lock, report:
             removed.why
         ));
     }
-    Ok(BuiltLayer { info, index, unchecked, downloaded, reused })
+    Ok(BuiltLayer { info, index, unchecked, downloaded, reused, pulled })
 }
 
 /// Fetches what the store lacks and builds the layer from the blobs. A blob being
