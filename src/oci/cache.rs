@@ -160,10 +160,14 @@ impl SharedCache {
         report.topic(&format!("Looking up layer {short} in {}", self.registry.repo));
         let t = std::time::Instant::now();
         match self.try_pull(store, inputs) {
-            Ok((info, index, signer)) => {
+            Ok((info, index, signer, took)) => {
                 report.detail(&format!(
-                    "pulled and verified in {} (signed by {}, tree hash {})",
+                    "pulled and verified in {} ({} blob {} downloaded in {}, unpacked, hashed and stored in {}; signed by {}, tree hash {})",
                     crate::report::seconds(t.elapsed()),
+                    took.blob_kind,
+                    crate::report::bytes(took.blob_bytes),
+                    crate::report::seconds(took.download),
+                    crate::report::seconds(took.install),
                     signer.name,
                     info.tree_hash
                 ));
@@ -183,7 +187,7 @@ impl SharedCache {
         }
     }
 
-    fn try_pull(&self, store: &Store, inputs: &LayerInputs) -> Result<(LayerInfo, LayerIndex, PublicKey), Miss> {
+    fn try_pull(&self, store: &Store, inputs: &LayerInputs) -> Result<(LayerInfo, LayerIndex, PublicKey, Took), Miss> {
         let key = inputs.key();
         let Some((_, bytes)) = self.registry.get_manifest(&tag_for(&key), &[MANIFEST_TYPE])? else { return Err(Miss::Absent) };
         let artifact = Artifact::parse(&bytes).map_err(Miss::Garbage)?;
@@ -201,18 +205,20 @@ impl SharedCache {
         let staging = store.staging("pull").map_err(|e| Miss::Install(e.to_string()))?;
         let result = self.fetch_and_install(store, &staging, &artifact, record);
         let removed = staging.remove().map_err(|e| Miss::Install(e.to_string()));
-        let (info, index) = result?;
+        let (info, index, took) = result?;
         removed?;
-        Ok((info, index, signer))
+        Ok((info, index, signer, took))
     }
 
-    fn fetch_and_install(&self, store: &Store, staging: &crate::store::Staging, artifact: &Artifact, record: Record) -> Result<(LayerInfo, LayerIndex), Miss> {
+    fn fetch_and_install(&self, store: &Store, staging: &crate::store::Staging, artifact: &Artifact, record: Record) -> Result<(LayerInfo, LayerIndex, Took), Miss> {
+        let t = std::time::Instant::now();
         let install = |e: &dyn fmt::Display| Miss::Install(e.to_string());
         let blob_path = staging.path.join("layer.tar.gz");
         let mut file = staging.dir.create_new(std::ffi::OsStr::new("layer.tar.gz"), 0o600).map_err(|e| install(&e))?;
         if !self.registry.get_blob(artifact.layer, LAYER_LIMIT, &mut io::BufWriter::new(&mut file))? {
             return Err(Miss::Garbage("its layer blob is missing".into()));
         }
+        let download = t.elapsed();
         let file = staging.dir.open_regular(std::ffi::OsStr::new("layer.tar.gz")).map_err(|e| install(&format!("{}: {e}", blob_path.display())))?;
         let limit = record.bytes.saturating_add(TAR_OVERHEAD);
         let tar = Bounded { inner: flate2::read::GzDecoder::new(io::BufReader::with_capacity(1 << 17, file)), left: limit, limit };
@@ -230,8 +236,10 @@ impl SharedCache {
             return Err(Miss::Garbage("its layer has entries a ddslug layer never has".into()));
         }
         let inputs = record.inputs.clone();
-        layer::store_tree(store, staging, &inputs, record.removed, record.pkgconfig, &report.digests, &report.dir_modes, Some(record.tree_hash))
-            .map_err(|e| install(&e))
+        let (info, index) = layer::store_tree(store, staging, &inputs, record.removed, record.pkgconfig, &report.digests, &report.dir_modes, Some(record.tree_hash))
+            .map_err(|e| install(&e))?;
+        let took = Took { blob_kind: "gzip", blob_bytes: artifact.layer.size, download, install: t.elapsed() - download };
+        Ok((info, index, took))
     }
 
     /// Pushes a layer just built: its tarball and record (each only when the registry
@@ -244,10 +252,11 @@ impl SharedCache {
         };
         let t = std::time::Instant::now();
         match self.try_push(store, info, index, signing) {
-            Ok(uploaded) => report.detail(&format!(
-                "pushed layer {short} to {} in {} ({})",
+            Ok((uploaded, packed)) => report.detail(&format!(
+                "pushed layer {short} to {} in {} (tarball written in {}; {})",
                 self.registry.repo,
                 crate::report::seconds(t.elapsed()),
+                crate::report::seconds(packed),
                 if uploaded { "uploaded" } else { "the registry had its blobs already" }
             )),
             Err(e) => report.warn(&format!(
@@ -257,12 +266,14 @@ impl SharedCache {
         }
     }
 
-    fn try_push(&self, store: &Store, info: &LayerInfo, index: &LayerIndex, signing: &SecretKey) -> Result<bool, Miss> {
+    fn try_push(&self, store: &Store, info: &LayerInfo, index: &LayerIndex, signing: &SecretKey) -> Result<(bool, std::time::Duration), Miss> {
         let install = |e: &dyn fmt::Display| Miss::Install(e.to_string());
         let staging = store.staging("push").map_err(|e| install(&e))?;
-        let result = (|| -> Result<bool, Miss> {
+        let result = (|| -> Result<(bool, std::time::Duration), Miss> {
             let blob_path = staging.path.join("layer.tar.gz");
+            let t = std::time::Instant::now();
             let (layer, _) = write_tarball(store, info, index, &staging, &blob_path).map_err(|e| install(&e))?;
+            let packed = t.elapsed();
             let record = Record {
                 key: info.key,
                 inputs: info.inputs.clone(),
@@ -280,13 +291,21 @@ impl SharedCache {
             let statement = sign::statement(&info.key, &info.tree_hash, (&layer.digest, layer.size), (&record_ref.digest, record_ref.size));
             let manifest = manifest_bytes(&info.key, &info.tree_hash, layer, record_ref, &signing.sign(&statement)).map_err(Miss::Garbage)?;
             self.registry.put_manifest(&tag_for(&info.key), MANIFEST_TYPE, &manifest)?;
-            Ok(uploaded)
+            Ok((uploaded, packed))
         })();
         let removed = staging.remove();
         let uploaded = result?;
         removed.map_err(|e| install(&e))?;
         Ok(uploaded)
     }
+}
+
+/// Where a pull's time went (for the build log and the benchmark).
+struct Took {
+    blob_kind: &'static str,
+    blob_bytes: u64,
+    download: std::time::Duration,
+    install: std::time::Duration,
 }
 
 /// Writes the layer's tree as a reproducible tarball (exact directory modes from its
