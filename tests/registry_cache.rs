@@ -412,3 +412,30 @@ fn token_auth_as_the_distribution_spec_describes() {
     let out = compile(&world.served.build_dir("token-anon"), &world.cache("token-anon"), &env, &[]);
     assert_fell_back(&out, &["HTTP 401", "DD_CACHE_REGISTRY_USER"]);
 }
+
+#[test]
+fn the_client_uploads_in_chunks_only_what_is_missing_and_checks_what_it_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::start(&dir.path().join("registry")).unwrap();
+    let repo = RepoRef::parse(&format!("{}/{REPO}", registry.host()), "test", false).unwrap();
+    let client = Client::new(repo, None, Limits::default()).with_chunk_size(1000);
+    let bytes: Vec<u8> = (0..4500u32).map(|i| (i * 7 % 251) as u8).collect();
+    let blob = BlobRef { digest: Sha256::of(&bytes), size: bytes.len() as u64 };
+    let mut opened = 0;
+    let mut open = || {
+        opened += 1;
+        Ok(Box::new(std::io::Cursor::new(bytes.clone())) as Box<dyn std::io::Read>)
+    };
+    assert!(!client.has_blob(blob, false).unwrap());
+    assert!(client.push_blob(blob, &mut open).unwrap(), "uploaded");
+    assert!(client.has_blob(blob, false).unwrap());
+    assert!(!client.push_blob(blob, &mut open).unwrap(), "the second push uploads nothing");
+    assert_eq!(opened, 1);
+    assert_eq!(client.get_blob_bytes(blob, 1 << 20).unwrap().unwrap(), bytes);
+    // Asked for with the wrong size or digest: refused, whatever the registry sends.
+    let e = client.get_blob_bytes(BlobRef { size: 4000, ..blob }, 1 << 20).unwrap_err().to_string();
+    assert!(e.contains("instead of the 4000 bytes"), "{e}");
+    let e = client.get_blob_bytes(blob, 100).unwrap_err().to_string();
+    assert!(e.contains("larger than") && e.contains("the limit for this blob"), "{e}");
+    assert_eq!(client.get_blob_bytes(BlobRef { digest: Sha256::of(b"absent"), size: 6 }, 100).unwrap(), None);
+}

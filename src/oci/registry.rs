@@ -168,6 +168,8 @@ pub struct Registry {
     agent: ureq::Agent,
     credentials: Option<Credentials>,
     limits: Limits,
+    /// Blobs larger than this are uploaded in PATCH chunks of this size.
+    chunk: u64,
     /// The Authorization header that worked last (basic, or a bearer token), by scope.
     auth: Mutex<Vec<(String, String)>>,
 }
@@ -207,7 +209,13 @@ impl Registry {
             .user_agent(concat!("ddslug/", env!("CARGO_PKG_VERSION")))
             .tls_config(tls)
             .build();
-        Registry { repo, agent: config.into(), credentials, limits, auth: Mutex::new(Vec::new()) }
+        Registry { repo, agent: config.into(), credentials, limits, chunk: CHUNK, auth: Mutex::new(Vec::new()) }
+    }
+
+    /// Uploads blobs larger than `chunk` bytes in chunks of that size (default [`CHUNK`]).
+    pub fn with_chunk_size(mut self, chunk: u64) -> Registry {
+        self.chunk = chunk.max(1);
+        self
     }
 
     fn scope(&self, access: Access) -> String {
@@ -414,7 +422,8 @@ impl Registry {
 
     /// Uploads a blob unless the repository has it already (HEAD first). `open` gives the
     /// blob's bytes from the start (called once per attempt). Blobs up to [`CHUNK`] go in
-    /// one PUT; larger ones in PATCH chunks. Returns whether anything was uploaded.
+    /// one PUT; larger ones in PATCH chunks ([`Registry::with_chunk_size`]). Returns whether
+    /// anything was uploaded.
     pub fn push_blob(&self, blob: BlobRef, open: &mut dyn FnMut() -> io::Result<Box<dyn Read>>) -> Result<bool, RegistryError> {
         if self.has_blob(blob, true)? {
             return Ok(false);
@@ -427,10 +436,10 @@ impl Registry {
         let mut location = self.location(&start_url, &response)?;
         let io_err = |error| RegistryError::Io { path: format!("the blob sha256:{} to upload", blob.digest), error };
         let mut reader = open().map_err(io_err)?;
-        if blob.size > CHUNK {
+        if blob.size > self.chunk {
             let mut offset = 0;
             while offset < blob.size {
-                let len = CHUNK.min(blob.size - offset);
+                let len = self.chunk.min(blob.size - offset);
                 let mut chunk = (&mut reader).take(len);
                 let range = format!("{offset}-{}", offset + len - 1);
                 let headers = [("Content-Type", "application/octet-stream".to_string()), ("Content-Range", range)];
