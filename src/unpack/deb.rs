@@ -222,7 +222,7 @@ impl<R: Read> Read for Exact<R> {
 
 /// Runs `read` on what `decompressed` gives, decompressing on a thread of its own so that
 /// inflating overlaps parsing, writing and hashing (the two take about as long).
-fn pipelined<T>(mut decompressed: Box<dyn Read + Send + '_>, read: impl FnOnce(&mut dyn TarStream) -> T) -> T {
+pub(crate) fn pipelined<T>(mut decompressed: Box<dyn Read + Send + '_>, read: impl FnOnce(&mut dyn TarStream) -> T) -> T {
     const CHUNK: usize = 1 << 20;
     // A few chunks in flight: enough to ride out uneven entry sizes, little memory.
     let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(4);
