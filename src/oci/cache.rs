@@ -214,10 +214,14 @@ impl SharedCache {
         let t = std::time::Instant::now();
         let install = |e: &dyn fmt::Display| Miss::Install(e.to_string());
         let blob_path = staging.path.join("layer.tar.gz");
-        let mut file = staging.dir.create_new(std::ffi::OsStr::new("layer.tar.gz"), 0o600).map_err(|e| install(&e))?;
-        if !self.registry.get_blob(artifact.layer, LAYER_LIMIT, &mut io::BufWriter::new(&mut file))? {
+        let file = staging.dir.create_new(std::ffi::OsStr::new("layer.tar.gz"), 0o600).map_err(|e| install(&e))?;
+        let mut writer = io::BufWriter::with_capacity(1 << 17, file);
+        if !self.registry.get_blob(artifact.layer, LAYER_LIMIT, &mut writer)? {
             return Err(Miss::Garbage("its layer blob is missing".into()));
         }
+        // A write that fails in the last buffer fails here, not silently in a drop.
+        io::Write::flush(&mut writer).map_err(|e| install(&format!("{}: {e}", blob_path.display())))?;
+        drop(writer);
         let download = t.elapsed();
         let file = staging.dir.open_regular(std::ffi::OsStr::new("layer.tar.gz")).map_err(|e| install(&format!("{}: {e}", blob_path.display())))?;
         let limit = record.bytes.saturating_add(TAR_OVERHEAD);
