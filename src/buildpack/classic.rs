@@ -27,7 +27,7 @@ use crate::slug::manifest::{Lock, LockedPackage, Manifest, Removed, SCHEMA, read
 use crate::store::layerindex::LayerIndex;
 use crate::unpack::recipe::{Options, Recipe};
 use crate::report::{Reporter, bytes, seconds};
-use crate::fsat::Dir;
+use crate::fsat::{Dir, Stat};
 use crate::slug::install::{check_build_dir, install, remove_stale_staging};
 use crate::store::{Blob, Store};
 
@@ -155,20 +155,31 @@ fn manifest_for(lock: &Lock, config: &Config, built: &BuiltLayer) -> Manifest {
     }
 }
 
+/// A manifest with the SHA-256s of the slug's entry list and binary, and those files' stats.
+pub(crate) type Sealed = (Manifest, Vec<(Stat, Sha256)>);
+
 /// Records in `manifest` the SHA-256 of the entry list and of the binary as staged for the
 /// slug (`ddslug_dir` is the staged `.ddslug`), so that `verify` can check them against
 /// something the slug's own files do not provide. `None` when the entry list is not the
-/// one the layer stored: the layer changed on disk.
-pub(crate) fn seal_manifest(manifest: &Manifest, built: &BuiltLayer, ddslug_dir: &Path) -> Result<Option<Manifest>> {
-    let digest = |rel: &str| -> Result<Sha256> {
+/// one the layer stored: the layer changed on disk. `known` holds SHA-256s by inode, of
+/// files found unchanged before they were linked here (see [`crate::store::seen`]): those
+/// are not read again. Returns, with the manifest, each file's stat and SHA-256.
+pub(crate) fn seal_manifest(manifest: &Manifest, built: &BuiltLayer, ddslug_dir: &Path, known: &[(u64, Sha256)]) -> Result<Option<Sealed>> {
+    let digest = |rel: &str| -> Result<(Stat, Sha256)> {
         let path = ddslug_dir.join(rel);
-        Sha256::of_file(&path).with_context(|| format!("reading {}", path.display()))
+        let st = fs::symlink_metadata(&path).map(|m| Stat::of_metadata(&m)).with_context(|| format!("reading {}", path.display()))?;
+        match known.iter().find(|(ino, _)| st.is_file() && *ino == st.ino) {
+            Some(&(_, sha256)) => Ok((st, sha256)),
+            None => Ok((st, Sha256::of_file(&path).with_context(|| format!("reading {}", path.display()))?)),
+        }
     };
     let tree_json = digest("tree.json")?;
-    if built.info.entries_sha256.is_some_and(|recorded| recorded != tree_json) {
+    if built.info.entries_sha256.is_some_and(|recorded| recorded != tree_json.1) {
         return Ok(None);
     }
-    Ok(Some(Manifest { tree_json_sha256: Some(tree_json), binary_sha256: Some(digest("bin/ddslug")?), ..manifest.clone() }))
+    let binary = digest("bin/ddslug")?;
+    let sealed = Manifest { tree_json_sha256: Some(tree_json.1), binary_sha256: Some(binary.1), ..manifest.clone() };
+    Ok(Some((sealed, vec![tree_json, binary])))
 }
 
 /// A lock committed by the app pins packages, recipe and options; settings that would now
