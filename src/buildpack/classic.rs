@@ -102,15 +102,7 @@ pub fn compile(args: &CompileArgs, report: &Reporter) -> Result<CompileOutcome> 
         report.detail(&format!("removed {stale} staging director{} left in BUILD_DIR by interrupted builds", if stale == 1 { "y" } else { "ies" }));
     }
 
-    let app_lock = args.build_dir.join(APP_LOCK);
-    let lock = if app_lock.exists() {
-        report.topic(&format!("Using {APP_LOCK}"));
-        let lock = read_lock(&app_lock)?;
-        check_lock_against(&lock, &config, report)?;
-        lock
-    } else {
-        plan(&config, &fetcher, &store, report, true)?
-    };
+    let lock = lock_for(&args.build_dir, &config, &fetcher, &store, report)?;
     let mut built = build_layer(&store, &fetcher, &lock, report, Reuse::CheckWhileLinking)?;
     report.topic("Installing into the slug");
     let mut t = Instant::now();
@@ -136,7 +128,21 @@ pub fn compile(args: &CompileArgs, report: &Reporter) -> Result<CompileOutcome> 
     Ok(CompileOutcome { manifest, downloaded: built.downloaded, layer_reused: built.reused })
 }
 
-fn manifest_for(lock: &Lock, config: &Config, built: &BuiltLayer) -> Manifest {
+/// The lock a build installs: the app's `datadog/ddslug.lock` when it commits one (checked
+/// against this ddslug and the settings), else the settings resolved ([`plan`]).
+pub fn lock_for(app_dir: &Path, config: &Config, fetcher: &Fetcher, store: &Store, report: &Reporter) -> Result<Lock> {
+    let app_lock = app_dir.join(APP_LOCK);
+    if app_lock.exists() {
+        report.topic(&format!("Using {APP_LOCK}"));
+        let lock = read_lock(&app_lock)?;
+        check_lock_against(&lock, config, report)?;
+        Ok(lock)
+    } else {
+        plan(config, fetcher, store, report, true)
+    }
+}
+
+pub(crate) fn manifest_for(lock: &Lock, config: &Config, built: &BuiltLayer) -> Manifest {
     Manifest {
         schema: SCHEMA,
         ddslug_version: env!("CARGO_PKG_VERSION").into(),
@@ -194,6 +200,16 @@ fn check_lock_against(lock: &Lock, config: &Config, report: &Reporter) -> Result
             "{APP_LOCK} was made with recipe {} but this ddslug has recipe {recipe_sha256}; \
              regenerate it with `ddslug lock` (or use the ddslug version that made it)",
             lock.recipe_sha256
+        );
+    }
+    if lock.architecture != config.arch {
+        anyhow::bail!(
+            "{APP_LOCK} was made for architecture {} but this build targets {}; make a lock for {} with `ddslug lock` \
+             (or build for {})",
+            lock.architecture,
+            config.arch,
+            config.arch,
+            lock.architecture
         );
     }
     let Some(package) = lock.packages.first() else {
@@ -265,17 +281,7 @@ pub enum Reuse {
 /// verified first.
 pub fn build_layer(store: &Store, fetcher: &Fetcher, lock: &Lock, report: &Reporter, reuse: Reuse) -> Result<BuiltLayer> {
     let recipe = Recipe::parse(RECIPE, "recipes/datadog-agent.toml")?;
-    let inputs = LayerInputs {
-        format: LAYER_FORMAT,
-        debs: lock
-            .packages
-            .iter()
-            .map(|p| DebInput { package: p.name.clone(), version: p.version.clone(), sha256: p.sha256 })
-            .collect(),
-        recipe_sha256: lock.recipe_sha256,
-        options: lock.options.clone(),
-        wrapper_sha256: Sha256::of(AGENT_WRAPPER.as_bytes()),
-    };
+    let inputs = layer_inputs(lock);
     let key = inputs.key();
     let stored = if reuse == Reuse::Never { None } else { layer::load(store, &key)? };
     let existing = match stored {
@@ -323,6 +329,22 @@ pub fn build_layer(store: &Store, fetcher: &Fetcher, lock: &Lock, report: &Repor
         ));
     }
     Ok(BuiltLayer { info, index, unchecked, downloaded, reused })
+}
+
+/// Everything that decides the content of the layer `lock` makes: its key is
+/// `layer_inputs(lock).key()`, known before anything is fetched.
+pub fn layer_inputs(lock: &Lock) -> LayerInputs {
+    LayerInputs {
+        format: LAYER_FORMAT,
+        debs: lock
+            .packages
+            .iter()
+            .map(|p| DebInput { package: p.name.clone(), version: p.version.clone(), sha256: p.sha256 })
+            .collect(),
+        recipe_sha256: lock.recipe_sha256,
+        options: lock.options.clone(),
+        wrapper_sha256: Sha256::of(AGENT_WRAPPER.as_bytes()),
+    }
 }
 
 /// Fetches what the store lacks and builds the layer from the blobs. A blob being
