@@ -111,6 +111,11 @@ enum Command {
         #[arg(long)]
         delete: bool,
     },
+    /// The Cloud Native Buildpack's steps (run by bin/build; settings from CNB_* variables).
+    Cnb {
+        #[command(subcommand)]
+        step: CnbStep,
+    },
     /// Dyno start steps run by .profile.d/datadog.sh (prints `export` lines to eval).
     Dyno {
         #[command(subcommand)]
@@ -174,6 +179,16 @@ enum DynoStep {
     },
 }
 
+#[derive(Subcommand)]
+enum CnbStep {
+    /// Build the `agent` launch layer and the `ddslug-cache` layer in CNB_LAYERS_DIR (the
+    /// working directory is the app). Positional arguments of older Buildpack APIs are ignored.
+    Build {
+        #[arg(hide = true)]
+        legacy: Vec<PathBuf>,
+    },
+}
+
 /// Where to read packages from.
 #[derive(Args)]
 struct RepoArgs {
@@ -201,6 +216,11 @@ impl RepoArgs {
 }
 
 fn main() -> ExitCode {
+    // Installed in a CNB agent layer as `exec.d/ddslug`, the launcher runs this binary with no
+    // arguments before every process.
+    if ddslug::buildpack::cnb::execd::invoked_as_exec_d() {
+        return ddslug::buildpack::cnb::execd::main();
+    }
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -262,6 +282,15 @@ fn run(cli: Cli) -> Result<()> {
             };
             if let Err(e) = compile(&args, &Reporter::default()) {
                 // Heroku shows " !     " lines as errors; keep the message to one clear block.
+                for line in format!("{e:#}").lines() {
+                    eprintln!(" !     {line}");
+                }
+                std::process::exit(1);
+            }
+        }
+        Command::Cnb { step: CnbStep::Build { legacy: _ } } => {
+            let result = ddslug::buildpack::cnb::BuildArgs::from_env().and_then(|args| ddslug::buildpack::cnb::build(&args, &Reporter::default()));
+            if let Err(e) = result {
                 for line in format!("{e:#}").lines() {
                     eprintln!(" !     {line}");
                 }
