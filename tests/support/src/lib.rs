@@ -7,6 +7,7 @@ pub mod agent;
 pub mod debs;
 pub mod fixtures;
 pub mod hostile;
+pub mod lifecycle;
 pub mod mirror;
 pub mod repo;
 pub mod server;
