@@ -354,3 +354,43 @@ fn builds_and_launches_as_a_user_who_is_not_root() {
     assert_eq!(launches(&record, 2).len(), 2, "{logs}");
     assert_eq!(env["DD_HEROKU_DYNO"], "true");
 }
+
+#[test]
+fn make_cnb_packages_the_same_bytes_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let package = |dist: &str, umask: &str| -> Vec<u8> {
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("umask {umask} && exec {BUILDPACK}/.ci/cnb-package"))
+            .env("DIST", dir.path().join(dist))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        fs::read(dir.path().join(dist).join(format!("ddslug-cnb-{}.tgz", env!("CARGO_PKG_VERSION")))).unwrap()
+    };
+    let (a, b) = (package("a", "022"), package("b", "077"));
+    assert!(a == b, "two packages of the same commit differ");
+    let listing = std::process::Command::new("tar").arg("tvzf").arg(dir.path().join(format!("a/ddslug-cnb-{}.tgz", env!("CARGO_PKG_VERSION")))).output().unwrap();
+    let listing = String::from_utf8(listing.stdout).unwrap();
+    let entries: Vec<(&str, &str)> = listing.lines().map(|l| (l.split_whitespace().next().unwrap(), l.rsplit(' ').next().unwrap())).collect();
+    let v = env!("CARGO_PKG_VERSION");
+    assert_eq!(
+        entries,
+        [
+            ("drwxr-xr-x", format!("ddslug-cnb-{v}/")),
+            ("drwxr-xr-x", format!("ddslug-cnb-{v}/bin/")),
+            ("-rwxr-xr-x", format!("ddslug-cnb-{v}/bin/build")),
+            ("-rwxr-xr-x", format!("ddslug-cnb-{v}/bin/compile")),
+            ("-rw-r--r--", format!("ddslug-cnb-{v}/bin/ddslug.release")),
+            ("-rwxr-xr-x", format!("ddslug-cnb-{v}/bin/detect")),
+            ("-rw-r--r--", format!("ddslug-cnb-{v}/buildpack.toml")),
+        ]
+        .iter()
+        .map(|(m, p)| (*m, p.as_str()))
+        .collect::<Vec<_>>()
+    );
+    // The packaged buildpack is the one the lifecycle tests run: it builds.
+    let unpacked = dir.path().join("a/cnb").join(format!("ddslug-cnb-{v}"));
+    let lc = Lifecycle::new(&dir.path().join("app"), &unpacked, "amd64").unwrap();
+    assert!(lc.detect().unwrap().0);
+}
