@@ -258,7 +258,7 @@ fn launch_starts_the_agent_as_the_classic_start_script_does() {
     let conf = layer.join("etc/datadog-agent/datadog.yaml").display().to_string();
 
     let record = dir.path().join("record-1");
-    let vars = [("DD_API_KEY", "secret-key-1234"), ("HEROKU_APP_NAME", "my_app"), ("DD_TAGS", "env:prod, team:a"), ("DD_PROCESS_AGENT", "true"), ("DATABASE_URL", "postgres://u:p%40ss@db.example:5433/name"), ("DD_ENABLE_HEROKU_POSTGRES", "true")];
+    let vars = [("DD_API_KEY", "secret-key-1234"), ("HEROKU_APP_NAME", "my_app"), ("DD_TAGS", "env:prod, team:a"), ("DD_PROCESS_AGENT", "true"), ("DATABASE_URL", "postgres://u:p%40ss@db.example:5433/name"), ("DD_ENABLE_HEROKU_POSTGRES", "true"), ("REDIS_URL", "redis://h:r3d1s-pw@redis.example:6380"), ("DD_ENABLE_HEROKU_REDIS", "true")];
     let (env, logs) = launch(&lc, &record, &vars);
     let started = launches(&record, 2);
     let programs: Vec<(&str, &str)> = started.iter().map(|(p, r)| (p.as_str(), r["ARGS"].as_str())).collect();
@@ -282,6 +282,9 @@ fn launch_starts_the_agent_as_the_classic_start_script_does() {
     assert!(!logs.contains("secret-key-1234") && !logs.contains("p%40ss"), "{logs}");
     let postgres = fs::read_to_string(layer.join("etc/datadog-agent/conf.d/postgres.d/conf.yaml")).unwrap();
     assert!(postgres.contains("\"p%40ss\""), "{postgres}");
+    let redis = fs::read_to_string(layer.join("etc/datadog-agent/conf.d/redisdb.d/conf.yaml")).unwrap();
+    assert!(redis.contains("\"r3d1s-pw\"") && redis.contains("6380"), "{redis}");
+    assert!(!logs.contains("r3d1s-pw"), "{logs}");
     assert_eq!(fs::metadata(&conf).unwrap().permissions().mode() & 0o777, 0o600);
 
     // exec.d again in the same container (another process): the agents run already (they hold
