@@ -91,6 +91,22 @@ fn build_rebuild_version_change_cache_loss_and_offline() {
     assert_eq!(agent_tree_hash(&lc.image_layer("agent")), tree_hash);
     assert!(fs::metadata(lc.image_layer("agent").join("exec.d/ddslug")).unwrap().permissions().mode() & 0o111 != 0);
 
+    // verify: the layer is what its manifest says; rebuilt offline from the cache layer's
+    // blobs, it is the same; a file added beside the tree is a difference.
+    let verify = |args: &[&str]| -> std::process::Output {
+        std::process::Command::new(env!("CARGO_BIN_EXE_ddslug")).arg("verify").arg(lc.image_layer("agent")).args(args).current_dir(&lc.app).output().unwrap()
+    };
+    let out = verify(&[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let cache_layer = lc.layers().join("ddslug-cache");
+    let out = verify(&["--rebuild", "--offline", "--cache", cache_layer.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    fs::write(lc.image_layer("agent").join("exec.d/extra"), "#!/bin/sh\n").unwrap();
+    let out = verify(&[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("exec.d/extra"), "{}", text(&out));
+    fs::remove_file(lc.image_layer("agent").join("exec.d/extra")).unwrap();
+
     // Rebuild with nothing changed: the layer is kept, and no request at all is made.
     let before = served.server.requests().len();
     let again = built_ok(&mut lc);
@@ -286,6 +302,19 @@ fn launch_starts_the_agent_as_the_classic_start_script_does() {
     assert!(redis.contains("\"r3d1s-pw\"") && redis.contains("6380"), "{redis}");
     assert!(!logs.contains("r3d1s-pw"), "{logs}");
     assert_eq!(fs::metadata(&conf).unwrap().permissions().mode() & 0o777, 0o600);
+
+    // After the start (configuration written, the agents' lock held), verify takes back what
+    // dyno start wrote by name: the only differences are the fake agents this test put in.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ddslug")).args(["verify", "--json"]).arg(&layer).current_dir(&lc.app).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let d = &report["verify"]["diff"];
+    let changed: Vec<&str> = d["changed"].as_array().unwrap().iter().map(|c| c["path"].as_str().or(c.as_str()).unwrap_or_default()).collect();
+    assert_eq!(d["added"].as_array().unwrap().len() + d["removed"].as_array().unwrap().len(), 0, "{d}");
+    assert_eq!(changed.len(), 2, "{d}");
+    assert!(report["verify"]["problems"].as_array().unwrap().iter().all(|p| p.as_str().unwrap().contains("tree hash")), "{report}");
+    let written = report["verify"]["written_at_dyno_start"].to_string();
+    assert!(written.contains("datadog.yaml") && written.contains("ddslug-agents.lock") && written.contains("postgres.d"), "{written}");
 
     // exec.d again in the same container (another process): the agents run already (they hold
     // their lock), so none is started twice; the app still gets its variables.
