@@ -174,6 +174,15 @@ fn arm64_resolves_binary_arm64_indexes() {
     let failed = lc.build().unwrap();
     assert!(!failed.build.status.success());
     assert!(text(&failed.build).contains("amd64"), "{}", text(&failed.build));
+
+    // The arm64 build's lock, committed by an app built for amd64: refused, naming both.
+    let arm_layers = dir.path().join("app").join("layers").join("datadog_ddslug");
+    let lock = ddslug::buildpack::cnb::recorded_lock(&arm_layers).unwrap();
+    fs::create_dir_all(lc.app.join("datadog")).unwrap();
+    fs::write(lc.app.join("datadog/ddslug.lock"), ddslug::slug::manifest::to_json(&lock)).unwrap();
+    let failed = lc.build().unwrap();
+    assert!(!failed.build.status.success());
+    assert!(text(&failed.build).contains("datadog/ddslug.lock was made for architecture arm64 but this build targets amd64"), "{}", text(&failed.build));
 }
 
 #[test]
