@@ -93,8 +93,9 @@ fn build_rebuild_version_change_cache_loss_and_offline() {
 
     // verify: the layer is what its manifest says; rebuilt offline from the cache layer's
     // blobs, it is the same; a file added beside the tree is a difference.
+    let (agent_layer, app_dir) = (lc.image_layer("agent"), lc.app.clone());
     let verify = |args: &[&str]| -> std::process::Output {
-        std::process::Command::new(env!("CARGO_BIN_EXE_ddslug")).arg("verify").arg(lc.image_layer("agent")).args(args).current_dir(&lc.app).output().unwrap()
+        std::process::Command::new(env!("CARGO_BIN_EXE_ddslug")).arg("verify").arg(&agent_layer).args(args).current_dir(&app_dir).output().unwrap()
     };
     let out = verify(&[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
@@ -113,6 +114,26 @@ fn build_rebuild_version_change_cache_loss_and_offline() {
     assert_eq!(served.server.requests().len(), before, "a rebuild with nothing changed made requests: {:?}", &served.server.requests()[before..]);
     assert!(text(&again.build).contains("Keeping the agent layer"), "{}", text(&again.build));
     assert_eq!(metadata(&again), metadata(&first));
+
+    // Another buildpack version (another ddslug binary), same layer key: the layer is kept,
+    // its exec.d program is the new binary, and the layer still verifies.
+    let other = dir.path().join("ddslug-next");
+    let mut bytes = fs::read(env!("CARGO_BIN_EXE_ddslug")).unwrap();
+    bytes.extend_from_slice(b"another build");
+    fs::write(&other, &bytes).unwrap();
+    fs::set_permissions(&other, fs::Permissions::from_mode(0o755)).unwrap();
+    lc.vars.retain(|(k, _)| k != "DDSLUG_BIN");
+    lc.vars.push(("DDSLUG_BIN".into(), other.to_str().unwrap().into()));
+    let before = served.server.requests().len();
+    let next = built_ok(&mut lc);
+    assert_eq!(served.server.requests().len(), before);
+    assert_eq!(key_of(&next), key_of(&first));
+    assert_ne!(metadata(&next)["ddslug_sha256"], metadata(&first)["ddslug_sha256"]);
+    assert_eq!(fs::read(lc.image_layer("agent").join("exec.d/ddslug")).unwrap(), bytes);
+    let out = verify(&[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    lc.vars.retain(|(k, _)| k != "DDSLUG_BIN");
+    lc.vars.push(("DDSLUG_BIN".into(), env!("CARGO_BIN_EXE_ddslug").into()));
 
     // A new agent version replaces the layer.
     lc.set_env("DD_AGENT_VERSION", "7.68.0-1").unwrap();

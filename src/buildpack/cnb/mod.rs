@@ -111,10 +111,14 @@ pub fn build(args: &BuildArgs, report: &Reporter) -> Result<BuildOutcome> {
     let key = layer_inputs(&lock).key();
     let binary = Sha256::of_file(&args.self_exe).with_context(|| format!("reading {}", args.self_exe.display()))?;
     let agent_types = Types { launch: true, cache: true, build: false };
-    if let Some(mut metadata) = restored_agent(&layers, &args.layers_dir, &key) {
+    if let Some((mut metadata, manifest)) = restored_agent(&layers, &args.layers_dir, &key) {
         report.topic(&format!("Keeping the agent layer {} (nothing to download or unpack)", &key.hex()[..12]));
         if metadata.ddslug_sha256 != binary {
-            install_program(&layers, &args.layers_dir, &args.self_exe)?;
+            // Another buildpack version: its binary starts the agent, and the manifest says so.
+            let program = install_program(&layers, &args.layers_dir, &args.self_exe)?;
+            let manifest = Manifest { binary_sha256: Some(program), ddslug_version: env!("CARGO_PKG_VERSION").into(), ..manifest };
+            write_manifest(&layers, &args.layers_dir, &manifest)?;
+            report.detail(&format!("exec.d/ddslug replaced by this buildpack's ddslug {}", env!("CARGO_PKG_VERSION")));
             metadata.ddslug_sha256 = binary;
         }
         metadata.lock = lock;
@@ -146,13 +150,22 @@ fn sbom_spot(_layers_dir: &Path) {}
 /// The restored agent layer's metadata, when it names `key` and the layer is there with the
 /// manifest of that key (the lifecycle restores metadata and content of a cached layer
 /// together, or neither; this holds even when it did not).
-fn restored_agent(layers: &Dir, layers_dir: &Path, key: &Sha256) -> Option<AgentMetadata> {
+fn restored_agent(layers: &Dir, layers_dir: &Path, key: &Sha256) -> Option<(AgentMetadata, Manifest)> {
     let restored = layers::read::<AgentMetadata>(layers, AGENT_LAYER)?;
     if restored.metadata.layer_key != *key || layers.kind(OsStr::new(AGENT_LAYER)).ok()? != crate::fsat::Kind::Dir {
         return None;
     }
     let manifest = read_manifest(&layers_dir.join(AGENT_LAYER).join(".ddslug/manifest.json")).ok()?;
-    (manifest.layer_key == *key && manifest.tree_hash == restored.metadata.tree_hash).then_some(restored.metadata)
+    (manifest.layer_key == *key && manifest.tree_hash == restored.metadata.tree_hash).then_some((restored.metadata, manifest))
+}
+
+/// Writes the agent layer's `.ddslug/manifest.json` (all at once, through the layer's
+/// descriptors).
+fn write_manifest(layers: &Dir, layers_dir: &Path, manifest: &Manifest) -> Result<()> {
+    let path = layers_dir.join(AGENT_LAYER).join(".ddslug/manifest.json");
+    let ddslug = layers.make_dirs_beneath(&Path::new(AGENT_LAYER).join(".ddslug")).with_context(|| path.display().to_string())?;
+    ddslug.write_via(OsStr::new("manifest.json"), to_json(manifest).as_bytes(), 0o644, &ddslug).with_context(|| path.display().to_string())?;
+    Ok(())
 }
 
 /// Makes `<layers>/agent` from the stored layer: the tree (hard links into the cache layer
@@ -179,9 +192,7 @@ fn install_layer(layers: &Dir, layers_dir: &Path, store: &Store, built: &BuiltLa
         binary_sha256: Some(program),
         ..manifest
     };
-    ddslug
-        .write_via(OsStr::new("manifest.json"), to_json(&manifest).as_bytes(), 0o644, &ddslug)
-        .with_context(|| agent_path.join(".ddslug/manifest.json").display().to_string())?;
+    write_manifest(layers, layers_dir, &manifest)?;
     Ok(manifest)
 }
 
