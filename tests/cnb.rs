@@ -233,6 +233,23 @@ fn bad_settings_fail_with_the_classic_errors() {
     let built = built_ok(&mut lc);
     assert_eq!(metadata(&built)["lock"]["packages"][0]["version"].as_str(), Some("1:7.67.0-1"));
 
+    // Without DDSLUG_BIN bin/build looks for the pinned binary in the cache layer, and offline
+    // (a platform config var) it may not download it: it says where it looked.
+    let mut lc = app(&served, &dir.path().join("pinned"), "amd64");
+    lc.vars.retain(|(k, _)| k != "DDSLUG_BIN");
+    lc.set_env("DD_OFFLINE", "true").unwrap();
+    let failed = lc.build().unwrap();
+    assert!(!failed.build.status.success());
+    let said = text(&failed.build);
+    assert!(said.contains("DD_OFFLINE=true forbids downloads") && said.contains("ddslug-cache/ddslug/bin/"), "{said}");
+    assert!(said.contains("ddslug 0.1.0 for x86_64"), "the binary for CNB_TARGET_ARCH=amd64: {said}");
+    // No aarch64 binary is pinned yet: an arm64 target is told so, whatever machine builds.
+    let mut lc = app(&served, &dir.path().join("pinned-arm"), "arm64");
+    lc.vars.retain(|(k, _)| k != "DDSLUG_BIN");
+    let failed = lc.build().unwrap();
+    let said = text(&failed.build);
+    assert!(said.contains("pins no ddslug binary for this machine's architecture (aarch64)"), "{said}");
+
     // An architecture the agent is not packaged for.
     let mut lc = app(&served, &dir.path().join("arch"), "ppc64le");
     let failed = lc.build().unwrap();
