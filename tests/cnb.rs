@@ -74,6 +74,10 @@ fn build_rebuild_version_change_cache_loss_and_offline() {
     let types = cache_toml["types"].as_table().unwrap();
     let flags: Vec<(&str, bool)> = ["launch", "build", "cache"].iter().map(|k| (*k, types[*k].as_bool().unwrap())).collect();
     assert_eq!(flags, [("launch", false), ("build", false), ("cache", true)]);
+    // The store in the cache layer keeps blobs, not a second copy of the tree.
+    let store_layers = lc.root.join("cache/ddslug-cache/ddslug/v1/layers");
+    assert_eq!(fs::read_dir(&store_layers).unwrap().count(), 0, "{}", store_layers.display());
+    assert_eq!(fs::read_dir(lc.root.join("cache/ddslug-cache/ddslug/v1/blobs/sha256")).unwrap().count(), 1);
     let lock = metadata(&first)["lock"].as_table().unwrap();
     assert_eq!(lock["architecture"].as_str(), Some("amd64"));
     assert_eq!(lock["packages"][0]["version"].as_str(), Some("1:7.81.2-1"));

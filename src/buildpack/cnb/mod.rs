@@ -8,9 +8,10 @@
 //!   Its metadata holds the layer key, the tree hash, the binary's hash and the lock. When the
 //!   restored metadata has this build's layer key and the layer is there with a manifest of that
 //!   key, it is kept as it is: nothing is downloaded or unpacked.
-//! - `ddslug-cache` (cache only): the store (CACHE_DIR's `ddslug/v1`: blobs, resolutions,
-//!   layers) and the pinned ddslug binary bin/build fetched, so that `DD_OFFLINE=true` builds
-//!   and rebuilds from the locked blobs work as on Cedar.
+//! - `ddslug-cache` (cache only): the store (CACHE_DIR's `ddslug/v1`: verified blobs and
+//!   resolutions; its unpacked layers are removed once the agent layer holds the tree) and the
+//!   pinned ddslug binary bin/build fetched, so that `DD_OFFLINE=true` builds and rebuilds from
+//!   the locked blobs work as on Cedar.
 //!
 //! Contract: the app directory is only read (`datadog/ddslug.lock`, `project.toml`); every
 //! write into the layers directory goes through directory descriptors that do not follow
@@ -123,6 +124,7 @@ pub fn build(args: &BuildArgs, report: &Reporter) -> Result<BuildOutcome> {
         }
         metadata.lock = lock;
         layers::write(&layers, &args.layers_dir, AGENT_LAYER, agent_types, &metadata)?;
+        prune_store_layers(&store)?;
         sbom_spot(&args.layers_dir);
         report.topic(&format!("Datadog Agent {} ready in {}", metadata.lock.packages[0].version, seconds(started.elapsed())));
         return Ok(BuildOutcome { metadata, layer_kept: true, downloaded: false });
@@ -136,6 +138,7 @@ pub fn build(args: &BuildArgs, report: &Reporter) -> Result<BuildOutcome> {
     let manifest = install_layer(&layers, &args.layers_dir, &store, &built, manifest_for(&lock, &config, &built), &args.self_exe)?;
     let metadata = AgentMetadata { layer_key: key, tree_hash: built.info.tree_hash, ddslug_sha256: binary, lock };
     layers::write(&layers, &args.layers_dir, AGENT_LAYER, agent_types, &metadata)?;
+    prune_store_layers(&store)?;
     sbom_spot(&args.layers_dir);
     report.detail(&format!("{} files in {}; tree hash {}", manifest.files, seconds(t.elapsed()), manifest.tree_hash));
     report.topic(&format!("Datadog Agent {} installed in {}", metadata.lock.packages[0].version, seconds(started.elapsed())));
@@ -206,6 +209,26 @@ fn install_program(layers: &Dir, layers_dir: &Path, self_exe: &Path) -> Result<S
     exec_d.copy_in(self_exe, name).with_context(|| format!("copying {} to {}", self_exe.display(), path.display()))?;
     exec_d.set_mode_of(name, 0o755).with_context(|| path.display().to_string())?;
     Sha256::of_file(&path).with_context(|| format!("reading {}", path.display()))
+}
+
+/// Removes the store's unpacked layers from the cache layer once the agent layer holds the
+/// tree: the lifecycle caches the agent layer itself, and each copy in the store would be
+/// cached again beside it (the real agent's is ~190 MB), one more for every version ever
+/// built. The verified blobs and resolutions stay: a changed setting or version rebuilds from
+/// them without a download, offline too. Called with the store lock held.
+fn prune_store_layers(store: &Store) -> Result<()> {
+    let layers = store.dir("layers")?;
+    let path = store.root().join("layers");
+    for (name, _) in layers.entries().with_context(|| format!("listing {}", path.display()))? {
+        // Descriptions first: a layer without one is never reused, even if removal stops midway.
+        if name.as_encoded_bytes().ends_with(b".json") && !name.as_encoded_bytes().ends_with(b".tree.json") {
+            layers.remove_all(&name).with_context(|| format!("removing {}", path.join(&name).display()))?;
+        }
+    }
+    for (name, _) in layers.entries().with_context(|| format!("listing {}", path.display()))? {
+        layers.remove_all(&name).with_context(|| format!("removing {}", path.join(&name).display()))?;
+    }
+    Ok(())
 }
 
 /// The lock recorded in an agent layer's metadata file (for tests and tools).
