@@ -126,7 +126,7 @@ pub fn build(args: &BuildArgs, report: &Reporter) -> Result<BuildOutcome> {
         layers::write(&layers, &args.layers_dir, AGENT_LAYER, agent_types, &metadata)?;
         prune_store_layers(&store)?;
         sbom_spot(&args.layers_dir);
-        report.topic(&format!("Datadog Agent {} ready in {}", metadata.lock.packages[0].version, seconds(started.elapsed())));
+        report.topic(&format!("Datadog Agent {} ready in {}", agent_version(&metadata.lock), seconds(started.elapsed())));
         return Ok(BuildOutcome { metadata, layer_kept: true, downloaded: false });
     }
 
@@ -141,8 +141,13 @@ pub fn build(args: &BuildArgs, report: &Reporter) -> Result<BuildOutcome> {
     prune_store_layers(&store)?;
     sbom_spot(&args.layers_dir);
     report.detail(&format!("{} files in {}; tree hash {}", manifest.files, seconds(t.elapsed()), manifest.tree_hash));
-    report.topic(&format!("Datadog Agent {} installed in {}", metadata.lock.packages[0].version, seconds(started.elapsed())));
+    report.topic(&format!("Datadog Agent {} installed in {}", agent_version(&metadata.lock), seconds(started.elapsed())));
     Ok(BuildOutcome { metadata, layer_kept: false, downloaded: built.downloaded })
+}
+
+/// The locked agent's version, for messages.
+fn agent_version(lock: &Lock) -> &str {
+    lock.packages.first().map_or("(none)", |p| p.version.as_str())
 }
 
 // SBOM: helper `sbom` adds `crate::sbom`, which writes `<layers>/agent.sbom.cdx.json` (declared
