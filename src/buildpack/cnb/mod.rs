@@ -182,7 +182,7 @@ fn install_layer(layers: &Dir, layers_dir: &Path, store: &Store, built: &BuiltLa
     let agent_path = layers_dir.join(AGENT_LAYER);
     layers.remove_all(OsStr::new(AGENT_LAYER)).with_context(|| format!("removing the old {}", agent_path.display()))?;
     let key = built.info.key;
-    match materialize_index(&layer::layer_dir(store, &key), &agent_path, &built.index, Materialize::from_env(), false)? {
+    match materialize_index(&layer::layer_dir(store, &key), &agent_path, &built.index, Materialize::from_env(), false, None)? {
         Materialized::Done(_) => {}
         Materialized::SourceChanged => anyhow::bail!("layer {} changed while it was being installed; run the build again", &key.hex()[..12]),
     }
