@@ -39,6 +39,12 @@ release:
 build-release:
 	$(CARGO) build --release
 
+# The Cloud Native Buildpack as a directory and a .tgz, byte for byte the same from the same
+# commit (.ci/cnb-package; README, "Heroku Fir and other CNB platforms").
+.PHONY: cnb
+cnb:
+	.ci/cnb-package
+
 # What CI runs on the test build: fails if the binary needs a GLIBC newer than heroku-22's.
 glibc-check:
 	$(CARGO) build

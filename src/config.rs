@@ -95,6 +95,21 @@ impl Settings {
         Ok(Settings { values })
     }
 
+    /// The settings of a Cloud Native Buildpack build: `CNB_PLATFORM_DIR/env/` files (the
+    /// platform's ENV_DIR, same names and one file per variable), then the environment, then
+    /// the app's `project.toml` table `[com.datadoghq.ddslug]` for names neither sets (the
+    /// environment wins).
+    pub fn load_cnb(platform_env: Option<&Path>, project_toml: &Path) -> Result<Settings, ProjectTomlError> {
+        let mut settings = Settings::load(platform_env).map_err(|e| ProjectTomlError::Read {
+            path: platform_env.map(Path::to_path_buf).unwrap_or_default(),
+            cause: e.to_string(),
+        })?;
+        for (name, value) in project_settings(project_toml)? {
+            settings.values.entry(name).or_insert(value);
+        }
+        Ok(settings)
+    }
+
     /// Settings from explicit pairs (tests, flags).
     pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Settings {
         Settings { values: pairs.into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect() }
@@ -108,6 +123,81 @@ impl Settings {
     /// A non-empty value.
     pub fn get(&self, name: &str) -> Option<&str> {
         self.values.get(name).map(|v| v.trim()).filter(|v| !v.is_empty())
+    }
+}
+
+/// The table of an app's `project.toml` that holds ddslug settings.
+pub const PROJECT_TABLE: &str = "com.datadoghq.ddslug";
+/// The largest `project.toml` read (a real one is a few KB).
+pub const PROJECT_TOML_LIMIT: u64 = 1 << 20;
+
+/// The app's `project.toml` cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectTomlError {
+    #[error("{path}: cannot read it ({cause}); fix its permissions or remove it")]
+    Read { path: PathBuf, cause: String },
+    #[error("{path} is larger than {limit}, the limit for a project.toml; keep it to the project descriptor")]
+    TooLarge { path: PathBuf, limit: String },
+    #[error("{path} is not valid TOML ({cause}); fix it (see the project descriptor specification)")]
+    Syntax { path: PathBuf, cause: String },
+    #[error("{path}: [{PROJECT_TABLE}] {detail}")]
+    Setting { path: PathBuf, detail: String },
+}
+
+/// `[com.datadoghq.ddslug]` of `project.toml` as setting names and values: strings as they
+/// are, booleans and integers as text. A missing file or table is no setting.
+fn project_settings(path: &Path) -> Result<Vec<(String, String)>, ProjectTomlError> {
+    use std::io::Read;
+    let file = match std::fs::File::open(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        other => other.map_err(|e| ProjectTomlError::Read { path: path.into(), cause: e.to_string() })?,
+    };
+    let mut bytes = Vec::new();
+    file.take(PROJECT_TOML_LIMIT + 1).read_to_end(&mut bytes).map_err(|e| ProjectTomlError::Read { path: path.into(), cause: e.to_string() })?;
+    if bytes.len() as u64 > PROJECT_TOML_LIMIT {
+        return Err(ProjectTomlError::TooLarge { path: path.into(), limit: crate::report::limit(PROJECT_TOML_LIMIT) });
+    }
+    let text = String::from_utf8(bytes).map_err(|_| ProjectTomlError::Syntax { path: path.into(), cause: "it is not UTF-8".into() })?;
+    let doc: toml::Table = text.parse().map_err(|e: toml::de::Error| ProjectTomlError::Syntax { path: path.into(), cause: e.message().to_string() })?;
+    // `com.datadoghq.ddslug` is a dotted key: tables `com` → `datadoghq` → `ddslug`.
+    let mut table = Some(&doc);
+    for part in PROJECT_TABLE.split('.') {
+        table = table.and_then(|t| t.get(part)).and_then(toml::Value::as_table);
+    }
+    let Some(table) = table else { return Ok(Vec::new()) };
+    let bad = |detail: String| ProjectTomlError::Setting { path: path.into(), detail };
+    let mut out = Vec::new();
+    for (name, value) in table {
+        if !is_ours(name) || name == "STACK" {
+            return Err(bad(format!("{name}: not a ddslug setting; only DD_* settings go here (e.g. DD_AGENT_VERSION = \"{PINNED_AGENT_7}\")")));
+        }
+        let text = match value {
+            toml::Value::String(s) => s.clone(),
+            toml::Value::Boolean(b) => b.to_string(),
+            toml::Value::Integer(i) => i.to_string(),
+            other => return Err(bad(format!("{name} = {other}: expected a string, a boolean or a whole number"))),
+        };
+        out.push((name.clone(), text));
+    }
+    Ok(out)
+}
+
+/// The build targets an architecture the agent is not packaged for.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "CNB_TARGET_ARCH={0:?}: the Datadog Agent is packaged for amd64 and arm64 only; build the app for one of them \
+     (the platform sets CNB_TARGET_ARCH from the run image)"
+)]
+pub struct ArchError(pub String);
+
+/// The Debian architecture of a CNB target (`CNB_TARGET_ARCH`, as OCI names it): `amd64` or
+/// `arm64`, whose apt indexes are `binary-amd64` and `binary-arm64`. Unset (a platform that
+/// does not pass targets), it is the architecture this binary runs on.
+pub fn cnb_arch(target: Option<&str>) -> Result<String, ArchError> {
+    match target {
+        Some(arch @ ("amd64" | "arm64")) => Ok(arch.to_string()),
+        None | Some("") => Ok(if cfg!(target_arch = "aarch64") { "arm64" } else { "amd64" }.to_string()),
+        Some(other) => Err(ArchError(other.into())),
     }
 }
 
@@ -415,6 +505,54 @@ mod tests {
     fn booleans_are_case_insensitive() {
         let c = config(&[("DD_APM_ENABLED", "FALSE"), ("DD_PROCESS_AGENT", "True")]).unwrap();
         assert!(!c.apm_enabled && c.process_agent);
+    }
+
+    #[test]
+    fn project_toml_table_fills_what_the_environment_leaves() {
+        let dir = tempfile::tempdir().unwrap();
+        let project = dir.path().join("project.toml");
+        std::fs::write(
+            &project,
+            "[_]\nschema-version = \"0.2\"\n\n[com.datadoghq.ddslug]\nDD_AGENT_VERSION = \"7.68.0-1\"\nDD_APM_ENABLED = false\nDD_DOWNLOAD_ATTEMPTS = 3\n",
+        )
+        .unwrap();
+        let env = dir.path().join("env");
+        std::fs::create_dir(&env).unwrap();
+        std::fs::write(env.join("DD_APM_ENABLED"), "true\n").unwrap();
+        let s = Settings::load_cnb(Some(&env), &project).unwrap();
+        assert_eq!(s.get("DD_AGENT_VERSION"), Some("7.68.0-1"));
+        assert_eq!(s.get("DD_APM_ENABLED"), Some("true"), "the platform's env wins over project.toml");
+        assert_eq!(s.get("DD_DOWNLOAD_ATTEMPTS"), Some("3"));
+        // No project.toml, or one without the table: no settings from it.
+        assert!(Settings::load_cnb(None, &dir.path().join("missing.toml")).is_ok());
+        std::fs::write(&project, "[_]\nid = \"app\"\n").unwrap();
+        assert!(Settings::load_cnb(None, &project).unwrap().get("DD_AGENT_VERSION").is_none());
+    }
+
+    #[test]
+    fn project_toml_errors_name_the_file_and_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let project = dir.path().join("project.toml");
+        std::fs::write(&project, "[com.datadoghq.ddslug]\nPATH = \"/x\"\n").unwrap();
+        let e = Settings::load_cnb(None, &project).unwrap_err().to_string();
+        assert!(e.contains("project.toml: [com.datadoghq.ddslug] PATH: not a ddslug setting"), "{e}");
+        std::fs::write(&project, "[com.datadoghq.ddslug]\nDD_TAGS = [\"a\"]\n").unwrap();
+        let e = Settings::load_cnb(None, &project).unwrap_err().to_string();
+        assert!(e.contains("DD_TAGS = [\"a\"]: expected a string, a boolean or a whole number"), "{e}");
+        std::fs::write(&project, "[com.datadoghq.ddslug\n").unwrap();
+        let e = Settings::load_cnb(None, &project).unwrap_err().to_string();
+        assert!(e.contains("project.toml is not valid TOML"), "{e}");
+        std::fs::write(&project, vec![b'#'; PROJECT_TOML_LIMIT as usize + 1]).unwrap();
+        let e = Settings::load_cnb(None, &project).unwrap_err().to_string();
+        assert!(e.contains("the limit for a project.toml"), "{e}");
+    }
+
+    #[test]
+    fn cnb_architectures() {
+        assert_eq!(cnb_arch(Some("arm64")).unwrap(), "arm64");
+        assert_eq!(cnb_arch(Some("amd64")).unwrap(), "amd64");
+        let e = cnb_arch(Some("ppc64le")).unwrap_err().to_string();
+        assert!(e.starts_with("CNB_TARGET_ARCH=\"ppc64le\": the Datadog Agent is packaged for amd64 and arm64 only"), "{e}");
     }
 
     #[test]

@@ -34,11 +34,20 @@ pub struct Stat {
     pub mode: u32,
     pub size: u64,
     pub mtime: (i64, i64),
+    /// Inode change time: the kernel sets it on every write, chmod, link and unlink, and no
+    /// call can set it back (what [`crate::store::seen`] relies on).
+    pub ctime: (i64, i64),
     pub dev: u64,
     pub ino: u64,
 }
 
 impl Stat {
+    /// What `lstat` (or `stat`) gave, as std reports it.
+    pub fn of_metadata(m: &std::fs::Metadata) -> Stat {
+        use std::os::unix::fs::MetadataExt;
+        Stat { mode: m.mode(), size: m.size(), mtime: (m.mtime(), m.mtime_nsec()), ctime: (m.ctime(), m.ctime_nsec()), dev: m.dev(), ino: m.ino() }
+    }
+
     pub fn is_dir(&self) -> bool {
         self.mode & libc::S_IFMT == libc::S_IFDIR
     }
@@ -173,7 +182,7 @@ impl Dir {
         }
         // SAFETY: fstatat succeeded, so `st` is initialised.
         let st = unsafe { st.assume_init() };
-        Ok(Stat { mode: st.st_mode, size: st.st_size as u64, mtime: (st.st_mtime, st.st_mtime_nsec), dev: st.st_dev, ino: st.st_ino })
+        Ok(Stat { mode: st.st_mode, size: st.st_size as u64, mtime: (st.st_mtime, st.st_mtime_nsec), ctime: (st.st_ctime, st.st_ctime_nsec), dev: st.st_dev, ino: st.st_ino })
     }
 
     /// Creates the symlink `name` -> `target` in this directory with the given mtime (its
@@ -232,7 +241,7 @@ pub fn stat_file(file: &File) -> io::Result<Stat> {
     }
     // SAFETY: fstat succeeded, so `st` is initialised.
     let st = unsafe { st.assume_init() };
-    Ok(Stat { mode: st.st_mode, size: st.st_size as u64, mtime: (st.st_mtime, st.st_mtime_nsec), dev: st.st_dev, ino: st.st_ino })
+    Ok(Stat { mode: st.st_mode, size: st.st_size as u64, mtime: (st.st_mtime, st.st_mtime_nsec), ctime: (st.st_ctime, st.st_ctime_nsec), dev: st.st_dev, ino: st.st_ino })
 }
 
 /// Sets the mtime of `path` (following symlinks), leaving its atime: one `utimensat` by

@@ -151,6 +151,11 @@ enum Command {
         #[arg(long)]
         delete: bool,
     },
+    /// The Cloud Native Buildpack's steps (run by bin/build; settings from CNB_* variables).
+    Cnb {
+        #[command(subcommand)]
+        step: CnbStep,
+    },
     /// Dyno start steps run by .profile.d/datadog.sh (prints `export` lines to eval).
     Dyno {
         #[command(subcommand)]
@@ -247,6 +252,16 @@ enum DynoStep {
     },
 }
 
+#[derive(Subcommand)]
+enum CnbStep {
+    /// Build the `agent` launch layer and the `ddslug-cache` layer in CNB_LAYERS_DIR (the
+    /// working directory is the app). Positional arguments of older Buildpack APIs are ignored.
+    Build {
+        #[arg(hide = true)]
+        legacy: Vec<PathBuf>,
+    },
+}
+
 /// Where to read packages from.
 #[derive(Args)]
 struct RepoArgs {
@@ -274,6 +289,11 @@ impl RepoArgs {
 }
 
 fn main() -> ExitCode {
+    // Installed in a CNB agent layer as `exec.d/ddslug`, the launcher runs this binary with no
+    // arguments before every process.
+    if ddslug::buildpack::cnb::execd::invoked_as_exec_d() {
+        return ddslug::buildpack::cnb::execd::main();
+    }
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -361,6 +381,15 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Dyno { step: DynoStep::Run { command } } => return runtime::container::run(&command),
+        Command::Cnb { step: CnbStep::Build { legacy: _ } } => {
+            let result = ddslug::buildpack::cnb::BuildArgs::from_env().and_then(|args| ddslug::buildpack::cnb::build(&args, &Reporter::default()));
+            if let Err(e) = result {
+                for line in format!("{e:#}").lines() {
+                    eprintln!(" !     {line}");
+                }
+                std::process::exit(1);
+            }
+        }
         Command::Dyno { step } => {
             let env = runtime::process_env();
             let mut log = runtime::Log::new(&env);

@@ -402,6 +402,9 @@ fn a_layer_file_overwritten_in_place_with_its_size_and_mtime_is_rebuilt_not_ship
     let layer = slugs.cache.join("ddslug/v1/layers").join(&key);
     let agent = "opt/datadog-agent/bin/agent/agent";
     assert_eq!(fs::metadata(first.join(".apt").join(agent)).unwrap().ino(), fs::metadata(layer.join(agent)).unwrap().ino());
+    // The build recorded the layer's inodes and ctimes: the next build trusts a file without
+    // reading it only while its ctime has not moved, which these overwrites make it do.
+    assert!(slugs.cache.join(format!("ddslug/v1/layers/{key}.seen")).is_file());
     // Through a slug's hard link into the layer, then directly in the cache.
     for (how, path) in [("through a slug", first.join(".apt").join(agent)), ("in the cache", layer.join("opt/datadog-agent/embedded/lib/libssl.so.3"))] {
         overwrite_keeping_size_and_mtime(&path);

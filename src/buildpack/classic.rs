@@ -28,7 +28,7 @@ use crate::slug::manifest::{Lock, LockedPackage, Manifest, Removed, SCHEMA, read
 use crate::store::layerindex::LayerIndex;
 use crate::unpack::recipe::{Options, Recipe};
 use crate::report::{Reporter, bytes, seconds};
-use crate::fsat::Dir;
+use crate::fsat::{Dir, Stat};
 use crate::slug::install::{check_build_dir, install, remove_stale_staging};
 use crate::store::{Blob, Store};
 
@@ -103,15 +103,7 @@ pub fn compile(args: &CompileArgs, report: &Reporter) -> Result<CompileOutcome> 
         report.detail(&format!("removed {stale} staging director{} left in BUILD_DIR by interrupted builds", if stale == 1 { "y" } else { "ies" }));
     }
 
-    let app_lock = args.build_dir.join(APP_LOCK);
-    let lock = if app_lock.exists() {
-        report.topic(&format!("Using {APP_LOCK}"));
-        let lock = read_lock(&app_lock)?;
-        check_lock_against(&lock, &config, report)?;
-        lock
-    } else {
-        plan(&config, &fetcher, &store, report, true)?
-    };
+    let lock = lock_for(&args.build_dir, &config, &fetcher, &store, report)?;
     let shared = shared_cache(&config, report);
     let mut built = build_layer_shared(&store, &fetcher, &lock, report, Reuse::CheckWhileLinking, shared.as_ref())?;
     report.topic("Installing into the slug");
@@ -138,7 +130,21 @@ pub fn compile(args: &CompileArgs, report: &Reporter) -> Result<CompileOutcome> 
     Ok(CompileOutcome { manifest, downloaded: built.downloaded, layer_reused: built.reused })
 }
 
-fn manifest_for(lock: &Lock, config: &Config, built: &BuiltLayer) -> Manifest {
+/// The lock a build installs: the app's `datadog/ddslug.lock` when it commits one (checked
+/// against this ddslug and the settings), else the settings resolved ([`plan`]).
+pub fn lock_for(app_dir: &Path, config: &Config, fetcher: &Fetcher, store: &Store, report: &Reporter) -> Result<Lock> {
+    let app_lock = app_dir.join(APP_LOCK);
+    if app_lock.exists() {
+        report.topic(&format!("Using {APP_LOCK}"));
+        let lock = read_lock(&app_lock)?;
+        check_lock_against(&lock, config, report)?;
+        Ok(lock)
+    } else {
+        plan(config, fetcher, store, report, true)
+    }
+}
+
+pub(crate) fn manifest_for(lock: &Lock, config: &Config, built: &BuiltLayer) -> Manifest {
     Manifest {
         schema: SCHEMA,
         ddslug_version: env!("CARGO_PKG_VERSION").into(),
@@ -157,20 +163,31 @@ fn manifest_for(lock: &Lock, config: &Config, built: &BuiltLayer) -> Manifest {
     }
 }
 
+/// A manifest with the SHA-256s of the slug's entry list and binary, and those files' stats.
+pub(crate) type Sealed = (Manifest, Vec<(Stat, Sha256)>);
+
 /// Records in `manifest` the SHA-256 of the entry list and of the binary as staged for the
 /// slug (`ddslug_dir` is the staged `.ddslug`), so that `verify` can check them against
 /// something the slug's own files do not provide. `None` when the entry list is not the
-/// one the layer stored: the layer changed on disk.
-pub(crate) fn seal_manifest(manifest: &Manifest, built: &BuiltLayer, ddslug_dir: &Path) -> Result<Option<Manifest>> {
-    let digest = |rel: &str| -> Result<Sha256> {
+/// one the layer stored: the layer changed on disk. `known` holds SHA-256s by inode, of
+/// files found unchanged before they were linked here (see [`crate::store::seen`]): those
+/// are not read again. Returns, with the manifest, each file's stat and SHA-256.
+pub(crate) fn seal_manifest(manifest: &Manifest, built: &BuiltLayer, ddslug_dir: &Path, known: &[(u64, Sha256)]) -> Result<Option<Sealed>> {
+    let digest = |rel: &str| -> Result<(Stat, Sha256)> {
         let path = ddslug_dir.join(rel);
-        Sha256::of_file(&path).with_context(|| format!("reading {}", path.display()))
+        let st = fs::symlink_metadata(&path).map(|m| Stat::of_metadata(&m)).with_context(|| format!("reading {}", path.display()))?;
+        match known.iter().find(|(ino, _)| st.is_file() && *ino == st.ino) {
+            Some(&(_, sha256)) => Ok((st, sha256)),
+            None => Ok((st, Sha256::of_file(&path).with_context(|| format!("reading {}", path.display()))?)),
+        }
     };
     let tree_json = digest("tree.json")?;
-    if built.info.entries_sha256.is_some_and(|recorded| recorded != tree_json) {
+    if built.info.entries_sha256.is_some_and(|recorded| recorded != tree_json.1) {
         return Ok(None);
     }
-    Ok(Some(Manifest { tree_json_sha256: Some(tree_json), binary_sha256: Some(digest("bin/ddslug")?), ..manifest.clone() }))
+    let binary = digest("bin/ddslug")?;
+    let sealed = Manifest { tree_json_sha256: Some(tree_json.1), binary_sha256: Some(binary.1), ..manifest.clone() };
+    Ok(Some((sealed, vec![tree_json, binary])))
 }
 
 /// A lock committed by the app pins packages, recipe and options; settings that would now
@@ -185,6 +202,16 @@ fn check_lock_against(lock: &Lock, config: &Config, report: &Reporter) -> Result
             "{APP_LOCK} was made with recipe {} but this ddslug has recipe {recipe_sha256}; \
              regenerate it with `ddslug lock` (or use the ddslug version that made it)",
             lock.recipe_sha256
+        );
+    }
+    if lock.architecture != config.arch {
+        anyhow::bail!(
+            "{APP_LOCK} was made for architecture {} but this build targets {}; make a lock for {} with `ddslug lock` \
+             (or build for {})",
+            lock.architecture,
+            config.arch,
+            config.arch,
+            lock.architecture
         );
     }
     let Some(package) = lock.packages.first() else {
@@ -275,17 +302,7 @@ pub fn build_layer(store: &Store, fetcher: &Fetcher, lock: &Lock, report: &Repor
 /// when it has a trusted one ([`SharedCache::pull`]), and one built here is pushed to it.
 pub fn build_layer_shared(store: &Store, fetcher: &Fetcher, lock: &Lock, report: &Reporter, reuse: Reuse, shared: Option<&SharedCache>) -> Result<BuiltLayer> {
     let recipe = Recipe::parse(RECIPE, "recipes/datadog-agent.toml")?;
-    let inputs = LayerInputs {
-        format: LAYER_FORMAT,
-        debs: lock
-            .packages
-            .iter()
-            .map(|p| DebInput { package: p.name.clone(), version: p.version.clone(), sha256: p.sha256 })
-            .collect(),
-        recipe_sha256: lock.recipe_sha256,
-        options: lock.options.clone(),
-        wrapper_sha256: Sha256::of(AGENT_WRAPPER.as_bytes()),
-    };
+    let inputs = layer_inputs(lock);
     let key = inputs.key();
     let stored = if reuse == Reuse::Never { None } else { layer::load(store, &key)? };
     let existing = match stored {
@@ -343,6 +360,22 @@ pub fn build_layer_shared(store: &Store, fetcher: &Fetcher, lock: &Lock, report:
         ));
     }
     Ok(BuiltLayer { info, index, unchecked, downloaded, reused, pulled })
+}
+
+/// Everything that decides the content of the layer `lock` makes: its key is
+/// `layer_inputs(lock).key()`, known before anything is fetched.
+pub fn layer_inputs(lock: &Lock) -> LayerInputs {
+    LayerInputs {
+        format: LAYER_FORMAT,
+        debs: lock
+            .packages
+            .iter()
+            .map(|p| DebInput { package: p.name.clone(), version: p.version.clone(), sha256: p.sha256 })
+            .collect(),
+        recipe_sha256: lock.recipe_sha256,
+        options: lock.options.clone(),
+        wrapper_sha256: Sha256::of(AGENT_WRAPPER.as_bytes()),
+    }
 }
 
 /// Fetches what the store lacks and builds the layer from the blobs. A blob being

@@ -43,6 +43,7 @@ fn stat_of(st: &rustix::fs::Stat) -> Stat {
         mode: st.st_mode,
         size: st.st_size as u64,
         mtime: (st.st_mtime, st.st_mtime_nsec as i64),
+        ctime: (st.st_ctime, st.st_ctime_nsec as i64),
         dev: st.st_dev,
         ino: st.st_ino,
     }

@@ -181,6 +181,16 @@ impl Tree {
         self.dir.symlink(target, name).with_context(|| format!("linking {} to {target}", path.display()))
     }
 
+    /// Opens (or creates, 0600) the regular file `name` for locking; a symlink there is
+    /// refused, never followed.
+    pub fn open_lock_file(&self, name: &str) -> Result<std::fs::File> {
+        let mut options = OpenOptions::new();
+        options.read(true).write(true).create(true).mode(0o600);
+        options.follow(FollowSymlinks::No);
+        let file = self.dir.open_with(name, &options).with_context(|| format!("opening {}", self.path.join(name).display()))?;
+        Ok(file.into_std())
+    }
+
     /// Whether `name` exists in this directory (a symlink counts, whatever it points to).
     pub fn has(&self, name: &str) -> bool {
         self.dir.symlink_metadata(name).is_ok()

@@ -35,8 +35,7 @@ pub fn prepare(env: &Env, log: &mut Log) -> Result<Vec<String>> {
     let mut exports = Vec::new();
     let mut export = |name: &str, value: &str| exports.push(export_line(name, value));
 
-    let home = Tree::open_ambient(&paths.home)?;
-    let apt = home.subdir(".apt", Missing::Fail, Keep::Restore)?;
+    let apt = paths.open_apt()?;
     // The agent writes auth_token and its IPC certificate next to datadog.yaml: kept writable.
     let conf = apt.subdir(CONF_DIR, Missing::Fail, Keep::Writable)?;
     let example = conf.read_bounded("datadog.yaml.example", MAX_EXAMPLE_BYTES)?;
@@ -55,7 +54,7 @@ pub fn prepare(env: &Env, log: &mut Log) -> Result<Vec<String>> {
         // Python 3 needs it.
         python3_on_agent6: major == 6 && python_major == Some('3'),
     };
-    let yaml = edit(&example, &settings).map_err(|e| anyhow!("HOME ({}) cannot go into datadog.yaml: {e}", paths.home.display()))?;
+    let yaml = edit(&example, &settings).map_err(|e| anyhow!("the agent's path ({}) cannot go into datadog.yaml: {e}", paths.apt.display()))?;
     conf.write_private("datadog.yaml", yaml.as_bytes())?;
     conf.write_private("install_info", install_info(BUILDPACK_VERSION)?.as_bytes())?;
     apt.subdir(RUN_DIR, Missing::Create, Keep::Writable)?;
@@ -96,7 +95,9 @@ pub fn prepare(env: &Env, log: &mut Log) -> Result<Vec<String>> {
     let apt_path = paths.apt.to_string_lossy();
     export("DD_BIN_DIR", &paths.bin_dir.to_string_lossy());
     export("DATADOG_CONF", &paths.datadog_yaml().to_string_lossy());
-    export("DD_LD_LIBRARY_PATH", &format!("{dd}/embedded/lib:{apt_path}/usr/lib/x86_64-linux-gnu:{apt_path}/usr/lib"));
+    // The multiarch directory of the machine the agent runs on (this binary is built for it).
+    let multiarch = format!("{}-linux-gnu", std::env::consts::ARCH);
+    export("DD_LD_LIBRARY_PATH", &format!("{dd}/embedded/lib:{apt_path}/usr/lib/{multiarch}:{apt_path}/usr/lib"));
     export("DD_LOG_FILE", &paths.log_dir.join("datadog.log").to_string_lossy());
     let path = env.get("PATH").cloned().unwrap_or_default();
     export("PATH", &format!("{apt_path}/usr/bin:{}:{path}", paths.bin_dir.display()));
@@ -150,6 +151,18 @@ pub fn start(env: &Env, log: &mut Log, agents: bool) -> Result<Vec<String>> {
         // `prepare` failed and said why: no configuration to start the agents with.
         return Ok(exports);
     }
+    // In a CNB image the launcher runs exec.d for every process it starts in the container:
+    // the agents are started by the first only (they hold the lock for as long as they run).
+    let _running = match env.get(super::CNB_AGENT_LAYER).filter(|l| !l.is_empty()) {
+        Some(_) => match claim_agents_lock(&paths)? {
+            Some(lock) => Some(lock),
+            None => {
+                log.say(Level::Info, "The Datadog Agent is already running in this container; not starting it again.");
+                return Ok(exports);
+            }
+        },
+        None => None,
+    };
     let ld = env.get("DD_LD_LIBRARY_PATH").cloned().unwrap_or_else(|| format!("{}/embedded/lib", paths.dd_dir.display()));
     let agent_env = [
         ("DD_TAGS", tags),
@@ -164,6 +177,27 @@ pub fn start(env: &Env, log: &mut Log, agents: bool) -> Result<Vec<String>> {
         spawn(&program, &args.iter().map(|a| a.replace("{conf}", &conf)).collect::<Vec<_>>(), &agent_env)?;
     }
     Ok(exports)
+}
+
+/// The file in the run directory whose lock the agents of a CNB container hold.
+pub const AGENTS_LOCK: &str = "ddslug-agents.lock";
+
+/// Takes the agents' lock (`run/ddslug-agents.lock`, `flock`), made inheritable so that the
+/// agents about to start keep it held for as long as any of them runs; `None` when agents
+/// started earlier in this container hold it.
+fn claim_agents_lock(paths: &Paths) -> Result<Option<std::fs::File>> {
+    use rustix::fs::{FlockOperation, flock};
+    use rustix::io::{Errno, FdFlags, fcntl_setfd};
+    let run = paths.open_apt()?.subdir(RUN_DIR, Missing::Create, Keep::Writable)?;
+    let file = run.open_lock_file(AGENTS_LOCK)?;
+    let path = paths.run_dir.join(AGENTS_LOCK);
+    match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => {}
+        Err(Errno::WOULDBLOCK) => return Ok(None),
+        Err(e) => return Err(std::io::Error::from(e)).with_context(|| format!("locking {}", path.display())),
+    }
+    fcntl_setfd(&file, FdFlags::empty()).map_err(std::io::Error::from).with_context(|| format!("handing {} to the agents", path.display()))?;
+    Ok(Some(file))
 }
 
 /// Which programs to start, with which arguments (`{conf}` stands for datadog.yaml).
@@ -182,7 +216,7 @@ pub fn launches(paths: &Paths, env: &Env, version: &[u64], major: u64) -> Result
         let flag = if at_least(&[6, 36], &[7, 36]) { "--cfgpath" } else { "--config" };
         let program = if at_least(&[6, 52], &[7, 52]) {
             // The combined binary acts as the process agent when called by that name.
-            let bin = Tree::open_ambient(&paths.home)?.subdir(".apt/opt/datadog-agent/bin/agent", Missing::Fail, Keep::Restore)?;
+            let bin = paths.open_apt()?.subdir("opt/datadog-agent/bin/agent", Missing::Fail, Keep::Restore)?;
             bin.symlink("agent", "process-agent")?;
             paths.bin_dir.join("process-agent")
         } else {

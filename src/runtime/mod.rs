@@ -104,11 +104,22 @@ impl Log {
     }
 }
 
-/// Where things are in the slug at run time.
+/// The variable that tells dyno start it runs in a CNB image: the agent layer's path (set by
+/// the exec.d program, [`crate::buildpack::cnb::execd`], for the steps it runs).
+pub const CNB_AGENT_LAYER: &str = "DDSLUG_AGENT_LAYER";
+/// With [`CNB_AGENT_LAYER`]: the app directory (the exec.d program's working directory).
+pub const CNB_APP_DIR: &str = "DDSLUG_APP_DIR";
+
+/// Where things are at run time: in a slug (`$HOME/.apt`, `$HOME/.ddslug`, `$HOME/datadog`)
+/// or in a CNB image (the agent layer laid out like `.apt`, with `.ddslug/` in it, and the app
+/// directory's `datadog`).
 #[derive(Clone, Debug)]
 pub struct Paths {
     pub home: PathBuf,
+    /// The agent tree: `.apt` of a slug, or the agent layer.
     pub apt: PathBuf,
+    /// The manifest of the build that made [`Paths::apt`].
+    pub manifest: PathBuf,
     pub dd_dir: PathBuf,
     pub bin_dir: PathBuf,
     pub conf_dir: PathBuf,
@@ -118,10 +129,18 @@ pub struct Paths {
 }
 
 impl Paths {
-    /// From HOME (the slug root, `/app` on a dyno) and DD_HEROKU_CONF_FOLDER.
+    /// From HOME (the slug root, `/app` on a dyno) and DD_HEROKU_CONF_FOLDER; in a CNB image
+    /// from [`CNB_AGENT_LAYER`] and [`CNB_APP_DIR`] instead of HOME.
     pub fn from_env(env: &Env) -> Paths {
         let home = PathBuf::from(env.get("HOME").map(String::as_str).unwrap_or("/app"));
-        let apt = home.join(".apt");
+        let (apt, manifest, app) = match env.get(CNB_AGENT_LAYER).filter(|l| !l.is_empty()) {
+            Some(layer) => {
+                let layer = PathBuf::from(layer);
+                let app = env.get(CNB_APP_DIR).map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/workspace"));
+                (layer.clone(), layer.join(".ddslug/manifest.json"), app)
+            }
+            None => (home.join(".apt"), home.join(".ddslug/manifest.json"), home.clone()),
+        };
         let dd_dir = apt.join("opt/datadog-agent");
         Paths {
             bin_dir: dd_dir.join("bin/agent"),
@@ -132,11 +151,21 @@ impl Paths {
                 .get("DD_HEROKU_CONF_FOLDER")
                 .filter(|s| !s.is_empty())
                 .map(PathBuf::from)
-                .unwrap_or_else(|| home.join("datadog")),
+                .unwrap_or_else(|| app.join("datadog")),
             dd_dir,
             apt,
+            manifest,
             home,
         }
+    }
+
+    /// The agent tree, opened from its parent (a trusted path: HOME, or the buildpack's layers
+    /// directory) without following a symlink at its own name.
+    pub fn open_apt(&self) -> Result<confdir::Tree> {
+        let (Some(parent), Some(name)) = (self.apt.parent(), self.apt.file_name()) else {
+            anyhow::bail!("{}: not a directory dyno start can open", self.apt.display());
+        };
+        confdir::Tree::open_ambient(parent)?.subdir(name, confdir::Missing::Fail, confdir::Keep::Restore)
     }
 
     pub fn datadog_yaml(&self) -> PathBuf {
@@ -151,9 +180,8 @@ pub fn is_true(env: &Env, name: &str) -> bool {
 
 /// The agent version and major, from the slug's manifest (no need to run the agent).
 pub fn agent_version(paths: &Paths) -> Result<(Vec<u64>, u64)> {
-    let manifest_path = paths.home.join(".ddslug/manifest.json");
-    let manifest = crate::slug::manifest::read_manifest(&manifest_path)
-        .with_context(|| "the slug has no ddslug manifest; was it built by ddslug's bin/compile?")?;
+    let manifest = crate::slug::manifest::read_manifest(&paths.manifest)
+        .with_context(|| format!("{} is missing or unreadable; was this built by ddslug's bin/compile or bin/build?", paths.manifest.display()))?;
     let version = manifest.lock.options.version.clone();
     let major = version.first().copied().unwrap_or(7);
     Ok((version, major))

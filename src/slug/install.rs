@@ -17,11 +17,11 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 
 use crate::buildpack::classic::{BuiltLayer, CompileArgs, PROFILE_SCRIPT, seal_manifest};
-use crate::fsat::{Dir, Kind};
+use crate::fsat::{Dir, Kind, Stat};
 use crate::store::layer;
 use crate::slug::manifest::{Manifest, to_json};
 use crate::slug::materialize::{Materialize, Materialized, materialize_index, merge_into};
-use crate::store::Store;
+use crate::store::{Store, seen};
 
 /// The parts of BUILD_DIR that other buildpacks may share: a symlink there is refused
 /// (merging into it would write wherever it points). `.ddslug` is ours alone: whatever is
@@ -125,6 +125,11 @@ pub fn install(args: &CompileArgs, store: &Store, built: &BuiltLayer, manifest: 
     check_build_dir(&build, &args.build_dir)?;
     let staging = BuildStaging::make(&build, &args.build_dir)?;
     let at = |rel: &str| staging.path.join(rel);
+    // This build's run starts before anything is checked or linked; files unchanged since
+    // the last run that installed this layer are linked without being read.
+    let started = seen::start(store).ok();
+    let seen = started.filter(|_| built.unchecked).and_then(|started| seen::load(store, &key, started));
+    let mut hashed = Vec::new();
     let result = (|| -> Result<bool> {
         // The entry list is shared with slugs like the layer's files, on the same terms: a
         // changed one is a changed layer. (Layers stored without a stamp copy it unchecked.)
@@ -132,7 +137,7 @@ pub fn install(args: &CompileArgs, store: &Store, built: &BuiltLayer, manifest: 
             return Ok(false);
         }
         let how = Materialize::from_env();
-        if let Materialized::SourceChanged = materialize_index(&layer_dir, &at("apt"), &built.index, how, built.unchecked)? {
+        if let Materialized::SourceChanged = materialize_index(&layer_dir, &at("apt"), &built.index, how, built.unchecked, seen.as_ref())? {
             return Ok(false);
         }
         let profile = staging.dir.make_dirs_beneath(Path::new("profile")).with_context(|| at("profile").display().to_string())?;
@@ -140,7 +145,8 @@ pub fn install(args: &CompileArgs, store: &Store, built: &BuiltLayer, manifest: 
         let bin = staging.dir.make_dirs_beneath(Path::new("ddslug/bin")).with_context(|| at("ddslug/bin").display().to_string())?;
         // Builds replace the buildpack's binary, they never edit it in place: a hard link
         // is as good as a copy and costs nothing (a copy is a few MB on every build).
-        let plain_file = fs::symlink_metadata(&args.self_exe).is_ok_and(|m| m.is_file());
+        let self_exe = fs::symlink_metadata(&args.self_exe).map(|m| Stat::of_metadata(&m));
+        let plain_file = self_exe.as_ref().is_ok_and(Stat::is_file);
         let linked = how == Materialize::Link && plain_file && bin.link_in(&args.self_exe, OsStr::new("ddslug")).is_ok();
         if !linked {
             bin.copy_in(&args.self_exe, OsStr::new("ddslug"))
@@ -149,13 +155,21 @@ pub fn install(args: &CompileArgs, store: &Store, built: &BuiltLayer, manifest: 
         let ddslug = staging.dir.dir_beneath(Path::new("ddslug")).with_context(|| at("ddslug").display().to_string())?;
         let layers = store.dir("layers")?;
         let entries_name = entries_file.file_name().unwrap_or_default();
+        // SHA-256s the last run computed, of files unchanged since, looked up before these
+        // links move their ctimes.
+        let known: Vec<(u64, crate::hash::Sha256)> = [self_exe.ok(), layers.lstat(entries_name).ok()]
+            .into_iter()
+            .flatten()
+            .filter_map(|st| Some((st.ino, seen.as_ref()?.sha256_of(&st)?)))
+            .collect();
         let tree_json = OsStr::new("tree.json");
         let linked = how == Materialize::Link && built.info.entries_file.is_some() && layers.hard_link(entries_name, &ddslug, tree_json).is_ok();
         if !linked {
             layers.copy_file(entries_name, &ddslug, tree_json, 0o644).context("copying the layer's entry list")?;
         }
-        let Some(sealed) = seal_manifest(manifest, built, &at("ddslug"))? else { return Ok(false) };
+        let Some((sealed, digests)) = seal_manifest(manifest, built, &at("ddslug"), &known)? else { return Ok(false) };
         *manifest = sealed;
+        hashed = digests;
         ddslug.write_via(OsStr::new("manifest.json"), to_json(manifest).as_bytes(), 0o644, &ddslug).with_context(|| at("ddslug/manifest.json").display().to_string())?;
         Ok(true)
     })();
@@ -173,6 +187,11 @@ pub fn install(args: &CompileArgs, store: &Store, built: &BuiltLayer, manifest: 
     build.remove_all(OsStr::new(".ddslug")).with_context(|| format!("replacing {}", ddslug_dir.display()))?;
     staging.dir.rename(OsStr::new("ddslug"), &build, OsStr::new(".ddslug")).with_context(|| format!("moving {} into place", ddslug_dir.display()))?;
     build.remove_all(&staging.name).with_context(|| format!("removing {}", staging.path.display()))?;
+    // The run ends when the slug is in place (after every link and unlink this build made).
+    // The record is only a shortcut: without it, the next build reads every file.
+    if let Some(started) = started {
+        let _ = seen::record(store, &key, started, &hashed);
+    }
     Ok(true)
 }
 

@@ -7,7 +7,9 @@
 //! layer: the store guards against that by checking each layer file's type, mode, size,
 //! mtime and content (its xxh3) against the layer's index and rebuilding a layer that
 //! changed, so that no manifest records a tree hash its slug does not have, even when a file
-//! was overwritten with its size and mtime kept. A warm build links from the layer's index
+//! was overwritten with its size and mtime kept. The content is not read again where a
+//! file's ctime shows it unchanged since the last build that checked and linked it
+//! ([`crate::store::seen`]). A warm build links from the layer's index
 //! and checks each entry as it links it ([`materialize_index`]), so it never lists the
 //! layer, and visits each of its directories once.
 //!
@@ -34,6 +36,7 @@ use filetime::FileTime;
 
 use crate::fsat::{Dir, Kind};
 use crate::store::layerindex::{ChildKind, LayerIndex};
+use crate::store::seen::Seen;
 
 /// A copy failed.
 #[derive(Debug, thiserror::Error)]
@@ -206,12 +209,15 @@ pub enum Materialized {
 /// everything. Where the layer cannot be
 /// linked (another filesystem) or `how` asks for copies, the layer is checked, then copied,
 /// and what the index does not name is left out.
-pub fn materialize_index(src: &Path, dst: &Path, index: &LayerIndex, how: Materialize, check: bool) -> Result<Materialized, CopyError> {
+///
+/// With `seen`, a file unchanged since the last build that installed the layer (its ctime
+/// within that build's run, see [`crate::store::seen`]) is stat'ed and linked, not read.
+pub fn materialize_index(src: &Path, dst: &Path, index: &LayerIndex, how: Materialize, check: bool, seen: Option<&Seen>) -> Result<Materialized, CopyError> {
     if how == Materialize::Copy {
         return checked_copy(src, dst, index, check);
     }
     fs::create_dir(dst).map_err(io_at(dst))?;
-    match walk(src, Some(dst), index, check) {
+    match walk(src, Some(dst), index, check, seen) {
         Ok(w) if !w.changed && !w.cross_device => {}
         other => {
             let _ = fs::remove_dir_all(dst);
@@ -226,7 +232,7 @@ pub fn materialize_index(src: &Path, dst: &Path, index: &LayerIndex, how: Materi
 /// Whether every entry of the layer at `src` is what `index` says (one lstat each, on all
 /// cores). A missing entry fails.
 pub fn check_index(src: &Path, index: &LayerIndex) -> bool {
-    walk(src, None, index, true).is_ok_and(|w| !w.changed)
+    walk(src, None, index, true, None).is_ok_and(|w| !w.changed)
 }
 
 fn checked_copy(src: &Path, dst: &Path, index: &LayerIndex, check: bool) -> Result<Materialized, CopyError> {
@@ -252,7 +258,7 @@ struct Walked {
 /// `dst`, makes each directory's subdirectories there, links (or, for symlinks, recreates)
 /// its entries, then sets its mode and mtime, which nothing changes after that. Stops
 /// early, everywhere, at the first difference or EXDEV.
-fn walk(src: &Path, dst: Option<&Path>, index: &LayerIndex, check: bool) -> Result<Walked, CopyError> {
+fn walk(src: &Path, dst: Option<&Path>, index: &LayerIndex, check: bool, seen: Option<&Seen>) -> Result<Walked, CopyError> {
     let groups = &index.groups;
     let subdirs = if dst.is_some() { subdirs(index) } else { Vec::new() };
     let src_root = match crate::fsat::Dir::open(src) {
@@ -275,6 +281,17 @@ fn walk(src: &Path, dst: Option<&Path>, index: &LayerIndex, check: bool) -> Resu
     let failed = |flag: &AtomicBool| {
         flag.store(true, Ordering::Relaxed);
         stop.store(true, Ordering::Relaxed);
+    };
+    // Whether an entry was linked or made; `Ok(false)` for EXDEV (the walk must stop).
+    let linked = |made: std::io::Result<()>, to: &Path, name: &[u8]| -> Result<bool, CopyError> {
+        match made {
+            Ok(()) => Ok(true),
+            Err(err) if err.raw_os_error() == Some(libc::EXDEV) => {
+                failed(&cross_device);
+                Ok(false)
+            }
+            Err(err) => Err(CopyError { path: crate::fsat::join(to, name), error: err }),
+        }
     };
     // One group; `Ok(false)` when the walk must stop (the layer changed, or EXDEV). `buf` is
     // the thread's buffer for reading files.
@@ -313,6 +330,16 @@ fn walk(src: &Path, dst: Option<&Path>, index: &LayerIndex, check: bool) -> Resu
         };
         for child in index.children(group) {
             let name = index.name(child);
+            // Unchanged since a build saw it intact (same inode, same ctime): stat and link.
+            if let (true, Some(seen), ChildKind::File { .. }) = (check, seen, child.kind)
+                && let Some((to, to_dir)) = &to_dir
+                && from_dir.stat(name).is_ok_and(|st| child.intact(&st) && seen.vouches(&st))
+            {
+                if !linked(from_dir.link_into(name, to_dir), to, name)? {
+                    return Ok(false);
+                }
+                continue;
+            }
             if let (true, ChildKind::File { size, xxh3, .. }) = (check, child.kind) {
                 // Opened once: its metadata, then its content (the same size and mtime do not
                 // prove the same bytes), then linked through the descriptor where allowed.
@@ -338,14 +365,10 @@ fn walk(src: &Path, dst: Option<&Path>, index: &LayerIndex, check: bool) -> Resu
                     }
                 }
                 let Some((to, to_dir)) = &to_dir else { continue };
-                match from_dir.link_file_into(&file, name, to_dir) {
-                    Ok(()) => continue,
-                    Err(err) if err.raw_os_error() == Some(libc::EXDEV) => {
-                        failed(&cross_device);
-                        return Ok(false);
-                    }
-                    Err(err) => return Err(CopyError { path: crate::fsat::join(to, name), error: err }),
+                if !linked(from_dir.link_file_into(&file, name, to_dir), to, name)? {
+                    return Ok(false);
                 }
+                continue;
             }
             let is_symlink = child.kind == ChildKind::Symlink;
             let stat = if check || is_symlink {
@@ -363,13 +386,8 @@ fn walk(src: &Path, dst: Option<&Path>, index: &LayerIndex, check: bool) -> Resu
                 Some(st) if is_symlink => to_dir.symlink(index.target(child), name, st.mtime),
                 _ => from_dir.link_into(name, to_dir),
             };
-            match made {
-                Ok(()) => {}
-                Err(err) if err.raw_os_error() == Some(libc::EXDEV) => {
-                    failed(&cross_device);
-                    return Ok(false);
-                }
-                Err(err) => return Err(CopyError { path: crate::fsat::join(to, name), error: err }),
+            if !linked(made, to, name)? {
+                return Ok(false);
             }
         }
         // Complete now: its mode and mtime can be set (the slug root keeps the time it was
@@ -585,7 +603,7 @@ mod tests {
         let (scan, index) = indexed(&src);
         // Something added to the layer after it was recorded never reaches a slug.
         fs::write(src.join("opt/agent/bin/intruder"), b"x").unwrap();
-        let stats = done(materialize_index(&src, &dst, &index, Materialize::Link, true).unwrap());
+        let stats = done(materialize_index(&src, &dst, &index, Materialize::Link, true, None).unwrap());
         assert!(stats.linked);
         assert_eq!((stats.files, stats.bytes), (scan.files, scan.bytes));
         assert_eq!(scan_tree(&dst).unwrap().hash, scan.hash);
@@ -605,7 +623,7 @@ mod tests {
         sample_tree(&src);
         let (scan, index) = indexed(&src);
         fs::write(src.join("opt/agent/bin/intruder"), b"x").unwrap();
-        done(materialize_index(&src, &dst, &index, Materialize::Copy, true).unwrap());
+        done(materialize_index(&src, &dst, &index, Materialize::Copy, true, None).unwrap());
         assert_eq!(scan_tree(&dst).unwrap().hash, scan.hash);
         assert!(!dst.join("opt/agent/bin/intruder").exists());
         let (a, b) = (fs::metadata(dst.join("opt/agent/bin/agent")).unwrap(), fs::metadata(src.join("opt/agent/bin/agent")).unwrap());
@@ -647,12 +665,47 @@ mod tests {
             edit(&layer);
             for how in [Materialize::Link, Materialize::Copy] {
                 let dst = dir.path().join(format!("slug{n}-{how:?}"));
-                let m = materialize_index(&layer, &dst, &index, how, true).unwrap();
+                let m = materialize_index(&layer, &dst, &index, how, true, None).unwrap();
                 assert!(matches!(m, Materialized::SourceChanged), "{what}, {how:?}");
                 assert!(!dst.exists(), "{what}, {how:?}: a partial slug was left");
             }
             assert!(!check_index(&layer, &index), "{what}");
         }
+    }
+
+    /// Overwrites the start of `path` keeping its size and mtime: what only a content check,
+    /// or a moved ctime, can tell.
+    fn overwrite_keeping_size_and_mtime(path: &Path, with: &[u8]) {
+        use std::io::Write;
+        let mtime = fs::metadata(path).unwrap().modified().unwrap();
+        let mut f = fs::OpenOptions::new().write(true).open(path).unwrap();
+        f.write_all(with).unwrap();
+        f.set_modified(mtime).unwrap();
+    }
+
+    #[test]
+    fn a_file_changed_within_the_recorded_run_is_linked_unread_and_one_changed_after_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("layer");
+        sample_tree(&src);
+        let (_, index) = indexed(&src);
+        // The filesystem's clock, as the store reads it; pauses put the tree's ctimes, the
+        // run and what follows in separate clock ticks.
+        let clock = || {
+            std::thread::sleep(std::time::Duration::from_millis(30));
+            crate::fsat::stat_file(&tempfile::tempfile_in(dir.path()).unwrap()).unwrap().ctime
+        };
+        let from = clock();
+        // Changed within the run, after the index: the record vouches for the run (a build
+        // records only after checking the content), so the file is linked unread.
+        overwrite_keeping_size_and_mtime(&src.join("opt/agent/etc/conf.yaml"), b"a: 9\n");
+        let seen = Seen::run(from, clock());
+        let slug = |n: u32, seen: Option<&Seen>| materialize_index(&src, &dir.path().join(format!("slug{n}")), &index, Materialize::Link, true, seen).unwrap();
+        assert!(matches!(slug(1, Some(&seen)), Materialized::Done(_)), "vouched for, so not read");
+        assert!(matches!(slug(2, None), Materialized::SourceChanged), "without the record, the content check sees it");
+        // The links just made moved every ctime past the run: now the file is read, and caught.
+        assert!(matches!(slug(3, Some(&seen)), Materialized::SourceChanged), "a ctime after the run is read");
+        assert!(!dir.path().join("slug3").exists());
     }
 
     #[test]
@@ -693,7 +746,7 @@ mod tests {
         assert!(check_index(&src, &index), "the store's bits are what the index expects");
         for round in 0..10 {
             let dst = dir.path().join(format!("slug{round}"));
-            done(materialize_index(&src, &dst, &index, Materialize::Link, true).unwrap());
+            done(materialize_index(&src, &dst, &index, Materialize::Link, true, None).unwrap());
             assert_eq!(scan_tree(&dst).unwrap().hash, scan.hash);
             for (mode, path) in exact.values() {
                 let (a, b) = (fs::metadata(path).unwrap(), fs::metadata(dst.join(path.strip_prefix(&src).unwrap())).unwrap());
@@ -702,7 +755,7 @@ mod tests {
         }
         // Copies get the exact modes too.
         let dst = dir.path().join("copy");
-        done(materialize_index(&src, &dst, &index, Materialize::Copy, true).unwrap());
+        done(materialize_index(&src, &dst, &index, Materialize::Copy, true, None).unwrap());
         assert_eq!(scan_tree(&dst).unwrap().hash, scan.hash);
     }
 }

@@ -90,8 +90,10 @@ pub fn verify(build_dir: &Path, app_datadog: Option<&Path>) -> Result<VerifyRepo
     let mut unchecked = Vec::new();
     let built = read_entry_list(&ddslug.join("tree.json"), &manifest, &mut problems, &mut unchecked)?;
 
-    let apt = build_dir.join(".apt");
+    let layer = is_cnb_layer(build_dir);
+    let apt = if layer { build_dir.to_owned() } else { build_dir.join(".apt") };
     let found = match scan_tree(&apt) {
+        Ok(scan) if layer => beside_the_tree(scan.entries),
         Ok(scan) => scan.entries,
         Err(TreeError::Io { path, error }) if path == apt && error.kind() == std::io::ErrorKind::NotFound => {
             problems.push(".apt is missing".into());
@@ -103,12 +105,23 @@ pub fn verify(build_dir: &Path, app_datadog: Option<&Path>) -> Result<VerifyRepo
         }
         Err(e) => return Err(e).with_context(|| format!("scanning {}", apt.display())),
     };
+    // In a CNB image the app is the working directory (where the launcher runs exec.d).
+    let app_dir = if layer { std::env::current_dir().context("reading the working directory (the app)")? } else { build_dir.to_owned() };
     let cx = dyno_start::Context {
         manifest: &manifest,
         built: built.as_deref().unwrap_or_default(),
-        app_datadog: app_datadog.map_or_else(|| build_dir.join("datadog"), Path::to_owned),
+        app_datadog: app_datadog.map_or_else(|| app_dir.join("datadog"), Path::to_owned),
     };
-    let undone = dyno_start::undo(&cx, found.into_iter().map(|e| (e.path.clone(), e)).collect());
+    let mut found: dyno_start::Found = found.into_iter().map(|e| (e.path.clone(), e)).collect();
+    let agents_lock = PathBytes::from(format!("opt/datadog-agent/run/{}", crate::runtime::launch::AGENTS_LOCK).into_bytes());
+    let held = layer && found.get(&agents_lock).is_some_and(|e| matches!(e.kind, EntryKind::File { size: 0, .. }));
+    if held {
+        found.remove(&agents_lock);
+    }
+    let mut undone = dyno_start::undo(&cx, found);
+    if held {
+        undone.written.push(agents_lock);
+    }
     unchecked.extend(undone.unchecked);
     let actual_tree_hash = hash_entries(&undone.entries);
     if actual_tree_hash != manifest.tree_hash {
@@ -116,9 +129,15 @@ pub fn verify(build_dir: &Path, app_datadog: Option<&Path>) -> Result<VerifyRepo
     }
     let d = built.as_ref().map(|built| diff(built, &undone.entries)).unwrap_or_default();
 
-    check_file(build_dir, ".profile.d/datadog.sh", "the start script", manifest.start_script_sha256, &mut problems, &mut unchecked)?;
-    check_file(build_dir, ".ddslug/bin/ddslug", "the ddslug binary", manifest.binary_sha256, &mut problems, &mut unchecked)?;
-    check_ddslug_dir(&ddslug, &mut problems)?;
+    if layer {
+        // The start script is inside the binary (the exec.d program).
+        check_file(build_dir, CNB_PROGRAM, "the ddslug binary", manifest.binary_sha256, &mut problems, &mut unchecked)?;
+        check_ddslug_dir(&ddslug, &[("manifest.json", false), ("tree.json", false)], &mut problems)?;
+    } else {
+        check_file(build_dir, ".profile.d/datadog.sh", "the start script", manifest.start_script_sha256, &mut problems, &mut unchecked)?;
+        check_file(build_dir, ".ddslug/bin/ddslug", "the ddslug binary", manifest.binary_sha256, &mut problems, &mut unchecked)?;
+        check_ddslug_dir(&ddslug, &[("bin", true), ("bin/ddslug", false), ("manifest.json", false), ("tree.json", false)], &mut problems)?;
+    }
 
     let outcome = if !problems.is_empty() || !d.is_empty() {
         Outcome::Differs
@@ -227,9 +246,33 @@ fn check_file(
     Ok(())
 }
 
-/// `.ddslug` holds exactly what a compile puts there.
-fn check_ddslug_dir(ddslug: &Path, problems: &mut Vec<String>) -> Result<()> {
-    let expected: [(&str, bool); 4] = [("bin", true), ("bin/ddslug", false), ("manifest.json", false), ("tree.json", false)];
+/// The exec.d program in a CNB agent layer.
+const CNB_PROGRAM: &str = "exec.d/ddslug";
+
+/// Whether `dir` is a CNB agent layer (the agent tree at its root, with `.ddslug/` and
+/// `exec.d/ddslug` beside it) rather than a slug (`.apt`, `.ddslug`, `.profile.d`).
+pub fn is_cnb_layer(dir: &Path) -> bool {
+    !dir.join(".apt").exists() && dir.join(CNB_PROGRAM).is_file() && dir.join(".ddslug/manifest.json").is_file()
+}
+
+/// A CNB agent layer's entries less what the build puts beside the agent tree, by exact name
+/// and kind: `exec.d/ddslug`, `.ddslug/manifest.json`, `.ddslug/tree.json` and their two
+/// directories. Anything else there stays, and counts as added.
+fn beside_the_tree(entries: Vec<TreeEntry>) -> Vec<TreeEntry> {
+    let ours = |e: &TreeEntry| -> bool {
+        let dir = matches!(e.kind, EntryKind::Dir);
+        let file = matches!(e.kind, EntryKind::File { .. });
+        match e.path.as_bytes() {
+            b"exec.d" | b".ddslug" => dir,
+            b"exec.d/ddslug" | b".ddslug/manifest.json" | b".ddslug/tree.json" => file,
+            _ => false,
+        }
+    };
+    entries.into_iter().filter(|e| !ours(e)).collect()
+}
+
+/// `.ddslug` holds exactly what a build puts there (`expected`: relative path, is a directory).
+fn check_ddslug_dir(ddslug: &Path, expected: &[(&str, bool)], problems: &mut Vec<String>) -> Result<()> {
     let mut pending = vec![String::new()];
     while let Some(rel) = pending.pop() {
         let dir = crate::fsat::join(ddslug, &rel);

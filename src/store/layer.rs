@@ -169,7 +169,7 @@ const INDEX_LIMIT: u64 = 512 << 20;
 
 /// The regular file `name` in the store's `layers/`, if there (a symlink is not), read
 /// whole up to `limit` bytes.
-fn read_stored(store: &Store, name: &str, limit: u64) -> Result<Option<Vec<u8>>, LayerError> {
+pub(crate) fn read_stored(store: &Store, name: &str, limit: u64) -> Result<Option<Vec<u8>>, LayerError> {
     use std::io::Read;
     let path = store.root().join("layers").join(name);
     let file = match store.dir("layers")?.open_regular(OsStr::new(name)) {

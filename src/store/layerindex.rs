@@ -369,7 +369,7 @@ mod tests {
     fn intact_means_same_type_mode_size_and_mtime() {
         let index = LayerIndex::decode(LayerIndex::encode(&entries(), &metas(&[(1, 2), (3, 4), (5, 6)])).unwrap()).unwrap();
         let b = &index.children(&index.groups[1])[0];
-        let st = |mode: u32, size: u64, mtime: (i64, i64)| Stat { mode, size, mtime, dev: 1, ino: 2 };
+        let st = |mode: u32, size: u64, mtime: (i64, i64)| Stat { mode, size, mtime, ctime: mtime, dev: 1, ino: 2 };
         assert!(b.intact(&st(libc::S_IFREG | 0o755, 5, (3, 4))));
         assert!(!b.intact(&st(libc::S_IFREG | 0o755, 5, (3, 5))), "mtime");
         assert!(!b.intact(&st(libc::S_IFREG | 0o644, 5, (3, 4))), "mode");

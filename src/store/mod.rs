@@ -6,6 +6,7 @@
 //!   layers/<key>/           unpacked and stripped trees, read-only, never edited in place
 //!   layers/<key>.json       what a layer was made from, its tree hash, counts and bytes
 //!   layers/<key>.tree.json  its entries; `<key>.index`: the same by directory, with mtimes (binary)
+//!   layers/<key>.seen       each file's inode and ctime as the last build saw it intact
 //!   tmp/                    staging; finished items are renamed into place (atomic)
 //!   tmp/downloads/<hex>.part  partial downloads, resumed by the next run
 //!   lock                    advisory lock held by a build: builds sharing a cache wait
@@ -19,6 +20,7 @@
 
 pub mod layer;
 pub mod layerindex;
+pub mod seen;
 pub mod treehash;
 
 use std::ffi::{OsStr, OsString};
@@ -370,7 +372,7 @@ impl Store {
                 let dir = layers_path.join(key);
                 // The description goes first: a layer without it is never reused. (What
                 // layers of format 1 had instead of `.index`: `.mtimes.json`.)
-                let names = [".json", ".tree.json", ".index", ".mtimes.json", ""].iter().map(|s| OsString::from(format!("{key}{s}"))).collect();
+                let names = [".json", ".tree.json", ".index", ".seen", ".mtimes.json", ""].iter().map(|s| OsString::from(format!("{key}{s}"))).collect();
                 garbage.push((Garbage { path: dir.clone(), bytes: tree_bytes(&dir), idle_days }, "layers", names));
             }
         }

@@ -8,6 +8,7 @@ pub mod debs;
 pub mod faultproxy;
 pub mod fixtures;
 pub mod hostile;
+pub mod lifecycle;
 pub mod mirror;
 pub mod registry;
 pub mod repo;
