@@ -439,3 +439,77 @@ fn the_client_uploads_in_chunks_only_what_is_missing_and_checks_what_it_reads() 
     assert!(e.contains("larger than") && e.contains("the limit for this blob"), "{e}");
     assert_eq!(client.get_blob_bytes(BlobRef { digest: Sha256::of(b"absent"), size: 6 }, 100).unwrap(), None);
 }
+
+/// A raw tar entry (the tar crate refuses to write `..` itself).
+fn raw_tar(entries: &[(&[u8], u8, &[u8], &[u8])]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (name, kind, link, data) in entries {
+        let mut h = tar::Header::new_gnu();
+        h.as_gnu_mut().unwrap().name[..name.len()].copy_from_slice(name);
+        h.as_gnu_mut().unwrap().linkname[..link.len()].copy_from_slice(link);
+        h.set_entry_type(tar::EntryType::new(*kind));
+        h.set_mode(if *kind == b'5' { 0o755 } else { 0o644 });
+        h.set_size(data.len() as u64);
+        h.set_mtime(1_600_000_000);
+        h.set_cksum();
+        out.extend_from_slice(h.as_bytes());
+        out.extend_from_slice(data);
+        out.resize(out.len().div_ceil(512) * 512, 0);
+    }
+    out.resize(out.len() + 1024, 0);
+    out
+}
+
+#[test]
+fn a_hostile_layer_from_a_trusted_signer_goes_through_the_safe_unpacker_and_is_refused() {
+    let world = World::start();
+    let first = world.push_first();
+    let (tag, mut manifest) = world.manifest();
+    let client = world.client(&world.registry.host());
+    let key: Sha256 = tag.strip_prefix("layer-").unwrap().parse().unwrap();
+    let secret = SecretKey::parse(&world.keys.secret, "test").unwrap();
+    let record_ref = digest_of(&manifest["config"]);
+    let tree_hash: TreeHash = TreeHash(manifest["annotations"]["dev.ddslug.tree-hash"].as_str().unwrap().parse().unwrap());
+    let cases: [(&str, Vec<u8>, &str); 3] = [
+        ("dotdot", raw_tar(&[(b"../../../../../escaped", b'0', b"", b"out")]), "refusing to unpack"),
+        ("link-out", raw_tar(&[(b"opt", b'2', b"/", b""), (b"opt/escaped", b'0', b"", b"out")]), "refusing to unpack"),
+        ("not-gzip", b"this is no gzip stream".to_vec(), "did not install"),
+    ];
+    for (name, tar, says) in cases {
+        let blob_bytes = if name == "not-gzip" {
+            tar
+        } else {
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            std::io::Write::write_all(&mut gz, &tar).unwrap();
+            gz.finish().unwrap()
+        };
+        let layer = BlobRef { digest: Sha256::of(&blob_bytes), size: blob_bytes.len() as u64 };
+        client.push_blob(layer, &mut || Ok(Box::new(std::io::Cursor::new(blob_bytes.clone())) as Box<dyn std::io::Read>)).unwrap();
+        let signature = secret.sign(&sign::statement(&key, &tree_hash, (&layer.digest, layer.size), (&record_ref.digest, record_ref.size)));
+        manifest["layers"][0]["digest"] = serde_json::json!(format!("sha256:{}", layer.digest));
+        manifest["layers"][0]["size"] = serde_json::json!(layer.size);
+        manifest["annotations"]["dev.ddslug.signature"] = serde_json::json!(signature);
+        client.put_manifest(&tag, "application/vnd.oci.image.manifest.v1+json", &serde_json::to_vec(&manifest).unwrap()).unwrap();
+        let build = world.served.build_dir(name);
+        let env = world.env(name, &world.registry.host(), &world.keys.public, None, &[]);
+        let out = compile(&build, &world.cache(name), &env, &[]);
+        assert_fell_back(&out, &["did not install", says]);
+        assert_eq!(slug_hash(&build), slug_hash(&first), "{name}");
+        // Nothing was written outside the staging directory the pull unpacked into.
+        let escaped: Vec<_> = walk(world.served.dir.path()).into_iter().filter(|p| p.file_name().is_some_and(|n| n == "escaped")).collect();
+        assert!(escaped.is_empty(), "{name}: {escaped:?}");
+        assert!(!Path::new("/escaped").exists(), "{name}: written through the link to /");
+    }
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            out.extend(walk(&path));
+        }
+        out.push(path);
+    }
+    out
+}
