@@ -246,6 +246,14 @@ fn a_registry_down_falls_back_and_one_restarted_serves_again() {
     let env = world.env("nowhere", &nowhere, &world.keys.public, None, &[]);
     let out = compile(&world.served.build_dir("nowhere"), &world.cache("nowhere"), &env, &[]);
     assert_fell_back(&out, &["Connection refused"]);
+    // A host that never answers (SYNs dropped): the connect timeout, named.
+    let silent = ddslug_testsupport::Unanswering::start().unwrap();
+    let host = silent.url().trim_start_matches("http://").to_string();
+    let env = world.env("silent", &host, &world.keys.public, None, &[("DD_DOWNLOAD_CONNECT_TIMEOUT", "1"), ("DD_DOWNLOAD_LOW_SPEED_TIME", "1")]);
+    let started = std::time::Instant::now();
+    let out = compile(&world.served.build_dir("silent"), &world.cache("silent"), &env, &[]);
+    assert_fell_back(&out, &["could not connect within 1 s (DD_DOWNLOAD_CONNECT_TIMEOUT)"]);
+    assert!(started.elapsed() < std::time::Duration::from_secs(60), "{:?}", started.elapsed());
 }
 
 #[test]

@@ -224,13 +224,17 @@ impl Registry {
     }
 
     fn network(&self, url: &str, e: ureq::Error) -> RegistryError {
+        use ureq::Timeout;
         let reason = match e {
-            ureq::Error::Timeout(_) => format!("no answer in time (DD_DOWNLOAD_LOW_SPEED_TIME {} s, DD_DOWNLOAD_TIMEOUT {} s)", self.limits.low_speed_time.as_secs(), self.limits.deadline.as_secs()),
+            ureq::Error::Timeout(Timeout::Connect | Timeout::Resolve) => self.limits.connect_failed(),
+            ureq::Error::Timeout(Timeout::Global) => format!("did not finish within {} s (DD_DOWNLOAD_TIMEOUT)", self.limits.deadline.as_secs()),
+            ureq::Error::Timeout(_) => self.limits.no_response(),
             ureq::Error::Io(e) => e.to_string(),
             other => other.to_string(),
         };
         RegistryError::Network { url: url.into(), reason }
     }
+
 
     /// Sends one request, authenticating when the registry asks (once per scope: the header
     /// that worked is reused). A streamed body is sent once: the request before it (a HEAD
