@@ -448,8 +448,11 @@ fn the_client_uploads_in_chunks_only_what_is_missing_and_checks_what_it_reads() 
     assert_eq!(client.get_blob_bytes(BlobRef { digest: Sha256::of(b"absent"), size: 6 }, 100).unwrap(), None);
 }
 
-/// A raw tar entry (the tar crate refuses to write `..` itself).
-fn raw_tar(entries: &[(&[u8], u8, &[u8], &[u8])]) -> Vec<u8> {
+/// A raw tar entry: name, type byte, link target, content (written verbatim: the tar
+/// crate refuses to write `..` itself).
+type RawEntry<'a> = (&'a [u8], u8, &'a [u8], &'a [u8]);
+
+fn raw_tar(entries: &[RawEntry]) -> Vec<u8> {
     let mut out = Vec::new();
     for (name, kind, link, data) in entries {
         let mut h = tar::Header::new_gnu();
