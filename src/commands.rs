@@ -82,7 +82,12 @@ pub fn fetch(settings: SettingsArgs, cache: PathBuf, lock_file: Option<PathBuf>)
                 values.set(name, value);
             }
             let limits = download_limits(&values)?;
-            let shared = match cache_settings(&values)? {
+            let mut warnings = Vec::new();
+            let cache = cache_settings(&values, &mut warnings)?;
+            for warning in &warnings {
+                report.warn(warning);
+            }
+            let shared = match cache {
                 Some(c) if !settings.offline => Some(SharedCache::new(&c, limits)),
                 _ => None,
             };

@@ -332,7 +332,7 @@ impl Config {
             stack: s.get("STACK").map(str::to_string),
             offline,
             download: download_limits(s)?,
-            cache: cache_settings(s)?,
+            cache: cache_settings(s, &mut warnings)?,
             warnings,
         })
     }
@@ -359,8 +359,9 @@ pub const CACHE_REGISTRY: &str = "DD_CACHE_REGISTRY";
 /// `DD_CACHE_REGISTRY_USER` / `DD_CACHE_REGISTRY_PASSWORD` (else the registry's entry in
 /// the Docker `config.json`, if any), `DD_CACHE_REGISTRY_INSECURE` (plain http beyond
 /// 127.0.0.1), `DD_CACHE_TRUSTED_KEYS` and `DD_CACHE_SIGNING_KEY`. Secrets never appear in
-/// an error: the value shown is `<hidden>`.
-pub fn cache_settings(s: &Settings) -> Result<Option<crate::oci::cache::CacheSettings>, SettingError> {
+/// an error: the value shown is `<hidden>`. A Docker `config.json` that cannot be read is a
+/// warning (pushed to `warnings`), not an error: the build goes on without credentials.
+pub fn cache_settings(s: &Settings, warnings: &mut Vec<String>) -> Result<Option<crate::oci::cache::CacheSettings>, SettingError> {
     use crate::oci::registry::{Credentials, RepoRef};
     use crate::oci::sign::{PublicKey, SecretKey};
     let signing = match s.get("DD_CACHE_SIGNING_KEY") {
@@ -388,9 +389,15 @@ pub fn cache_settings(s: &Settings) -> Result<Option<crate::oci::cache::CacheSet
         (None, Some(_)) => return Err(bad("DD_CACHE_REGISTRY_USER", "", "DD_CACHE_REGISTRY_PASSWORD is set, so the user name must be too", "<user>")),
         (None, None) => {
             let dir = std::env::var_os("DOCKER_CONFIG").map(PathBuf::from).or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".docker")));
-            match dir {
-                Some(dir) => Credentials::from_docker_config(&dir.join("config.json"), &repo.host)
-                    .map_err(|e| bad(CACHE_REGISTRY, value, &format!("its credentials could not be read: {e}"), value))?,
+            match dir.map(|dir| Credentials::from_docker_config(&dir.join("config.json"), &repo.host)) {
+                Some(Ok(found)) => found,
+                Some(Err(e)) => {
+                    warnings.push(format!(
+                        "{CACHE_REGISTRY}: no credentials taken from the Docker config ({e}); the registry is used without. \
+                         Fix the file, or set DD_CACHE_REGISTRY_USER and DD_CACHE_REGISTRY_PASSWORD"
+                    ));
+                    None
+                }
                 None => None,
             }
         }

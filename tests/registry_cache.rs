@@ -524,3 +524,21 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+#[test]
+fn an_unreadable_docker_config_is_a_warning_not_a_failed_build() {
+    let world = World::start();
+    let first = world.push_first();
+    let docker = world.served.dir.path().join("docker-bad");
+    std::fs::create_dir_all(&docker).unwrap();
+    std::fs::write(docker.join("config.json"), b"{ not json").unwrap();
+    let build = world.served.build_dir("bad-docker");
+    let env = world.env("bad-docker", &world.registry.host(), &world.keys.public, None, &[]);
+    let out = compile(&build, &world.cache("bad-docker"), &env, &[("DOCKER_CONFIG", docker.to_str().unwrap())]);
+    assert!(out.status.success(), "{}", text(&out));
+    let warnings: Vec<_> = text(&out).lines().filter(|l| l.starts_with(" !     ")).map(str::to_string).collect();
+    assert_eq!(warnings.len(), 1, "{}", text(&out));
+    assert!(warnings[0].contains("config.json") && warnings[0].contains("DD_CACHE_REGISTRY_USER"), "{}", warnings[0]);
+    assert!(text(&out).contains("pulled and verified"), "{}", text(&out));
+    assert_eq!(slug_hash(&build), slug_hash(&first));
+}
