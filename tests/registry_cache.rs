@@ -223,6 +223,13 @@ fn a_missing_layer_is_one_line_and_is_pushed_after_the_build() {
     assert!(lines[0].contains("not in") && lines[0].contains("building it from the apt repository"), "{}", lines[0]);
     assert!(lines[1].contains("pushed layer"), "{}", lines[1]);
     assert!(cache_warnings(&out).is_empty());
+    // Another builder (same key, its own cache, a later second: the wrapper it writes has
+    // another mtime) builds the same layer and pushes the same bytes: nothing to upload.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let again = world.served.build_dir("miss-again");
+    let env = world.env("miss-again", &world.registry.host(), "", Some(&world.keys.secret), &[]);
+    let out = compile(&again, &world.cache("miss-again"), &env, &[]);
+    assert!(text(&out).contains("the registry had its blobs already"), "{}", text(&out));
 }
 
 #[test]
@@ -384,6 +391,10 @@ fn two_builders_pushing_at_once_leave_one_valid_artifact() {
         assert!(text(out).contains("pushed layer"), "{}", text(out));
         assert!(cache_warnings(out).is_empty(), "{}", text(out));
     }
+    // Both built the same layer and pushed the same bytes (mtimes clamped to the package's):
+    // the registry holds one layer blob and one record, and a manifest per signer.
+    let blobs = walk(&world.registry.storage().join("docker/registry/v2/blobs")).into_iter().filter(|p| p.ends_with("data")).count();
+    assert_eq!(blobs, 4, "layer, record and two manifests");
     // One tag, and what it names verifies: a third builder pulls it.
     let (tag, _) = world.manifest();
     assert!(tag.starts_with("layer-"));

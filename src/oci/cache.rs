@@ -319,9 +319,13 @@ fn write_tarball(store: &Store, info: &LayerInfo, index: &LayerIndex, staging: &
     for group in index.groups.iter().filter(|g| !g.is_root()) {
         tree.set_mode(index.rel(group), group.mode);
     }
+    // Every mtime clamped to the package's own newest (as `ddslug image` does): what the build
+    // wrote (the wrapper, relocated pkg-config files, directories the recipe changed) does not
+    // carry the build's time, so every builder of a layer pushes the same bytes.
+    let written: Vec<&[u8]> = std::iter::once(crate::buildpack::classic::AGENT_WRAPPER_PATH.as_bytes()).chain(info.pkgconfig.iter().map(|p| p.as_bytes())).collect();
+    let clamp = tree.newest_mtime(b"", |path| written.contains(&path)).unwrap_or(i64::MAX);
     let file = staging.dir.create_new(std::ffi::OsStr::new("layer.tar.gz"), 0o600).map_err(|e| format!("{}: {e}", path.display()))?;
-    // No clamp: the layer's own mtimes (the package's; the build's for what ddslug wrote).
-    let blob = tree.write(io::BufWriter::with_capacity(1 << 17, file), i64::MAX).map_err(|e| e.to_string())?;
+    let blob = tree.write(io::BufWriter::with_capacity(1 << 17, file), clamp).map_err(|e| e.to_string())?;
     Ok((BlobRef { digest: blob.digest, size: blob.size }, blob.diff_id))
 }
 
