@@ -23,6 +23,7 @@ pub mod hash;
 pub mod pathbytes;
 pub mod report;
 pub mod runtime;
+pub mod sbom;
 pub mod slug;
 pub mod store;
 pub mod unpack;

@@ -1,7 +1,8 @@
 //! Proof that a slug is what its manifest says, checked against references the slug's other
 //! files cannot forge alone: `verify` hashes what is actually under `.apt` and compares it
 //! with the manifest's tree hash, the entry list `.ddslug/tree.json` with the SHA-256 the
-//! manifest records for it, and the start script and the shipped binary with theirs. Paths
+//! manifest records for it, and the start script, the shipped binary and the SBOM
+//! (`.ddslug/sbom.cdx.json`) with theirs. Paths
 //! dyno start writes are taken back by exact name ([`dyno_start`]), nothing by directory.
 //! `verify --rebuild` rebuilds the layer from the locked blobs in an empty scratch store and
 //! compares it with what is actually in the slug (and says whether the manifest agrees);
@@ -130,13 +131,16 @@ pub fn verify(build_dir: &Path, app_datadog: Option<&Path>) -> Result<VerifyRepo
     let d = built.as_ref().map(|built| diff(built, &undone.entries)).unwrap_or_default();
 
     if layer {
-        // The start script is inside the binary (the exec.d program).
+        // The start script is inside the binary (the exec.d program); the SBOM is beside the
+        // layer (`<layers>/agent.sbom.cdx.json`), where the lifecycle takes it.
         check_file(build_dir, CNB_PROGRAM, "the ddslug binary", manifest.binary_sha256, &mut problems, &mut unchecked)?;
         check_ddslug_dir(&ddslug, &[("manifest.json", false), ("tree.json", false)], &mut problems)?;
     } else {
         check_file(build_dir, ".profile.d/datadog.sh", "the start script", manifest.start_script_sha256, &mut problems, &mut unchecked)?;
         check_file(build_dir, ".ddslug/bin/ddslug", "the ddslug binary", manifest.binary_sha256, &mut problems, &mut unchecked)?;
-        check_ddslug_dir(&ddslug, &[("bin", true), ("bin/ddslug", false), ("manifest.json", false), ("tree.json", false)], &mut problems)?;
+        check_sbom(build_dir, &manifest, &mut problems, &mut unchecked)?;
+        let expected = [("bin", true), ("bin/ddslug", false), ("manifest.json", false), ("tree.json", false), (crate::sbom::SLUG_FILE, false)];
+        check_ddslug_dir(&ddslug, &expected, &mut problems)?;
     }
 
     let outcome = if !problems.is_empty() || !d.is_empty() {
@@ -244,6 +248,19 @@ fn check_file(
         problems.push(format!("{rel} ({what}) changed: its SHA-256 is {digest}; the manifest records {recorded}"));
     }
     Ok(())
+}
+
+/// The SBOM against the SHA-256 the manifest records. A slug built before SBOMs has neither
+/// the digest nor the file.
+fn check_sbom(build_dir: &Path, manifest: &Manifest, problems: &mut Vec<String>, unchecked: &mut Vec<String>) -> Result<()> {
+    let rel = format!(".ddslug/{}", crate::sbom::SLUG_FILE);
+    if manifest.sbom_sha256.is_none() {
+        if std::fs::symlink_metadata(build_dir.join(&rel)).is_ok() {
+            unchecked.push(format!("could not check {rel} (the SBOM): the manifest predates its SHA-256 (a compile with this ddslug records it)"));
+        }
+        return Ok(());
+    }
+    check_file(build_dir, &rel, "the SBOM", manifest.sbom_sha256, problems, unchecked)
 }
 
 /// The exec.d program in a CNB agent layer.

@@ -26,9 +26,9 @@ use crate::unpack::xzseek::BlockStats;
 /// Bump when the way a layer is produced from the same inputs, or what is stored with it,
 /// changes (2: the binary `.index` replaced `.mtimes.json`; 3: directories are stored
 /// owner-accessible, their exact modes in the index; 4: the index records each file's xxh3,
-/// and `<key>.json` the SHA-256 of `<key>.tree.json`). Older layers get other keys: they are
-/// rebuilt, never read with the wrong format.
-pub const LAYER_FORMAT: u32 = 4;
+/// and `<key>.json` the SHA-256 of `<key>.tree.json`; 5: `<key>.json` holds the SBOM's
+/// inventory). Older layers get other keys: they are rebuilt, never read with the wrong format.
+pub const LAYER_FORMAT: u32 = 5;
 
 /// Why a layer could not be built or read.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +41,8 @@ pub enum LayerError {
     Recipe(#[from] crate::unpack::recipe::RecipeError),
     #[error(transparent)]
     Tree(#[from] crate::store::treehash::TreeError),
+    #[error(transparent)]
+    Sbom(#[from] crate::sbom::SbomError),
     #[error("{path}: {error}")]
     Io { path: PathBuf, error: std::io::Error },
     #[error("{path}: {reason}")]
@@ -103,6 +105,10 @@ pub struct LayerInfo {
     /// SHA-256 of `<key>.tree.json` as stored: what a slug's manifest records for its copy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entries_sha256: Option<Sha256>,
+    /// What the package's files declare about the software inside it, gathered while the
+    /// layer was built: what [`crate::sbom::for_layer`] renders.
+    #[serde(default)]
+    pub components: crate::sbom::Inventory,
 }
 
 /// The size and mtime of a stored file: an in-place edit changes the mtime. (Not the inode,
@@ -246,7 +252,7 @@ fn build_in(
     // Several packages unpack in parallel, each through the recipe's filter so that removed
     // files are never written; later packages win on conflicts, as with dpkg.
     let parts: Vec<PathBuf> = (0..debs.len()).map(|i| staging.path.join(format!("part{i}"))).collect();
-    type Unpacked = (Vec<RuleOutcome>, HashMap<FileId, crate::hash::Digests>, Option<BlockStats>, HashMap<(u64, u64), u32>);
+    type Unpacked = (Vec<RuleOutcome>, HashMap<FileId, crate::hash::Digests>, Option<BlockStats>, HashMap<(u64, u64), u32>, Distributions);
     let unpacked: Vec<Unpacked> = std::thread::scope(|scope| -> Result<Vec<Unpacked>, LayerError> {
         let handles: Vec<_> = debs
             .iter()
@@ -260,8 +266,11 @@ fn build_in(
                         Some(progress) => crate::unpack::deb::Integrity::Downloading(progress),
                         None => crate::unpack::deb::Integrity::Verified,
                     };
-                    let report = crate::unpack::deb::unpack_deb_filtered(&deb.path, &deb.label, part, Some(&mut filter), integrity)?;
-                    Ok((filter.outcomes, report.digests, report.xz_blocks, report.dir_modes))
+                    // The SBOM's collector notes the Python distributions passing by (names only).
+                    let mut collector = crate::sbom::Collector::new(&mut filter);
+                    let report = crate::unpack::deb::unpack_deb_filtered(&deb.path, &deb.label, part, Some(&mut collector), integrity)?;
+                    let seen = collector.finish()?;
+                    Ok((filter.outcomes, report.digests, report.xz_blocks, report.dir_modes, seen))
                 })
             })
             .collect();
@@ -290,12 +299,15 @@ fn build_in(
     // What each file holds, as hashed while it was written. Files changed since (renamed
     // files keep theirs) no longer match their recorded identity and are read again.
     let mut digests = HashMap::new();
-    let (mut xz_blocks, mut dir_modes) = (Vec::new(), HashMap::new());
-    for (outcome, written, blocks, modes) in unpacked {
+    let (mut xz_blocks, mut dir_modes, mut distributions) = (Vec::new(), HashMap::new(), Distributions::new());
+    for (outcome, written, blocks, modes, seen) in unpacked {
         merge_outcomes(&mut removed, &outcome);
         digests.extend(written);
         xz_blocks.extend(blocks);
         dir_modes.extend(modes);
+        for (path, kept) in seen {
+            *distributions.entry(path).or_default() |= kept;
+        }
     }
     let tree_dir = staging.dir.dir_beneath(Path::new("tree")).map_err(io_at(&tree))?;
     let pkgconfig = relocate_pkgconfig(&tree_dir, &tree)?;
@@ -313,6 +325,7 @@ fn build_in(
     };
     let wrapper_dir = tree_dir.make_dirs_beneath(parent).map_err(in_the_way)?;
     wrapper_dir.write_via(name, wrapper_text, 0o755, &wrapper_dir).map_err(in_the_way)?;
+    let components = crate::sbom::inventory(&tree_dir, &tree, &distributions, &removed)?;
     let (scan, mtimes) = scan_tree_known(&tree, &digests, &dir_modes)?;
     let mut info = LayerInfo {
         key,
@@ -324,6 +337,7 @@ fn build_in(
         pkgconfig,
         entries_file: None,
         entries_sha256: None,
+        components,
     };
     let dest = layer_dir(store, &key);
     let layers = store.dir("layers")?;
@@ -347,6 +361,10 @@ fn build_in(
     layers.write_via(OsStr::new(&format!("{hex}.json")), &json, 0o644, &staging.dir).map_err(io_at(&info_dest))?;
     Ok((info, index, xz_blocks))
 }
+
+/// Python distribution records seen while unpacking, by path, and whether any of each was
+/// written ([`crate::sbom::Collector`]).
+type Distributions = std::collections::BTreeMap<Vec<u8>, bool>;
 
 /// What ddslug writes in an unpacked tree, and where, in the order it does: for each active
 /// rename the directories above both ends, then the wrapper (the path itself and every
