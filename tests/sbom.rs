@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use common::{bin_compile, bin_compile_unprivileged, text};
+use ddslug::hash::Sha256;
 use ddslug_testsupport::agent::{PYTHON_DISTS, Scale, agent_deb, with_python_distributions};
 use ddslug_testsupport::repo::{RepoSpec, WrittenRepo, sha256_hex, write_repo};
 use ddslug_testsupport::{DebSpec, KeyKind, Server, SigningKey};
@@ -286,8 +287,14 @@ fn identical_inputs_give_identical_sboms() {
 #[test]
 fn an_edited_sbom_is_caught() {
     let repo = Repo::serve();
-    let build = repo.compile("edit", &repo.fresh("cache"), &[]);
+    let cache = repo.fresh("cache");
+    let build = repo.compile("edit", &cache, &[]);
     let path = build.join(".ddslug/sbom.cdx.json");
+    let rebuild = |build: &Path| ddslug(&["verify", build.to_str().unwrap(), "--rebuild", "--cache", cache.to_str().unwrap(), "--offline"]);
+    let out = rebuild(&build);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(text(&out).contains("the rebuilt layer's SBOM is the slug's, byte for byte"), "{}", text(&out));
+    let original = fs::read(&path).unwrap();
     let mut doc = sbom_of(&build);
     // The validator rejects what the schema forbids (so its silence above means something)...
     doc["components"][0]["type"] = "not-a-type".into();
@@ -302,7 +309,21 @@ fn an_edited_sbom_is_caught() {
     let out = ddslug(&["sbom", build.to_str().unwrap()]);
     assert!(!out.status.success());
     assert!(text(&out).contains("changed after the build") && out.stdout.is_empty(), "{}", text(&out));
+    // An SBOM forged together with the manifest's record of it passes verify, but not the
+    // rebuild from the locked blobs.
+    let forged = Sha256::of(&fs::read(&path).unwrap()).hex();
+    let manifest_path = build.join(".ddslug/manifest.json");
+    let mut manifest: Value = serde_json::from_slice(&fs::read(&manifest_path).unwrap()).unwrap();
+    manifest["sbom_sha256"] = forged.into();
+    fs::write(&manifest_path, serde_json::to_vec_pretty(&manifest).unwrap()).unwrap();
+    let out = ddslug(&["verify", build.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = rebuild(&build);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("! the rebuilt layer's SBOM differs from .ddslug/sbom.cdx.json"), "{}", text(&out));
     fs::remove_file(&path).unwrap();
     let out = ddslug(&["verify", build.to_str().unwrap()]);
     assert!(text(&out).contains(".ddslug/sbom.cdx.json (the SBOM) is missing"), "{}", text(&out));
+    fs::write(&path, original).unwrap();
+    assert!(!ddslug(&["sbom", build.to_str().unwrap()]).status.success(), "the manifest still records the forged SBOM");
 }

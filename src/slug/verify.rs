@@ -327,6 +327,12 @@ pub struct RebuildReport {
     pub matches: bool,
     /// The rebuilt tree against the slug's.
     pub diff: TreeDiff,
+    /// The SBOM of the rebuilt layer is byte for byte the slug's `.ddslug/sbom.cdx.json`;
+    /// `None` when not compared (see [`RebuildReport::sbom_note`]).
+    pub sbom_matches: Option<bool>,
+    /// Why the SBOMs were not compared.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sbom_note: Option<String>,
 }
 
 /// Rebuilds the slug's layer from its locked blobs in an empty scratch store and compares it
@@ -370,8 +376,10 @@ pub fn rebuild(verified: &VerifyReport, cache: Option<&Path>, fetch: FetchOption
         let d = diff(&rebuilt, &verified.slug_entries);
         let matches_slug = built.info.tree_hash == verified.actual_tree_hash && d.is_empty();
         let matches_manifest = built.info.tree_hash == manifest.tree_hash && built.info.key == manifest.layer_key;
+        let (sbom_matches, sbom_note) = compare_sbom(verified, &built.info);
+        let matches = matches_slug && matches_manifest && sbom_matches != Some(false);
         Ok(RebuildReport {
-            outcome: if matches_slug && matches_manifest { Outcome::Identical } else { Outcome::Differs },
+            outcome: if matches { Outcome::Identical } else { Outcome::Differs },
             rebuilt_tree_hash: built.info.tree_hash,
             rebuilt_layer_key: built.info.key,
             slug_tree_hash: verified.actual_tree_hash,
@@ -379,13 +387,35 @@ pub fn rebuild(verified: &VerifyReport, cache: Option<&Path>, fetch: FetchOption
             manifest_layer_key: manifest.layer_key,
             matches_slug,
             matches_manifest,
-            matches: matches_slug && matches_manifest,
+            matches,
             diff: d,
+            sbom_matches,
+            sbom_note,
         })
     })();
     let _ = remove_any(&scratch_root);
     drop(scratch_dir);
     result
+}
+
+/// Whether the SBOM of the rebuilt layer is the slug's, byte for byte: a manifest and SBOM
+/// forged together still disagree with the rebuild. Not compared (with why) when the slug has
+/// no SBOM or another ddslug version wrote it (the SBOM names its writer).
+fn compare_sbom(verified: &VerifyReport, rebuilt: &crate::store::layer::LayerInfo) -> (Option<bool>, Option<String>) {
+    let manifest = &verified.manifest;
+    if manifest.sbom_sha256.is_none() {
+        return (None, Some("the slug has no SBOM (built before SBOMs)".into()));
+    }
+    if manifest.ddslug_version != env!("CARGO_PKG_VERSION") {
+        let why = format!("the SBOM was written by ddslug {}; this is {}", manifest.ddslug_version, env!("CARGO_PKG_VERSION"));
+        return (None, Some(why));
+    }
+    let path = verified.build_dir.join(".ddslug").join(crate::sbom::SLUG_FILE);
+    match read_bounded(&path, crate::sbom::MAX_SLUG_SBOM) {
+        Ok(bytes) => (Some(bytes == crate::sbom::for_layer(&manifest.lock, rebuilt)), None),
+        // Missing or unreadable: verify already reports it against the manifest.
+        Err(_) => (Some(false), None),
+    }
 }
 
 /// What differs between two slugs (or manifests).
