@@ -155,7 +155,7 @@ fn distribution_end(rel: &[u8]) -> Option<usize> {
 pub fn inventory(tree: &Dir, tree_path: &Path, seen: &BTreeMap<Vec<u8>, bool>, removed: &[RuleOutcome]) -> Result<Inventory, SbomError> {
     let cut = removed_paths(removed);
     let mut inv = Inventory::default();
-    for rel in seen.keys() {
+    for (rel, &streamed_kept) in seen {
         let path = crate::pathbytes::escape(rel);
         let (parent, name) = crate::pathbytes::split_last(rel);
         let name_text = String::from_utf8_lossy(name);
@@ -164,24 +164,30 @@ pub fn inventory(tree: &Dir, tree_path: &Path, seen: &BTreeMap<Vec<u8>, bool>, r
         let mut license = None;
         let mut tops = BTreeSet::new();
         let present = match open_parent(tree, tree_path, parent)? {
-            Some(dir) => match dir.kind(OsStr::from_bytes(name)) {
+            Parent::Open(dir) => match dir.kind(OsStr::from_bytes(name)) {
                 Ok(kind) => Some((dir, kind)),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
                 Err(error) => return Err(SbomError::Io { path: crate::fsat::join(tree_path, rel), error }),
             },
-            None => None,
+            Parent::Missing => None,
+            Parent::BeyondSymlink => {
+                // Not read through a link; what the unpack wrote is all that is known.
+                inv.notes.push(format!("{path} lies beyond a symlink in the package: its metadata was not read"));
+                inv.python.push(PythonDist { name: bounded(&dist_name), version: bounded(&version), license: None, path, kept: streamed_kept, rules: Vec::new() });
+                continue;
+            }
         };
         if let Some((dir, kind)) = &present {
             let read = Reader { tree_path, rel };
             let headers = match kind {
                 crate::fsat::Kind::Dir => {
                     let meta = dir.dir_beneath(Path::new(OsStr::from_bytes(name))).map_err(|error| read.io(error))?;
-                    let headers = read.head(&meta, if egg { "PKG-INFO" } else { "METADATA" })?;
+                    let headers = read.head(&meta, if egg { "PKG-INFO" } else { "METADATA" }, &mut inv.notes)?;
                     tops = if egg { read.top_level(&meta, &mut inv.notes)? } else { read.record(&meta, name, &mut inv.notes)? };
                     headers
                 }
                 // An egg-info file is PKG-INFO itself.
-                crate::fsat::Kind::File => Reader { tree_path, rel: parent }.head(dir, &name_text)?,
+                crate::fsat::Kind::File => Reader { tree_path, rel: parent }.head(dir, &name_text, &mut inv.notes)?,
                 _ => None,
             };
             if let Some(h) = headers {
@@ -242,11 +248,20 @@ fn covers(ancestor: &str, path: &str) -> bool {
     path == ancestor || (path.starts_with(ancestor) && path.as_bytes().get(ancestor.len()) == Some(&b'/'))
 }
 
-/// The directory `parent` of the tree, if it is still there.
-fn open_parent(tree: &Dir, tree_path: &Path, parent: &[u8]) -> Result<Option<Dir>, SbomError> {
+/// What became of a directory of the tree.
+enum Parent {
+    Open(Dir),
+    Missing,
+    /// Reached only through a symlink (which is never followed), or not a directory.
+    BeyondSymlink,
+}
+
+/// The directory `parent` of the tree, opened without following any symlink.
+fn open_parent(tree: &Dir, tree_path: &Path, parent: &[u8]) -> Result<Parent, SbomError> {
     match tree.dir_beneath(Path::new(OsStr::from_bytes(parent))) {
-        Ok(dir) => Ok(Some(dir)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Ok(dir) => Ok(Parent::Open(dir)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Parent::Missing),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR | libc::EXDEV)) => Ok(Parent::BeyondSymlink),
         Err(error) => Err(SbomError::Io { path: crate::fsat::join(tree_path, parent), error }),
     }
 }
@@ -318,18 +333,23 @@ impl Reader<'_> {
         format!("{}/{file}", crate::pathbytes::escape(self.rel))
     }
 
-    /// `file` in `dir`, opened if it is a regular file; `None` if missing or not one.
-    fn open(&self, dir: &Dir, file: &str) -> Result<Option<std::fs::File>, SbomError> {
+    /// `file` in `dir`, opened if it is a regular file; `None` if missing, not one (a symlink
+    /// is not followed), or not readable (a package's mode 0000 file, for a user who is not
+    /// root: said in a note).
+    fn open(&self, dir: &Dir, file: &str, notes: &mut Vec<String>) -> Option<std::fs::File> {
         match dir.open_regular(OsStr::new(file)) {
-            Ok(f) => Ok(Some(f)),
-            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Err(self.io(e)),
-            Err(_) => Ok(None),
+            Ok(f) => Some(f),
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                notes.push(format!("{}: {e}; not read", self.shown(file)));
+                None
+            }
+            Err(_) => None,
         }
     }
 
     /// The headers of `file` (its first [`METADATA_HEAD`] bytes).
-    fn head(&self, dir: &Dir, file: &str) -> Result<Option<Headers>, SbomError> {
-        let Some(f) = self.open(dir, file)? else { return Ok(None) };
+    fn head(&self, dir: &Dir, file: &str, notes: &mut Vec<String>) -> Result<Option<Headers>, SbomError> {
+        let Some(f) = self.open(dir, file, notes) else { return Ok(None) };
         let mut bytes = Vec::new();
         f.take(METADATA_HEAD).read_to_end(&mut bytes).map_err(|e| self.io(e))?;
         Ok(Some(parse_headers(&String::from_utf8_lossy(&bytes))))
@@ -339,7 +359,7 @@ impl Reader<'_> {
     /// installed elsewhere) and `__pycache__`.
     fn record(&self, dir: &Dir, record_dir: &[u8], notes: &mut Vec<String>) -> Result<BTreeSet<String>, SbomError> {
         let mut tops = BTreeSet::new();
-        let Some(f) = self.open(dir, "RECORD")? else { return Ok(tops) };
+        let Some(f) = self.open(dir, "RECORD", notes) else { return Ok(tops) };
         let mut reader = std::io::BufReader::new(f.take(RECORD_LIMIT + 1));
         let (mut line, mut total) = (Vec::new(), 0u64);
         loop {
@@ -365,7 +385,7 @@ impl Reader<'_> {
 
     /// The module names `top_level.txt` lists (egg-info).
     fn top_level(&self, dir: &Dir, notes: &mut Vec<String>) -> Result<BTreeSet<String>, SbomError> {
-        let Some(f) = self.open(dir, "top_level.txt")? else { return Ok(BTreeSet::new()) };
+        let Some(f) = self.open(dir, "top_level.txt", notes) else { return Ok(BTreeSet::new()) };
         let mut bytes = Vec::new();
         f.take(TOP_LEVEL_LIMIT + 1).read_to_end(&mut bytes).map_err(|e| self.io(e))?;
         if bytes.len() as u64 > TOP_LEVEL_LIMIT {
@@ -404,9 +424,9 @@ fn record_path(line: &[u8]) -> Vec<u8> {
 /// The `software` entries of the Omnibus build manifest, if the layer has one.
 fn omnibus(tree: &Dir, tree_path: &Path, notes: &mut Vec<String>) -> Result<Vec<OmnibusSoftware>, SbomError> {
     let (parent, name) = OMNIBUS_MANIFEST.rsplit_once('/').unwrap_or(("", OMNIBUS_MANIFEST));
-    let Some(dir) = open_parent(tree, tree_path, parent.as_bytes())? else { return Ok(Vec::new()) };
+    let Parent::Open(dir) = open_parent(tree, tree_path, parent.as_bytes())? else { return Ok(Vec::new()) };
     let read = Reader { tree_path, rel: parent.as_bytes() };
-    let Some(f) = read.open(&dir, name)? else { return Ok(Vec::new()) };
+    let Some(f) = read.open(&dir, name, notes) else { return Ok(Vec::new()) };
     let mut bytes = Vec::new();
     f.take(MANIFEST_LIMIT + 1).read_to_end(&mut bytes).map_err(|e| read.io(e))?;
     if bytes.len() as u64 > MANIFEST_LIMIT {
@@ -487,6 +507,60 @@ mod tests {
         assert_eq!(record_path(b"six.py,sha256=abc,123\n"), b"six.py");
         assert_eq!(record_path(b"\"a,b/c.py\",sha256=x,1\r\n"), b"a,b/c.py");
         assert_eq!(record_path(b"\"q\"\"x/y\",,\n"), b"q\"x/y");
+    }
+
+    fn outcome(rule: &str, paths: &[&str]) -> RuleOutcome {
+        RuleOutcome { rule: rule.into(), paths: paths.iter().map(|p| p.to_string()).collect(), ..RuleOutcome::default() }
+    }
+
+    #[test]
+    fn inventory_of_a_stripped_tree() {
+        let root = tempfile::tempdir().unwrap();
+        let put = |rel: &str, text: &str| {
+            let path = root.path().join(rel);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
+        };
+        let site = "lib/site-packages";
+        put(&format!("{site}/requests-2.0.dist-info/METADATA"), "Name: requests\nVersion: 2.0\nLicense-Expression: Apache-2.0\n\nbody");
+        put(&format!("{site}/requests-2.0.dist-info/RECORD"), "requests/__init__.py,,\nrequests-2.0.dist-info/RECORD,,\n../../bin/x,,\n");
+        put(&format!("{site}/requests/__init__.py"), "");
+        // Its code removed, its record left.
+        put(&format!("{site}/kube-1.0.dist-info/METADATA"), "Name: kube\nVersion: 1.0\n");
+        put(&format!("{site}/kube-1.0.dist-info/RECORD"), "kube/__init__.py,,\nkube/api.py,,\n");
+        // METADATA a symlink: not followed, the directory name speaks for it.
+        put("outside/METADATA", "Name: evil\nVersion: 6.6.6\n");
+        std::fs::create_dir_all(root.path().join(format!("{site}/linked-3.0.dist-info"))).unwrap();
+        std::os::unix::fs::symlink(root.path().join("outside/METADATA"), root.path().join(format!("{site}/linked-3.0.dist-info/METADATA"))).unwrap();
+        // A site-packages reached through a symlink.
+        std::os::unix::fs::symlink("site-packages", root.path().join("lib/alias")).unwrap();
+        put("opt/datadog-agent/version-manifest.json", "{ not json");
+        let seen: BTreeMap<Vec<u8>, bool> = [
+            format!("{site}/requests-2.0.dist-info"),
+            format!("{site}/kube-1.0.dist-info"),
+            format!("{site}/linked-3.0.dist-info"),
+            "lib/python2.7/site-packages/old_pkg-0.9.dist-info".to_string(),
+            "lib/alias/aliased-1.0.dist-info".to_string(),
+        ]
+        .into_iter()
+        .map(|p| (p.into_bytes(), true))
+        .collect();
+        let removed = [outcome("python-packages", &["lib/site-packages/kube"]), outcome("python2", &["lib/python2.7"])];
+        let tree = Dir::open_given(root.path()).unwrap();
+        let inv = inventory(&tree, root.path(), &seen, &removed).unwrap();
+        let by_name = |n: &str| inv.python.iter().find(|d| d.name == n).unwrap_or_else(|| panic!("{n} in {inv:#?}"));
+        let requests = by_name("requests");
+        assert_eq!((requests.kept, requests.license.clone()), (true, Some(License::Expression("Apache-2.0".into()))));
+        let kube = by_name("kube");
+        assert_eq!((kube.kept, kube.rules.clone()), (false, vec!["python-packages".to_string()]));
+        let linked = by_name("linked");
+        assert_eq!((linked.version.as_str(), linked.kept), ("3.0", true));
+        let old = by_name("old_pkg");
+        assert_eq!((old.version.as_str(), old.kept, old.rules.clone()), ("0.9", false, vec!["python2".to_string()]));
+        assert!(by_name("aliased").kept, "what the unpack wrote");
+        assert!(inv.notes.iter().any(|n| n.contains("lib/alias/aliased-1.0.dist-info lies beyond a symlink")), "{:?}", inv.notes);
+        assert!(inv.notes.iter().any(|n| n.contains("version-manifest.json is not an Omnibus build manifest")), "{:?}", inv.notes);
+        assert!(inv.omnibus.is_empty());
     }
 
     #[test]
