@@ -7,8 +7,8 @@
 //! blocks the unpacker skips stay undecoded). Once the stripped tree is complete,
 //! [`inventory`] reads, for each distribution still in it, the headers of its `METADATA` (or
 //! `PKG-INFO`) and the top-level names of its `RECORD` (or `top_level.txt`), and the Omnibus
-//! build manifest; distributions no longer in the tree are described by their directory
-//! names.
+//! build manifest ([`super::omnibus`]); distributions no longer in the tree are described by
+//! their directory names.
 //!
 //! Contract: reads go through directory descriptors that never follow a symlink, and every
 //! read is bounded (the headers are taken from the first [`METADATA_HEAD`] bytes; a `RECORD`,
@@ -33,15 +33,10 @@ pub const METADATA_HEAD: u64 = 64 << 10;
 pub const RECORD_LIMIT: u64 = 16 << 20;
 /// The largest `top_level.txt` read.
 pub const TOP_LEVEL_LIMIT: u64 = 1 << 20;
-/// The largest Omnibus build manifest read (the agent's is about 100 KB).
-pub const MANIFEST_LIMIT: u64 = 16 << 20;
 /// Distributions recorded per layer, at most (the agent has a few hundred).
 pub const MAX_DISTRIBUTIONS: usize = 100_000;
 /// Longest name, version or licence kept from a package's metadata, in characters.
-const MAX_FIELD: usize = 256;
-
-/// Where Omnibus writes its build manifest, relative to the layer root.
-pub const OMNIBUS_MANIFEST: &str = "opt/datadog-agent/version-manifest.json";
+pub(super) const MAX_FIELD: usize = 256;
 
 /// Why the inventory could not be made: the tree just built could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +45,8 @@ pub enum SbomError {
     Io { path: PathBuf, error: std::io::Error },
     #[error("the package holds more than {MAX_DISTRIBUTIONS} Python distribution records, ddslug's limit for an SBOM")]
     TooMany,
+    #[error("reading the Python distributions' metadata: a worker thread panicked")]
+    Panicked,
 }
 
 /// What the package's files declare (stored with the layer, in `layers/<key>.json`).
@@ -151,85 +148,113 @@ fn distribution_end(rel: &[u8]) -> Option<usize> {
 
 /// Reads what the finished tree at `tree` (shown as `tree_path` in errors) declares: the
 /// distributions `seen` while unpacking (merged over the packages), each kept or removed as
-/// `removed` (the recipe's outcomes) says, and the Omnibus manifest.
+/// `removed` (the recipe's outcomes) says, and the Omnibus manifest. The records are read on
+/// all cores (a few hundred small files on the cold path).
 pub fn inventory(tree: &Dir, tree_path: &Path, seen: &BTreeMap<Vec<u8>, bool>, removed: &[RuleOutcome]) -> Result<Inventory, SbomError> {
     let cut = removed_paths(removed);
+    let seen: Vec<(&Vec<u8>, &bool)> = seen.iter().collect();
+    let runs = crate::fsat::balanced_runs(std::iter::repeat_n(1, seen.len()), crate::fsat::workers());
+    let parts = crate::fsat::on_runs(
+        &runs,
+        |run| {
+            let (mut python, mut notes) = (Vec::new(), Vec::new());
+            // The records of one site-packages come one after another: its directory is opened once.
+            let mut last: Option<(&[u8], Parent)> = None;
+            for &(rel, &streamed_kept) in &seen[run] {
+                let (parent, _) = crate::pathbytes::split_last(rel);
+                if last.as_ref().is_none_or(|(p, _)| *p != parent) {
+                    last = Some((parent, open_parent(tree, tree_path, parent)?));
+                }
+                let Some((_, parent_dir)) = &last else { continue };
+                python.push(describe(parent_dir, tree_path, rel, streamed_kept, &cut, &mut notes)?);
+            }
+            Ok((python, notes))
+        },
+        || SbomError::Panicked,
+    );
     let mut inv = Inventory::default();
-    for (rel, &streamed_kept) in seen {
-        let path = crate::pathbytes::escape(rel);
-        let (parent, name) = crate::pathbytes::split_last(rel);
-        let name_text = String::from_utf8_lossy(name);
-        let egg = name_text.ends_with(".egg-info");
-        let (mut dist_name, mut version) = from_dir_name(&name_text);
-        let mut license = None;
-        let mut tops = BTreeSet::new();
-        let present = match open_parent(tree, tree_path, parent)? {
-            Parent::Open(dir) => match dir.kind(OsStr::from_bytes(name)) {
-                Ok(kind) => Some((dir, kind)),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-                Err(error) => return Err(SbomError::Io { path: crate::fsat::join(tree_path, rel), error }),
-            },
-            Parent::Missing => None,
-            Parent::BeyondSymlink => {
-                // Not read through a link; what the unpack wrote is all that is known.
-                inv.notes.push(format!("{path} lies beyond a symlink in the package: its metadata was not read"));
-                inv.python.push(PythonDist { name: bounded(&dist_name), version: bounded(&version), license: None, path, kept: streamed_kept, rules: Vec::new() });
-                continue;
-            }
-        };
-        if let Some((dir, kind)) = &present {
-            let read = Reader { tree_path, rel };
-            let headers = match kind {
-                crate::fsat::Kind::Dir => {
-                    let meta = dir.dir_beneath(Path::new(OsStr::from_bytes(name))).map_err(|error| read.io(error))?;
-                    let headers = read.head(&meta, if egg { "PKG-INFO" } else { "METADATA" }, &mut inv.notes)?;
-                    tops = if egg { read.top_level(&meta, &mut inv.notes)? } else { read.record(&meta, name, &mut inv.notes)? };
-                    headers
-                }
-                // An egg-info file is PKG-INFO itself.
-                crate::fsat::Kind::File => Reader { tree_path, rel: parent }.head(dir, &name_text, &mut inv.notes)?,
-                _ => None,
-            };
-            if let Some(h) = headers {
-                dist_name = h.name.unwrap_or(dist_name);
-                version = h.version.unwrap_or(version);
-                license = h.license;
-            }
-        }
-        // Which rules took the record itself, or any of the names it installs.
-        let site = String::from_utf8_lossy(parent).into_owned();
-        let mut rules = BTreeSet::new();
-        let mut all_gone = !tops.is_empty();
-        for top in &tops {
-            let full = if site.is_empty() { top.clone() } else { format!("{site}/{top}") };
-            let candidates = if egg { vec![full.clone(), format!("{full}.py")] } else { vec![full] };
-            let mut gone = false;
-            for (cut_path, rule) in &cut {
-                for c in &candidates {
-                    if covers(cut_path, c) {
-                        gone = true;
-                        rules.insert(rule.clone());
-                    } else if covers(c, cut_path) {
-                        rules.insert(rule.clone());
-                    }
-                }
-            }
-            all_gone &= gone;
-        }
-        if present.is_none() {
-            rules.extend(cut.iter().filter(|(c, _)| covers(c, &path)).map(|(_, r)| r.clone()));
-        }
-        inv.python.push(PythonDist {
-            name: bounded(&dist_name),
-            version: bounded(&version),
-            license,
-            path,
-            kept: present.is_some() && !all_gone,
-            rules: rules.into_iter().collect(),
-        });
+    for part in parts {
+        let (python, notes) = part?;
+        inv.python.extend(python);
+        inv.notes.extend(notes);
     }
-    inv.omnibus = omnibus(tree, tree_path, &mut inv.notes)?;
+    inv.omnibus = super::omnibus::software(tree, tree_path, &mut inv.notes)?;
     Ok(inv)
+}
+
+/// One distribution record `rel` (its directory already opened as `parent_dir`): from its
+/// metadata if it is still in the tree, else from its name; kept or removed as `cut` says.
+fn describe(parent_dir: &Parent, tree_path: &Path, rel: &[u8], streamed_kept: bool, cut: &[(String, String)], notes: &mut Vec<String>) -> Result<PythonDist, SbomError> {
+    let path = crate::pathbytes::escape(rel);
+    let (parent, name) = crate::pathbytes::split_last(rel);
+    let name_text = String::from_utf8_lossy(name);
+    let egg = name_text.ends_with(".egg-info");
+    let (mut dist_name, mut version) = from_dir_name(&name_text);
+    let mut license = None;
+    let mut tops = BTreeSet::new();
+    let present = match parent_dir {
+        Parent::Open(dir) => match dir.kind(OsStr::from_bytes(name)) {
+            Ok(kind) => Some((dir, kind)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(error) => return Err(SbomError::Io { path: crate::fsat::join(tree_path, rel), error }),
+        },
+        Parent::Missing => None,
+        Parent::BeyondSymlink => {
+            // Not read through a link; what the unpack wrote is all that is known.
+            notes.push(format!("{path} lies beyond a symlink in the package: its metadata was not read"));
+            return Ok(PythonDist { name: bounded(&dist_name), version: bounded(&version), license: None, path, kept: streamed_kept, rules: Vec::new() });
+        }
+    };
+    if let Some((dir, kind)) = present {
+        let read = Reader { tree_path, rel };
+        let headers = match kind {
+            crate::fsat::Kind::Dir => {
+                let meta = dir.dir_beneath(Path::new(OsStr::from_bytes(name))).map_err(|error| read.io(error))?;
+                let headers = read.head(&meta, if egg { "PKG-INFO" } else { "METADATA" }, notes)?;
+                tops = if egg { read.top_level(&meta, notes)? } else { read.record(&meta, name, notes)? };
+                headers
+            }
+            // An egg-info file is PKG-INFO itself.
+            crate::fsat::Kind::File => Reader { tree_path, rel: parent }.head(dir, &name_text, notes)?,
+            _ => None,
+        };
+        if let Some(h) = headers {
+            dist_name = h.name.unwrap_or(dist_name);
+            version = h.version.unwrap_or(version);
+            license = h.license;
+        }
+    }
+    // Which rules took the record itself, or any of the names it installs.
+    let site = String::from_utf8_lossy(parent).into_owned();
+    let mut rules = BTreeSet::new();
+    let mut all_gone = !tops.is_empty();
+    for top in &tops {
+        let full = if site.is_empty() { top.clone() } else { format!("{site}/{top}") };
+        let candidates = if egg { vec![full.clone(), format!("{full}.py")] } else { vec![full] };
+        let mut gone = false;
+        for (cut_path, rule) in cut {
+            for c in &candidates {
+                if covers(cut_path, c) {
+                    gone = true;
+                    rules.insert(rule.clone());
+                } else if covers(c, cut_path) {
+                    rules.insert(rule.clone());
+                }
+            }
+        }
+        all_gone &= gone;
+    }
+    if present.is_none() {
+        rules.extend(cut.iter().filter(|(c, _)| covers(c, &path)).map(|(_, r)| r.clone()));
+    }
+    Ok(PythonDist {
+        name: bounded(&dist_name),
+        version: bounded(&version),
+        license,
+        path,
+        kept: present.is_some() && !all_gone,
+        rules: rules.into_iter().collect(),
+    })
 }
 
 /// The paths the recipe removed (top-most), with the rule that did; renames are not removals.
@@ -249,7 +274,7 @@ fn covers(ancestor: &str, path: &str) -> bool {
 }
 
 /// What became of a directory of the tree.
-enum Parent {
+pub(super) enum Parent {
     Open(Dir),
     Missing,
     /// Reached only through a symlink (which is never followed), or not a directory.
@@ -257,7 +282,7 @@ enum Parent {
 }
 
 /// The directory `parent` of the tree, opened without following any symlink.
-fn open_parent(tree: &Dir, tree_path: &Path, parent: &[u8]) -> Result<Parent, SbomError> {
+pub(super) fn open_parent(tree: &Dir, tree_path: &Path, parent: &[u8]) -> Result<Parent, SbomError> {
     match tree.dir_beneath(Path::new(OsStr::from_bytes(parent))) {
         Ok(dir) => Ok(Parent::Open(dir)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Parent::Missing),
@@ -275,7 +300,7 @@ fn from_dir_name(dir: &str) -> (String, String) {
     (name, parts.next().unwrap_or_default().to_string())
 }
 
-fn bounded(s: &str) -> String {
+pub(super) fn bounded(s: &str) -> String {
     s.chars().take(MAX_FIELD).collect()
 }
 
@@ -318,14 +343,14 @@ fn parse_headers(text: &str) -> Headers {
 }
 
 /// Reads the files of one distribution record, naming them in errors and notes.
-struct Reader<'a> {
-    tree_path: &'a Path,
+pub(super) struct Reader<'a> {
+    pub(super) tree_path: &'a Path,
     /// The record (or, for an egg-info file, its directory), relative to the tree.
-    rel: &'a [u8],
+    pub(super) rel: &'a [u8],
 }
 
 impl Reader<'_> {
-    fn io(&self, error: std::io::Error) -> SbomError {
+    pub(super) fn io(&self, error: std::io::Error) -> SbomError {
         SbomError::Io { path: crate::fsat::join(self.tree_path, self.rel), error }
     }
 
@@ -336,7 +361,7 @@ impl Reader<'_> {
     /// `file` in `dir`, opened if it is a regular file; `None` if missing, not one (a symlink
     /// is not followed), or not readable (a package's mode 0000 file, for a user who is not
     /// root: said in a note).
-    fn open(&self, dir: &Dir, file: &str, notes: &mut Vec<String>) -> Option<std::fs::File> {
+    pub(super) fn open(&self, dir: &Dir, file: &str, notes: &mut Vec<String>) -> Option<std::fs::File> {
         match dir.open_regular(OsStr::new(file)) {
             Ok(f) => Some(f),
             Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
@@ -419,56 +444,6 @@ fn record_path(line: &[u8]) -> Vec<u8> {
         }
     }
     out
-}
-
-/// The `software` entries of the Omnibus build manifest, if the layer has one.
-fn omnibus(tree: &Dir, tree_path: &Path, notes: &mut Vec<String>) -> Result<Vec<OmnibusSoftware>, SbomError> {
-    let (parent, name) = OMNIBUS_MANIFEST.rsplit_once('/').unwrap_or(("", OMNIBUS_MANIFEST));
-    let Parent::Open(dir) = open_parent(tree, tree_path, parent.as_bytes())? else { return Ok(Vec::new()) };
-    let read = Reader { tree_path, rel: parent.as_bytes() };
-    let Some(f) = read.open(&dir, name, notes) else { return Ok(Vec::new()) };
-    let mut bytes = Vec::new();
-    f.take(MANIFEST_LIMIT + 1).read_to_end(&mut bytes).map_err(|e| read.io(e))?;
-    if bytes.len() as u64 > MANIFEST_LIMIT {
-        notes.push(format!("{OMNIBUS_MANIFEST} is larger than {MANIFEST_LIMIT} bytes, ddslug's limit: its components are not listed"));
-        return Ok(Vec::new());
-    }
-    #[derive(serde::Deserialize)]
-    struct Manifest {
-        software: BTreeMap<String, Entry>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Entry {
-        locked_version: Option<serde_json::Value>,
-        described_version: Option<serde_json::Value>,
-        license: Option<serde_json::Value>,
-    }
-    let manifest: Manifest = match serde_json::from_slice(&bytes) {
-        Ok(m) => m,
-        Err(e) => {
-            notes.push(format!("{OMNIBUS_MANIFEST} is not an Omnibus build manifest ({e}): its components are not listed"));
-            return Ok(Vec::new());
-        }
-    };
-    if manifest.software.len() > MAX_DISTRIBUTIONS {
-        notes.push(format!("{OMNIBUS_MANIFEST} names more than {MAX_DISTRIBUTIONS} components, ddslug's limit: they are not listed"));
-        return Ok(Vec::new());
-    }
-    let text = |v: &Option<serde_json::Value>| match v {
-        Some(serde_json::Value::String(s)) if !s.is_empty() => Some(bounded(s)),
-        _ => None,
-    };
-    Ok(manifest
-        .software
-        .iter()
-        .map(|(name, e)| OmnibusSoftware {
-            name: bounded(name),
-            // A described version ("3.0.15") reads better than a locked git commit.
-            version: text(&e.described_version).or_else(|| text(&e.locked_version)),
-            license: text(&e.license).filter(|l| l != "Unspecified"),
-            manifest: OMNIBUS_MANIFEST.into(),
-        })
-        .collect())
 }
 
 #[cfg(test)]

@@ -42,6 +42,7 @@
 //! components are sorted by `bom-ref`. Identical inputs give byte-identical SBOMs.
 
 pub mod collect;
+pub mod omnibus;
 
 use serde::Serialize;
 
