@@ -327,3 +327,27 @@ fn an_edited_sbom_is_caught() {
     fs::write(&path, original).unwrap();
     assert!(!ddslug(&["sbom", build.to_str().unwrap()]).status.success(), "the manifest still records the forged SBOM");
 }
+
+#[test]
+fn a_cnb_build_writes_the_same_sbom_beside_its_agent_layer() {
+    let repo = Repo::serve();
+    let cedar = repo.compile("cedar", &repo.fresh("cache"), &[]);
+    let root = repo.fresh("cnb");
+    let mut lc = ddslug_testsupport::lifecycle::Lifecycle::new(&root, Path::new(env!("CARGO_MANIFEST_DIR")), "amd64").unwrap();
+    lc.vars.push(("DDSLUG_BIN".into(), DDSLUG.into()));
+    lc.set_env("DD_APT_REPO_URL", &repo.server.url()).unwrap();
+    lc.set_env("DD_APT_KEYRING", repo.keyring.to_str().unwrap()).unwrap();
+    // The driver checks the file's name against buildpack.toml's sbom-formats.
+    let built = lc.build().unwrap();
+    assert!(built.build.status.success(), "{}", text(&built.build));
+    let cnb = fs::read(lc.layers().join("agent.sbom.cdx.json")).unwrap();
+    assert_eq!(cnb, fs::read(cedar.join(".ddslug/sbom.cdx.json")).unwrap(), "one lock, one SBOM, Cedar or CNB");
+    // Other settings replace the layer, and its SBOM with one for the new contents.
+    lc.set_env("DD_APM_ENABLED", "false").unwrap();
+    let built = lc.build().unwrap();
+    assert!(built.build.status.success(), "{}", text(&built.build));
+    let replaced: Value = serde_json::from_slice(&fs::read(lc.layers().join("agent.sbom.cdx.json")).unwrap()).unwrap();
+    let options = replaced["metadata"]["properties"].as_array().unwrap().iter().find(|p| p["name"] == "ddslug:options").unwrap();
+    assert_eq!(options["value"], "major=7 python=3 apm=false process_agent=false");
+    assert!(schema_errors(&replaced).is_empty());
+}

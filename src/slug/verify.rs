@@ -403,6 +403,9 @@ pub fn rebuild(verified: &VerifyReport, cache: Option<&Path>, fetch: FetchOption
 /// no SBOM or another ddslug version wrote it (the SBOM names its writer).
 fn compare_sbom(verified: &VerifyReport, rebuilt: &crate::store::layer::LayerInfo) -> (Option<bool>, Option<String>) {
     let manifest = &verified.manifest;
+    if is_cnb_layer(&verified.build_dir) {
+        return (None, Some(format!("a CNB layer's SBOM is beside it, as <layers>/agent.{}", crate::sbom::SLUG_FILE)));
+    }
     if manifest.sbom_sha256.is_none() {
         return (None, Some("the slug has no SBOM (built before SBOMs)".into()));
     }
