@@ -14,7 +14,8 @@
 //! read is bounded (the headers are taken from the first [`METADATA_HEAD`] bytes; a `RECORD`,
 //! `top_level.txt` or build manifest over its limit is not read, and the SBOM says so in a
 //! `ddslug:note` naming the limit). Nothing here fails a build over what a package's metadata
-//! says; only an unreadable tree (an I/O error) does.
+//! says; only an unreadable tree (an I/O error) does, or a package with more than
+//! [`MAX_DISTRIBUTIONS`] distribution records (the error names the limit).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
@@ -457,6 +458,31 @@ mod tests {
         assert_eq!(distribution_end(b"a/b.egg-info"), Some(12));
         assert_eq!(distribution_end(b"a/.dist-info/x"), None, "a bare suffix names nothing");
         assert_eq!(distribution_end(b"a/b/c.py"), None);
+    }
+
+    #[test]
+    fn the_collector_passes_decisions_through_and_stops_at_its_limit() {
+        /// Skips everything under `gone/`.
+        struct Strip;
+        impl EntryFilter for Strip {
+            fn skip(&mut self, rel: &[u8], _: bool, _: u64) -> bool {
+                rel.starts_with(b"gone/")
+            }
+        }
+        let mut strip = Strip;
+        let mut c = Collector::new(&mut strip);
+        assert!(!c.skip(b"site/a-1.dist-info", true, 0));
+        assert!(c.skip(b"gone/b-2.dist-info/METADATA", false, 10));
+        assert!(!c.skip(b"site/plain.py", false, 10));
+        let seen = c.finish().unwrap();
+        assert_eq!(seen.into_iter().collect::<Vec<_>>(), [(b"gone/b-2.dist-info".to_vec(), false), (b"site/a-1.dist-info".to_vec(), true)]);
+        let mut strip = Strip;
+        let mut c = Collector::new(&mut strip);
+        for i in 0..=MAX_DISTRIBUTIONS {
+            c.skip(format!("site/d{i}-1.dist-info").as_bytes(), true, 0);
+        }
+        let err = c.finish().unwrap_err().to_string();
+        assert!(err.contains(&format!("more than {MAX_DISTRIBUTIONS} Python distribution records, ddslug's limit")), "{err}");
     }
 
     #[test]
