@@ -272,6 +272,23 @@ fn identical_inputs_give_identical_sboms() {
     // so does a build as a user who is not root, in a cache of its own.
     let warm = repo.compile("warm", &cache_a, &[]);
     assert_eq!(bytes, fs::read(warm.join(".ddslug/sbom.cdx.json")).unwrap(), "cold and warm");
+    // The warm build copied what the store kept; one rendered for another lock or ddslug
+    // version (another serial number) is rendered again from the layer's inventory.
+    let key = sbom_of(&a)["metadata"]["properties"][0]["value"].as_str().unwrap().to_string();
+    let kept = cache_a.join(format!("ddslug/v1/layers/{key}.cdx.json"));
+    assert_eq!(fs::read(&kept).unwrap(), bytes);
+    let serial = sbom_of(&a)["serialNumber"].as_str().unwrap().to_string();
+    let other = String::from_utf8(bytes.clone()).unwrap().replace(&serial, "urn:uuid:00000000-0000-8000-8000-000000000000");
+    fs::write(&kept, other).unwrap();
+    let again = repo.compile("again", &cache_a, &[]);
+    assert_eq!(bytes, fs::read(again.join(".ddslug/sbom.cdx.json")).unwrap(), "rendered again");
+    assert_eq!(fs::read(&kept).unwrap(), bytes, "and kept again");
+    // Without its inventory a stored layer is incomplete: it is built again.
+    fs::remove_file(cache_a.join(format!("ddslug/v1/layers/{key}.sbom.json"))).unwrap();
+    fs::remove_file(&kept).unwrap();
+    let rebuilt = repo.compile("rebuilt", &cache_a, &[]);
+    assert_eq!(bytes, fs::read(rebuilt.join(".ddslug/sbom.cdx.json")).unwrap(), "after a rebuild of the layer");
+    assert!(cache_a.join(format!("ddslug/v1/layers/{key}.sbom.json")).is_file(), "the layer was built again, with its inventory");
     let (build, cache) = (repo.fresh("build-user"), repo.fresh("cache-user"));
     let out = bin_compile_unprivileged(&build, &cache, &repo.env("user", &[]));
     assert!(out.status.success(), "{}", text(&out));

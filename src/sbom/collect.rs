@@ -48,6 +48,8 @@ pub enum SbomError {
     TooMany,
     #[error("reading the Python distributions' metadata: a worker thread panicked")]
     Panicked,
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
 }
 
 /// What the package's files declare (stored with the layer, in `layers/<key>.json`).

@@ -1,13 +1,17 @@
 //! Software bills of materials: CycloneDX 1.6 JSON for every install.
 //!
-//! API (one call, shared by the Cedar slug and the CNB layer):
+//! API (shared by the Cedar slug and the CNB layer):
 //!
 //! ```text
-//! sbom::for_layer(&lock, &layer_info) -> Vec<u8>
+//! sbom::for_stored_layer(&store, &lock, &layer_info) -> Result<Vec<u8>, SbomError>
+//! sbom::for_layer(&lock, &layer_info, &inventory) -> Vec<u8>
 //! ```
 //!
-//! gives the bytes of the SBOM for the layer `layer_info` (a [`LayerInfo`], as
+//! give the bytes of the SBOM for the layer `layer_info` (a [`LayerInfo`], as
 //! [`crate::store::layer::build`] or [`crate::store::layer::load`] return it) built from `lock`.
+//! `for_stored_layer` takes them from the store when it rendered them before for the same
+//! layer, lock and ddslug version (`layers/<key>.cdx.json`: a warm build only copies them),
+//! else renders them from the layer's inventory and keeps them there; `for_layer` renders.
 //! Cedar writes them to `BUILD_DIR/.ddslug/sbom.cdx.json` (its SHA-256 goes into the manifest,
 //! so `verify` catches an edit); a CNB writes them to `<layers>/agent.sbom.cdx.json`.
 //!
@@ -31,8 +35,8 @@
 //! `kubernetes-*.dist-info`); `ddslug:recipe:rules` names the rules that removed any of it.
 //!
 //! What the package's files say is gathered once, while the layer is built
-//! ([`collect`]), and stored in the layer's record (`layers/<key>.json`): a warm build reads
-//! no .deb and no tree for it, it only renders. A distribution the recipe removes while the
+//! ([`collect`]), and stored beside the layer's record (`layers/<key>.sbom.json`): no later
+//! build reads a .deb or a tree for it. A distribution the recipe removes while the
 //! package streams is never written, so its `METADATA` is never read (reading it would
 //! decode the xz blocks the unpacker skips): its name and version come from the directory
 //! name (`<name>-<version>.dist-info`), and it has no licence.
@@ -43,6 +47,8 @@
 
 pub mod collect;
 pub mod omnibus;
+
+use std::ffi::OsStr;
 
 use serde::Serialize;
 
@@ -59,8 +65,65 @@ pub const MEDIA_TYPE: &str = "application/vnd.cyclonedx+json";
 /// The file name in a slug's `.ddslug`.
 pub const SLUG_FILE: &str = "sbom.cdx.json";
 
-/// The largest SBOM read back from a slug (the real agent's is a few hundred KB).
+/// The largest SBOM read back from a slug or the store (the real agent's is a few hundred KB).
 pub const MAX_SLUG_SBOM: u64 = 64 << 20;
+/// The largest inventory read back from the store.
+pub const MAX_INVENTORY: u64 = 64 << 20;
+
+/// The name of a layer's inventory in the store's `layers/`.
+pub fn inventory_file(key: &Sha256) -> String {
+    format!("{}.sbom.json", key.hex())
+}
+
+/// The name of a layer's last rendered SBOM in the store's `layers/`.
+fn rendered_file(key: &Sha256) -> String {
+    format!("{}.cdx.json", key.hex())
+}
+
+/// The SBOM of the stored layer `info` built from `lock`: the one rendered before for the
+/// same layer, lock and ddslug version (its serial number says which), else rendered now
+/// from the layer's inventory (in `info` for a layer just built, else `<key>.sbom.json`) and
+/// kept for the next build. Files are read and written through the store's directory
+/// descriptors (no symlink followed), within [`MAX_SLUG_SBOM`] and [`MAX_INVENTORY`].
+pub fn for_stored_layer(store: &crate::store::Store, lock: &Lock, info: &LayerInfo) -> Result<Vec<u8>, SbomError> {
+    let layers = store.dir("layers")?;
+    let path_of = |name: &str| store.root().join("layers").join(name);
+    let serial = serial_number(lock, info);
+    let rendered = rendered_file(&info.key);
+    if let Some(bytes) = read_regular(&layers, &rendered, MAX_SLUG_SBOM, &path_of(&rendered))? {
+        // The serial number, near the top, names the layer, the lock and the writer.
+        let head = &bytes[..bytes.len().min(512)];
+        if head.windows(serial.len()).any(|w| w == serial.as_bytes()) {
+            return Ok(bytes);
+        }
+    }
+    let inventory = match &info.components {
+        Some(inventory) => inventory.clone(),
+        None => {
+            let name = inventory_file(&info.key);
+            let path = path_of(&name);
+            let bytes = read_regular(&layers, &name, MAX_INVENTORY, &path)?
+                .ok_or_else(|| SbomError::Io { path: path.clone(), error: std::io::Error::other("missing or larger than ddslug's limit; run the build again (the layer is rebuilt)") })?;
+            serde_json::from_slice(&bytes).map_err(|e| SbomError::Io { path, error: std::io::Error::other(e) })?
+        }
+    };
+    let bytes = for_layer(lock, info, &inventory);
+    layers.write_via(OsStr::new(&rendered), &bytes, 0o644, &layers).map_err(|error| SbomError::Io { path: path_of(&rendered), error })?;
+    Ok(bytes)
+}
+
+/// The regular file `name` in `dir` (never a symlink), if there and at most `limit` bytes.
+fn read_regular(dir: &crate::fsat::Dir, name: &str, limit: u64, path: &std::path::Path) -> Result<Option<Vec<u8>>, SbomError> {
+    use std::io::Read;
+    let file = match dir.open_regular(OsStr::new(name)) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => return Err(SbomError::Io { path: path.to_owned(), error: e }),
+        Err(_) => return Ok(None),
+    };
+    let mut bytes = Vec::new();
+    file.take(limit + 1).read_to_end(&mut bytes).map_err(|error| SbomError::Io { path: path.to_owned(), error })?;
+    Ok((bytes.len() as u64 <= limit).then_some(bytes))
+}
 
 /// The SBOM of the slug at `build_dir` (`.ddslug/sbom.cdx.json`), once its SHA-256 matched
 /// what the slug's manifest records: an edited SBOM is an error, not an answer.
@@ -93,9 +156,10 @@ pub fn read_from_slug(build_dir: &std::path::Path) -> anyhow::Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// The SBOM of the layer `info` built from `lock`, as pretty JSON with a trailing newline.
-pub fn for_layer(lock: &Lock, info: &LayerInfo) -> Vec<u8> {
-    let bom = document(lock, info);
+/// The SBOM of the layer `info` built from `lock`, whose package's files declare
+/// `inventory`, as pretty JSON with a trailing newline.
+pub fn for_layer(lock: &Lock, info: &LayerInfo, inventory: &Inventory) -> Vec<u8> {
+    let bom = document(lock, info, inventory);
     let mut bytes = serde_json::to_vec_pretty(&bom).unwrap_or_default();
     bytes.push(b'\n');
     bytes
@@ -196,7 +260,7 @@ fn property(name: &'static str, value: impl Into<String>) -> Property {
     Property { name, value: value.into() }
 }
 
-fn document(lock: &Lock, info: &LayerInfo) -> Bom {
+fn document(lock: &Lock, info: &LayerInfo, inventory: &Inventory) -> Bom {
     let arch = lock.architecture.as_str();
     let mut debs = lock.packages.iter().map(|p| Component {
         kind: "application",
@@ -210,7 +274,6 @@ fn document(lock: &Lock, info: &LayerInfo) -> Bom {
     });
     let agent = debs.next().unwrap_or_else(|| Component { kind: "application", name: "datadog-agent".into(), ..Component::default() });
     let mut components: Vec<Component> = debs.collect();
-    let inventory = &info.components;
     components.extend(inventory.python.iter().map(python_component));
     components.extend(inventory.omnibus.iter().map(omnibus_component));
     components.sort_by(|a, b| a.bom_ref.cmp(&b.bom_ref));

@@ -167,7 +167,7 @@ pub fn install(args: &CompileArgs, store: &Store, built: &BuiltLayer, manifest: 
         if !linked {
             layers.copy_file(entries_name, &ddslug, tree_json, 0o644).context("copying the layer's entry list")?;
         }
-        let sbom = crate::sbom::for_layer(&manifest.lock, &built.info);
+        let sbom = crate::sbom::for_stored_layer(store, &manifest.lock, &built.info)?;
         let sbom_name = OsStr::new(crate::sbom::SLUG_FILE);
         ddslug.write_via(sbom_name, &sbom, 0o644, &ddslug).with_context(|| at("ddslug").join(sbom_name).display().to_string())?;
         let Some((sealed, digests)) = seal_manifest(manifest, built, &at("ddslug"), &known)? else { return Ok(false) };

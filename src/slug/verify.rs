@@ -415,7 +415,8 @@ fn compare_sbom(verified: &VerifyReport, rebuilt: &crate::store::layer::LayerInf
     }
     let path = verified.build_dir.join(".ddslug").join(crate::sbom::SLUG_FILE);
     match read_bounded(&path, crate::sbom::MAX_SLUG_SBOM) {
-        Ok(bytes) => (Some(bytes == crate::sbom::for_layer(&manifest.lock, rebuilt)), None),
+        // The rebuilt layer is fresh: its inventory is in hand.
+        Ok(bytes) => (Some(rebuilt.components.as_ref().is_some_and(|inventory| bytes == crate::sbom::for_layer(&manifest.lock, rebuilt, inventory))), None),
         // Missing or unreadable: verify already reports it against the manifest.
         Err(_) => (Some(false), None),
     }

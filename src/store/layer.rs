@@ -26,7 +26,7 @@ use crate::unpack::xzseek::BlockStats;
 /// Bump when the way a layer is produced from the same inputs, or what is stored with it,
 /// changes (2: the binary `.index` replaced `.mtimes.json`; 3: directories are stored
 /// owner-accessible, their exact modes in the index; 4: the index records each file's xxh3,
-/// and `<key>.json` the SHA-256 of `<key>.tree.json`; 5: `<key>.json` holds the SBOM's
+/// and `<key>.json` the SHA-256 of `<key>.tree.json`; 5: `<key>.sbom.json` holds the SBOM's
 /// inventory). Older layers get other keys: they are rebuilt, never read with the wrong format.
 pub const LAYER_FORMAT: u32 = 5;
 
@@ -106,9 +106,11 @@ pub struct LayerInfo {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entries_sha256: Option<Sha256>,
     /// What the package's files declare about the software inside it, gathered while the
-    /// layer was built: what [`crate::sbom::for_layer`] renders.
-    #[serde(default)]
-    pub components: crate::sbom::Inventory,
+    /// layer was built (what [`crate::sbom::for_layer`] renders): here only for a layer just
+    /// built; stored beside the record as `<key>.sbom.json`, read only when an SBOM has to be
+    /// rendered again ([`crate::sbom::for_stored_layer`]).
+    #[serde(skip)]
+    pub components: Option<crate::sbom::Inventory>,
 }
 
 /// The size and mtime of a stored file: an in-place edit changes the mtime. (Not the inode,
@@ -190,8 +192,12 @@ pub(crate) fn read_stored(store: &Store, name: &str, limit: u64) -> Result<Optio
 /// A stored layer, if complete.
 pub fn load(store: &Store, key: &Sha256) -> Result<Option<LayerInfo>, LayerError> {
     let Some(text) = read_stored(store, &format!("{}.json", key.hex()), INFO_LIMIT)? else { return Ok(None) };
-    // The layer itself must be a directory, not a symlink to one.
-    if store.dir("layers")?.kind(OsStr::new(&key.hex())).ok() != Some(crate::fsat::Kind::Dir) {
+    // The layer itself must be a directory, not a symlink to one, and its SBOM inventory
+    // a regular file.
+    let layers = store.dir("layers")?;
+    if layers.kind(OsStr::new(&key.hex())).ok() != Some(crate::fsat::Kind::Dir)
+        || layers.kind(OsStr::new(&crate::sbom::inventory_file(key))).ok() != Some(crate::fsat::Kind::File)
+    {
         return Ok(None);
     }
     match serde_json::from_slice::<LayerInfo>(&text) {
@@ -337,7 +343,7 @@ fn build_in(
         pkgconfig,
         entries_file: None,
         entries_sha256: None,
-        components,
+        components: None,
     };
     let dest = layer_dir(store, &key);
     let layers = store.dir("layers")?;
@@ -356,6 +362,10 @@ fn build_in(
     let stamp = layers.write_via(OsStr::new(&format!("{hex}.tree.json")), &entries_json, 0o644, &staging.dir).map_err(io_at(&entries_dest))?;
     info.entries_sha256 = Some(Sha256::of(&entries_json));
     info.entries_file = Some(FileStamp { size: stamp.size, mtime: stamp.mtime });
+    let inventory = serde_json::to_vec(&components).map_err(|e| LayerError::Json { path: dest.clone(), reason: e.to_string() })?;
+    let inventory_name = crate::sbom::inventory_file(&key);
+    layers.write_via(OsStr::new(&inventory_name), &inventory, 0o644, &staging.dir).map_err(io_at(&dest.with_file_name(&inventory_name)))?;
+    info.components = Some(components);
     let json = serde_json::to_vec_pretty(&info).map_err(|e| LayerError::Json { path: dest.clone(), reason: e.to_string() })?;
     let info_dest = info_path(store, &key);
     layers.write_via(OsStr::new(&format!("{hex}.json")), &json, 0o644, &staging.dir).map_err(io_at(&info_dest))?;

@@ -136,7 +136,7 @@ pub fn build(args: &BuildArgs, report: &Reporter) -> Result<BuildOutcome> {
     // No metadata may name a layer being replaced: forget it first.
     layers::forget(&layers, &args.layers_dir, AGENT_LAYER)?;
     let manifest = install_layer(&layers, &args.layers_dir, &store, &built, manifest_for(&lock, &config, &built), &args.self_exe)?;
-    write_sbom(&layers, &args.layers_dir, &lock, &built)?;
+    write_sbom(&layers, &args.layers_dir, &store, &lock, &built)?;
     let metadata = AgentMetadata { layer_key: key, tree_hash: built.info.tree_hash, ddslug_sha256: binary, lock };
     layers::write(&layers, &args.layers_dir, AGENT_LAYER, agent_types, &metadata)?;
     prune_store_layers(&store)?;
@@ -152,10 +152,10 @@ fn agent_version(lock: &Lock) -> &str {
 
 /// Writes `<layers>/agent.sbom.cdx.json` (a media type buildpack.toml's `sbom-formats`
 /// declares): the same bytes as a Cedar slug's `.ddslug/sbom.cdx.json` for the same lock
-/// ([`crate::sbom::for_layer`]), replacing the SBOM of a layer this build replaced.
-fn write_sbom(layers: &Dir, layers_dir: &Path, lock: &Lock, built: &BuiltLayer) -> Result<()> {
+/// ([`crate::sbom::for_stored_layer`]), replacing the SBOM of a layer this build replaced.
+fn write_sbom(layers: &Dir, layers_dir: &Path, store: &Store, lock: &Lock, built: &BuiltLayer) -> Result<()> {
     let name = format!("{AGENT_LAYER}.{}", crate::sbom::SLUG_FILE);
-    let bytes = crate::sbom::for_layer(lock, &built.info);
+    let bytes = crate::sbom::for_stored_layer(store, lock, &built.info)?;
     layers.write_via(OsStr::new(&name), &bytes, 0o644, layers).with_context(|| format!("writing {}", layers_dir.join(&name).display()))?;
     Ok(())
 }
