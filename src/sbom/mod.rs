@@ -108,7 +108,8 @@ pub fn for_stored_layer(store: &crate::store::Store, lock: &Lock, info: &LayerIn
         }
     };
     let bytes = for_layer(lock, info, &inventory);
-    layers.write_via(OsStr::new(&rendered), &bytes, 0o644, &layers).map_err(|error| SbomError::Io { path: path_of(&rendered), error })?;
+    // Written under tmp/ (cleared by the next build if this one dies), then renamed into place.
+    store.put("layers", &rendered, &bytes)?;
     Ok(bytes)
 }
 
