@@ -34,9 +34,14 @@ struct Repo {
 
 impl Repo {
     fn serve() -> Repo {
+        Repo::serve_with(|d| d)
+    }
+
+    /// [`Repo::serve`] with agent 7 changed by `edit`.
+    fn serve_with(edit: impl FnOnce(DebSpec) -> DebSpec) -> Repo {
         let dir = tempfile::tempdir().unwrap();
         let key = SigningKey::generate(KeyKind::Ed25519, "ddslug sbom tests").unwrap();
-        let seven = with_python_distributions(agent_deb("datadog-agent", AGENT7, Scale::SMALL));
+        let seven = edit(with_python_distributions(agent_deb("datadog-agent", AGENT7, Scale::SMALL)));
         let six = with_python_distributions(agent_deb("datadog-agent", AGENT6, Scale::SMALL));
         let spec = RepoSpec::new("stable").component("7", vec![seven.clone()]).component("6", vec![six.clone()]);
         let repo = write_repo(&dir.path().join("repo"), &spec, &key).unwrap();
@@ -367,4 +372,29 @@ fn a_cnb_build_writes_the_same_sbom_beside_its_agent_layer() {
     let options = replaced["metadata"]["properties"].as_array().unwrap().iter().find(|p| p["name"] == "ddslug:options").unwrap();
     assert_eq!(options["value"], "major=7 python=3 apm=false process_agent=false");
     assert!(schema_errors(&replaced).is_empty());
+}
+
+#[test]
+fn metadata_behind_symlinks_is_never_read() {
+    // Records that lead out of the tree: a dist-info that is a symlink to /etc, METADATA and
+    // RECORD that are symlinks to files outside, and a version manifest that is one too.
+    let site = "opt/datadog-agent/embedded/lib/python3.12/site-packages";
+    let repo = Repo::serve_with(|d| {
+        let mut d = d.symlink(&format!("{site}/evil-6.6.6.dist-info"), "/etc");
+        d = d.symlink(&format!("{site}/sneaky-1.0.dist-info/METADATA"), "/etc/passwd");
+        d = d.symlink(&format!("{site}/sneaky-1.0.dist-info/RECORD"), "../../../../../../../etc/passwd");
+        d.entries.retain(|(p, _)| p != b"opt/datadog-agent/version-manifest.json");
+        d.symlink("opt/datadog-agent/version-manifest.json", "/etc/os-release")
+    });
+    let build = repo.compile("links", &repo.fresh("cache"), &[]);
+    let sbom = sbom_of(&build);
+    assert!(schema_errors(&sbom).is_empty());
+    let text = serde_json::to_string(&sbom).unwrap();
+    assert!(!text.contains("root:") && !text.contains("PRETTY_NAME"), "nothing read through a link: {text}");
+    let component = |name: &str| sbom["components"].as_array().unwrap().iter().find(|c| c["name"] == name).cloned().unwrap_or_else(|| panic!("{name}"));
+    let evil = component("evil");
+    assert_eq!((evil["version"].as_str(), property(&evil, "ddslug:recipe")), (Some("6.6.6"), Some("kept")), "named by its directory");
+    assert!(evil.get("licenses").is_none());
+    assert_eq!(component("sneaky")["version"], "1.0");
+    assert!(!text.contains("pkg:generic/"), "no Omnibus components from a linked manifest");
 }
