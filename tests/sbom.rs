@@ -364,6 +364,10 @@ fn a_cnb_build_writes_the_same_sbom_beside_its_agent_layer() {
     assert!(built.build.status.success(), "{}", text(&built.build));
     let cnb = fs::read(lc.layers().join("agent.sbom.cdx.json")).unwrap();
     assert_eq!(cnb, fs::read(cedar.join(".ddslug/sbom.cdx.json")).unwrap(), "one lock, one SBOM, Cedar or CNB");
+    // A rebuild that keeps the layer keeps the SBOM the lifecycle restored with it.
+    let kept = lc.build().unwrap();
+    assert!(kept.build.status.success() && text(&kept.build).contains("Keeping the agent layer"), "{}", text(&kept.build));
+    assert_eq!(fs::read(lc.layers().join("agent.sbom.cdx.json")).unwrap(), cnb, "restored and kept");
     // Other settings replace the layer, and its SBOM with one for the new contents.
     lc.set_env("DD_APM_ENABLED", "false").unwrap();
     let built = lc.build().unwrap();
