@@ -188,7 +188,13 @@ fn verify_and_print(build_dir: &Path, rebuild_too: bool, cache: Option<PathBuf>,
                     r.manifest_tree_hash, r.manifest_layer_key, r.rebuilt_tree_hash, r.rebuilt_layer_key
                 );
             }
-            if r.matches_slug && r.matches_manifest {
+            match (r.sbom_matches, &r.sbom_note) {
+                (Some(true), _) => println!("the rebuilt layer's SBOM is the slug's, byte for byte"),
+                (Some(false), _) => println!("  ! the rebuilt layer's SBOM differs from .ddslug/sbom.cdx.json"),
+                (None, Some(why)) => println!("  ? SBOM not compared: {why}"),
+                (None, None) => {}
+            }
+            if r.matches {
                 println!("a cache purge would change nothing");
             }
         }

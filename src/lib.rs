@@ -24,6 +24,7 @@ pub mod oci;
 pub mod pathbytes;
 pub mod report;
 pub mod runtime;
+pub mod sbom;
 pub mod slug;
 pub mod store;
 pub mod unpack;

@@ -134,6 +134,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print a slug's CycloneDX SBOM (.ddslug/sbom.cdx.json), checked against its manifest.
+    Sbom { build_dir: PathBuf },
     /// Compare two slugs or manifests.
     Diff {
         a: PathBuf,
@@ -354,6 +356,11 @@ fn run(cli: Cli) -> Result<()> {
             return commands::verify(&build_dir, rebuild, cache, offline, json);
         }
         Command::Diff { a, b, json } => return commands::diff(&a, &b, json),
+        Command::Sbom { build_dir } => {
+            use std::io::Write;
+            let bytes = ddslug::sbom::read_from_slug(&build_dir)?;
+            std::io::stdout().write_all(&bytes).context("writing the SBOM to standard output")?;
+        }
         Command::Gc { cache, days, delete } => return commands::gc(&cache, days, delete),
         Command::Cache { step: CacheStep::Keygen { name, out_dir } } => {
             let public = ddslug::oci::sign::keygen(&out_dir, &name)?;

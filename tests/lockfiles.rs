@@ -1,8 +1,9 @@
-//! `lockfiles/` holds locks for the project's own test repository, produced by `ddslug lock`
+//! `tests/data/locks/` holds locks for the project's own test repository, produced by `ddslug lock`
 //! (regenerate with `DDSLUG_REGENERATE_LOCKS=1 cargo test --test lockfiles`). The generated
 //! packages are deterministic, so the committed package hashes, recipe hash and options must
 //! still be what the tool resolves today; the repository URL and signing key are those of the
-//! run that wrote the files (each test run serves on a new port with a new key).
+//! run that wrote the files (each test run serves on a new port with a new key), which is why
+//! they are test data and not in `lockfiles/` (locks users can rely on; see its README).
 
 mod common;
 
@@ -27,7 +28,7 @@ fn committed_locks_match_what_the_tool_resolves() {
         let out = Command::new(env!("CARGO_BIN_EXE_ddslug")).args(["lock", "--env-dir", env.to_str().unwrap()]).output().unwrap();
         assert!(out.status.success(), "{}", text(&out));
         let fresh: Lock = serde_json::from_slice(&out.stdout).unwrap();
-        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("lockfiles").join(format!("{name}.lock"));
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/locks").join(format!("{name}.lock"));
         if regenerate {
             std::fs::write(&path, &out.stdout).unwrap();
             continue;

@@ -144,6 +144,9 @@ fn a_second_builder_pulls_a_bit_identical_slug_without_downloading_the_package()
     assert_eq!(world.served.pool_requests(), downloads, "the second builder downloaded the .deb");
     assert_eq!(slug_hash(&first), slug_hash(&second), "the slugs differ");
     assert_eq!(std::fs::read(first.join(".ddslug/manifest.json")).unwrap(), std::fs::read(second.join(".ddslug/manifest.json")).unwrap());
+    // The SBOM too: the pulled layer's inventory is the one its builder read from the .deb.
+    let sbom = std::fs::read(first.join(".ddslug/sbom.cdx.json")).unwrap();
+    assert!(sbom.len() > 100 && sbom == std::fs::read(second.join(".ddslug/sbom.cdx.json")).unwrap());
     let verify = Command::new(env!("CARGO_BIN_EXE_ddslug")).arg("verify").arg(&second).output().unwrap();
     assert_eq!(verify.status.code(), Some(0), "{}", text(&verify));
     // The pulled layer is in the second cache now: a third build there reuses it, no request.

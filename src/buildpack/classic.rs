@@ -160,13 +160,14 @@ pub(crate) fn manifest_for(lock: &Lock, config: &Config, built: &BuiltLayer) -> 
         // Hashed from the slug's own copies when they are in place (see `seal_manifest`).
         tree_json_sha256: None,
         binary_sha256: None,
+        sbom_sha256: None,
     }
 }
 
 /// A manifest with the SHA-256s of the slug's entry list and binary, and those files' stats.
 pub(crate) type Sealed = (Manifest, Vec<(Stat, Sha256)>);
 
-/// Records in `manifest` the SHA-256 of the entry list and of the binary as staged for the
+/// Records in `manifest` the SHA-256 of the entry list, the SBOM and the binary as staged for the
 /// slug (`ddslug_dir` is the staged `.ddslug`), so that `verify` can check them against
 /// something the slug's own files do not provide. `None` when the entry list is not the
 /// one the layer stored: the layer changed on disk. `known` holds SHA-256s by inode, of
@@ -186,7 +187,9 @@ pub(crate) fn seal_manifest(manifest: &Manifest, built: &BuiltLayer, ddslug_dir:
         return Ok(None);
     }
     let binary = digest("bin/ddslug")?;
-    let sealed = Manifest { tree_json_sha256: Some(tree_json.1), binary_sha256: Some(binary.1), ..manifest.clone() };
+    // The SBOM is written fresh by every build: nothing to remember of its inode.
+    let (_, sbom) = digest(crate::sbom::SLUG_FILE)?;
+    let sealed = Manifest { tree_json_sha256: Some(tree_json.1), binary_sha256: Some(binary.1), sbom_sha256: Some(sbom), ..manifest.clone() };
     Ok(Some((sealed, vec![tree_json, binary])))
 }
 

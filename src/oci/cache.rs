@@ -7,7 +7,8 @@
 //! ```text
 //! manifest  application/vnd.oci.image.manifest.v1+json, artifactType application/vnd.ddslug.layer.v1
 //!   config  application/vnd.ddslug.layer.record.v1+json  the record: key, inputs, tree hash, counts,
-//!                                                        what the recipe removed, relocated pkg-config files
+//!                                                        what the recipe removed, relocated pkg-config files,
+//!                                                        the SBOM inventory
 //!   layers  [application/vnd.oci.image.layer.v1.tar+gzip] the tree, as oci::tarball writes it (exact modes)
 //!   annotations  dev.ddslug.layer-key, dev.ddslug.tree-hash, dev.ddslug.signature (NAME:BASE64 over
 //!                [`sign::statement`]: the layer key, the tree hash, both blobs' digests and sizes)
@@ -86,6 +87,9 @@ pub struct Record {
     pub bytes: u64,
     pub removed: Vec<RuleOutcome>,
     pub pkgconfig: Vec<String>,
+    /// What the package's files declare (the SBOM's inventory), as the pushing builder read
+    /// it while unpacking the .deb: a pulled layer's SBOM says what a built one's would.
+    pub components: crate::sbom::Inventory,
 }
 
 /// The tag a layer is shared under.
@@ -239,7 +243,7 @@ impl SharedCache {
             return Err(Miss::Garbage("its layer has entries a ddslug layer never has".into()));
         }
         let inputs = record.inputs.clone();
-        let (info, index) = layer::store_tree(store, staging, &inputs, record.removed, record.pkgconfig, &report.digests, &report.dir_modes, Some(record.tree_hash))
+        let (info, index) = layer::store_tree(store, staging, &inputs, record.removed, record.pkgconfig, record.components, &report.digests, &report.dir_modes, Some(record.tree_hash))
             .map_err(|e| install(&e))?;
         let took = Took { blob_kind: "gzip", blob_bytes: artifact.layer.size, download, install: t.elapsed() - download };
         Ok((info, index, took))
@@ -277,7 +281,10 @@ impl SharedCache {
             let t = std::time::Instant::now();
             let (layer, _) = write_tarball(store, info, index, &staging, &blob_path).map_err(|e| install(&e))?;
             let packed = t.elapsed();
+            // Stored with every layer built (format 5); a layer without is not pushed.
+            let components = info.components.clone().ok_or_else(|| Miss::Install("the layer has no SBOM inventory".into()))?;
             let record = Record {
+                components,
                 key: info.key,
                 inputs: info.inputs.clone(),
                 tree_hash: info.tree_hash,

@@ -1,4 +1,4 @@
-//! The install step of a compile: the layer, the start script, the binary and the
+//! The install step of a compile: the layer, the start script, the binary, the SBOM and the
 //! manifest go into a staging directory inside BUILD_DIR, then into place by renames.
 //!
 //! Contract: BUILD_DIR comes from the app and is never trusted. Every write goes through
@@ -167,6 +167,9 @@ pub fn install(args: &CompileArgs, store: &Store, built: &BuiltLayer, manifest: 
         if !linked {
             layers.copy_file(entries_name, &ddslug, tree_json, 0o644).context("copying the layer's entry list")?;
         }
+        let sbom = crate::sbom::for_stored_layer(store, &manifest.lock, &built.info)?;
+        let sbom_name = OsStr::new(crate::sbom::SLUG_FILE);
+        ddslug.write_via(sbom_name, &sbom, 0o644, &ddslug).with_context(|| at("ddslug").join(sbom_name).display().to_string())?;
         let Some((sealed, digests)) = seal_manifest(manifest, built, &at("ddslug"), &known)? else { return Ok(false) };
         *manifest = sealed;
         hashed = digests;

@@ -81,6 +81,10 @@ pub struct Manifest {
     /// SHA-256 of `.ddslug/bin/ddslug`, the binary that runs dyno start.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub binary_sha256: Option<Sha256>,
+    /// SHA-256 of `.ddslug/sbom.cdx.json`, the CycloneDX SBOM ([`crate::sbom`]). Absent from
+    /// manifests of slugs built before SBOMs (they have no such file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sbom_sha256: Option<Sha256>,
 }
 
 /// The largest manifest or lock file read (a real one is a few KB): a bigger file is not one.

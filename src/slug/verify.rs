@@ -1,7 +1,8 @@
 //! Proof that a slug is what its manifest says, checked against references the slug's other
 //! files cannot forge alone: `verify` hashes what is actually under `.apt` and compares it
 //! with the manifest's tree hash, the entry list `.ddslug/tree.json` with the SHA-256 the
-//! manifest records for it, and the start script and the shipped binary with theirs. Paths
+//! manifest records for it, and the start script, the shipped binary and the SBOM
+//! (`.ddslug/sbom.cdx.json`) with theirs. Paths
 //! dyno start writes are taken back by exact name ([`dyno_start`]), nothing by directory.
 //! `verify --rebuild` rebuilds the layer from the locked blobs in an empty scratch store and
 //! compares it with what is actually in the slug (and says whether the manifest agrees);
@@ -130,13 +131,16 @@ pub fn verify(build_dir: &Path, app_datadog: Option<&Path>) -> Result<VerifyRepo
     let d = built.as_ref().map(|built| diff(built, &undone.entries)).unwrap_or_default();
 
     if layer {
-        // The start script is inside the binary (the exec.d program).
+        // The start script is inside the binary (the exec.d program); the SBOM is beside the
+        // layer (`<layers>/agent.sbom.cdx.json`), where the lifecycle takes it.
         check_file(build_dir, CNB_PROGRAM, "the ddslug binary", manifest.binary_sha256, &mut problems, &mut unchecked)?;
         check_ddslug_dir(&ddslug, &[("manifest.json", false), ("tree.json", false)], &mut problems)?;
     } else {
         check_file(build_dir, ".profile.d/datadog.sh", "the start script", manifest.start_script_sha256, &mut problems, &mut unchecked)?;
         check_file(build_dir, ".ddslug/bin/ddslug", "the ddslug binary", manifest.binary_sha256, &mut problems, &mut unchecked)?;
-        check_ddslug_dir(&ddslug, &[("bin", true), ("bin/ddslug", false), ("manifest.json", false), ("tree.json", false)], &mut problems)?;
+        check_sbom(build_dir, &manifest, &mut problems, &mut unchecked)?;
+        let expected = [("bin", true), ("bin/ddslug", false), ("manifest.json", false), ("tree.json", false), (crate::sbom::SLUG_FILE, false)];
+        check_ddslug_dir(&ddslug, &expected, &mut problems)?;
     }
 
     let outcome = if !problems.is_empty() || !d.is_empty() {
@@ -246,6 +250,19 @@ fn check_file(
     Ok(())
 }
 
+/// The SBOM against the SHA-256 the manifest records. A slug built before SBOMs has neither
+/// the digest nor the file.
+fn check_sbom(build_dir: &Path, manifest: &Manifest, problems: &mut Vec<String>, unchecked: &mut Vec<String>) -> Result<()> {
+    let rel = format!(".ddslug/{}", crate::sbom::SLUG_FILE);
+    if manifest.sbom_sha256.is_none() {
+        if std::fs::symlink_metadata(build_dir.join(&rel)).is_ok() {
+            unchecked.push(format!("could not check {rel} (the SBOM): the manifest predates its SHA-256 (a compile with this ddslug records it)"));
+        }
+        return Ok(());
+    }
+    check_file(build_dir, &rel, "the SBOM", manifest.sbom_sha256, problems, unchecked)
+}
+
 /// The exec.d program in a CNB agent layer.
 const CNB_PROGRAM: &str = "exec.d/ddslug";
 
@@ -310,6 +327,12 @@ pub struct RebuildReport {
     pub matches: bool,
     /// The rebuilt tree against the slug's.
     pub diff: TreeDiff,
+    /// The SBOM of the rebuilt layer is byte for byte the slug's `.ddslug/sbom.cdx.json`;
+    /// `None` when not compared (see [`RebuildReport::sbom_note`]).
+    pub sbom_matches: Option<bool>,
+    /// Why the SBOMs were not compared.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sbom_note: Option<String>,
 }
 
 /// Rebuilds the slug's layer from its locked blobs in an empty scratch store and compares it
@@ -353,8 +376,10 @@ pub fn rebuild(verified: &VerifyReport, cache: Option<&Path>, fetch: FetchOption
         let d = diff(&rebuilt, &verified.slug_entries);
         let matches_slug = built.info.tree_hash == verified.actual_tree_hash && d.is_empty();
         let matches_manifest = built.info.tree_hash == manifest.tree_hash && built.info.key == manifest.layer_key;
+        let (sbom_matches, sbom_note) = compare_sbom(verified, &built.info);
+        let matches = matches_slug && matches_manifest && sbom_matches != Some(false);
         Ok(RebuildReport {
-            outcome: if matches_slug && matches_manifest { Outcome::Identical } else { Outcome::Differs },
+            outcome: if matches { Outcome::Identical } else { Outcome::Differs },
             rebuilt_tree_hash: built.info.tree_hash,
             rebuilt_layer_key: built.info.key,
             slug_tree_hash: verified.actual_tree_hash,
@@ -362,13 +387,39 @@ pub fn rebuild(verified: &VerifyReport, cache: Option<&Path>, fetch: FetchOption
             manifest_layer_key: manifest.layer_key,
             matches_slug,
             matches_manifest,
-            matches: matches_slug && matches_manifest,
+            matches,
             diff: d,
+            sbom_matches,
+            sbom_note,
         })
     })();
     let _ = remove_any(&scratch_root);
     drop(scratch_dir);
     result
+}
+
+/// Whether the SBOM of the rebuilt layer is the slug's, byte for byte: a manifest and SBOM
+/// forged together still disagree with the rebuild. Not compared (with why) when the slug has
+/// no SBOM or another ddslug version wrote it (the SBOM names its writer).
+fn compare_sbom(verified: &VerifyReport, rebuilt: &crate::store::layer::LayerInfo) -> (Option<bool>, Option<String>) {
+    let manifest = &verified.manifest;
+    if is_cnb_layer(&verified.build_dir) {
+        return (None, Some(format!("a CNB layer's SBOM is beside it, as <layers>/agent.{}", crate::sbom::SLUG_FILE)));
+    }
+    if manifest.sbom_sha256.is_none() {
+        return (None, Some("the slug has no SBOM (built before SBOMs)".into()));
+    }
+    if manifest.ddslug_version != env!("CARGO_PKG_VERSION") {
+        let why = format!("the SBOM was written by ddslug {}; this is {}", manifest.ddslug_version, env!("CARGO_PKG_VERSION"));
+        return (None, Some(why));
+    }
+    let path = verified.build_dir.join(".ddslug").join(crate::sbom::SLUG_FILE);
+    match read_bounded(&path, crate::sbom::MAX_SLUG_SBOM) {
+        // The rebuilt layer is fresh: its inventory is in hand.
+        Ok(bytes) => (Some(rebuilt.components.as_ref().is_some_and(|inventory| bytes == crate::sbom::for_layer(&manifest.lock, rebuilt, inventory))), None),
+        // Missing or unreadable: verify already reports it against the manifest.
+        Err(_) => (Some(false), None),
+    }
 }
 
 /// What differs between two slugs (or manifests).

@@ -26,9 +26,9 @@ use crate::unpack::xzseek::BlockStats;
 /// Bump when the way a layer is produced from the same inputs, or what is stored with it,
 /// changes (2: the binary `.index` replaced `.mtimes.json`; 3: directories are stored
 /// owner-accessible, their exact modes in the index; 4: the index records each file's xxh3,
-/// and `<key>.json` the SHA-256 of `<key>.tree.json`). Older layers get other keys: they are
-/// rebuilt, never read with the wrong format.
-pub const LAYER_FORMAT: u32 = 4;
+/// and `<key>.json` the SHA-256 of `<key>.tree.json`; 5: `<key>.sbom.json` holds the SBOM's
+/// inventory). Older layers get other keys: they are rebuilt, never read with the wrong format.
+pub const LAYER_FORMAT: u32 = 5;
 
 /// Why a layer could not be built or read.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +41,8 @@ pub enum LayerError {
     Recipe(#[from] crate::unpack::recipe::RecipeError),
     #[error(transparent)]
     Tree(#[from] crate::store::treehash::TreeError),
+    #[error(transparent)]
+    Sbom(#[from] crate::sbom::SbomError),
     #[error("{path}: {error}")]
     Io { path: PathBuf, error: std::io::Error },
     #[error("{path}: {reason}")]
@@ -105,6 +107,12 @@ pub struct LayerInfo {
     /// SHA-256 of `<key>.tree.json` as stored: what a slug's manifest records for its copy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entries_sha256: Option<Sha256>,
+    /// What the package's files declare about the software inside it, gathered while the
+    /// layer was built (what [`crate::sbom::for_layer`] renders): here only for a layer just
+    /// built; stored beside the record as `<key>.sbom.json`, read only when an SBOM has to be
+    /// rendered again ([`crate::sbom::for_stored_layer`]).
+    #[serde(skip)]
+    pub components: Option<crate::sbom::Inventory>,
 }
 
 /// The size and mtime of a stored file: an in-place edit changes the mtime. (Not the inode,
@@ -186,8 +194,12 @@ pub(crate) fn read_stored(store: &Store, name: &str, limit: u64) -> Result<Optio
 /// A stored layer, if complete.
 pub fn load(store: &Store, key: &Sha256) -> Result<Option<LayerInfo>, LayerError> {
     let Some(text) = read_stored(store, &format!("{}.json", key.hex()), INFO_LIMIT)? else { return Ok(None) };
-    // The layer itself must be a directory, not a symlink to one.
-    if store.dir("layers")?.kind(OsStr::new(&key.hex())).ok() != Some(crate::fsat::Kind::Dir) {
+    // The layer itself must be a directory, not a symlink to one, and its SBOM inventory
+    // a regular file.
+    let layers = store.dir("layers")?;
+    if layers.kind(OsStr::new(&key.hex())).ok() != Some(crate::fsat::Kind::Dir)
+        || layers.kind(OsStr::new(&crate::sbom::inventory_file(key))).ok() != Some(crate::fsat::Kind::File)
+    {
         return Ok(None);
     }
     match serde_json::from_slice::<LayerInfo>(&text) {
@@ -247,7 +259,7 @@ fn build_in(
     // Several packages unpack in parallel, each through the recipe's filter so that removed
     // files are never written; later packages win on conflicts, as with dpkg.
     let parts: Vec<PathBuf> = (0..debs.len()).map(|i| staging.path.join(format!("part{i}"))).collect();
-    type Unpacked = (Vec<RuleOutcome>, HashMap<FileId, crate::hash::Digests>, Option<BlockStats>, HashMap<(u64, u64), u32>);
+    type Unpacked = (Vec<RuleOutcome>, HashMap<FileId, crate::hash::Digests>, Option<BlockStats>, HashMap<(u64, u64), u32>, Distributions);
     let unpacked: Vec<Unpacked> = std::thread::scope(|scope| -> Result<Vec<Unpacked>, LayerError> {
         let handles: Vec<_> = debs
             .iter()
@@ -261,8 +273,11 @@ fn build_in(
                         Some(progress) => crate::unpack::deb::Integrity::Downloading(progress),
                         None => crate::unpack::deb::Integrity::Verified,
                     };
-                    let report = crate::unpack::deb::unpack_deb_filtered(&deb.path, &deb.label, part, Some(&mut filter), integrity)?;
-                    Ok((filter.outcomes, report.digests, report.xz_blocks, report.dir_modes))
+                    // The SBOM's collector notes the Python distributions passing by (names only).
+                    let mut collector = crate::sbom::Collector::new(&mut filter);
+                    let report = crate::unpack::deb::unpack_deb_filtered(&deb.path, &deb.label, part, Some(&mut collector), integrity)?;
+                    let seen = collector.finish()?;
+                    Ok((filter.outcomes, report.digests, report.xz_blocks, report.dir_modes, seen))
                 })
             })
             .collect();
@@ -291,12 +306,15 @@ fn build_in(
     // What each file holds, as hashed while it was written. Files changed since (renamed
     // files keep theirs) no longer match their recorded identity and are read again.
     let mut digests = HashMap::new();
-    let (mut xz_blocks, mut dir_modes) = (Vec::new(), HashMap::new());
-    for (outcome, written, blocks, modes) in unpacked {
+    let (mut xz_blocks, mut dir_modes, mut distributions) = (Vec::new(), HashMap::new(), Distributions::new());
+    for (outcome, written, blocks, modes, seen) in unpacked {
         merge_outcomes(&mut removed, &outcome);
         digests.extend(written);
         xz_blocks.extend(blocks);
         dir_modes.extend(modes);
+        for (path, kept) in seen {
+            *distributions.entry(path).or_default() |= kept;
+        }
     }
     let tree_dir = staging.dir.dir_beneath(Path::new("tree")).map_err(io_at(&tree))?;
     let pkgconfig = relocate_pkgconfig(&tree_dir, &tree)?;
@@ -314,15 +332,16 @@ fn build_in(
     };
     let wrapper_dir = tree_dir.make_dirs_beneath(parent).map_err(in_the_way)?;
     wrapper_dir.write_via(name, wrapper_text, 0o755, &wrapper_dir).map_err(in_the_way)?;
-    let (info, index) = store_tree(store, staging, inputs, removed, pkgconfig, &digests, &dir_modes, None)?;
+    let components = crate::sbom::inventory(&tree_dir, &tree, &distributions, &removed)?;
+    let (info, index) = store_tree(store, staging, inputs, removed, pkgconfig, components, &digests, &dir_modes, None)?;
     Ok((info, index, xz_blocks))
 }
 
 /// Hashes the finished tree `tree` of `staging` and stores it as the layer of `inputs`: the
-/// tree renamed into `layers/<key>`, then its index, its entry list and, last, `<key>.json`.
-/// `digests` and `dir_modes` are what the unpacker recorded (see [`scan_tree_known`]). With
-/// `expected`, a tree whose hash differs is not stored (a layer pulled from a registry must
-/// be the tree its signer hashed).
+/// tree renamed into `layers/<key>`, then its index, its entry list, its SBOM inventory
+/// (`components`) and, last, `<key>.json`. `digests` and `dir_modes` are what the unpacker
+/// recorded (see [`scan_tree_known`]). With `expected`, a tree whose hash differs is not
+/// stored (a layer pulled from a registry must be the tree its signer hashed).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn store_tree(
     store: &Store,
@@ -330,6 +349,7 @@ pub(crate) fn store_tree(
     inputs: &LayerInputs,
     removed: Vec<RuleOutcome>,
     pkgconfig: Vec<String>,
+    components: crate::sbom::Inventory,
     digests: &HashMap<FileId, crate::hash::Digests>,
     dir_modes: &HashMap<(u64, u64), u32>,
     expected: Option<TreeHash>,
@@ -352,6 +372,7 @@ pub(crate) fn store_tree(
         pkgconfig,
         entries_file: None,
         entries_sha256: None,
+        components: None,
     };
     let dest = layer_dir(store, &key);
     let layers = store.dir("layers")?;
@@ -370,11 +391,19 @@ pub(crate) fn store_tree(
     let stamp = layers.write_via(OsStr::new(&format!("{hex}.tree.json")), &entries_json, 0o644, &staging.dir).map_err(io_at(&entries_dest))?;
     info.entries_sha256 = Some(Sha256::of(&entries_json));
     info.entries_file = Some(FileStamp { size: stamp.size, mtime: stamp.mtime });
+    let inventory = serde_json::to_vec(&components).map_err(|e| LayerError::Json { path: dest.clone(), reason: e.to_string() })?;
+    let inventory_name = crate::sbom::inventory_file(&key);
+    layers.write_via(OsStr::new(&inventory_name), &inventory, 0o644, &staging.dir).map_err(io_at(&dest.with_file_name(&inventory_name)))?;
+    info.components = Some(components);
     let json = serde_json::to_vec_pretty(&info).map_err(|e| LayerError::Json { path: dest.clone(), reason: e.to_string() })?;
     let info_dest = info_path(store, &key);
     layers.write_via(OsStr::new(&format!("{hex}.json")), &json, 0o644, &staging.dir).map_err(io_at(&info_dest))?;
     Ok((info, index))
 }
+
+/// Python distribution records seen while unpacking, by path, and whether any of each was
+/// written ([`crate::sbom::Collector`]).
+type Distributions = std::collections::BTreeMap<Vec<u8>, bool>;
 
 /// What ddslug writes in an unpacked tree, and where, in the order it does: for each active
 /// rename the directories above both ends, then the wrapper (the path itself and every

@@ -7,6 +7,8 @@
 //!   layers/<key>.json       what a layer was made from, its tree hash, counts and bytes
 //!   layers/<key>.tree.json  its entries; `<key>.index`: the same by directory, with mtimes (binary)
 //!   layers/<key>.seen       each file's inode and ctime as the last build saw it intact
+//!   layers/<key>.sbom.json  what the package's files declare (the SBOM's inventory, crate::sbom)
+//!   layers/<key>.cdx.json   the SBOM last rendered for the layer (reused while its serial matches)
 //!   tmp/                    staging; finished items are renamed into place (atomic)
 //!   tmp/downloads/<hex>.part  partial downloads, resumed by the next run
 //!   lock                    advisory lock held by a build: builds sharing a cache wait
@@ -372,7 +374,7 @@ impl Store {
                 let dir = layers_path.join(key);
                 // The description goes first: a layer without it is never reused. (What
                 // layers of format 1 had instead of `.index`: `.mtimes.json`.)
-                let names = [".json", ".tree.json", ".index", ".seen", ".mtimes.json", ""].iter().map(|s| OsString::from(format!("{key}{s}"))).collect();
+                let names = [".json", ".tree.json", ".index", ".seen", ".sbom.json", ".cdx.json", ".mtimes.json", ""].iter().map(|s| OsString::from(format!("{key}{s}"))).collect();
                 garbage.push((Garbage { path: dir.clone(), bytes: tree_bytes(&dir), idle_days }, "layers", names));
             }
         }

@@ -125,7 +125,7 @@ pub fn build(args: &BuildArgs, report: &Reporter) -> Result<BuildOutcome> {
         metadata.lock = lock;
         layers::write(&layers, &args.layers_dir, AGENT_LAYER, agent_types, &metadata)?;
         prune_store_layers(&store)?;
-        sbom_spot(&args.layers_dir);
+        // The kept layer's SBOM is the one the lifecycle restored beside it (spec: "Layer Types").
         report.topic(&format!("Datadog Agent {} ready in {}", agent_version(&metadata.lock), seconds(started.elapsed())));
         return Ok(BuildOutcome { metadata, layer_kept: true, downloaded: false });
     }
@@ -136,10 +136,10 @@ pub fn build(args: &BuildArgs, report: &Reporter) -> Result<BuildOutcome> {
     // No metadata may name a layer being replaced: forget it first.
     layers::forget(&layers, &args.layers_dir, AGENT_LAYER)?;
     let manifest = install_layer(&layers, &args.layers_dir, &store, &built, manifest_for(&lock, &config, &built), &args.self_exe)?;
+    write_sbom(&layers, &args.layers_dir, &store, &lock, &built)?;
     let metadata = AgentMetadata { layer_key: key, tree_hash: built.info.tree_hash, ddslug_sha256: binary, lock };
     layers::write(&layers, &args.layers_dir, AGENT_LAYER, agent_types, &metadata)?;
     prune_store_layers(&store)?;
-    sbom_spot(&args.layers_dir);
     report.detail(&format!("{} files in {}; tree hash {}", manifest.files, seconds(t.elapsed()), manifest.tree_hash));
     report.topic(&format!("Datadog Agent {} installed in {}", agent_version(&metadata.lock), seconds(started.elapsed())));
     Ok(BuildOutcome { metadata, layer_kept: false, downloaded: built.downloaded })
@@ -150,10 +150,15 @@ fn agent_version(lock: &Lock) -> &str {
     lock.packages.first().map_or("(none)", |p| p.version.as_str())
 }
 
-// SBOM: helper `sbom` adds `crate::sbom`, which writes `<layers>/agent.sbom.cdx.json` (declared
-// in buildpack.toml's sbom-formats) from the lock and the layer's tree. Until it lands on main
-// nothing is written here; a kept layer keeps the SBOM the lifecycle restored beside it.
-fn sbom_spot(_layers_dir: &Path) {}
+/// Writes `<layers>/agent.sbom.cdx.json` (a media type buildpack.toml's `sbom-formats`
+/// declares): the same bytes as a Cedar slug's `.ddslug/sbom.cdx.json` for the same lock
+/// ([`crate::sbom::for_stored_layer`]), replacing the SBOM of a layer this build replaced.
+fn write_sbom(layers: &Dir, layers_dir: &Path, store: &Store, lock: &Lock, built: &BuiltLayer) -> Result<()> {
+    let name = format!("{AGENT_LAYER}.{}", crate::sbom::SLUG_FILE);
+    let bytes = crate::sbom::for_stored_layer(store, lock, &built.info)?;
+    layers.write_via(OsStr::new(&name), &bytes, 0o644, layers).with_context(|| format!("writing {}", layers_dir.join(&name).display()))?;
+    Ok(())
+}
 
 /// The restored agent layer's metadata, when it names `key` and the layer is there with the
 /// manifest of that key (the lifecycle restores metadata and content of a cached layer

@@ -335,6 +335,7 @@ mod tests {
             tree_json_sha256: None,
             start_script_sha256: None,
             binary_sha256: None,
+            sbom_sha256: None,
         }
     }
 

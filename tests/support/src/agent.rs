@@ -174,3 +174,106 @@ pub fn agent_deb(package: &str, version: &str, scale: Scale) -> DebSpec {
     d = d.file("lib/systemd/system/datadog-agent.service", 0o644, "[Unit]\nDescription=Datadog Agent\n");
     d
 }
+
+/// One Python distribution that [`with_python_distributions`] adds to every site-packages.
+pub struct PythonDist {
+    /// The `<name>-<version>` stem of its record directory.
+    pub stem: &'static str,
+    /// The headers of its METADATA (or PKG-INFO).
+    pub headers: &'static str,
+    /// What it installs, relative to site-packages (its RECORD lists these and its own files).
+    pub installs: &'static [&'static str],
+    /// An egg-info directory (PKG-INFO and top_level.txt) instead of a dist-info one.
+    pub egg: bool,
+}
+
+/// The distributions [`with_python_distributions`] adds: one the recipe keeps whole, one it
+/// strips in part (botocore's data), one whose code it removes but not its record
+/// (kubernetes), a single-module one, and an egg-info.
+pub const PYTHON_DISTS: &[PythonDist] = &[
+    PythonDist {
+        stem: "requests-2.32.3",
+        headers: "Metadata-Version: 2.4\nName: requests\nVersion: 2.32.3\nLicense-Expression: Apache-2.0\n",
+        installs: &["requests/__init__.py", "requests/api.py"],
+        egg: false,
+    },
+    PythonDist {
+        stem: "botocore-1.34.0",
+        headers: "Metadata-Version: 2.1\nName: botocore\nVersion: 1.34.0\nLicense: Apache License 2.0\n",
+        installs: &["botocore/__init__.py", "botocore/data/s3/2006-03-01/service-2.json", "botocore/data/ec2/2006-03-01/service-2.json"],
+        egg: false,
+    },
+    PythonDist {
+        stem: "kubernetes-29.0.0",
+        headers: "Metadata-Version: 2.1\nName: kubernetes\nVersion: 29.0.0\nLicense: Apache License Version 2.0\n",
+        installs: &["kubernetes/__init__.py"],
+        egg: false,
+    },
+    PythonDist {
+        stem: "six-1.16.0",
+        headers: "Metadata-Version: 2.1\nName: six\nVersion: 1.16.0\nLicense: UNKNOWN\nClassifier: License :: OSI Approved :: MIT License\n",
+        installs: &["six.py"],
+        egg: false,
+    },
+    PythonDist {
+        stem: "simplejson-3.6.5-py2.7",
+        headers: "Metadata-Version: 1.1\nName: simplejson\nVersion: 3.6.5\nLicense: MIT License\n",
+        installs: &["simplejson/__init__.py"],
+        egg: true,
+    },
+];
+
+/// The Omnibus build manifest [`with_python_distributions`] adds, as Omnibus writes it into
+/// the install directory.
+pub const OMNIBUS_MANIFEST: &str = r#"{
+  "manifest_format": 2,
+  "software": {
+    "openssl3": {"locked_version": "3.0.15", "locked_source": {"url": "https://example.invalid/openssl-3.0.15.tar.gz"}, "source_type": "url", "described_version": "3.0.15", "license": "Apache-2.0"},
+    "datadog-agent": {"locked_version": "0123456789abcdef0123456789abcdef01234567", "source_type": "git", "described_version": "7.81.2", "license": "Apache-2.0"},
+    "zlib": {"locked_version": "1.3.1", "source_type": "url", "license": "Zlib"},
+    "preparation": {"locked_version": null, "source_type": null, "described_version": null, "license": "Unspecified"}
+  },
+  "build_version": "7.81.2-1",
+  "license": "Apache-2.0"
+}
+"#;
+
+/// `d` with [`PYTHON_DISTS`] installed in each of its site-packages directories (with
+/// METADATA, RECORD and the files they install) and the Omnibus build manifest
+/// `opt/datadog-agent/version-manifest.json`.
+pub fn with_python_distributions(mut d: DebSpec) -> DebSpec {
+    let mut sites: Vec<String> = d
+        .entries
+        .iter()
+        .filter_map(|(p, _)| {
+            let p = String::from_utf8_lossy(p);
+            p.find("/site-packages/").map(|at| p[..at + "/site-packages".len()].to_string())
+        })
+        .collect();
+    sites.sort();
+    sites.dedup();
+    for site in &sites {
+        for dist in PYTHON_DISTS {
+            let record_dir = format!("{}.{}", dist.stem, if dist.egg { "egg-info" } else { "dist-info" });
+            let mut record = String::new();
+            for file in dist.installs {
+                let path = format!("{site}/{file}");
+                // Files the package already has keep their contents.
+                if !d.entries.iter().any(|(p, _)| p == path.as_bytes()) {
+                    d = d.file(&path, 0o644, text(path.len() as u64, 300));
+                }
+                record.push_str(&format!("{file},sha256=x,300\n"));
+            }
+            let meta = if dist.egg { "PKG-INFO" } else { "METADATA" };
+            d = d.file(&format!("{site}/{record_dir}/{meta}"), 0o644, format!("{}\nThe description.\n", dist.headers));
+            if dist.egg {
+                let tops: Vec<&str> = dist.installs.iter().map(|f| f.split('/').next().unwrap_or(f)).collect();
+                d = d.file(&format!("{site}/{record_dir}/top_level.txt"), 0o644, format!("{}\n", tops.join("\n")));
+            } else {
+                record.push_str(&format!("{record_dir}/METADATA,sha256=x,100\n{record_dir}/RECORD,,\n"));
+                d = d.file(&format!("{site}/{record_dir}/RECORD"), 0o644, record);
+            }
+        }
+    }
+    d.file("opt/datadog-agent/version-manifest.json", 0o644, OMNIBUS_MANIFEST)
+}

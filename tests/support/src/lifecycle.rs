@@ -183,17 +183,20 @@ impl Lifecycle {
             let launch = types(in_image, "launch") || types(in_cache, "launch");
             let cached = types(in_cache, "cache");
             let same_layer = || snapshot_id(&self.root.join("image"), name) == snapshot_id(&self.root.join("cache"), name);
-            let (metadata, content) = match (launch, cached) {
-                (true, true) if in_image.is_some() && in_cache.is_some() && same_layer() => (in_image, true),
+            let (image_dir, cache_dir) = (self.root.join("image"), self.root.join("cache"));
+            let (metadata, content, from) = match (launch, cached) {
+                (true, true) if in_image.is_some() && in_cache.is_some() && same_layer() => (in_image, true, &image_dir),
                 // Launch layers without a matching cached copy: metadata only (from the image).
-                (true, _) => (in_image, false),
-                (false, true) => (in_cache, true),
-                (false, false) => (None, false),
+                (true, _) => (in_image, false, &image_dir),
+                (false, true) => (in_cache, true, &cache_dir),
+                (false, false) => (None, false, &cache_dir),
             };
             let Some(metadata) = metadata else { continue };
             let mut restored = metadata.clone();
             restored.remove("types");
             fs::write(layers.join(format!("{name}.toml")), toml::to_string(&restored)?)?;
+            // The layer's SBOM files come back with its metadata, from the same place.
+            copy_sboms(from, &layers, name)?;
             if content {
                 copy_tree(&self.root.join("cache").join(name), &layers.join(name))?;
             }
@@ -282,6 +285,8 @@ impl Lifecycle {
             let flag = |k: &str| table.get("types").and_then(|t| t.get(k)).and_then(|v| v.as_bool()) == Some(true);
             let dir = layers.join(name);
             if flag("launch") {
+                remove_sboms(&image, name)?;
+                copy_sboms(&layers, &image, name)?;
                 if dir.is_dir() {
                     replace_tree(&dir, &image.join(name))?;
                     fs::write(image.join(format!("{name}.snapshot")), self.exports.to_string())?;
@@ -298,6 +303,7 @@ impl Lifecycle {
         for name in previous_image.keys().filter(|n| !exported.contains_key(*n)) {
             let _ = fs::remove_dir_all(image.join(name));
             let _ = fs::remove_file(image.join(format!("{name}.toml")));
+            remove_sboms(&image, name)?;
         }
         for (name, table) in &exported {
             fs::write(image.join(format!("{name}.toml")), toml::to_string(table)?)?;
@@ -308,6 +314,7 @@ impl Lifecycle {
         for (name, table) in &new_cache {
             copy_tree(&layers.join(name), &cache.join(name))?;
             fs::write(cache.join(format!("{name}.toml")), toml::to_string(table)?)?;
+            copy_sboms(&layers, &cache, name)?;
             let id = if exported.contains_key(name) { fs::read_to_string(image.join(format!("{name}.snapshot")))? } else { self.exports.to_string() };
             fs::write(cache.join(format!("{name}.snapshot")), id)?;
         }
@@ -483,5 +490,35 @@ fn make_writable(dir: &Path) -> Result<()> {
 fn read_only(dir: &Path) -> Result<()> {
     let out = Command::new("chmod").args(["-R", "a-w"]).arg(dir).output()?;
     ensure!(out.status.success(), "chmod: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(())
+}
+
+/// The layer `name`'s SBOM files (`<name>.sbom.<ext>`) in `dir`.
+fn sboms(dir: &Path, name: &str) -> Result<Vec<PathBuf>> {
+    let prefix = format!("{name}.sbom.");
+    let Ok(entries) = fs::read_dir(dir) else { return Ok(Vec::new()) };
+    let mut out = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        if entry.file_name().to_string_lossy().starts_with(&prefix) && entry.file_type()?.is_file() {
+            out.push(entry.path());
+        }
+    }
+    Ok(out)
+}
+
+/// Copies the layer `name`'s SBOM files from `from` to `to` (spec: "Layer Types": they are
+/// restored with the layer's metadata, and only those associated with a layer).
+fn copy_sboms(from: &Path, to: &Path, name: &str) -> Result<()> {
+    for path in sboms(from, name)? {
+        fs::copy(&path, to.join(path.file_name().unwrap_or_default()))?;
+    }
+    Ok(())
+}
+
+fn remove_sboms(dir: &Path, name: &str) -> Result<()> {
+    for path in sboms(dir, name)? {
+        fs::remove_file(path)?;
+    }
     Ok(())
 }
