@@ -17,6 +17,7 @@ use ddslug::oci::registry::{BlobRef, Registry as Client, RepoRef};
 use ddslug::oci::sign::{self, SecretKey};
 use ddslug::store::treehash::{TreeHash, scan_tree};
 use ddslug_testsupport::faultproxy::{FaultProxy, ProxyFault};
+use ddslug_testsupport::lifecycle::Lifecycle;
 use ddslug_testsupport::registry::{Registry, free_port};
 
 const REPO: &str = "ddslug/cache";
@@ -171,6 +172,36 @@ fn a_second_builder_pulls_a_bit_identical_slug_without_downloading_the_package()
     assert!(text(&out).contains("pulled and verified"), "{}", text(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("layer-cached datadog-heroku-agent 1:7.81.2-1"), "{}", text(&out));
     assert_eq!(world.served.pool_requests(), downloads, "fetch downloaded the .deb");
+}
+
+#[test]
+fn a_cnb_build_pulls_the_layer_a_cedar_builder_pushed() {
+    let world = World::start();
+    let first = world.push_first();
+    let downloads = world.served.pool_requests();
+    // The Cloud Native Buildpack, through the spec-following lifecycle driver, with the
+    // registry and the trusted key in the platform's env.
+    let dir = tempfile::tempdir().unwrap();
+    let mut lc = Lifecycle::new(dir.path(), Path::new(env!("CARGO_MANIFEST_DIR")), "amd64").unwrap();
+    lc.vars.push(("DDSLUG_BIN".into(), env!("CARGO_BIN_EXE_ddslug").into()));
+    for (name, value) in [
+        ("DD_APT_REPO_URL", world.served.server.url()),
+        ("DD_APT_KEYRING", world.served.fixture.keyring.to_str().unwrap().to_string()),
+        ("DD_CACHE_REGISTRY", format!("{}/{REPO}", world.registry.host())),
+        ("DD_CACHE_TRUSTED_KEYS", world.keys.public.clone()),
+    ] {
+        lc.set_env(name, &value).unwrap();
+    }
+    let built = lc.build().unwrap();
+    let out = text(&built.build);
+    assert!(built.build.status.success(), "{out}");
+    assert!(out.contains("pulled and verified") && out.contains("signed by ci-1"), "{out}");
+    assert!(!out.contains("Building layer"), "{out}");
+    assert_eq!(world.served.pool_requests(), downloads, "the CNB build downloaded the .deb");
+    // The agent layer holds the Cedar slug's tree.
+    let cedar = ddslug::slug::manifest::read_manifest(&first.join(".ddslug/manifest.json")).unwrap();
+    let agent = built.image_layers["agent"]["metadata"]["tree_hash"].as_str().unwrap().to_string();
+    assert_eq!(agent, cedar.tree_hash.to_string());
 }
 
 #[test]

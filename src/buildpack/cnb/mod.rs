@@ -28,7 +28,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 
 use self::layers::{AGENT_LAYER, AgentMetadata, CACHE_LAYER, CacheMetadata, Types};
-use crate::buildpack::classic::{BuiltLayer, Reuse, build_layer, fetcher_for, layer_inputs, lock_for, manifest_for};
+use crate::buildpack::classic::{BuiltLayer, Reuse, build_layer_shared, fetcher_for, layer_inputs, lock_for, manifest_for, shared_cache};
 use crate::config::{Config, Settings, cnb_arch};
 use crate::fsat::Dir;
 use crate::hash::Sha256;
@@ -130,7 +130,10 @@ pub fn build(args: &BuildArgs, report: &Reporter) -> Result<BuildOutcome> {
         return Ok(BuildOutcome { metadata, layer_kept: true, downloaded: false });
     }
 
-    let built = build_layer(&store, &fetcher, &lock, report, Reuse::Checked)?;
+    // A layer another builder pushed to the shared cache (DD_CACHE_REGISTRY) is pulled and
+    // checked instead of built; one built here is pushed, as on Cedar.
+    let shared = shared_cache(&config, report);
+    let built = build_layer_shared(&store, &fetcher, &lock, report, Reuse::Checked, shared.as_ref())?;
     report.topic("Installing the agent layer");
     let t = Instant::now();
     // No metadata may name a layer being replaced: forget it first.
