@@ -226,9 +226,14 @@ impl LayerTree {
         Ok(())
     }
 
-    /// Writes the layer as gzip to `out`, every mtime clamped to at most `clamp` (seconds).
-    /// Every entry's parent must be an entry too (or the layer's root).
+    /// Writes the layer as gzip ([`GZIP_LEVEL`]) to `out`, every mtime clamped to at most
+    /// `clamp` (seconds). Every entry's parent must be an entry too (or the layer's root).
     pub fn write(&self, out: impl Write, clamp: i64) -> Result<LayerBlob, TarballError> {
+        self.write_at_level(out, clamp, GZIP_LEVEL)
+    }
+
+    /// [`LayerTree::write`] at gzip level `level` (the bytes depend on the level alone).
+    pub fn write_at_level(&self, out: impl Write, clamp: i64, level: u32) -> Result<LayerBlob, TarballError> {
         for path in self.entries.keys() {
             let (parent, _) = crate::pathbytes::split_last(path);
             if !parent.is_empty() && !matches!(self.entries.get(parent), Some(Entry { source: Source::Dir, .. })) {
@@ -236,7 +241,7 @@ impl LayerTree {
             }
         }
         let compressed = Counted { inner: out, hasher: Hasher::new() };
-        let gzip = flate2::GzBuilder::new().mtime(0).operating_system(255).write(compressed, flate2::Compression::new(GZIP_LEVEL));
+        let gzip = flate2::GzBuilder::new().mtime(0).operating_system(255).write(compressed, flate2::Compression::new(level));
         let mut tar = Counted { inner: gzip, hasher: Hasher::new() };
         let mut buf = vec![0u8; 1 << 17];
         let mut open: Option<(usize, Vec<u8>, Dir)> = None;
