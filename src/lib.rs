@@ -10,7 +10,8 @@
 //! ```
 //!
 //! `buildpack::classic` runs it end to end for `bin/compile`; the other commands use stages
-//! alone; `runtime` is the dyno side (`.profile.d/datadog.sh` calls it). Shared helpers:
+//! alone; `oci` turns a slug into an OCI image (and shares layers through a registry);
+//! `runtime` is the dyno side (`.profile.d/datadog.sh` calls it, `dyno run` in a container). Shared helpers:
 //! `fsat` (directory-relative file operations that never follow a symlink), `pathbytes`
 //! (names as bytes, shown escaped), `hash` (SHA-256 and xxh3), `report` (build output).
 

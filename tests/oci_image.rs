@@ -193,6 +193,16 @@ fn bad_input_is_named_and_nothing_is_written() {
     let out = ddslug(&[&"image", &build, &"--oci-layout", &layout, &"--push", &"http://registry.example.com/agent"]);
     assert!(!out.status.success() && text(&out).contains("--push"), "{}", text(&out));
     assert!(!layout.join("index.json").exists());
+    // A layout whose blobs directory is a symlink out of it: refused, nothing written there.
+    let trap = served.dir.path().join("trap");
+    fs::create_dir_all(&trap).unwrap();
+    let linked = served.dir.path().join("linked-layout");
+    fs::create_dir_all(&linked).unwrap();
+    fs::write(linked.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    std::os::unix::fs::symlink(&trap, linked.join("blobs")).unwrap();
+    let out = ddslug(&[&"image", &build, &"--oci-layout", &linked]);
+    assert!(!out.status.success() && text(&out).contains("blobs/sha256"), "{}", text(&out));
+    assert_eq!(fs::read_dir(&trap).unwrap().count(), 0, "a blob was written through the symlink");
     // A slug changed since compile.
     let changed = build.join(".apt/opt/datadog-agent/bin/agent/agent");
     let bytes = fs::read(&changed).unwrap();
