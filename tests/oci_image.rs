@@ -237,3 +237,38 @@ fn an_unprivileged_user_with_another_umask_writes_the_same_image() {
     assert!(out.contains("-----> Writing the OCI image"), "{out}");
     assert_eq!(image_of(&layout, TAG).0, image_of(&root_layout, TAG).0, "another user or umask gives another image");
 }
+
+/// `--push` to a registry that wants basic auth: refused without credentials (the status
+/// named), accepted with DD_REGISTRY_USER / DD_REGISTRY_PASSWORD or a Docker config.json;
+/// the password never printed.
+#[test]
+fn push_with_credentials_from_settings_or_a_docker_config() {
+    let served = Served::start();
+    let registry = Registry::start_with_auth(&served.dir.path().join("registry"), "builder", "s3cret-pw").unwrap();
+    let build = served.build_dir("auth");
+    ok(ddslug(&[&"compile", &build, &served.dir.path().join("cache"), &served.env_dir("auth", &[])]));
+    let layout = served.dir.path().join("layout");
+    let target = format!("{}/team/agent", registry.host());
+    let push = |vars: &[(&str, &str)]| {
+        let mut cmd = Command::new(DDSLUG);
+        cmd.args(["image"]).arg(&build).arg("--oci-layout").arg(&layout).args(["--push", &target]);
+        cmd.env_remove("DD_REGISTRY_USER").env_remove("DD_REGISTRY_PASSWORD").env("DOCKER_CONFIG", served.dir.path().join("no-docker"));
+        cmd.envs(vars.iter().copied()).output().unwrap()
+    };
+    let out = push(&[]);
+    assert!(!out.status.success() && text(&out).contains("401"), "{}", text(&out));
+    let out = push(&[("DD_REGISTRY_USER", "builder")]);
+    assert!(!out.status.success() && text(&out).contains("DD_REGISTRY_PASSWORD"), "{}", text(&out));
+    let out = push(&[("DD_REGISTRY_USER", "builder"), ("DD_REGISTRY_PASSWORD", "wrong")]);
+    assert!(!out.status.success() && text(&out).contains("401") && !text(&out).contains("wrong"), "{}", text(&out));
+    let out = ok(push(&[("DD_REGISTRY_USER", "builder"), ("DD_REGISTRY_PASSWORD", "s3cret-pw")]));
+    assert!(out.contains("2 blobs uploaded") && !out.contains("s3cret-pw"), "{out}");
+    // The same from a Docker config.json (base64 of user:password for the registry's host).
+    let docker = served.dir.path().join("docker");
+    fs::create_dir_all(&docker).unwrap();
+    fs::write(docker.join("config.json"), format!(r#"{{"auths":{{"{}":{{"auth":"YnVpbGRlcjpzM2NyZXQtcHc="}}}}}}"#, registry.host())).unwrap();
+    let mut cmd = Command::new(DDSLUG);
+    cmd.args(["image"]).arg(&build).arg("--oci-layout").arg(&layout).args(["--push", &format!("{target}:again")]);
+    let out = ok(cmd.env_remove("DD_REGISTRY_USER").env_remove("DD_REGISTRY_PASSWORD").env("DOCKER_CONFIG", &docker).output().unwrap());
+    assert!(out.contains("0 blobs uploaded"), "{out}");
+}
