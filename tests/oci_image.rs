@@ -203,6 +203,14 @@ fn bad_input_is_named_and_nothing_is_written() {
     let out = ddslug(&[&"image", &build, &"--oci-layout", &linked]);
     assert!(!out.status.success() && text(&out).contains("blobs/sha256"), "{}", text(&out));
     assert_eq!(fs::read_dir(&trap).unwrap().count(), 0, "a blob was written through the symlink");
+    // A slug dyno start has run in (datadog.yaml and the rest written into it).
+    let started = served.build_dir("started");
+    ok(ddslug(&[&"compile", &started, &served.dir.path().join("cache"), &env]));
+    let prepared = Command::new(DDSLUG).args(["dyno", "prepare"]).env("HOME", &started).env("DYNO", "web.1").output().unwrap();
+    assert!(prepared.status.success(), "{}", text(&prepared));
+    let out = ddslug(&[&"image", &started, &"--oci-layout", &layout]);
+    assert!(!out.status.success() && text(&out).contains("dyno start has run in this slug"), "{}", text(&out));
+    assert!(!layout.join("index.json").exists());
     // A slug changed since compile.
     let changed = build.join(".apt/opt/datadog-agent/bin/agent/agent");
     let bytes = fs::read(&changed).unwrap();
