@@ -17,7 +17,8 @@
 //!   (edited directories, the wrapper, the start script) does not carry the build's time;
 //! * gzip by flate2's zlib-rs backend at level 6, header mtime 0, no file name, OS byte 255
 //!   (unknown): `diff_id` (of the tar) depends only on the entries; `digest` (of the gzip)
-//!   also on the compressor, pinned by Cargo.lock.
+//!   also on the compressor, pinned by Cargo.lock. (zlib-rs 0.6 chooses its match hash by
+//!   level only, never by CPU feature, unlike Chromium's zlib: the same stream on any CPU.)
 //!
 //! Contract: sources are only read. Directories are entered and files opened relative to the
 //! tree's root without following a symlink (`RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`,
