@@ -268,7 +268,9 @@ pub enum ImageSource {
 }
 
 /// `ddslug image`: the slug (checked, or built now) as an OCI image layout; `--push` too.
-pub fn image(source: ImageSource, layout: &Path, tag: Option<&str>, push: Option<&str>, insecure: bool) -> Result<()> {
+pub fn image(source: ImageSource, layout: &Path, tag: Option<&str>, push: Option<&str>, insecure: bool, json: bool) -> Result<()> {
+    // With --json, stdout carries one JSON object; the build's lines are not shown.
+    let report = Reporter { quiet: json };
     use ddslug::oci::{image, push as pusher};
     // Checked before any work: a bad reference should not cost a build.
     let push_ref = push.map(|r| pusher::parse_ref(r, insecure)).transpose()?;
@@ -305,18 +307,18 @@ pub fn image(source: ImageSource, layout: &Path, tag: Option<&str>, push: Option
                 overrides,
                 self_exe: std::env::current_exe().context("locating the ddslug binary")?,
             };
-            let outcome = ddslug::buildpack::classic::compile(&args, &Reporter::default())?;
+            let outcome = ddslug::buildpack::classic::compile(&args, &report)?;
             (build, outcome.manifest, Some(scratch))
         }
     };
     let tag = tag.map(str::to_string).unwrap_or_else(|| image::default_tag(&manifest));
-    let report = Reporter::default();
     report.topic(&format!("Writing the OCI image {}:{tag}", layout.display()));
     let written = image::write_image(&build_dir, &manifest, layout, &tag)?;
     report.detail(&format!("manifest sha256:{} ({} bytes)", written.manifest_digest, written.manifest_size));
     report.detail(&format!("config   sha256:{}", written.config_digest));
     report.detail(&format!("layer    sha256:{} ({}; diff_id sha256:{})", written.layer_digest, bytes(written.layer_size), written.layer_diff_id));
     report.detail(&format!("tree hash {} (layer {})", manifest.tree_hash, &manifest.layer_key.hex()[..12]));
+    let mut pushed = None;
     if let Some(to) = push_ref {
         let settings = Settings::load(None).context("reading the settings")?;
         let credentials = pusher::credentials(&to.repo.host)?;
@@ -325,6 +327,25 @@ pub fn image(source: ImageSource, layout: &Path, tag: Option<&str>, push: Option
         report.topic(&format!("Pushing to {}:{push_tag}", to.repo));
         let (digest, uploaded) = pusher::push(layout, &tag, &registry, &push_tag)?;
         report.detail(&format!("manifest sha256:{digest}; {uploaded} blob{} uploaded, the others were there", if uploaded == 1 { "" } else { "s" }));
+        pushed = Some(serde_json::json!({ "repository": to.repo.to_string(), "tag": push_tag, "manifest_digest": format!("sha256:{digest}"), "blobs_uploaded": uploaded }));
+    }
+    if json {
+        let digest = |d: &ddslug::hash::Sha256| format!("sha256:{d}");
+        let out = serde_json::json!({
+            "layout": layout,
+            "tag": written.tag,
+            "manifest_digest": digest(&written.manifest_digest),
+            "manifest_size": written.manifest_size,
+            "config_digest": digest(&written.config_digest),
+            "layer_digest": digest(&written.layer_digest),
+            "layer_diff_id": digest(&written.layer_diff_id),
+            "layer_size": written.layer_size,
+            "created": ddslug::oci::image::rfc3339(written.created),
+            "tree_hash": manifest.tree_hash,
+            "layer_key": manifest.layer_key,
+            "pushed": pushed,
+        });
+        println!("{out}");
     }
     Ok(())
 }

@@ -94,6 +94,9 @@ enum Command {
         /// Allow plain http for --push beyond 127.0.0.1 and localhost.
         #[arg(long)]
         insecure: bool,
+        /// Print what was written (digests, sizes, tag, tree hash) as one JSON object.
+        #[arg(long)]
+        json: bool,
     },
     /// Resolve the settings to an exact lock file (packages, hashes, recipe, options).
     Lock {
@@ -339,7 +342,7 @@ fn run(cli: Cli) -> Result<()> {
             copy_out(&blob, &dest)?;
             println!("{}", dest.display());
         }
-        Command::Image { build_dir, env_dir, set, lock, cache, cache_registry, oci_layout, tag, push, insecure } => {
+        Command::Image { build_dir, env_dir, set, lock, cache, cache_registry, oci_layout, tag, push, insecure, json } => {
             let mut overrides = parse_pairs(&set)?;
             if let Some(registry) = cache_registry {
                 overrides.push((ddslug::config::CACHE_REGISTRY.into(), registry));
@@ -348,7 +351,7 @@ fn run(cli: Cli) -> Result<()> {
                 Some(dir) => commands::ImageSource::Slug(dir),
                 None => commands::ImageSource::Build { env_dir, overrides, lock, cache },
             };
-            return commands::image(source, &oci_layout, tag.as_deref(), push.as_deref(), insecure);
+            return commands::image(source, &oci_layout, tag.as_deref(), push.as_deref(), insecure, json);
         }
         Command::Lock { settings, out, check, json } => return commands::lock(settings, out, check, json),
         Command::Fetch { settings, cache, lock } => return commands::fetch(settings, cache, lock),

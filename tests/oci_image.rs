@@ -95,8 +95,14 @@ fn same_digests_from_two_builds_a_lock_and_a_compiled_slug() {
     let lock = served.dir.path().join("ddslug.lock");
     ok(ddslug(&[&"lock", &"--env-dir", &env, &"--out", &lock]));
     let from_lock = served.dir.path().join("from-lock");
-    ok(ddslug(&[&"image", &"--lock", &lock, &"--oci-layout", &from_lock]));
-    assert_eq!(image_of(&from_lock, TAG).1, digest, "a lock gives another image");
+    let out = ddslug(&[&"image", &"--lock", &lock, &"--oci-layout", &from_lock, &"--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    // --json: stdout is one object, the build's lines are not on it.
+    let written: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)));
+    assert_eq!(written["manifest_digest"], digest.as_str(), "a lock gives another image");
+    assert_eq!((written["tag"].as_str(), written["layer_digest"].as_str()), (Some(TAG), layer["digest"].as_str()));
+    assert_eq!(written["tree_hash"], manifest["annotations"]["ddslug.tree.hash"]);
+    assert_eq!(image_of(&from_lock, TAG).1, digest);
     let build = served.build_dir("compiled");
     ok(ddslug(&[&"compile", &build, &served.dir.path().join("compile-cache"), &env]));
     let from_slug = served.dir.path().join("from-slug");

@@ -40,7 +40,7 @@ pub const LABEL_TREE_HASH: &str = "ddslug.tree.hash";
 pub const LABEL_DDSLUG_VERSION: &str = "ddslug.version";
 
 /// What was written.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug)]
 pub struct ImageWritten {
     pub tag: String,
     pub manifest_digest: Sha256,
