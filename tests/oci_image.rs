@@ -5,6 +5,7 @@
 //! manifest there.
 
 mod common;
+mod dyno_support;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -139,6 +140,40 @@ fn umoci_unpacks_it_and_the_rootfs_has_the_slugs_tree_hash() {
     // What it unpacked verifies as a slug.
     let out = ddslug(&[&"verify", &app]);
     assert!(out.status.success(), "verify of the unpacked image: {}", text(&out));
+
+    // And it starts as a container would start it: the image's own binary as the entry point
+    // (`dyno run -- COMMAND`), with recorders in place of the agents.
+    let dd = app.join(".apt/opt/datadog-agent");
+    for program in ["bin/agent/agent", "embedded/bin/trace-agent"] {
+        fs::remove_file(dd.join(program)).unwrap();
+        fs::write(dd.join(program), dyno_support::FAKE_AGENT).unwrap();
+        fs::set_permissions(dd.join(program), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    }
+    let record = served.dir.path().join("record");
+    fs::create_dir_all(&record).unwrap();
+    let out = Command::new(app.join(".ddslug/bin/ddslug"))
+        .args(["dyno", "run", "--", "sh", "-c", r#"echo "app sees $DD_TAGS" > "$RECORD_DIR/app.txt""#])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap())
+        .env("HOME", "/root")
+        .env("RECORD_DIR", &record)
+        .env("DD_API_KEY", "k")
+        .env("DD_TAGS", "env:container")
+        .env("DDSLUG_HOSTNAME_OVERRIDE", "container-host")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let records = || fs::read_dir(&record).unwrap().filter(|e| !e.as_ref().unwrap().file_name().to_string_lossy().starts_with('.')).count();
+    while records() < 3 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let mut names: Vec<String> = fs::read_dir(&record).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).filter(|n| !n.starts_with('.')).collect();
+    names.sort();
+    assert_eq!(names.len(), 3, "{names:?}\n{}", text(&out));
+    assert!(names[0].starts_with("agent.") && names[1] == "app.txt" && names[2].starts_with("trace-agent."), "{names:?}");
+    assert!(fs::read_to_string(record.join("app.txt")).unwrap().trim_end().ends_with(" env:container"));
+    assert!(fs::read_to_string(app.join(".apt/etc/datadog-agent/datadog.yaml")).unwrap().contains(&app.display().to_string()));
 }
 
 #[test]
