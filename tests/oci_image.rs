@@ -321,3 +321,32 @@ fn push_with_credentials_from_settings_or_a_docker_config() {
     let out = ok(cmd.env_remove("DD_REGISTRY_USER").env_remove("DD_REGISTRY_PASSWORD").env("DOCKER_CONFIG", &docker).output().unwrap());
     assert!(out.contains("0 blobs uploaded"), "{out}");
 }
+
+/// A package file its owner may not read (mode 0000) stops an image made by a user who is
+/// not root, with the file named and what to do; nothing is listed in the layout.
+#[test]
+fn an_unreadable_package_file_is_named_for_a_builder_that_is_not_root() {
+    let served = Served::with_agent(|deb| deb.file("opt/datadog-agent/unreadable", 0o000, "a file no one may read"));
+    let env = served.env_dir("unreadable", &[]);
+    let layout = served.dir.path().join("layout");
+    let script = r#"exec "$0" image --env-dir "$1" --oci-layout "$2""#;
+    let mut cmd = if running_as_root() {
+        let out = Command::new("chown").args(["-R", "65534:65534"]).arg(served.dir.path()).output().unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        let mut cmd = Command::new("setpriv");
+        cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "sh"]);
+        cmd
+    } else {
+        Command::new("sh")
+    };
+    let out = cmd.arg("-c").arg(script).arg(DDSLUG).arg(&env).arg(&layout).env_remove("STACK").env("HOME", served.dir.path()).output().unwrap();
+    assert!(!out.status.success(), "{}", text(&out));
+    let said = text(&out);
+    assert!(said.contains("opt/datadog-agent/unreadable") && said.contains("run ddslug image as root"), "{said}");
+    assert_eq!(fs::read_dir(&layout).unwrap().count(), 0, "the failed run left the layout directory as it found it (empty)");
+    // Root reads it, and the image holds it with its mode.
+    if running_as_root() {
+        let out = ok(ddslug(&[&"image", &"--env-dir", &env, &"--oci-layout", &layout, &"--json"]));
+        assert!(out.contains("\"manifest_digest\":\"sha256:"), "{out}");
+    }
+}

@@ -23,7 +23,7 @@ use oci_spec::image::{
     DescriptorBuilder, Digest, ImageConfigurationBuilder, ImageIndex, ImageIndexBuilder, ImageManifestBuilder, MediaType, Os, RootFsBuilder,
 };
 
-use super::tarball::{LayerBlob, LayerTree};
+use super::tarball::{LayerBlob, LayerTree, TarballError};
 use crate::buildpack::classic::AGENT_WRAPPER_PATH;
 use crate::fsat::Dir;
 use crate::hash::Sha256;
@@ -90,11 +90,11 @@ pub fn write_image(build_dir: &Path, manifest: &Manifest, layout: &Path, tag: &s
     // What the build made (not the package's tree below .apt) gets modes no umask decides;
     // mtimes are all clamped to the package's time below.
     tree.add_dir(app.as_bytes(), 0o755, 0)?;
-    tree.add_tree(&at(".apt"), &build_dir.join(".apt"))?;
+    tree.add_tree(&at(".apt"), &build_dir.join(".apt")).map_err(unreadable)?;
     tree.set_mode(&at(".apt"), 0o755);
     tree.add_dir(&at(".profile.d"), 0o755, 0)?;
-    tree.add_file(&at(".profile.d/datadog.sh"), &build_dir.join(".profile.d/datadog.sh"))?;
-    tree.add_tree(&at(".ddslug"), &build_dir.join(".ddslug"))?;
+    tree.add_file(&at(".profile.d/datadog.sh"), &build_dir.join(".profile.d/datadog.sh")).map_err(unreadable)?;
+    tree.add_tree(&at(".ddslug"), &build_dir.join(".ddslug")).map_err(unreadable)?;
     tree.normalize_modes(&at(".profile.d"));
     tree.normalize_modes(&at(".ddslug"));
     let created = package_time(&tree, manifest).ok_or_else(|| anyhow!("{}/.apt holds no file from the package", build_dir.display()))?;
@@ -103,11 +103,22 @@ pub fn write_image(build_dir: &Path, manifest: &Manifest, layout: &Path, tag: &s
 
     std::fs::create_dir_all(layout).with_context(|| format!("creating the OCI layout directory {}", layout.display()))?;
     let root = Dir::open_given(layout).with_context(|| format!("opening {}", layout.display()))?;
-    check_layout(&root, layout)?;
+    let fresh = check_layout(&root, layout)?;
+    let written = write_into(&root, layout, &tree, manifest, tag, created);
+    if written.is_err() && fresh {
+        // The directory was empty: leave it so (a layout existing before keeps its index,
+        // and at worst a blob nothing lists).
+        let _ = root.remove_all(OsStr::new("blobs"));
+    }
+    written
+}
+
+/// Writes the blobs, then `oci-layout` and `index.json` (replaced whole, last).
+fn write_into(root: &Dir, layout: &Path, tree: &LayerTree, manifest: &Manifest, tag: &str, created: i64) -> Result<ImageWritten> {
     let blobs = root.make_dirs_beneath(Path::new("blobs/sha256")).with_context(|| format!("{}/blobs/sha256", layout.display()))?;
     let blobs_path = layout.join("blobs/sha256");
 
-    let layer = write_layer_blob(&tree, created, &blobs, &blobs_path)?;
+    let layer = write_layer_blob(tree, created, &blobs, &blobs_path)?;
     let config = config_json(manifest, &layer, created)?;
     let config_digest = put_blob(&blobs, &blobs_path, &config)?;
     let annotations = annotations(manifest, created);
@@ -121,15 +132,15 @@ pub fn write_image(build_dir: &Path, manifest: &Manifest, layout: &Path, tag: &s
     let manifest_json = canonical(&image_manifest)?;
     let manifest_digest = put_blob(&blobs, &blobs_path, &manifest_json)?;
 
-    let mut index = read_index(&root, layout)?;
+    let mut index = read_index(root, layout)?;
     let entry = descriptor(MediaType::ImageManifest, &manifest_digest, manifest_json.len() as u64, Some(tag))?;
     // Other images the layout lists stay; one of the same tag is replaced.
     let mut listed = index.manifests().clone();
     listed.retain(|d| d.annotations().as_ref().and_then(|a| a.get(ANNOTATION_REF_NAME)).is_none_or(|t| t != tag));
     listed.push(entry);
     index.set_manifests(listed);
-    root.write_via(OsStr::new("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#, 0o644, &root).with_context(|| format!("{}/oci-layout", layout.display()))?;
-    root.write_via(OsStr::new("index.json"), &canonical(&index)?, 0o644, &root).with_context(|| format!("{}/index.json", layout.display()))?;
+    root.write_via(OsStr::new("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#, 0o644, root).with_context(|| format!("{}/oci-layout", layout.display()))?;
+    root.write_via(OsStr::new("index.json"), &canonical(&index)?, 0o644, root).with_context(|| format!("{}/index.json", layout.display()))?;
     Ok(ImageWritten {
         tag: tag.to_string(),
         manifest_digest,
@@ -142,13 +153,24 @@ pub fn write_image(build_dir: &Path, manifest: &Manifest, layout: &Path, tag: &s
     })
 }
 
-/// Refuses a directory that holds something but is not an OCI layout.
-fn check_layout(root: &Dir, layout: &Path) -> Result<()> {
+/// A slug entry this user may not read (a package's 0000 directory or file, when not root)
+/// named with what to do.
+fn unreadable(e: TarballError) -> anyhow::Error {
+    match &e {
+        TarballError::Io { error, .. } if error.kind() == std::io::ErrorKind::PermissionDenied => {
+            anyhow!("{e}; the image holds every file of the slug: run ddslug image as root or as a user who may read them all")
+        }
+        _ => e.into(),
+    }
+}
+
+/// Refuses a directory that holds something but is not an OCI layout; `true` when empty.
+fn check_layout(root: &Dir, layout: &Path) -> Result<bool> {
     let entries = root.entries().with_context(|| format!("listing {}", layout.display()))?;
     if !entries.is_empty() && !entries.iter().any(|(name, _)| name == "oci-layout") {
         bail!("--oci-layout {}: the directory is neither empty nor an OCI image layout (no oci-layout file); give a new or empty directory", layout.display());
     }
-    Ok(())
+    Ok(entries.is_empty())
 }
 
 /// The layout's `index.json`, or an empty index when there is none.
@@ -173,7 +195,7 @@ fn write_layer_blob(tree: &LayerTree, created: i64, blobs: &Dir, blobs_path: &Pa
     let (temp, file) = blobs.create_temp(".layer.", 0o644).with_context(|| format!("creating a temp file in {}", blobs_path.display()))?;
     let written = (|| -> Result<LayerBlob> {
         let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
-        let layer = tree.write(&mut out, created)?;
+        let layer = tree.write(&mut out, created).map_err(unreadable)?;
         out.flush().context("writing the layer")?;
         let file = out.into_inner().map_err(|e| e.into_error()).context("writing the layer")?;
         file.sync_all().context("writing the layer")?;
