@@ -294,6 +294,9 @@ fn dyno_run_starts_the_agents_then_execs_the_app() {
         .collect();
     programs.sort();
     assert_eq!(programs, ["agent", "trace-agent"]);
+    // No bash to source the start script with: said, and the app is not run without it.
+    let out = Command::new(s.dir.join(".ddslug/bin/ddslug")).args(["dyno", "run", "--", "true"]).env_clear().env("PATH", "/nonexistent").output().unwrap();
+    assert!(!out.status.success() && text(&out).contains("dyno run needs bash"), "{}", text(&out));
     // Run from elsewhere, with no slug in HOME either: a clear error, nothing run.
     let out = Command::new(env!("CARGO_BIN_EXE_ddslug")).args(["dyno", "run", "--", "true"]).env("HOME", "/nonexistent").output().unwrap();
     assert!(!out.status.success() && text(&out).contains("not <slug>/.ddslug/bin/ddslug"), "{}", text(&out));
