@@ -7,7 +7,8 @@
 //!
 //! The slug's root is where this binary is (`<root>/.ddslug/bin/ddslug`, `/app` in the
 //! image), else `HOME` when it holds a slug; `HOME` is set to it, as on a dyno. A failure of
-//! the agent's start never stops the app: that is datadog.sh's contract, kept here.
+//! the agent's start never stops the app: that is datadog.sh's contract, kept here (without
+//! a slug or without bash, one warning line, and the app's command runs alone).
 
 use std::ffi::OsString;
 use std::os::unix::process::CommandExt;
@@ -37,23 +38,26 @@ pub fn slug_root(exe: &Path, home: Option<&Path>) -> Option<PathBuf> {
     home.filter(|h| h.join(".ddslug/manifest.json").is_file()).map(Path::to_owned)
 }
 
-/// Replaces this process with bash sourcing the slug's profile scripts and then `command`.
-/// Returns only if that could not start.
+/// Replaces this process with bash sourcing the slug's profile scripts and then `command`
+/// (or with `command` alone, after a warning, when there is no slug or no bash). Returns
+/// only if the command could not start.
 pub fn run(command: &[OsString]) -> Result<()> {
-    let Some((program, _)) = command.split_first() else { bail!("dyno run needs the app's command after --, e.g. ddslug dyno run -- bundle exec puma") };
+    let Some((program, args)) = command.split_first() else { bail!("dyno run needs the app's command after --, e.g. ddslug dyno run -- bundle exec puma") };
     let exe = std::env::current_exe().unwrap_or_default();
     let home = std::env::var_os("HOME").map(PathBuf::from);
-    let Some(root) = slug_root(&exe, home.as_deref()) else {
-        bail!(
-            "dyno run finds the slug from its own place ({}), which is not <slug>/.ddslug/bin/ddslug, nor is HOME a slug; run the ddslug inside the slug (e.g. /app/.ddslug/bin/ddslug)",
-            exe.display()
-        );
+    let why_not = match slug_root(&exe, home.as_deref()) {
+        None => format!("this ddslug ({}) is not <slug>/.ddslug/bin/ddslug and HOME is no slug; use the one in the slug (/app/.ddslug/bin/ddslug)", exe.display()),
+        Some(root) => {
+            let error = Command::new("bash").arg("-c").arg(SCRIPT).arg("ddslug-dyno-run").args(command).env("HOME", &root).exec();
+            if error.kind() != std::io::ErrorKind::NotFound {
+                bail!("starting bash to run {}: {error}", program.to_string_lossy());
+            }
+            "there is no bash to run .profile.d/datadog.sh with (a bash script, as on Heroku); install bash in the image".to_string()
+        }
     };
-    let error = Command::new("bash").arg("-c").arg(SCRIPT).arg("ddslug-dyno-run").args(command).env("HOME", &root).exec();
-    if error.kind() == std::io::ErrorKind::NotFound {
-        bail!("dyno run needs bash (the start script .profile.d/datadog.sh is a bash script, as on Heroku); install bash in the image to run {}", program.to_string_lossy());
-    }
-    bail!("starting bash to run {}: {error}", program.to_string_lossy())
+    eprintln!("[datadog] [ERROR] the Datadog Agent will not start: {why_not}");
+    let error = Command::new(program).args(args).exec();
+    bail!("starting {}: {error}", program.to_string_lossy())
 }
 
 #[cfg(test)]
