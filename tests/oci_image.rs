@@ -350,3 +350,35 @@ fn an_unreadable_package_file_is_named_for_a_builder_that_is_not_root() {
         assert!(out.contains("\"manifest_digest\":\"sha256:"), "{out}");
     }
 }
+
+/// Names that are not UTF-8 and longer than a tar header holds, a long symlink target, a hard
+/// link and a setuid file: umoci (Go's tar reader) unpacks them to the slug's tree hash.
+#[test]
+fn unusual_entries_unpack_to_the_same_tree() {
+    let long = "n".repeat(120);
+    let dir = format!("opt/datadog-agent/embedded/{long}");
+    let odd = [dir.as_bytes(), b"/caf\xe9-", long.as_bytes()].concat();
+    let served = Served::with_agent(|deb| {
+        deb.dir(&dir, 0o755)
+            .file(&odd, 0o644, "latin-1 name")
+            .file(&format!("{dir}/setuid"), 0o4755, "#!/bin/sh\n")
+            .hardlink(&format!("{dir}/same"), &format!("{dir}/setuid"))
+            .symlink("opt/datadog-agent/far", &format!("embedded/{long}/setuid"))
+    });
+    let layout = served.dir.path().join("layout");
+    ok(ddslug(&[&"image", &"--env-dir", &served.env_dir("odd", &[]), &"--oci-layout", &layout, &"--tag", &"odd"]));
+    let bundle = served.dir.path().join("bundle");
+    let out = Command::new("umoci").arg("unpack").args(if running_as_root() { &[][..] } else { &["--rootless"][..] }).arg("--image").arg(format!("{}:odd", layout.display())).arg(&bundle).output().unwrap();
+    assert!(out.status.success(), "umoci unpack: {}", text(&out));
+    let app = bundle.join("rootfs/app");
+    let manifest = read_manifest(&app.join(".ddslug/manifest.json")).unwrap();
+    let scan = scan_tree(&app.join(".apt")).unwrap();
+    assert_eq!(scan.hash, manifest.tree_hash);
+    let paths: Vec<&[u8]> = scan.entries.iter().map(|e| e.path.as_bytes()).collect();
+    assert!(paths.contains(&&odd[..]), "the name that is not UTF-8 is missing");
+    use std::os::unix::fs::MetadataExt;
+    let setuid = app.join(".apt").join(&dir).join("setuid");
+    if running_as_root() {
+        assert_eq!(fs::symlink_metadata(&setuid).unwrap().mode() & 0o7777, 0o4755);
+    }
+}
