@@ -137,6 +137,9 @@ fn umoci_unpacks_it_and_the_rootfs_has_the_slugs_tree_hash() {
     // The binary that runs dyno start, and the entry list verify reads.
     assert_eq!(Some(ddslug::hash::Sha256::of_file(&app.join(".ddslug/bin/ddslug")).unwrap()), manifest.binary_sha256);
     assert_eq!(Some(ddslug::hash::Sha256::of_file(&app.join(".ddslug/tree.json")).unwrap()), manifest.tree_json_sha256);
+    // The SBOM the build wrote, as the manifest records it.
+    let sbom = app.join(".ddslug").join(ddslug::sbom::SLUG_FILE);
+    assert_eq!(Some(ddslug::hash::Sha256::of_file(&sbom).unwrap()), manifest.sbom_sha256);
     // What it unpacked verifies as a slug.
     let out = ddslug(&[&"verify", &app]);
     assert!(out.status.success(), "verify of the unpacked image: {}", text(&out));

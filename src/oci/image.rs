@@ -1,6 +1,6 @@
 //! `ddslug image`: a slug's agent as an OCI image layout (image-spec 1.1) holding one layer:
 //! `/app/.apt/...`, `/app/.profile.d/datadog.sh` and `/app/.ddslug/` (the binary, the
-//! manifest, the entry list and whatever else the build put there, such as an SBOM).
+//! manifest, the entry list, the SBOM and whatever else the build put there).
 //!
 //! Reproducible: the layer follows [`super::tarball`]'s rules with every mtime clamped to
 //! the package's time ([`package_time`]); the config, manifest and index are canonical JSON
