@@ -417,3 +417,78 @@ fn a_layer_file_overwritten_in_place_with_its_size_and_mtime_is_rebuilt_not_ship
         verify_says(&b, &[], 0, &["identical to its manifest"]);
     }
 }
+
+/// Runs `ddslug verify` as a user who is not root (through setpriv when the tests run as
+/// root, as CI does), with `DD_HEROKU_CONF_FOLDER` unset.
+fn verify_unprivileged(build: &Path) -> Output {
+    let mut cmd = if common::running_as_root() {
+        let id = common::UNPRIVILEGED.to_string();
+        let mut cmd = Command::new("setpriv");
+        cmd.args([format!("--reuid={id}"), format!("--regid={id}"), "--clear-groups".into()]).arg(env!("CARGO_BIN_EXE_ddslug"));
+        cmd
+    } else {
+        Command::new(env!("CARGO_BIN_EXE_ddslug"))
+    };
+    cmd.arg("verify").arg(build).env_remove("DD_HEROKU_CONF_FOLDER").output().unwrap()
+}
+
+/// As the unprivileged user that built it (Heroku's), a slug whose package has a 0000
+/// directory and a 0000 file cannot be fully read: verify exits 2 ("could not check") and
+/// names each path it could not read, never 0 (identical) or 1 (differs). So does a slug
+/// whose manifest, entry list or start script that user may not read.
+#[test]
+fn what_an_unprivileged_user_cannot_read_exits_2_naming_it() {
+    let served = Served::with_agent(|deb| {
+        deb.dir("opt/datadog-agent/locked", 0o000)
+            .file("opt/datadog-agent/locked/secret", 0o600, "behind a 0000 directory")
+            .file("opt/datadog-agent/unreadable", 0o000, "a file no one may read")
+    });
+    let env = served.env_dir("modes", &[]);
+    let cache = served.dir.path().join("cache");
+    let build = served.build_dir("slug");
+    let out = common::bin_compile_unprivileged(&build, &cache, &env);
+    assert!(out.status.success(), "{}", text(&out));
+    let mode = |p: &Path, m: u32| fs::set_permissions(p, fs::Permissions::from_mode(m)).unwrap();
+    let locked = build.join(".apt/opt/datadog-agent/locked");
+    // The 0000 directory; then, with it passable for a moment, the 0000 file alone.
+    for (path, opened) in [("opt/datadog-agent/locked", false), ("opt/datadog-agent/unreadable", true)] {
+        if opened {
+            mode(&locked, 0o700);
+        }
+        let out = verify_unprivileged(&build);
+        mode(&locked, 0o000);
+        let t = text(&out);
+        assert_eq!(code(&out), 2, "{path}: {t}");
+        assert!(t.contains(path) && t.contains("could not check"), "verify does not name {path}: {t}");
+        assert!(!t.contains("DIFFERS") && !t.contains("identical to its manifest"), "{t}");
+    }
+    // Root reads it all: identical.
+    if common::running_as_root() {
+        verify_says(&build, &[], 0, &["identical to its manifest"]);
+    }
+    for (rel, mentions) in [
+        (".ddslug/manifest.json", "manifest.json"),
+        (".ddslug/tree.json", "tree.json"),
+        (".profile.d/datadog.sh", "datadog.sh"),
+        (".ddslug/bin/ddslug", "bin/ddslug"),
+    ] {
+        let path = build.join(rel);
+        let before = fs::symlink_metadata(&path).unwrap().permissions().mode() & 0o7777;
+        mode(&path, 0o000);
+        let out = verify_unprivileged(&build);
+        mode(&path, before);
+        let t = text(&out);
+        assert_eq!(code(&out), 2, "{rel}: {t}");
+        assert!(t.contains(mentions) && t.contains("ermission denied"), "{rel}: {t}");
+    }
+    // What could be read is still checked, and a difference outweighs what could not be.
+    let script = build.join(".profile.d/datadog.sh");
+    mode(&script, 0o000);
+    fs::write(build.join(".ddslug/extra"), "x").unwrap();
+    let out = verify_unprivileged(&build);
+    let t = text(&out);
+    assert_eq!(code(&out), 1, "{t}");
+    for says in ["DIFFERS", "! .ddslug/extra is not something a compile makes", "? could not check .profile.d/datadog.sh", "? could not check .apt"] {
+        assert!(t.contains(says), "verify does not say {says:?}: {t}");
+    }
+}

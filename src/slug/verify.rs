@@ -79,6 +79,9 @@ pub struct VerifyReport {
     /// `.apt` as found, dyno start's writes taken back (what `--rebuild` compares with).
     #[serde(skip)]
     pub slug_entries: Vec<TreeEntry>,
+    /// Whether the tree could be read whole (else `slug_entries` is not what the slug holds).
+    #[serde(skip)]
+    pub apt_read: bool,
 }
 
 /// Checks the slug at `build_dir` against its manifest. `app_datadog` is where dyno start
@@ -93,18 +96,22 @@ pub fn verify(build_dir: &Path, app_datadog: Option<&Path>) -> Result<VerifyRepo
 
     let layer = is_cnb_layer(build_dir);
     let apt = if layer { build_dir.to_owned() } else { build_dir.join(".apt") };
+    // `None`: the tree could not be read whole, so neither its hash nor its paths are compared.
     let found = match scan_tree(&apt) {
-        Ok(scan) if layer => beside_the_tree(scan.entries),
-        Ok(scan) => scan.entries,
+        Ok(scan) if layer => Some(beside_the_tree(scan.entries)),
+        Ok(scan) => Some(scan.entries),
         Err(TreeError::Io { path, error }) if path == apt && error.kind() == std::io::ErrorKind::NotFound => {
             problems.push(".apt is missing".into());
-            Vec::new()
+            Some(Vec::new())
         }
         Err(TreeError::Unsupported { path, reason }) => {
             problems.push(format!("{}: {reason}", path.display()));
-            Vec::new()
+            Some(Vec::new())
         }
-        Err(e) => return Err(e).with_context(|| format!("scanning {}", apt.display())),
+        Err(TreeError::Io { path, error }) => {
+            unchecked.push(format!("could not check {}: could not read {}: {error}", if layer { "the layer" } else { ".apt" }, shown_path(&path)));
+            None
+        }
     };
     // In a CNB image the app is the working directory (where the launcher runs exec.d).
     let app_dir = if layer { std::env::current_dir().context("reading the working directory (the app)")? } else { build_dir.to_owned() };
@@ -113,7 +120,8 @@ pub fn verify(build_dir: &Path, app_datadog: Option<&Path>) -> Result<VerifyRepo
         built: built.as_deref().unwrap_or_default(),
         app_datadog: app_datadog.map_or_else(|| app_dir.join("datadog"), Path::to_owned),
     };
-    let mut found: dyno_start::Found = found.into_iter().map(|e| (e.path.clone(), e)).collect();
+    let read_whole = found.is_some();
+    let mut found: dyno_start::Found = found.unwrap_or_default().into_iter().map(|e| (e.path.clone(), e)).collect();
     let agents_lock = PathBytes::from(format!("opt/datadog-agent/run/{}", crate::runtime::launch::AGENTS_LOCK).into_bytes());
     let held = layer && found.get(&agents_lock).is_some_and(|e| matches!(e.kind, EntryKind::File { size: 0, .. }));
     if held {
@@ -125,22 +133,22 @@ pub fn verify(build_dir: &Path, app_datadog: Option<&Path>) -> Result<VerifyRepo
     }
     unchecked.extend(undone.unchecked);
     let actual_tree_hash = hash_entries(&undone.entries);
-    if actual_tree_hash != manifest.tree_hash {
+    if read_whole && actual_tree_hash != manifest.tree_hash {
         problems.push(format!("the tree hash of .apt is {actual_tree_hash}; the manifest records {}", manifest.tree_hash));
     }
-    let d = built.as_ref().map(|built| diff(built, &undone.entries)).unwrap_or_default();
+    let d = built.as_ref().filter(|_| read_whole).map(|built| diff(built, &undone.entries)).unwrap_or_default();
 
     if layer {
         // The start script is inside the binary (the exec.d program); the SBOM is beside the
         // layer (`<layers>/agent.sbom.cdx.json`), where the lifecycle takes it.
         check_file(build_dir, CNB_PROGRAM, "the ddslug binary", manifest.binary_sha256, &mut problems, &mut unchecked)?;
-        check_ddslug_dir(&ddslug, &[("manifest.json", false), ("tree.json", false)], &mut problems)?;
+        check_ddslug_dir(&ddslug, &[("manifest.json", false), ("tree.json", false)], &mut problems, &mut unchecked);
     } else {
         check_file(build_dir, ".profile.d/datadog.sh", "the start script", manifest.start_script_sha256, &mut problems, &mut unchecked)?;
         check_file(build_dir, ".ddslug/bin/ddslug", "the ddslug binary", manifest.binary_sha256, &mut problems, &mut unchecked)?;
         check_sbom(build_dir, &manifest, &mut problems, &mut unchecked)?;
         let expected = [("bin", true), ("bin/ddslug", false), ("manifest.json", false), ("tree.json", false), (crate::sbom::SLUG_FILE, false)];
-        check_ddslug_dir(&ddslug, &expected, &mut problems)?;
+        check_ddslug_dir(&ddslug, &expected, &mut problems, &mut unchecked);
     }
 
     let outcome = if !problems.is_empty() || !d.is_empty() {
@@ -162,6 +170,7 @@ pub fn verify(build_dir: &Path, app_datadog: Option<&Path>) -> Result<VerifyRepo
         written_at_dyno_start: undone.written,
         manifest,
         slug_entries: undone.entries,
+        apt_read: read_whole,
     })
 }
 
@@ -174,7 +183,10 @@ fn read_entry_list(path: &Path, manifest: &Manifest, problems: &mut Vec<String>,
             problems.push(".ddslug/tree.json is missing".into());
             return Ok(None);
         }
-        Err(Bounded::Io(e)) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        Err(Bounded::Io(e)) => {
+            unchecked.push(format!("could not check .ddslug/tree.json: could not read {}: {e}", shown_path(path)));
+            return Ok(None);
+        }
         Err(Bounded::TooBig) => {
             problems.push(format!(".ddslug/tree.json is larger than {MAX_TREE_JSON_BYTES} bytes, more than any entry list"));
             return Ok(None);
@@ -232,7 +244,10 @@ fn check_file(
             problems.push(format!("{rel} ({what}) is missing"));
             return Ok(());
         }
-        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        Err(e) => {
+            unchecked.push(format!("could not check {rel} ({what}): could not read {}: {e}", shown_path(&path)));
+            return Ok(());
+        }
         Ok(meta) if !meta.is_file() => {
             problems.push(format!("{rel} ({what}) is not a regular file"));
             return Ok(());
@@ -243,7 +258,13 @@ fn check_file(
         unchecked.push(format!("could not check {rel} ({what}): the manifest predates its SHA-256 (a compile with this ddslug records it)"));
         return Ok(());
     };
-    let digest = Sha256::of_file(&path).with_context(|| format!("reading {}", path.display()))?;
+    let digest = match Sha256::of_file(&path) {
+        Ok(digest) => digest,
+        Err(e) => {
+            unchecked.push(format!("could not check {rel} ({what}): could not read {}: {e}", shown_path(&path)));
+            return Ok(());
+        }
+    };
     if digest != recorded {
         problems.push(format!("{rel} ({what}) changed: its SHA-256 is {digest}; the manifest records {recorded}"));
     }
@@ -288,25 +309,41 @@ fn beside_the_tree(entries: Vec<TreeEntry>) -> Vec<TreeEntry> {
     entries.into_iter().filter(|e| !ours(e)).collect()
 }
 
-/// `.ddslug` holds exactly what a build puts there (`expected`: relative path, is a directory).
-fn check_ddslug_dir(ddslug: &Path, expected: &[(&str, bool)], problems: &mut Vec<String>) -> Result<()> {
+/// `.ddslug` holds exactly what a compile puts there, `expected` (path, is a directory); a
+/// directory that cannot be listed goes to `unchecked`.
+fn check_ddslug_dir(ddslug: &Path, expected: &[(&str, bool)], problems: &mut Vec<String>, unchecked: &mut Vec<String>) {
     let mut pending = vec![String::new()];
     while let Some(rel) = pending.pop() {
         let dir = crate::fsat::join(ddslug, &rel);
-        for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
-            let entry = entry.with_context(|| format!("reading {}", dir.display()))?;
-            let name = entry.file_name().to_string_lossy().into_owned();
+        let listed = std::fs::read_dir(&dir).and_then(|entries| {
+            let entry = |entry: std::io::Result<std::fs::DirEntry>| entry.and_then(|e| Ok((e.file_name(), e.file_type()?)));
+            entries.map(entry).collect::<std::io::Result<Vec<_>>>()
+        });
+        let entries = match listed {
+            Ok(entries) => entries,
+            Err(e) => {
+                unchecked.push(format!("could not check what .ddslug holds: could not read {}: {e}", shown_path(&dir)));
+                continue;
+            }
+        };
+        for (name, kind) in entries {
+            let name = name.to_string_lossy().into_owned();
             let child = if rel.is_empty() { name } else { format!("{rel}/{name}") };
-            let is_dir = entry.file_type().with_context(|| format!("reading {}", entry.path().display()))?.is_dir();
+            let is_dir = kind.is_dir();
             match expected.iter().find(|(path, _)| *path == child) {
                 Some((_, true)) if is_dir => pending.push(child),
-                Some((_, false)) if entry.file_type().is_ok_and(|t| t.is_file()) => {}
+                Some((_, false)) if kind.is_file() => {}
                 Some(_) => problems.push(format!(".ddslug/{child} is not the {} a compile makes", if is_dir { "file" } else { "directory" })),
                 None => problems.push(format!(".ddslug/{child} is not something a compile makes")),
             }
         }
     }
-    Ok(())
+}
+
+/// A path for people, its bytes escaped where they are not printable UTF-8.
+fn shown_path(path: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    crate::pathbytes::escape_bounded(path.as_os_str().as_bytes(), 1024)
 }
 
 /// The result of `verify --rebuild`.
@@ -341,6 +378,9 @@ pub struct RebuildReport {
 /// locked repository. An error means the rebuild could not be made.
 pub fn rebuild(verified: &VerifyReport, cache: Option<&Path>, fetch: FetchOptions) -> Result<RebuildReport> {
     let manifest = &verified.manifest;
+    if !verified.apt_read {
+        anyhow::bail!("{}: the tree could not be read whole (see above): there is nothing to compare a rebuild with", verified.build_dir.display());
+    }
     let recipe_sha256 = Sha256::of(RECIPE.as_bytes());
     if manifest.lock.recipe_sha256 != recipe_sha256 {
         anyhow::bail!(
