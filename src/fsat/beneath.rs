@@ -196,6 +196,31 @@ impl Dir {
         Ok(Dir(rustix::fs::openat(&self.0, one_name(name)?, flags, Mode::empty())?))
     }
 
+    /// Opens the directory `name` here (lookups and `*at` calls only): a symlink is refused.
+    pub fn sub_dir(&self, name: &OsStr) -> io::Result<Dir> {
+        Ok(Dir(rustix::fs::openat(&self.0, one_name(name)?, DIR_FLAGS, Mode::empty())?))
+    }
+
+    /// Creates the new regular file `name` for reading and writing, exclusively (nothing may
+    /// be there, not even a symlink), with `mode` less the umask: the unpacker's create, one
+    /// syscall for the common case (it adds what the umask took only where it took any).
+    pub fn create_file(&self, name: &OsStr, mode: u32) -> io::Result<File> {
+        let flags = OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        Ok(File::from(rustix::fs::openat(&self.0, one_name(name)?, flags, Mode::from_raw_mode(mode))?))
+    }
+
+    /// Removes the file or symlink `name` here (the link, never its target); a directory is
+    /// an `IsADirectory` error and left alone.
+    pub fn remove_file(&self, name: &OsStr) -> io::Result<()> {
+        match rustix::fs::unlinkat(&self.0, one_name(name)?, AtFlags::empty()) {
+            // EPERM: POSIX's answer to unlink() of a directory.
+            Err(Errno::ISDIR) | Err(Errno::PERM) if self.kind(name)? == Kind::Dir => {
+                Err(io::Error::new(io::ErrorKind::IsADirectory, "a non-directory entry replaces a directory"))
+            }
+            done => Ok(done?),
+        }
+    }
+
     /// Opens the regular file `name` for reading; a symlink is refused (`ELOOP`), and so is
     /// anything that is not a regular file (without blocking on a FIFO).
     pub fn open_regular(&self, name: &OsStr) -> io::Result<File> {

@@ -3,25 +3,31 @@
 //!
 //! Contract: never writes outside the target directory. Paths are taken apart component by
 //! component (`..` and absolute paths refused); a directory path goes through symlinks the
-//! archive made only while they stay inside, resolved here rather than by the kernel; files
-//! are created without following a symlink; hard links must point at a file extracted
-//! earlier. Entries are written in archive order as far as anyone can tell (files are
-//! written on worker threads; an entry that touches a path still queued waits for it).
-//! Directory modes and mtimes are set last, deepest first ([`DirModes`]). A kept hard link
-//! to a file the filter skipped gets that file's bytes by a second read ([`fill_deferred`]).
+//! archive made only while they stay inside, resolved here rather than by the kernel. Every
+//! create, write, link, symlink, chmod and utimens is one name in an open directory
+//! ([`crate::fsat::Dir`]): directories are opened one `O_NOFOLLOW` name at a time, or with
+//! openat2 `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS` from the target ([`Dirs`], which keeps
+//! the descriptors of the directories in use open), so a symlink put anywhere on the way,
+//! even while the unpack runs, is an error and never a way out. Files are created without
+//! following a symlink; hard links must point at a file extracted earlier. Entries are
+//! written in archive order as far as anyone can tell (files are written on worker threads;
+//! an entry that touches a path still queued waits for it). Directory modes and mtimes are
+//! set last, deepest first ([`DirModes`]). A kept hard link to a file the filter skipped gets
+//! that file's bytes by a second read ([`fill_deferred`]).
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, File};
 use std::io::{self, Read, Seek};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 
 use filetime::FileTime;
 
+use crate::fsat::{Dir, Kind};
 use crate::unpack::deb::{DebError, EntryFilter, TarStream, UnpackReport, shown, tar_err};
-use crate::unpack::filewriter::{WriteError, WriterPool, Written, fill_in_place, make_room, write_file};
+use crate::unpack::filewriter::{At, WriteError, WriterPool, Written, fill_in_place, make_room, write_file};
 use crate::unpack::tarstream::EntryMeta;
 
 /// The permission bits an unpack leaves on directories.
@@ -65,6 +71,9 @@ pub(crate) fn unpack_tar_filtered<R: Read + io::Seek>(
         move |source| DebError::Write { deb: label.into(), path, error: source }
     };
     fs::create_dir_all(dest).map_err(write_err(dest))?;
+    // The target as the caller names it (symlinks in its path are the caller's choice);
+    // nothing below it is ever reached by path again.
+    let root = Dir::open_given(dest).map_err(write_err(dest))?;
     let pool = WriterPool::new();
     let writers = crate::fsat::workers();
     let mut unpacker = std::thread::scope(|scope| -> Result<Unpacker, DebError> {
@@ -75,6 +84,7 @@ pub(crate) fn unpack_tar_filtered<R: Read + io::Seek>(
         let mut unpacker = Unpacker {
             dest,
             label,
+            dirs_open: Dirs::new(root),
             known_dirs: HashSet::new(),
             dirs: Vec::new(),
             report: UnpackReport::default(),
@@ -104,18 +114,22 @@ pub(crate) fn unpack_tar_filtered<R: Read + io::Seek>(
     })?;
     // Directory modes and mtimes last, deepest first: filling a directory changes its mtime,
     // and a parent that loses its owner's write or search bits is done after its children.
-    // (The sort is stable: a directory listed twice gets its later entry's mode.)
-    let mut dirs = std::mem::take(&mut unpacker.dirs);
-    dirs.sort_by_key(|(p, _, _)| std::cmp::Reverse(p.components().count()));
-    for (rel, mode, mtime) in dirs {
+    // A directory listed twice gets its later entry's mode and mtime (as if both were set
+    // in turn): each is opened once, while it still has the owner's bits it was made with.
+    let mut dirs: HashMap<PathBuf, (u32, FileTime)> = HashMap::new();
+    for (rel, mode, mtime) in std::mem::take(&mut unpacker.dirs) {
+        dirs.insert(rel, (mode, mtime));
+    }
+    let mut dirs: Vec<_> = dirs.into_iter().collect();
+    dirs.sort_by(|(a, _), (b, _)| b.components().count().cmp(&a.components().count()).then_with(|| a.cmp(b)));
+    for (rel, (mode, mtime)) in dirs {
         let path = dest.join(&rel);
         let on_disk = if modes == DirModes::Stored { crate::store::layerindex::stored_dir_mode(mode) } else { mode };
-        fs::set_permissions(&path, fs::Permissions::from_mode(on_disk)).map_err(write_err(&path))?;
-        crate::fsat::set_mtime(&path, (mtime.unix_seconds(), i64::from(mtime.nanoseconds()))).map_err(write_err(&path))?;
+        let parent = unpacker.dirs_open.get(rel.parent().unwrap_or(Path::new(""))).map_err(write_err(&path))?;
+        let name = rel.file_name().map_or(&b""[..], |n| n.as_bytes());
+        let meta = finish_dir(&parent, name, on_disk, (mtime.unix_seconds(), i64::from(mtime.nanoseconds()))).map_err(write_err(&path))?;
         if modes == DirModes::Stored {
-            use std::os::unix::fs::MetadataExt;
-            let meta = fs::symlink_metadata(&path).map_err(write_err(&path))?;
-            let id = (meta.dev(), meta.ino());
+            let id = (meta.dev, meta.ino);
             if on_disk == mode {
                 unpacker.report.dir_modes.remove(&id);
             } else {
@@ -128,6 +142,66 @@ pub(crate) fn unpack_tar_filtered<R: Read + io::Seek>(
         unpacker.report.skipped.push(format!("{label}: skipped {unnamed} more device nodes or FIFOs"));
     }
     Ok((unpacker.report, unpacker.deferred))
+}
+
+/// Sets the mode and mtime of the directory `name` in `parent` (`""`: `parent` itself) and
+/// returns its metadata: through a descriptor of it where it may be read (one open for the
+/// three), else by name in `parent` (a directory that was there before and denies reading).
+fn finish_dir(parent: &Dir, name: &[u8], mode: u32, mtime: (i64, i64)) -> io::Result<crate::fsat::Stat> {
+    match parent.open_in_to_fill(name) {
+        Ok(dir) => {
+            dir.finish(mode, Some(mtime))?;
+            dir.metadata()
+        }
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied && !name.is_empty() => {
+            let name = OsStr::from_bytes(name);
+            parent.set_mode_of(name, mode)?;
+            parent.set_mtime_of(name, mtime)?;
+            parent.lstat(name)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The directories of an unpack, by their real path below the target, opened: each at most
+/// once while in use (an archive lists a directory's entries together), so that writing a
+/// file costs no path walk. Only the most recent ones stay open (descriptors are limited);
+/// one closed is opened again from the target with openat2 `RESOLVE_BENEATH |
+/// RESOLVE_NO_SYMLINKS`.
+struct Dirs {
+    root: Arc<Dir>,
+    open: HashMap<Vec<u8>, Arc<Dir>>,
+}
+
+/// Directories [`Dirs`] keeps open, at most.
+const OPEN_DIRS: usize = 64;
+
+impl Dirs {
+    fn new(root: Dir) -> Dirs {
+        Dirs { root: Arc::new(root), open: HashMap::new() }
+    }
+
+    /// The directory `rel` (a real path: no symlink on it), opened.
+    fn get(&mut self, rel: &Path) -> io::Result<Arc<Dir>> {
+        let key = rel.as_os_str().as_bytes();
+        if key.is_empty() {
+            return Ok(self.root.clone());
+        }
+        if let Some(dir) = self.open.get(key) {
+            return Ok(dir.clone());
+        }
+        let dir = Arc::new(self.root.dir_beneath(rel)?);
+        self.keep(key.to_vec(), dir.clone());
+        Ok(dir)
+    }
+
+    fn keep(&mut self, rel: Vec<u8>, dir: Arc<Dir>) {
+        if self.open.len() >= OPEN_DIRS {
+            // Archives list a directory's entries together: the oldest are done with.
+            self.open.clear();
+        }
+        self.open.insert(rel, dir);
+    }
 }
 
 /// Second read of the archive: fills each [`Deferred`] link with the contents of its entry,
@@ -173,8 +247,10 @@ pub(crate) fn fill_deferred(tar: &mut dyn TarStream, label: &str, deferred: &mut
 }
 
 struct Unpacker<'a, 'f> {
+    /// The target, for messages only: nothing is reached by path.
     dest: &'a Path,
     label: &'a str,
+    dirs_open: Dirs,
     /// Relative paths known to be real directories inside `dest`. Paths are kept as bytes
     /// (hashing a `Path` parses its components): all of them are clean, so bytes compare
     /// as paths do.
@@ -282,48 +358,51 @@ impl Unpacker<'_, '_> {
         }
         self.order_after_queued(&rel, false)?;
         let parent = rel.parent().unwrap_or(Path::new("")).to_path_buf();
-        let parent_real = self.real_dir(&parent, &name)?;
-        let file_name = rel.file_name().map(PathBuf::from).unwrap_or_default();
+        let (parent_real, dir) = self.real_dir(&parent, &name)?;
+        let file_name = rel.file_name().map(OsStr::to_os_string).unwrap_or_default();
         let real = parent_real.join(&file_name);
+        // For messages: the writes below take `file_name` in `dir`.
         let path = self.dest.join(&real);
         self.order_after_queued(&real, kind.is_hard_link())?;
         if kind.is_file() || kind == tar::EntryType::Continuous {
             let size = header.size().unwrap_or(0);
             let mtime = mtime_of(mtime);
+            let at = At { dir, name: file_name, path };
             if size <= POOLED_FILE {
                 let mut data = Vec::with_capacity(size as usize);
                 entry.read_to_end(&mut data).map_err(|e| tar_err(self.label, e))?;
-                self.pool.submit(path, data, mode, mtime).map_err(|e| self.written_err(e))?;
+                self.pool.submit(at, data, mode, mtime).map_err(|e| self.written_err(e))?;
                 self.queued.insert(real.as_os_str().as_bytes().to_vec());
             } else {
                 self.pool.wake();
-                let w = write_file(&path, entry, mode, mtime, buf).map_err(|e| self.written_err(e))?;
+                let w = write_file(&at, entry, mode, mtime, buf).map_err(|e| self.written_err(e))?;
                 self.record(w);
             }
             return Ok(());
         }
         if kind.is_dir() {
-            match fs::symlink_metadata(&path).ok() {
-                Some(m) if m.is_dir() => {}
-                Some(_) => {
-                    fs::remove_file(&path).map_err(self.write_err(&path))?;
-                    fs::create_dir(&path).map_err(self.write_err(&path))?;
+            match dir.lstat(&file_name).map(|st| st.is_dir()) {
+                Ok(true) => {}
+                Ok(false) => {
+                    dir.remove_file(&file_name).map_err(self.write_err(&path))?;
+                    dir.make_dir(file_name.as_bytes()).map_err(self.write_err(&path))?;
                 }
-                None => fs::create_dir(&path).map_err(self.write_err(&path))?,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => dir.make_dir(file_name.as_bytes()).map_err(self.write_err(&path))?,
+                Err(e) => return Err(self.write_err(&path)(e)),
             }
             self.known_dirs.insert(real.as_os_str().as_bytes().to_vec());
             self.dirs.push((real, mode, mtime));
             self.report.dirs += 1;
             return Ok(());
         }
-        self.clear_for_non_dir(&path, &name)?;
+        self.clear_for_non_dir(&dir, &file_name, &path, &name)?;
         if kind.is_symlink() {
             let target = meta.link.as_deref().filter(|t| !t.is_empty());
             let target = target.ok_or_else(|| self.unsafe_entry(&name, "symlink without a target"))?;
             // The target's bytes exactly (dpkg keeps them, UTF-8 or not).
             let target = Path::new(OsStr::from_bytes(target));
-            std::os::unix::fs::symlink(target, &path).map_err(self.write_err(&path))?;
-            filetime::set_symlink_file_times(&path, mtime, mtime).map_err(self.write_err(&path))?;
+            let mtime = (mtime.unix_seconds(), i64::from(mtime.nanoseconds()));
+            dir.make_symlink(target, &file_name, mtime).map_err(self.write_err(&path))?;
             self.report.symlinks += 1;
         } else if kind.is_hard_link() {
             let target_raw = meta.link.as_deref().filter(|t| !t.is_empty());
@@ -343,18 +422,18 @@ impl Unpacker<'_, '_> {
                     let why = format!("more than {MAX_DEFERRED} kept hard links to stripped files, ddslug's limit");
                     return Err(DebError::Unsupported { deb: self.label.into(), entry: name, reason: why });
                 }
-                let created = File::options().read(true).write(true).create_new(true).mode(0o600).custom_flags(libc::O_NOFOLLOW).open(&path);
-                let file = created.map_err(self.write_err(&path))?;
+                let file = dir.create_file(&file_name, 0o600).map_err(self.write_err(&path))?;
                 self.deferred.push(Deferred { index: target_index, path, file });
                 return Ok(());
             }
-            let target_parent = self.real_dir(target_rel.parent().unwrap_or(Path::new("")), &name)?;
-            let target = self.dest.join(target_parent).join(target_rel.file_name().unwrap_or_default());
-            match fs::symlink_metadata(&target) {
-                Ok(m) if m.is_file() => {}
+            let (_, target_dir) = self.real_dir(target_rel.parent().unwrap_or(Path::new("")), &name)?;
+            let target_name = target_rel.file_name().unwrap_or_default();
+            match target_dir.lstat(target_name) {
+                Ok(st) if st.is_file() => {}
                 _ => return Err(self.unsafe_entry(&name, "hard link target is not a file extracted earlier")),
             }
-            fs::hard_link(&target, &path).map_err(self.write_err(&path))?;
+            // linkat without AT_SYMLINK_FOLLOW: the entry itself, never what a name leads to.
+            target_dir.hard_link(target_name, &dir, &file_name).map_err(self.write_err(&path))?;
             self.report.hardlinks += 1;
         } else if matches!(kind, tar::EntryType::XGlobalHeader | tar::EntryType::XHeader) {
             // Metadata records the tar reader already applied.
@@ -369,8 +448,8 @@ impl Unpacker<'_, '_> {
     }
 
     /// [`make_room`] for an entry that is not a directory.
-    fn clear_for_non_dir(&self, path: &Path, name: &str) -> Result<(), DebError> {
-        make_room(path).map_err(|e| match e.kind() {
+    fn clear_for_non_dir(&self, dir: &Dir, file_name: &OsStr, path: &Path, name: &str) -> Result<(), DebError> {
+        make_room(dir, file_name).map_err(|e| match e.kind() {
             io::ErrorKind::IsADirectory => DebError::Unsupported {
                 deb: self.label.into(),
                 entry: name.into(),
@@ -403,14 +482,22 @@ impl Unpacker<'_, '_> {
 
     /// Resolves a relative directory path inside `dest` the way the kernel would, following
     /// symlinks already extracted, and refusing any that lead outside `dest`. Missing
-    /// directories are created (as tar does). Returns the resolved relative path.
-    fn real_dir(&mut self, rel: &Path, entry: &str) -> Result<PathBuf, DebError> {
+    /// directories are created (as tar does). Returns the resolved relative path and the
+    /// directory, opened. The walk goes one name at a time through open directories, never
+    /// following a link itself: a link is read and its target walked the same way.
+    fn real_dir(&mut self, rel: &Path, entry: &str) -> Result<(PathBuf, Arc<Dir>), DebError> {
         if rel.as_os_str().is_empty() || self.known_dirs.contains(rel.as_os_str().as_bytes()) {
-            return Ok(rel.to_path_buf());
+            let dir = self.dirs_open.get(rel).map_err(self.write_err(&self.dest.join(rel)))?;
+            return Ok((rel.to_path_buf(), dir));
         }
-        let mut resolved: Vec<OsString> = Vec::new();
+        // The directories walked so far, from the target down.
+        let mut resolved: Vec<(OsString, Arc<Dir>)> = Vec::new();
         let mut pending: Vec<OsString> = rel.components().rev().map(|c| c.as_os_str().to_owned()).collect();
         let mut hops = 0;
+        let shown_rel = |resolved: &[(OsString, Arc<Dir>)], part: &OsStr| {
+            let path: PathBuf = resolved.iter().map(|(n, _)| n.as_os_str()).chain(std::iter::once(part)).collect();
+            path
+        };
         while let Some(part) = pending.pop() {
             if part == ".." {
                 if resolved.pop().is_none() {
@@ -421,12 +508,13 @@ impl Unpacker<'_, '_> {
             if part == "." || part.is_empty() {
                 continue;
             }
-            let candidate: PathBuf = resolved.iter().chain(std::iter::once(&part)).collect();
+            let here = resolved.last().map_or_else(|| self.dirs_open.root.clone(), |(_, d)| d.clone());
+            let candidate = shown_rel(&resolved, &part);
             let full = self.dest.join(&candidate);
-            match fs::symlink_metadata(&full) {
-                Ok(m) if m.file_type().is_symlink() => {
+            match here.kind(&part) {
+                Ok(Kind::Symlink) => {
                     hops += 1;
-                    let target = fs::read_link(&full).map_err(self.write_err(&full))?;
+                    let target = here.read_link(&part).map_err(self.write_err(&full))?;
                     if hops > 40 || target.is_absolute() {
                         return Err(self.unsafe_entry(
                             entry,
@@ -439,7 +527,10 @@ impl Unpacker<'_, '_> {
                     }
                     pending.extend(target.components().rev().map(|c| c.as_os_str().to_owned()));
                 }
-                Ok(m) if m.is_dir() => resolved.push(part),
+                Ok(Kind::Dir) => {
+                    let dir = here.sub_dir(&part).map_err(self.write_err(&full))?;
+                    resolved.push((part, Arc::new(dir)));
+                }
                 Ok(_) => {
                     return Err(DebError::Unsupported {
                         deb: self.label.into(),
@@ -447,17 +538,23 @@ impl Unpacker<'_, '_> {
                         reason: format!("{} is a file, not a directory", shown(candidate.as_os_str().as_bytes())),
                     });
                 }
-                Err(_) => {
-                    fs::create_dir(&full).map_err(self.write_err(&full))?;
-                    resolved.push(part);
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    here.make_dir(part.as_bytes()).map_err(self.write_err(&full))?;
+                    let dir = here.sub_dir(&part).map_err(self.write_err(&full))?;
+                    resolved.push((part, Arc::new(dir)));
                 }
+                Err(e) => return Err(self.write_err(&full)(e)),
             }
         }
-        let real: PathBuf = resolved.iter().collect();
+        let real: PathBuf = resolved.iter().map(|(n, _)| n.as_os_str()).collect();
+        let dir = resolved.pop().map_or_else(|| self.dirs_open.root.clone(), |(_, d)| d);
         if real.as_path() == rel {
             self.known_dirs.insert(real.as_os_str().as_bytes().to_vec());
         }
-        Ok(real)
+        if !real.as_os_str().is_empty() {
+            self.dirs_open.keep(real.as_os_str().as_bytes().to_vec(), dir.clone());
+        }
+        Ok((real, dir))
     }
 }
 

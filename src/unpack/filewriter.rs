@@ -1,24 +1,34 @@
 //! Writing unpacked files: on worker threads, so that creating tens of thousands of files
 //! (mostly kernel time) runs on every core while the tar reader moves on.
 //!
+//! Contract: a file is created as one name in an open directory ([`At`]), exclusively and
+//! without following a symlink (`openat` `O_CREAT | O_EXCL | O_NOFOLLOW`); what was at that
+//! name is unlinked first, never written through. No path is resolved here, so a directory
+//! swapped for a symlink after it was opened leads nowhere.
+//!
 //! Order matters only where two entries touch the same path (or one is below the other);
 //! the unpacker calls [`WriterPool::drain`] before such an entry, so the result is the same
 //! as writing everything in archive order.
 
 use std::collections::VecDeque;
+use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::SystemTime;
 
+use crate::fsat::Dir;
 use crate::hash::{FileHasher, Sha256};
 use crate::store::treehash::FileId;
 
 /// Bytes of file contents held in memory waiting for a writer, at most (a file bigger than
 /// this is still accepted alone).
 const IN_FLIGHT: usize = 32 << 20;
+/// Files waiting for a writer, at most: each holds its directory's descriptor open, and
+/// empty files would otherwise queue without limit.
+const MAX_QUEUED: usize = 256;
 /// A sleeping writer is woken once this many files (or bytes) wait, and takes up to this
 /// many at a time: one wake-up per file would cost more than writing a small file.
 const BATCH: usize = 16;
@@ -34,33 +44,35 @@ pub struct Written {
     pub bytes: u64,
 }
 
-/// Creates `path` (replacing a file or symlink there, refusing a directory), writes what
-/// `source` gives, hashing it, then sets mode and mtime through the open file.
-pub fn write_file(path: &Path, source: &mut dyn Read, mode: u32, mtime: SystemTime, buf: &mut [u8]) -> Result<Written, WriteError> {
-    let at = |e| WriteError { path: path.to_owned(), source: e };
+/// Where a file goes: the name `name` in the open directory `dir`. `path` is where that is
+/// for people (errors); nothing opens it.
+#[derive(Clone, Debug)]
+pub struct At {
+    pub dir: Arc<Dir>,
+    pub name: OsString,
+    pub path: PathBuf,
+}
+
+/// Creates the file `at` names (replacing a file or symlink there, refusing a directory),
+/// writes what `source` gives, hashing it, then sets mode and mtime through the open file.
+pub fn write_file(at: &At, source: &mut dyn Read, mode: u32, mtime: SystemTime, buf: &mut [u8]) -> Result<Written, WriteError> {
+    let err = |e| WriteError { path: at.path.clone(), source: e };
     // Created with its final permission bits: unless the umask takes some away, no chmod
-    // is needed afterwards.
-    // Never through a symlink (one made since `make_room` removed the old entry included).
-    let create = |new: bool| {
-        let mut options = fs::OpenOptions::new();
-        options.write(true).create_new(new).create(true).truncate(true).mode(mode & 0o777).custom_flags(libc::O_NOFOLLOW);
-        options.open(path)
-    };
-    // The common case, a new file, costs no lookup first.
-    let (mut out, replaced) = match create(true) {
+    // is needed afterwards. The common case, a new name, costs no lookup first.
+    let (mut out, replaced) = match at.dir.create_file(&at.name, mode & 0o777) {
         Ok(out) => (out, false),
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-            make_room(path).map_err(at)?;
-            (create(false).map_err(at)?, true)
+            make_room(&at.dir, &at.name).map_err(err)?;
+            (at.dir.create_file(&at.name, mode & 0o777).map_err(err)?, true)
         }
-        Err(e) => return Err(at(e)),
+        Err(e) => return Err(err(e)),
     };
-    let hasher = copy_hashing(&mut out, source, buf).map_err(at)?;
+    let hasher = copy_hashing(&mut out, source, buf).map_err(err)?;
     if replaced || !created_with(mode) {
-        out.set_permissions(fs::Permissions::from_mode(mode)).map_err(at)?;
+        out.set_permissions(fs::Permissions::from_mode(mode)).map_err(err)?;
     }
-    out.set_modified(mtime).map_err(at)?;
-    written(&out, hasher).map_err(at)
+    out.set_modified(mtime).map_err(err)?;
+    written(&out, hasher).map_err(err)
 }
 
 /// Writes what `source` gives into the open file `out` from its start, in place (every
@@ -117,14 +129,13 @@ fn umask() -> Option<u32> {
     })
 }
 
-/// Makes room at `path` for an entry that is not a directory: an existing file or symlink
-/// is removed (never written through: it may be a hard link or a symlink); an existing
-/// directory is an `IsADirectory` error.
-pub fn make_room(path: &Path) -> io::Result<()> {
-    match fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => Err(io::Error::new(io::ErrorKind::IsADirectory, "a non-directory entry replaces a directory")),
-        Ok(_) => fs::remove_file(path),
-        Err(_) => Ok(()),
+/// Makes room for an entry that is not a directory at `name` in `dir`: an existing file or
+/// symlink is removed (never written through: it may be a hard link or a symlink); an
+/// existing directory is an `IsADirectory` error.
+pub fn make_room(dir: &Dir, name: &OsStr) -> io::Result<()> {
+    match dir.remove_file(name) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        done => done,
     }
 }
 
@@ -136,7 +147,7 @@ pub struct WriteError {
 }
 
 struct Job {
-    path: PathBuf,
+    at: At,
     data: Vec<u8>,
     mode: u32,
     mtime: SystemTime,
@@ -178,9 +189,9 @@ impl WriterPool {
 
     /// Queues a file, waiting while too many bytes are in flight. Returns a writer's error,
     /// if one failed since.
-    pub fn submit(&self, path: PathBuf, data: Vec<u8>, mode: u32, mtime: SystemTime) -> Result<(), WriteError> {
+    pub fn submit(&self, at: At, data: Vec<u8>, mode: u32, mtime: SystemTime) -> Result<(), WriteError> {
         let mut state = self.lock();
-        while state.error.is_none() && state.pending > 0 && state.bytes + data.len() > IN_FLIGHT {
+        while state.error.is_none() && state.pending > 0 && (state.bytes + data.len() > IN_FLIGHT || state.pending >= MAX_QUEUED) {
             state = self.wait_for_progress(state);
         }
         if let Some(e) = state.error.take() {
@@ -189,7 +200,7 @@ impl WriterPool {
         state.bytes += data.len();
         state.queued_bytes += data.len();
         state.pending += 1;
-        state.queue.push_back(Job { path, data, mode, mtime });
+        state.queue.push_back(Job { at, data, mode, mtime });
         if state.idle > 0 && (state.queue.len() >= BATCH || state.queued_bytes >= BATCH_BYTES) {
             self.work.notify_one();
         }
@@ -269,7 +280,7 @@ impl WriterPool {
                 jobs.extend(state.queue.drain(..take));
                 state.queued_bytes -= jobs.iter().map(|j: &Job| j.data.len()).sum::<usize>();
             }
-            let results: Vec<_> = jobs.iter().map(|job| write_file(&job.path, &mut &job.data[..], job.mode, job.mtime, &mut buf)).collect();
+            let results: Vec<_> = jobs.iter().map(|job| write_file(&job.at, &mut &job.data[..], job.mode, job.mtime, &mut buf)).collect();
             let mut state = self.lock();
             state.pending -= jobs.len();
             state.bytes -= jobs.drain(..).map(|j| j.data.len()).sum::<usize>();
@@ -309,6 +320,11 @@ impl Default for WriterPool {
 mod tests {
     use super::*;
 
+    /// `name` in the directory `dir` (a path the test made).
+    fn at(dir: &std::path::Path, name: &str) -> At {
+        At { dir: Arc::new(Dir::open_given(dir).unwrap()), name: name.into(), path: dir.join(name) }
+    }
+
     #[test]
     fn files_get_exact_modes_whether_or_not_the_umask_would_change_them() {
         let dir = tempfile::tempdir().unwrap();
@@ -317,11 +333,12 @@ mod tests {
         // 0o777 and 0o666 lose bits to the usual umask (022); 0o4755 carries setuid.
         for mode in [0o644, 0o755, 0o600, 0o444, 0o777, 0o666, 0o4755, 0o1644] {
             let path = dir.path().join(format!("m{mode:o}"));
-            write_file(&path, &mut &b"x"[..], mode, mtime, &mut buf).unwrap();
+            let target = at(dir.path(), &format!("m{mode:o}"));
+            write_file(&target, &mut &b"x"[..], mode, mtime, &mut buf).unwrap();
             let meta = fs::metadata(&path).unwrap();
             assert_eq!(meta.permissions().mode() & 0o7777, mode, "{mode:o}");
             // Replacing an existing file goes through the second open.
-            write_file(&path, &mut &b"yy"[..], mode, mtime, &mut buf).unwrap();
+            write_file(&target, &mut &b"yy"[..], mode, mtime, &mut buf).unwrap();
             assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o7777, mode, "{mode:o}, replaced");
         }
         assert!(umask().is_some(), "Linux reports the umask in /proc/self/status");
@@ -338,7 +355,7 @@ mod tests {
             }
             for i in 0..200 {
                 let data = format!("file {i}").repeat(i);
-                pool.submit(dir.path().join(format!("f{i}")), data.into_bytes(), 0o640, mtime).unwrap();
+                pool.submit(at(dir.path(), &format!("f{i}")), data.into_bytes(), 0o640, mtime).unwrap();
             }
             pool.finish().unwrap()
         });
@@ -362,7 +379,7 @@ mod tests {
         let pool = WriterPool::new();
         let err = std::thread::scope(|scope| {
             scope.spawn(|| pool.work());
-            pool.submit(dir.path().join("taken"), b"x".to_vec(), 0o644, SystemTime::now()).unwrap();
+            pool.submit(at(dir.path(), "taken"), b"x".to_vec(), 0o644, SystemTime::now()).unwrap();
             let err = pool.drain().unwrap_err();
             pool.abandon();
             err
@@ -373,9 +390,26 @@ mod tests {
         let pool = WriterPool::new();
         let result = std::thread::scope(|scope| {
             scope.spawn(|| pool.work());
-            pool.submit(dir.path().join("taken"), b"x".to_vec(), 0o644, SystemTime::now()).unwrap();
+            pool.submit(at(dir.path(), "taken"), b"x".to_vec(), 0o644, SystemTime::now()).unwrap();
             pool.finish()
         });
         assert!(result.is_err());
+    }
+
+    #[test]
+    fn a_symlink_at_the_name_is_replaced_not_written_through_and_a_directory_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = dir.path().join("outside");
+        fs::write(&outside, "outside").unwrap();
+        let tree = dir.path().join("t");
+        fs::create_dir_all(tree.join("sub")).unwrap();
+        std::os::unix::fs::symlink(&outside, tree.join("link")).unwrap();
+        let mtime = SystemTime::now();
+        write_file(&at(&tree, "link"), &mut &b"new"[..], 0o644, mtime, &mut [0; 16]).unwrap();
+        assert_eq!(fs::read_to_string(&outside).unwrap(), "outside");
+        assert_eq!(fs::read(tree.join("link")).unwrap(), b"new");
+        let err = write_file(&at(&tree, "sub"), &mut &b"x"[..], 0o644, mtime, &mut [0; 16]).unwrap_err();
+        assert_eq!(err.source.kind(), io::ErrorKind::IsADirectory, "{:?}", err.source);
+        assert!(tree.join("sub").is_dir());
     }
 }
