@@ -217,18 +217,9 @@ fn deb_hash_mismatch_deletes_the_download() {
 
 #[test]
 fn dropped_connection_resumes_with_range() {
-    let mut big = DebSpec::new("hello", "3.0-1");
+    let big = DebSpec::new("hello", "3.0-1");
     // Incompressible content so that the .deb is large enough to cut in the middle.
-    let mut x: u64 = 0x9e3779b97f4a7c15;
-    let noise: Vec<u8> = (0..400_000)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
-    big = big.file("usr/lib/hello/blob.bin", 0o644, noise);
+    let big = big.file("usr/lib/hello/blob.bin", 0o644, ddslug_testsupport::agent::noise(1, 400_000));
     let f = fixture_with(RepoSpec::new("stable").component("main", vec![big]), KeyKind::Ed25519, true);
     let published = f.repo.deb("hello", "3.0-1").unwrap();
     let pool = format!("/{}", published.filename);

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
+use ddslug_testsupport::agent::noise;
 use ddslug_testsupport::hostile::{Measured, run_measured};
 use ddslug_testsupport::repo::{PublishedDeb, WrittenRepo};
 use ddslug_testsupport::{DebSpec, Fault, KeyKind, RepoSpec, Server, SigningKey, Unanswering, write_repo};
@@ -24,16 +25,7 @@ struct Fixture {
 
 /// A repository with one package of about 300 kB that does not compress.
 fn fixture() -> Fixture {
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    let noise: Vec<u8> = (0..300_000)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
-    let deb = DebSpec::new("hello", "3.0-1").file("usr/lib/hello/blob.bin", 0o644, noise);
+    let deb = DebSpec::new("hello", "3.0-1").file("usr/lib/hello/blob.bin", 0o644, noise(1, 300_000));
     let dir = tempfile::tempdir().unwrap();
     let key = SigningKey::generate(KeyKind::Ed25519, "ddslug deadline tests").unwrap();
     let repo = write_repo(&dir.path().join("repo"), &RepoSpec::new("stable").component("main", vec![deb]), &key).unwrap();
@@ -49,26 +41,17 @@ impl Fixture {
         format!("/{}", self.deb.filename)
     }
 
-    /// `ddslug download hello=3.0-1` from `url` with the given settings in the environment.
-    fn download_from(&self, url: &str, settings: &[(&str, &str)]) -> Measured {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ddslug"));
-        cmd.args(["download", "--repo", url, "--suite", "stable", "--component", "main", "--keyring"])
-            .arg(&self.keyring)
-            .arg("--out")
-            .arg(self.dir.path().join("out"))
-            .arg("--cache")
-            .arg(self.dir.path().join("cache"))
-            .arg("hello=3.0-1");
-        for (name, value) in settings {
-            cmd.env(name, value);
+    /// The next `times` requests for the package meet `fault`.
+    fn fault_pool(&self, times: usize, fault: Fault) {
+        for _ in 0..times {
+            self.server.inject(&self.pool(), fault.clone());
         }
-        run_measured(&mut cmd, Duration::from_secs(120)).unwrap()
     }
 
-    /// The `download` command, to run as the caller wishes.
-    fn download_command(&self) -> Command {
+    /// The `download hello=3.0-1` command from `url`, to run as the caller wishes.
+    fn download_command_from(&self, url: &str) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_ddslug"));
-        cmd.args(["download", "--repo", &self.server.url(), "--suite", "stable", "--component", "main", "--keyring"])
+        cmd.args(["download", "--repo", url, "--suite", "stable", "--component", "main", "--keyring"])
             .arg(&self.keyring)
             .arg("--out")
             .arg(self.dir.path().join("out"))
@@ -78,8 +61,26 @@ impl Fixture {
         cmd
     }
 
+    fn download_command(&self) -> Command {
+        self.download_command_from(&self.server.url())
+    }
+
+    /// `ddslug download hello=3.0-1` from `url` with the given settings in the environment.
+    fn download_from(&self, url: &str, settings: &[(&str, &str)]) -> Measured {
+        let mut cmd = self.download_command_from(url);
+        cmd.envs(settings.iter().copied());
+        run_measured(&mut cmd, Duration::from_secs(120)).unwrap()
+    }
+
     fn download(&self, settings: &[(&str, &str)]) -> Measured {
         self.download_from(&self.server.url(), settings)
+    }
+
+    /// A download with `settings` that must fail saying each of `expected`.
+    fn download_fails(&self, settings: &[(&str, &str)], expected: &[&str]) -> Measured {
+        let run = self.download(settings);
+        assert_fails_with(&run, expected);
+        run
     }
 
     fn pool_requests(&self) -> Vec<(Option<u64>, u16)> {
@@ -99,27 +100,19 @@ fn assert_fails_with(run: &Measured, expected: &[&str]) {
 #[test]
 fn a_mirror_trickling_one_byte_a_second_hits_the_overall_deadline() {
     let f = fixture();
-    for _ in 0..5 {
-        f.server.inject(&f.pool(), Fault::Trickle(1));
-    }
+    f.fault_pool(5, Fault::Trickle(1));
     // 1 byte/s is above this low-speed limit: only the deadline can end it.
-    let run = f.download(&[("DD_DOWNLOAD_TIMEOUT", "3"), ("DD_DOWNLOAD_LOW_SPEED_LIMIT", "1")]);
-    assert_fails_with(&run, &[&f.deb.filename, "did not finish within 3 s", "DD_DOWNLOAD_TIMEOUT"]);
+    let settings = [("DD_DOWNLOAD_TIMEOUT", "3"), ("DD_DOWNLOAD_LOW_SPEED_LIMIT", "1")];
+    f.download_fails(&settings, &[&f.deb.filename, "did not finish within 3 s", "DD_DOWNLOAD_TIMEOUT"]);
     assert!(!f.dir.path().join("out/hello_3.0-1_amd64.deb").exists());
 }
 
 #[test]
 fn a_slow_mirror_hits_the_low_speed_limit_on_each_attempt() {
     let f = fixture();
-    for _ in 0..5 {
-        f.server.inject(&f.pool(), Fault::Trickle(200));
-    }
-    let run = f.download(&[
-        ("DD_DOWNLOAD_LOW_SPEED_LIMIT", "1000"),
-        ("DD_DOWNLOAD_LOW_SPEED_TIME", "1"),
-        ("DD_DOWNLOAD_ATTEMPTS", "2"),
-    ]);
-    assert_fails_with(&run, &[&f.deb.filename, "slower than 1000 bytes/s", "DD_DOWNLOAD_LOW_SPEED_LIMIT", "after 2 attempts"]);
+    f.fault_pool(5, Fault::Trickle(200));
+    let settings = [("DD_DOWNLOAD_LOW_SPEED_LIMIT", "1000"), ("DD_DOWNLOAD_LOW_SPEED_TIME", "1"), ("DD_DOWNLOAD_ATTEMPTS", "2")];
+    let run = f.download_fails(&settings, &[&f.deb.filename, "slower than 1000 bytes/s", "DD_DOWNLOAD_LOW_SPEED_LIMIT", "after 2 attempts"]);
     // The second attempt resumed where the first one stopped, and the user was told.
     let requests = f.pool_requests();
     assert_eq!(requests.len(), 2, "{requests:?}");
@@ -130,7 +123,7 @@ fn a_slow_mirror_hits_the_low_speed_limit_on_each_attempt() {
 #[test]
 fn a_stalled_connection_is_given_up_and_resumed() {
     let f = fixture();
-    f.server.inject(&f.pool(), Fault::StallAfter(100_000));
+    f.fault_pool(1, Fault::StallAfter(100_000));
     let run = f.download(&[("DD_DOWNLOAD_LOW_SPEED_TIME", "1")]);
     assert!(run.status.success(), "{}", run.text());
     assert_eq!(std::fs::read(run.stdout.trim()).unwrap(), std::fs::read(&f.deb.path).unwrap());
@@ -141,19 +134,17 @@ fn a_stalled_connection_is_given_up_and_resumed() {
 #[test]
 fn a_stall_on_every_attempt_fails_naming_the_setting() {
     let f = fixture();
-    for _ in 0..3 {
-        f.server.inject(&f.pool(), Fault::StallAfter(1000));
-    }
-    let run = f.download(&[("DD_DOWNLOAD_LOW_SPEED_TIME", "1"), ("DD_DOWNLOAD_ATTEMPTS", "3")]);
-    assert_fails_with(&run, &[&f.deb.filename, "no data for 1 s", "DD_DOWNLOAD_LOW_SPEED_TIME", "after 3 attempts"]);
+    f.fault_pool(3, Fault::StallAfter(1000));
+    let settings = [("DD_DOWNLOAD_LOW_SPEED_TIME", "1"), ("DD_DOWNLOAD_ATTEMPTS", "3")];
+    f.download_fails(&settings, &[&f.deb.filename, "no data for 1 s", "DD_DOWNLOAD_LOW_SPEED_TIME", "after 3 attempts"]);
 }
 
 #[test]
 fn a_server_that_never_answers_is_given_up() {
     let f = fixture();
     f.server.inject("/dists/stable/InRelease", Fault::Delay(Duration::from_secs(60)));
-    let run = f.download(&[("DD_DOWNLOAD_LOW_SPEED_TIME", "1"), ("DD_DOWNLOAD_ATTEMPTS", "1")]);
-    assert_fails_with(&run, &["/dists/stable/InRelease", "no response within 1 s", "DD_DOWNLOAD_LOW_SPEED_TIME"]);
+    let settings = [("DD_DOWNLOAD_LOW_SPEED_TIME", "1"), ("DD_DOWNLOAD_ATTEMPTS", "1")];
+    f.download_fails(&settings, &["/dists/stable/InRelease", "no response within 1 s", "DD_DOWNLOAD_LOW_SPEED_TIME"]);
 }
 
 #[test]
@@ -168,7 +159,7 @@ fn a_connection_that_is_never_accepted_hits_the_connect_timeout() {
 fn a_long_download_prints_its_progress() {
     let f = fixture();
     // About three seconds at 100 kB/s, progress every second.
-    f.server.inject(&f.pool(), Fault::Trickle(100_000));
+    f.fault_pool(1, Fault::Trickle(100_000));
     let run = f.download(&[("DD_DOWNLOAD_PROGRESS_INTERVAL", "1")]);
     assert!(run.status.success(), "{}", run.text());
     eprintln!("{}", run.text());
@@ -181,8 +172,7 @@ fn a_long_download_prints_its_progress() {
 fn download_settings_are_checked() {
     let f = fixture();
     for (name, value) in [("DD_DOWNLOAD_TIMEOUT", "soon"), ("DD_DOWNLOAD_LOW_SPEED_TIME", "0"), ("DD_DOWNLOAD_ATTEMPTS", "1000")] {
-        let run = f.download(&[(name, value)]);
-        assert_fails_with(&run, &[&format!("{name}={value:?}"), "heroku config:set"]);
+        f.download_fails(&[(name, value)], &[&format!("{name}={value:?}"), "heroku config:set"]);
         assert!(f.server.requests().is_empty(), "a request was made with {name}={value}");
     }
 }
@@ -191,7 +181,7 @@ fn download_settings_are_checked() {
 fn a_download_waiting_for_the_cache_lock_says_who_holds_it() {
     let f = fixture();
     // The first download holds the cache lock for about three seconds.
-    f.server.inject(&f.pool(), Fault::Trickle(100_000));
+    f.fault_pool(1, Fault::Trickle(100_000));
     let mut first = f.download_command().stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
     // It asks for the package only once it holds the lock.
     let asked = std::time::Instant::now();

@@ -6,7 +6,7 @@
 //! archive made only while they stay inside, resolved here rather than by the kernel. Every
 //! create, write, link, symlink, chmod and utimens is one name in an open directory
 //! ([`crate::fsat::Dir`]): directories are opened one `O_NOFOLLOW` name at a time, or with
-//! openat2 `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS` from the target ([`Dirs`], which keeps
+//! openat2 `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS` from the target (`Dirs`, which keeps
 //! the descriptors of the directories in use open), so a symlink put anywhere on the way,
 //! even while the unpack runs, is an error and never a way out. Files are created without
 //! following a symlink; hard links must point at a file extracted earlier. Entries are
