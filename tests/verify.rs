@@ -492,3 +492,70 @@ fn what_an_unprivileged_user_cannot_read_exits_2_naming_it() {
         assert!(t.contains(says), "verify does not say {says:?}: {t}");
     }
 }
+
+/// What another buildpack put in `.apt` before ddslug (heroku-buildpack-apt runs first and
+/// unpacks its packages there): files of its own, a directory ddslug's tree has too (with
+/// another mode), a file where ddslug's agent goes (replaced by it). The slug verifies as
+/// identical; those entries are then checked exactly, and anything added after the compile
+/// is still added.
+#[test]
+fn what_another_buildpack_put_in_apt_before_the_compile_is_checked_not_flagged() {
+    let slugs = Slugs::new(&[]);
+    let other_buildpack = |build: &Path| {
+        let apt = build.join(".apt");
+        fs::create_dir_all(apt.join("usr/lib/x86_64-linux-gnu")).unwrap();
+        fs::write(apt.join("usr/lib/x86_64-linux-gnu/libpq.so.5.15"), "libpq").unwrap();
+        std::os::unix::fs::symlink("libpq.so.5.15", apt.join("usr/lib/x86_64-linux-gnu/libpq.so.5")).unwrap();
+        fs::create_dir_all(apt.join("etc/apt")).unwrap();
+        fs::write(apt.join("etc/apt/sources.list"), "deb http://deb.invalid/ stable main\n").unwrap();
+        fs::set_permissions(apt.join("etc"), fs::Permissions::from_mode(0o750)).unwrap();
+        fs::create_dir_all(apt.join("opt/datadog-agent/bin/agent")).unwrap();
+        fs::write(apt.join("opt/datadog-agent/bin/agent/agent"), "an older agent").unwrap();
+    };
+    let built = || {
+        slugs.n.set(slugs.n.get() + 1);
+        let build = slugs.served.build_dir(&format!("other{}", slugs.n.get()));
+        other_buildpack(&build);
+        let out = bin_compile(&build, &slugs.cache, &slugs.env);
+        assert!(out.status.success(), "{}", text(&out));
+        build
+    };
+    let b = built();
+    assert_ne!(fs::read(b.join(".apt/opt/datadog-agent/bin/agent/agent")).unwrap(), b"an older agent", "ours replaced it");
+    assert_eq!(fs::symlink_metadata(b.join(".apt/etc")).unwrap().permissions().mode() & 0o777, 0o750, "the merge keeps their directory");
+    verify_says(&b, &[], 0, &["identical to its manifest (0 added, 0 missing, 0 changed)"]);
+    verify_says(&b, &["--rebuild", "--cache", s(&slugs.cache)], 0, &["a cache purge would change nothing"]);
+    let listed: Vec<Value> = serde_json::from_slice(&fs::read(b.join(".ddslug/foreign.json")).unwrap()).unwrap();
+    let paths: Vec<&str> = listed.iter().map(|e| e["path"].as_str().unwrap()).collect();
+    assert!(paths.contains(&"usr/lib/x86_64-linux-gnu/libpq.so.5") && paths.contains(&"etc"), "{paths:?}");
+    assert!(!paths.contains(&"opt/datadog-agent/bin/agent/agent"), "replaced by ours, so not theirs: {paths:?}");
+
+    // After the compile: one of theirs changed, one removed, their directory's mode, a file added.
+    replace(&b.join(".apt/usr/lib/x86_64-linux-gnu/libpq.so.5.15"), b"evil");
+    fs::remove_file(b.join(".apt/etc/apt/sources.list")).unwrap();
+    fs::write(b.join(".apt/usr/lib/x86_64-linux-gnu/evil.so"), "x").unwrap();
+    verify_says(
+        &b,
+        &[],
+        1,
+        &[
+            "changed  usr/lib/x86_64-linux-gnu/libpq.so.5.15",
+            "missing  etc/apt/sources.list",
+            "added    usr/lib/x86_64-linux-gnu/evil.so",
+            "! 2 of the 12 entries other buildpacks had put in .apt before the compile",
+        ],
+    );
+    let b = built();
+    fs::set_permissions(b.join(".apt/etc"), fs::Permissions::from_mode(0o777)).unwrap();
+    let t = verify_says(&b, &[], 1, &["changed  etc"]);
+    assert_eq!(t.lines().filter(|l| l.trim_start().starts_with("changed  etc ")).count(), 1, "reported once: {t}");
+    // The list is under the manifest's protection: adding to it is a difference.
+    let b = built();
+    fs::write(b.join(".apt/usr/evil"), "x").unwrap();
+    let list = b.join(".ddslug/foreign.json");
+    let mut entries = read_json(&list);
+    let evil = serde_json::json!({ "path": "usr/evil", "mode": 0o644, "type": "file", "sha256": Sha256::of(b"x").hex(), "size": 1 });
+    entries.as_array_mut().unwrap().push(evil);
+    write_json(&list, &entries);
+    verify_says(&b, &[], 1, &["! .ddslug/foreign.json changed", "added    usr/evil"]);
+}

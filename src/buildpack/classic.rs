@@ -161,6 +161,8 @@ pub(crate) fn manifest_for(lock: &Lock, config: &Config, built: &BuiltLayer) -> 
         tree_json_sha256: None,
         binary_sha256: None,
         sbom_sha256: None,
+        // Set by the install, which sees what other buildpacks put in `.apt`.
+        foreign_json_sha256: None,
     }
 }
 

@@ -170,6 +170,8 @@ pub fn install(args: &CompileArgs, store: &Store, built: &BuiltLayer, manifest: 
         let sbom = crate::sbom::for_stored_layer(store, &manifest.lock, &built.info)?;
         let sbom_name = OsStr::new(crate::sbom::SLUG_FILE);
         ddslug.write_via(sbom_name, &sbom, 0o644, &ddslug).with_context(|| at("ddslug").join(sbom_name).display().to_string())?;
+        // What other buildpacks put in `.apt` before us, as it will be once ours is merged in.
+        manifest.foreign_json_sha256 = record_foreign(&args.build_dir, built, &ddslug, &at("ddslug/foreign.json"))?;
         let Some((sealed, digests)) = seal_manifest(manifest, built, &at("ddslug"), &known)? else { return Ok(false) };
         *manifest = sealed;
         hashed = digests;
@@ -196,6 +198,35 @@ pub fn install(args: &CompileArgs, store: &Store, built: &BuiltLayer, manifest: 
         let _ = seen::record(store, &key, started, &hashed);
     }
     Ok(true)
+}
+
+/// Lists in `foreign.json` in `ddslug` (the staging `.ddslug`; `path` names the file in
+/// errors) the entries of BUILD_DIR's `.apt` that will still be there once ddslug's tree is
+/// merged in, and returns the list's SHA-256 for the manifest; `None`, writing nothing,
+/// when there are none (the usual case: then this costs one lookup).
+fn record_foreign(build_dir: &Path, built: &BuiltLayer, ddslug: &Dir, path: &Path) -> Result<Option<crate::hash::Sha256>> {
+    let apt = build_dir.join(".apt");
+    // `.apt` was checked to be a directory or missing (check_build_dir); reading only.
+    let existing = match crate::store::treehash::scan_tree(&apt) {
+        Ok(scan) => scan.entries,
+        Err(crate::store::treehash::TreeError::Io { path, error }) if path == apt && error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(e).with_context(|| {
+                format!(
+                    "reading what other buildpacks put in {} (ddslug lists it so that `ddslug verify` checks it too); \
+                     make it readable to the build's user, or have that buildpack install elsewhere",
+                    apt.display()
+                )
+            });
+        }
+    };
+    let survivors = crate::slug::foreign::survivors(existing, &crate::slug::foreign::kinds_of(&built.index));
+    if survivors.is_empty() {
+        return Ok(None);
+    }
+    let json = serde_json::to_vec(&survivors).context("listing what other buildpacks put in .apt")?;
+    ddslug.write_via(OsStr::new("foreign.json"), &json, 0o644, ddslug).with_context(|| path.display().to_string())?;
+    Ok(Some(crate::hash::Sha256::of(&json)))
 }
 
 /// Moves the staging directory `from` to `to` in BUILD_DIR, merging it into what is there

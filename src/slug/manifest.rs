@@ -85,6 +85,10 @@ pub struct Manifest {
     /// manifests of slugs built before SBOMs (they have no such file).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sbom_sha256: Option<Sha256>,
+    /// SHA-256 of `.ddslug/foreign.json`, the entries other buildpacks had put in `.apt`
+    /// before ddslug installed ([`crate::slug::foreign`]); absent when there were none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub foreign_json_sha256: Option<Sha256>,
 }
 
 /// The largest manifest or lock file read (a real one is a few KB): a bigger file is not one.

@@ -8,4 +8,5 @@
 pub mod install;
 pub mod manifest;
 pub mod materialize;
+pub mod foreign;
 pub mod verify;

@@ -122,6 +122,10 @@ pub fn verify(build_dir: &Path, app_datadog: Option<&Path>) -> Result<VerifyRepo
     };
     let read_whole = found.is_some();
     let mut found: dyno_start::Found = found.unwrap_or_default().into_iter().map(|e| (e.path.clone(), e)).collect();
+    // What other buildpacks had put in `.apt` before the compile: taken back where exactly
+    // as the build listed it, a difference where not.
+    let foreign = read_foreign(&ddslug.join("foreign.json"), &manifest, &mut problems, &mut unchecked);
+    let taken = crate::slug::foreign::take_back(&mut found, &foreign, cx.built);
     let agents_lock = PathBytes::from(format!("opt/datadog-agent/run/{}", crate::runtime::launch::AGENTS_LOCK).into_bytes());
     let held = layer && found.get(&agents_lock).is_some_and(|e| matches!(e.kind, EntryKind::File { size: 0, .. }));
     if held {
@@ -136,7 +140,18 @@ pub fn verify(build_dir: &Path, app_datadog: Option<&Path>) -> Result<VerifyRepo
     if read_whole && actual_tree_hash != manifest.tree_hash {
         problems.push(format!("the tree hash of .apt is {actual_tree_hash}; the manifest records {}", manifest.tree_hash));
     }
-    let d = built.as_ref().filter(|_| read_whole).map(|built| diff(built, &undone.entries)).unwrap_or_default();
+    let mut d = built.as_ref().filter(|_| read_whole).map(|built| diff(built, &undone.entries)).unwrap_or_default();
+    if read_whole && !taken.diff.is_empty() {
+        problems.push(format!(
+            "{} of the {} entries other buildpacks had put in .apt before the compile (.ddslug/foreign.json) are not as they were",
+            taken.diff.removed.len() + taken.diff.changed.len(),
+            foreign.len()
+        ));
+        d.removed.extend(taken.diff.removed);
+        d.changed.extend(taken.diff.changed);
+        d.removed.sort_by(|a, b| a.path.cmp(&b.path));
+        d.changed.sort_by(|a, b| a.0.path.cmp(&b.0.path));
+    }
 
     if layer {
         // The start script is inside the binary (the exec.d program); the SBOM is beside the
@@ -147,7 +162,14 @@ pub fn verify(build_dir: &Path, app_datadog: Option<&Path>) -> Result<VerifyRepo
         check_file(build_dir, ".profile.d/datadog.sh", "the start script", manifest.start_script_sha256, &mut problems, &mut unchecked)?;
         check_file(build_dir, ".ddslug/bin/ddslug", "the ddslug binary", manifest.binary_sha256, &mut problems, &mut unchecked)?;
         check_sbom(build_dir, &manifest, &mut problems, &mut unchecked)?;
-        let expected = [("bin", true), ("bin/ddslug", false), ("manifest.json", false), ("tree.json", false), (crate::sbom::SLUG_FILE, false)];
+        let expected = [
+            ("bin", true),
+            ("bin/ddslug", false),
+            ("foreign.json", false),
+            ("manifest.json", false),
+            ("tree.json", false),
+            (crate::sbom::SLUG_FILE, false),
+        ];
         check_ddslug_dir(&ddslug, &expected, &mut problems, &mut unchecked);
     }
 
@@ -227,6 +249,50 @@ fn read_entry_list(path: &Path, manifest: &Manifest, problems: &mut Vec<String>,
     // A list that is out of order already hashed differently; sorted, it still names paths.
     entries.sort_by(|a, b| a.path.as_bytes().cmp(b.path.as_bytes()));
     Ok(Some(entries))
+}
+
+/// The entries other buildpacks had put in `.apt` ([`crate::slug::foreign`]) as
+/// `.ddslug/foreign.json` lists them, if the manifest records that list and it is the one
+/// recorded; what is wrong goes to `problems` or `unchecked` (and nothing is taken back).
+fn read_foreign(path: &Path, manifest: &Manifest, problems: &mut Vec<String>, unchecked: &mut Vec<String>) -> Vec<TreeEntry> {
+    let bytes = match (read_bounded(path, MAX_TREE_JSON_BYTES), manifest.foreign_json_sha256) {
+        (Err(Bounded::Io(e)), None) if e.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
+        (Ok(_), None) => {
+            problems.push(".ddslug/foreign.json is there, but the manifest records no entries of other buildpacks".into());
+            return Vec::new();
+        }
+        (Err(Bounded::Io(e)), Some(_)) if e.kind() == std::io::ErrorKind::NotFound => {
+            problems.push(".ddslug/foreign.json is missing (the manifest records the entries other buildpacks put in .apt)".into());
+            return Vec::new();
+        }
+        (Err(Bounded::Io(e)), _) => {
+            unchecked.push(format!("could not check what other buildpacks put in .apt: could not read {}: {e}", shown_path(path)));
+            return Vec::new();
+        }
+        (Err(Bounded::TooBig), _) => {
+            problems.push(format!(".ddslug/foreign.json is larger than {MAX_TREE_JSON_BYTES} bytes, more than any entry list"));
+            return Vec::new();
+        }
+        (Ok(bytes), Some(recorded)) => {
+            let digest = Sha256::of(&bytes);
+            if digest != recorded {
+                problems.push(format!(".ddslug/foreign.json changed: its SHA-256 is {digest}; the manifest records {recorded}"));
+                return Vec::new();
+            }
+            bytes
+        }
+    };
+    match serde_json::from_slice::<Vec<TreeEntry>>(&bytes) {
+        Ok(mut entries) => {
+            entries.sort_by(|a, b| a.path.as_bytes().cmp(b.path.as_bytes()));
+            entries
+        }
+        // The manifest vouches for these bytes: a list this ddslug cannot read.
+        Err(e) => {
+            unchecked.push(format!("could not read .ddslug/foreign.json ({e}); verify with the slug's own ddslug (.ddslug/bin/ddslug)"));
+            Vec::new()
+        }
+    }
 }
 
 /// Checks one file of the slug outside `.apt` against the SHA-256 the manifest records.

@@ -336,6 +336,7 @@ mod tests {
             start_script_sha256: None,
             binary_sha256: None,
             sbom_sha256: None,
+            foreign_json_sha256: None,
         }
     }
 
