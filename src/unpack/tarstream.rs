@@ -4,7 +4,8 @@
 //!
 //! Contract: nothing a package controls makes these allocate without bound or print without
 //! bound. Extension records are read only up to [`MAX_EXTENSION`] bytes; an archive of more
-//! than [`MAX_ENTRIES`] entries is refused; the xz and lzma decoders stop at [`XZ_MEMLIMIT`]
+//! than [`MAX_ENTRIES`] entries, or whose names and link targets add up to more than
+//! [`MAX_NAME_BYTES`] (the unpacker keeps names, of skipped entries too), is refused; the xz and lzma decoders stop at [`XZ_MEMLIMIT`]
 //! (zstd's own default window limit is 128 MiB, bzip2 and gzip need little memory); gzip
 //! header fields are skipped without being kept. Each refusal names the limit.
 
@@ -17,6 +18,11 @@ use crate::unpack::ar::Compression;
 pub const MAX_EXTENSION: u64 = 64 << 10;
 /// Entries in one tar archive: twenty times the real agent package (about 25,000).
 pub const MAX_ENTRIES: u64 = 500_000;
+/// Bytes of all entry names and link targets of one tar archive together: the unpacker
+/// keeps a name per directory and per skipped file, so this bounds its memory where the
+/// entry count alone does not (names run to [`MAX_EXTENSION`] each). The real agent's add
+/// up to about 2 MB.
+pub const MAX_NAME_BYTES: u64 = 32 << 20;
 /// Memory for an xz or lzma decoder: twice what `xz -9` streams need.
 pub const XZ_MEMLIMIT: u64 = 128 << 20;
 
@@ -128,18 +134,19 @@ pub fn for_each_entry<'a, R: Read + 'a, E>(
     io_err: impl Fn(io::Error) -> E,
     each: impl FnMut(&mut tar::Entry<'a, R>, &EntryMeta) -> Result<bool, E>,
 ) -> Result<(), E> {
-    entries_within(entries, MAX_ENTRIES, io_err, each)
+    entries_within(entries, (MAX_ENTRIES, MAX_NAME_BYTES), io_err, each)
 }
 
+/// [`for_each_entry`] within `(entries, name bytes)`.
 fn entries_within<'a, R: Read + 'a, E>(
     entries: tar::Entries<'a, R>,
-    max_entries: u64,
+    (max_entries, max_name_bytes): (u64, u64),
     io_err: impl Fn(io::Error) -> E,
     mut each: impl FnMut(&mut tar::Entry<'a, R>, &EntryMeta) -> Result<bool, E>,
 ) -> Result<(), E> {
     use tar::EntryType::{GNULongLink, GNULongName, XGlobalHeader, XHeader};
     let (mut long_name, mut long_link, mut pax) = (None, None, None);
-    let mut count = 0u64;
+    let (mut count, mut name_bytes) = (0u64, 0u64);
     for entry in entries.raw(true) {
         let mut entry = entry.map_err(&io_err)?;
         count += 1;
@@ -166,6 +173,11 @@ fn entries_within<'a, R: Read + 'a, E>(
             continue;
         }
         let meta = entry_meta(&entry, long_name.take(), long_link.take(), pax.take()).map_err(&io_err)?;
+        name_bytes += (meta.path.len() + meta.link.as_ref().map_or(0, Vec::len)) as u64;
+        if name_bytes > max_name_bytes {
+            let why = format!("the archive's entry names and link targets add up to more than {max_name_bytes} bytes, ddslug's limit");
+            return Err(io_err(invalid(why)));
+        }
         if !each(&mut entry, &meta)? {
             return Ok(());
         }
@@ -328,8 +340,34 @@ mod tests {
             let mut archive = tar::Archive::new(&tar_bytes[..]);
             entries_within(archive.entries().unwrap(), max, |e| e.to_string(), |_, _| Ok(true))
         };
-        assert!(run(3).is_ok());
-        assert!(run(2).unwrap_err().contains("more than 2 entries"));
+        assert!(run((3, 100)).is_ok());
+        assert!(run((2, 100)).unwrap_err().contains("more than 2 entries"));
+        assert!(run((3, 9)).is_ok(), "three names of three bytes");
+        assert!(run((3, 8)).unwrap_err().contains("names and link targets add up to more than 8 bytes"));
+    }
+
+    /// Names of up to 64 KiB each (GNU long names), few enough entries: what the entry
+    /// count alone let through, and the unpacker would keep every one of (a stripped file's
+    /// name is kept for hard links to it), is refused by the total of the names.
+    #[test]
+    fn long_names_are_bounded_in_total_not_only_one_by_one() {
+        use tar::EntryType::{GNULongName, Regular};
+        let long = vec![b'n'; MAX_EXTENSION as usize - 1];
+        let count = (MAX_NAME_BYTES / long.len() as u64 + 1) as usize;
+        let mut tar_bytes = Vec::with_capacity(count * (long.len() + 1536));
+        for _ in 0..count {
+            let part = archive(&[(b"././@LongLink", GNULongName, &long), (b"./x", Regular, b"")]);
+            tar_bytes.extend_from_slice(&part[..part.len() - 1024]);
+        }
+        tar_bytes.resize(tar_bytes.len() + 1024, 0);
+        let mut seen = 0usize;
+        let mut archive = tar::Archive::new(&tar_bytes[..]);
+        let result = for_each_entry(archive.entries().unwrap(), |e| e.to_string(), |_, _| {
+            seen += 1;
+            Ok(true)
+        });
+        assert!(result.unwrap_err().contains(&format!("add up to more than {MAX_NAME_BYTES} bytes")));
+        assert_eq!(seen, count - 1);
     }
 
     #[test]
