@@ -65,6 +65,26 @@ pub struct Config {
     pub warnings: Vec<String>,
 }
 
+/// The largest value a setting in ENV_DIR may have (Heroku allows 32 KB for all of an app's
+/// config vars together).
+pub const MAX_SETTING_BYTES: u64 = 1 << 20;
+
+/// The value of the setting `name` from its ENV_DIR file `path`: at most
+/// [`MAX_SETTING_BYTES`], UTF-8; an error names the setting and what to do.
+fn read_setting(path: &Path, name: &str) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?.take(MAX_SETTING_BYTES + 1).read_to_end(&mut bytes)?;
+    let invalid = |why: String| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{}: {why}", path.display()));
+    if bytes.len() as u64 > MAX_SETTING_BYTES {
+        return Err(invalid(format!(
+            "{name} is longer than {MAX_SETTING_BYTES} bytes, ddslug's limit for a setting; set it to a shorter value (heroku config:set {name}=...)"
+        )));
+    }
+    String::from_utf8(bytes)
+        .map_err(|_| invalid(format!("{name} is not UTF-8 text; set it again as text (heroku config:set {name}=...)")))
+}
+
 /// The raw settings: ENV_DIR files override nothing, they come first; the environment fills gaps.
 #[derive(Clone, Debug, Default)]
 pub struct Settings {
@@ -82,7 +102,7 @@ impl Settings {
                     let entry = entry?;
                     let name = entry.file_name().to_string_lossy().to_string();
                     if is_ours(&name) && entry.file_type()?.is_file() {
-                        let value = std::fs::read_to_string(entry.path())?;
+                        let value = read_setting(&entry.path(), &name)?;
                         values.insert(name, value.trim_end_matches(['\n', '\r']).to_string());
                     }
                 }
@@ -428,6 +448,19 @@ pub fn effective_python(version: &[u64], major: u64, requested: Option<u64>) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn env_dir_values_are_bounded_and_errors_name_the_setting() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("DD_TAGS"), b"team:caf\xe9").unwrap();
+        let err = Settings::load(Some(dir.path())).unwrap_err().to_string();
+        assert!(err.contains("DD_TAGS is not UTF-8 text") && err.contains("heroku config:set DD_TAGS="), "{err}");
+        std::fs::write(dir.path().join("DD_TAGS"), vec![b'a'; MAX_SETTING_BYTES as usize + 1]).unwrap();
+        let err = Settings::load(Some(dir.path())).unwrap_err().to_string();
+        assert!(err.contains("DD_TAGS is longer than 1048576 bytes"), "{err}");
+        std::fs::write(dir.path().join("DD_TAGS"), "team:x\n").unwrap();
+        assert_eq!(Settings::load(Some(dir.path())).unwrap().get("DD_TAGS"), Some("team:x"));
+    }
 
     fn config(pairs: &[(&str, &str)]) -> Result<Config, SettingError> {
         Config::from_settings(&Settings::from_pairs(pairs.iter().copied()))
