@@ -275,7 +275,11 @@ fn build_in(
                     };
                     // The SBOM's collector notes the Python distributions passing by (names only).
                     let mut collector = crate::sbom::Collector::new(&mut filter);
-                    let report = crate::unpack::deb::unpack_deb_filtered(&deb.path, &deb.label, part, Some(&mut collector), integrity)?;
+                    // Made in the staging directory without following any symlink, and
+                    // written through that descriptor only.
+                    let name = part.file_name().unwrap_or_default();
+                    let target = staging.dir.make_dirs_beneath(Path::new(name)).map_err(io_at(part))?;
+                    let report = crate::unpack::deb::unpack_deb_filtered(&deb.path, &deb.label, (target, part), Some(&mut collector), integrity)?;
                     let seen = collector.finish()?;
                     Ok((filter.outcomes, report.digests, report.xz_blocks, report.dir_modes, seen))
                 })

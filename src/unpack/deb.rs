@@ -17,10 +17,11 @@ use std::io::{self, BufReader, Read};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
+use crate::fsat::Dir;
 use crate::unpack::ar::{ArReader, Compression, Want};
 /// The members dpkg-deb reads of a .deb, or why it refuses it (a fuzz target's entry point).
 pub use crate::unpack::ar::list_members;
-use crate::unpack::extract::{DirModes, fill_deferred, unpack_tar_filtered};
+use crate::unpack::extract::{DirModes, fill_deferred, unpack_tar_filtered, unpack_tar_into};
 use crate::fetch::{FileRange, Progress};
 use crate::hash::Digests;
 use crate::store::treehash::FileId;
@@ -96,19 +97,31 @@ pub enum Integrity<'a> {
 /// does: directories are made owner-accessible while they are filled and get the archive's
 /// modes at the end (deepest first), so this works for a user who is not root too.
 pub fn unpack_deb(deb: &Path, dest: &Path) -> Result<UnpackReport, DebError> {
-    unpack(deb, &deb.display().to_string(), dest, None, Integrity::Unverified, DirModes::Exact)
+    let label = deb.display().to_string();
+    let target = open_target(dest, &label)?;
+    unpack(deb, &label, (target, dest), None, Integrity::Unverified, DirModes::Exact)
+}
+
+/// The directory `dest` a caller names (made if missing), opened: symlinks in that path
+/// are the caller's choice; nothing below it is ever reached by path.
+fn open_target(dest: &Path, label: &str) -> Result<Dir, DebError> {
+    let write_err = |error| DebError::Write { deb: label.into(), path: dest.to_owned(), error };
+    std::fs::create_dir_all(dest).map_err(write_err)?;
+    Dir::open_given(dest).map_err(write_err)
 }
 
 /// [`unpack_deb`], leaving out what `filter` skips. A multi-block data.tar.xz is read block
 /// by block ([`crate::unpack::xzseek`]): blocks that hold only skipped contents are never decoded.
 /// `label` names the package in errors and warnings (its file name, say, rather than the
-/// partial download or the blob its bytes are in). Unlike `dpkg-deb -x`, directories are
-/// left with the store's modes ([`crate::store::layerindex::stored_dir_mode`]); the archive's are in
-/// the report's `dir_modes`.
+/// partial download or the blob its bytes are in). `dest` is the target, opened by the
+/// caller (a store's staging directory, made without following any symlink), with its
+/// path for messages. Unlike `dpkg-deb -x`, directories are left with the store's modes
+/// ([`crate::store::layerindex::stored_dir_mode`]); the archive's are in the report's
+/// `dir_modes`.
 pub fn unpack_deb_filtered(
     deb: &Path,
     label: &str,
-    dest: &Path,
+    dest: (Dir, &Path),
     filter: Option<&mut dyn EntryFilter>,
     integrity: Integrity,
 ) -> Result<UnpackReport, DebError> {
@@ -118,12 +131,12 @@ pub fn unpack_deb_filtered(
 fn unpack(
     deb: &Path,
     label: &str,
-    dest: &Path,
+    dest: (Dir, &Path),
     filter: Option<&mut dyn EntryFilter>,
     integrity: Integrity,
     modes: DirModes,
 ) -> Result<UnpackReport, DebError> {
-    let (unpacked, xz_blocks) = read_data_tar(deb, label, integrity, |tar| unpack_tar_filtered(tar, dest, label, filter, modes))?;
+    let (unpacked, xz_blocks) = read_data_tar(deb, label, integrity, |tar| unpack_tar_into(tar, dest, label, filter, modes))?;
     let (mut report, deferred) = unpacked?;
     report.xz_blocks = xz_blocks;
     if !deferred.is_empty() {
@@ -639,7 +652,7 @@ mod tests {
         let deb = dir.path().join("links.deb");
         fs::write(&deb, deb_of(&tar_of(&entries))).unwrap();
         let target = dir.path().join("t");
-        let report = unpack_deb_filtered(&deb, "links.deb", &target, Some(&mut SkipDoc), Integrity::Unverified).unwrap();
+        let report = unpack_deb_filtered(&deb, "links.deb", (open_target(&target, "t").unwrap(), &target), Some(&mut SkipDoc), Integrity::Unverified).unwrap();
         assert!(!target.join("doc").exists());
         let keep = target.join("keep");
         use std::os::unix::fs::MetadataExt;

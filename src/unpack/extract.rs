@@ -17,7 +17,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
-use std::fs::{self, File};
+use std::fs::File;
 use std::io::{self, Read, Seek};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Component, Path, PathBuf};
@@ -57,11 +57,27 @@ pub(crate) struct Deferred {
 /// the second read).
 const MAX_DEFERRED: usize = 1000;
 
-/// Unpacks a tar stream; contents of skipped entries are seeked over, not read. Returns the
-/// hard links left to fill with skipped contents.
+/// Unpacks a tar stream into `dest` (made if missing; symlinks in that path are the
+/// caller's choice, nothing below it is reached by path); contents of skipped entries are
+/// seeked over, not read. Returns the hard links left to fill with skipped contents.
 pub(crate) fn unpack_tar_filtered<R: Read + io::Seek>(
     tar_stream: R,
     dest: &Path,
+    label: &str,
+    filter: Option<&mut dyn EntryFilter>,
+    modes: DirModes,
+) -> Result<(UnpackReport, Vec<Deferred>), DebError> {
+    let write_err = |error| DebError::Write { deb: label.into(), path: dest.to_owned(), error };
+    std::fs::create_dir_all(dest).map_err(write_err)?;
+    let root = Dir::open_given(dest).map_err(write_err)?;
+    unpack_tar_into(tar_stream, (root, dest), label, filter, modes)
+}
+
+/// [`unpack_tar_filtered`] into the directory `root`, opened by the caller (say, made in a
+/// staging directory without following any symlink); `dest` names it in messages.
+pub(crate) fn unpack_tar_into<R: Read + io::Seek>(
+    tar_stream: R,
+    (root, dest): (Dir, &Path),
     label: &str,
     filter: Option<&mut dyn EntryFilter>,
     modes: DirModes,
@@ -70,10 +86,7 @@ pub(crate) fn unpack_tar_filtered<R: Read + io::Seek>(
         let path = path.to_owned();
         move |source| DebError::Write { deb: label.into(), path, error: source }
     };
-    fs::create_dir_all(dest).map_err(write_err(dest))?;
-    // The target as the caller names it (symlinks in its path are the caller's choice);
-    // nothing below it is ever reached by path again.
-    let root = Dir::open_given(dest).map_err(write_err(dest))?;
+    // `root` is the target, opened by the caller; `dest` only names it in messages.
     let pool = WriterPool::new();
     let writers = crate::fsat::workers();
     let mut unpacker = std::thread::scope(|scope| -> Result<Unpacker, DebError> {
