@@ -12,9 +12,8 @@ mod body;
 mod growing;
 mod watch;
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -88,6 +87,15 @@ impl Default for FetchOptions {
     fn default() -> Self {
         FetchOptions { offline: None, limits: Limits::default(), backoff: Duration::from_millis(250), report: Reporter { quiet: true } }
     }
+}
+
+/// Where a download goes: the file `name` in the open directory `dir` (the store's
+/// `tmp/downloads`), made or resumed there and never reached through a symlink; `path`
+/// names it in messages.
+pub struct Part<'a> {
+    pub dir: &'a crate::fsat::Dir,
+    pub name: &'a std::ffi::OsStr,
+    pub path: &'a Path,
 }
 
 /// What was downloaded.
@@ -175,18 +183,13 @@ impl Fetcher {
     /// and checks the result against `expected` (SHA-256 and size) when given. On a mismatch
     /// `part` is deleted. `progress`, when given, hears of every write (it is not finished
     /// here: the caller knows when the file is really done).
-    pub fn download(&self, url: &str, part: &Path, expected: Option<Downloaded>, progress: Option<&Progress>) -> Result<Downloaded, FetchError> {
+    pub fn download(&self, url: &str, at: Part, expected: Option<Downloaded>, progress: Option<&Progress>) -> Result<Downloaded, FetchError> {
         self.refuse_if_offline(url)?;
+        let part = at.path;
         let io_err = |error| FetchError::Io { path: part.to_owned(), error };
-        // Never through a symlink: `part` is in the store, which may have been tampered with.
-        let mut file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(part)
-            .map_err(io_err)?;
+        // One name in the store's open directory, never through a symlink: the store may
+        // have been tampered with.
+        let mut file = at.dir.open_or_create(at.name, 0o644).map_err(io_err)?;
         // Bytes left by an interrupted run were never hashed by this process: hash them once.
         let mut hasher = Hasher::new();
         let mut buf = vec![0u8; 1 << 16];
@@ -198,7 +201,7 @@ impl Fetcher {
         // hears of them only once the whole file matched, and a mismatch blames them first.
         let kept = hasher.len();
         let first_pass_reader = if kept > 0 { None } else { progress };
-        let mut place = self.fill(url, part, &mut file, &mut hasher, expected, first_pass_reader, &mut buf)?;
+        let mut place = self.fill(url, &at, &mut file, &mut hasher, expected, first_pass_reader, &mut buf)?;
         let matches = |hasher: &Hasher| expected.is_none_or(|exp| hasher.len() == exp.size && hasher.clone().finish() == exp.sha256);
         if kept > 0 && !matches(&hasher) {
             let name = url.rsplit('/').next().unwrap_or(url);
@@ -208,14 +211,14 @@ impl Fetcher {
                 part.display()
             ));
             start_over(&mut file, &mut hasher, progress).map_err(io_err)?;
-            place = self.fill(url, part, &mut file, &mut hasher, expected, progress, &mut buf)?;
+            place = self.fill(url, &at, &mut file, &mut hasher, expected, progress, &mut buf)?;
         }
         let size = hasher.len();
         let got = Downloaded { sha256: hasher.finish(), size };
         if let Some(exp) = expected
             && got != exp {
                 drop(file);
-                let _ = std::fs::remove_file(part);
+                let _ = at.dir.remove_file(at.name);
                 return Err(FetchError::Mismatch {
                     url: place,
                     expected: exp.sha256,
@@ -237,13 +240,14 @@ impl Fetcher {
     fn fill(
         &self,
         url: &str,
-        part: &Path,
+        at: &Part,
         file: &mut File,
         hasher: &mut Hasher,
         expected: Option<Downloaded>,
         progress: Option<&Progress>,
         buf: &mut [u8],
     ) -> Result<String, FetchError> {
+        let part = at.path;
         let io_err = |error| FetchError::Io { path: part.to_owned(), error };
         if expected.is_some_and(|e| hasher.len() == e.size) {
             return Ok(url.into());
@@ -285,7 +289,7 @@ impl Fetcher {
                 Err(e) => {
                     // A body longer than promised is not worth resuming.
                     if matches!(e, FetchError::TooLarge { .. }) {
-                        let _ = std::fs::remove_file(part);
+                        let _ = at.dir.remove_file(at.name);
                     }
                     return Err(e);
                 }

@@ -433,7 +433,11 @@ fn fetch_and_build(
                         // Whatever happens here, the unpacker waiting for bytes hears the end.
                         let _finish = FinishOnDrop(progress);
                         let t = Instant::now();
-                        let result = fetcher.download(url, part, Some(*expected), Some(progress));
+                        let result = store.dir("tmp/downloads").map_err(anyhow::Error::from).and_then(|downloads| {
+                            let name = part.file_name().unwrap_or_default();
+                            let at = crate::fetch::Part { dir: &downloads, name, path: part };
+                            Ok(fetcher.download(url, at, Some(*expected), Some(progress))?)
+                        });
                         progress.finish(result.is_ok());
                         result.map(|_| t.elapsed())
                     }),

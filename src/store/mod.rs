@@ -219,7 +219,8 @@ impl Store {
         match self.find_blob(fetcher, url, expected)? {
             Blob::Stored(path) => Ok((path, false)),
             Blob::Missing { part } => {
-                fetcher.download(url, &part, Some(expected), None)?;
+                let (downloads, name) = (self.dir("tmp/downloads")?, part.file_name().unwrap_or_default());
+                fetcher.download(url, crate::fetch::Part { dir: &downloads, name, path: &part }, Some(expected), None)?;
                 Ok((self.keep_part(&part, expected)?, true))
             }
         }
