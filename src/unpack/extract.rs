@@ -500,7 +500,8 @@ impl Unpacker<'_, '_> {
     /// following a link itself: a link is read and its target walked the same way.
     fn real_dir(&mut self, rel: &Path, entry: &str) -> Result<(PathBuf, Arc<Dir>), DebError> {
         if rel.as_os_str().is_empty() || self.known_dirs.contains(rel.as_os_str().as_bytes()) {
-            let dir = self.dirs_open.get(rel).map_err(self.write_err(&self.dest.join(rel)))?;
+            // (The error's path only when there is an error: this runs for every entry.)
+            let dir = self.dirs_open.get(rel).map_err(|e| self.write_err(&self.dest.join(rel))(e))?;
             return Ok((rel.to_path_buf(), dir));
         }
         // The directories walked so far, from the target down.
