@@ -184,6 +184,9 @@ fn finish_dir(parent: &Dir, name: &[u8], mode: u32, mtime: (i64, i64)) -> io::Re
 struct Dirs {
     root: Arc<Dir>,
     open: HashMap<Vec<u8>, Arc<Dir>>,
+    /// The directory asked for last, with its path: most entries are in the directory of the
+    /// entry before, and comparing is cheaper than hashing.
+    last: Option<(Vec<u8>, Arc<Dir>)>,
 }
 
 /// Directories [`Dirs`] keeps open, at most.
@@ -191,7 +194,12 @@ const OPEN_DIRS: usize = 64;
 
 impl Dirs {
     fn new(root: Dir) -> Dirs {
-        Dirs { root: Arc::new(root), open: HashMap::new() }
+        Dirs { root: Arc::new(root), open: HashMap::new(), last: None }
+    }
+
+    /// The directory `rel` if it is the one asked for last (a real directory, then).
+    fn last(&self, rel: &Path) -> Option<Arc<Dir>> {
+        self.last.as_ref().filter(|(key, _)| key == rel.as_os_str().as_bytes()).map(|(_, dir)| dir.clone())
     }
 
     /// The directory `rel` (a real path: no symlink on it), opened.
@@ -200,11 +208,15 @@ impl Dirs {
         if key.is_empty() {
             return Ok(self.root.clone());
         }
-        if let Some(dir) = self.open.get(key) {
-            return Ok(dir.clone());
-        }
-        let dir = Arc::new(self.root.dir_beneath(rel)?);
-        self.keep(key.to_vec(), dir.clone());
+        let dir = match self.open.get(key) {
+            Some(dir) => dir.clone(),
+            None => {
+                let dir = Arc::new(self.root.dir_beneath(rel)?);
+                self.keep(key.to_vec(), dir.clone());
+                dir
+            }
+        };
+        self.last = Some((key.to_vec(), dir.clone()));
         Ok(dir)
     }
 
@@ -499,6 +511,9 @@ impl Unpacker<'_, '_> {
     /// directory, opened. The walk goes one name at a time through open directories, never
     /// following a link itself: a link is read and its target walked the same way.
     fn real_dir(&mut self, rel: &Path, entry: &str) -> Result<(PathBuf, Arc<Dir>), DebError> {
+        if let Some(dir) = self.dirs_open.last(rel) {
+            return Ok((rel.to_path_buf(), dir));
+        }
         if rel.as_os_str().is_empty() || self.known_dirs.contains(rel.as_os_str().as_bytes()) {
             // (The error's path only when there is an error: this runs for every entry.)
             let dir = self.dirs_open.get(rel).map_err(|e| self.write_err(&self.dest.join(rel))(e))?;
