@@ -161,8 +161,13 @@ impl Recipe {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// Options for a version and Python, APM off, the process agent on.
+    pub(crate) fn opts(version: &[u64], python: u64) -> Options {
+        Options { version: version.to_vec(), major: version[0], python, apm: false, process_agent: true }
+    }
 
     #[test]
     fn bad_recipes_are_refused() {

@@ -163,9 +163,7 @@ pub fn cmp_version(a: &[u64], b: &[u64]) -> std::cmp::Ordering {
 mod tests {
     use super::*;
 
-    fn opts(version: &[u64], python: u64) -> Options {
-        Options { version: version.to_vec(), major: version[0], python, apm: false, process_agent: true }
-    }
+    use crate::unpack::recipe::tests::opts;
 
     #[test]
     fn conditions() {

@@ -259,9 +259,7 @@ fn segment_match(g: &[u8], s: &[u8]) -> bool {
 mod tests {
     use super::*;
 
-    fn opts(version: &[u64], python: u64) -> Options {
-        Options { version: version.to_vec(), major: version[0], python, apm: false, process_agent: true }
-    }
+    use crate::unpack::recipe::tests::opts;
 
     #[test]
     fn globs() {
