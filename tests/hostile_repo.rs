@@ -1,5 +1,6 @@
 //! Hostile repository metadata, signed by the key the user trusts: decompression bombs,
-//! oversized InRelease and Release.gpg, floods of stanzas, a stanza without end. Each must
+//! oversized InRelease and Release.gpg, floods of stanzas, a stanza without end; and a
+//! package whose entry names add up to hundreds of MB. Each must
 //! end in a clear error naming the limit it hit (or, for what is only large, in success),
 //! with the real binary's peak memory under 256 MB, measured by wait4's rusage.
 
@@ -211,3 +212,43 @@ fn a_release_listing_thousands_of_components_gives_a_short_error() {
     let run = run_measured(&mut cmd, Duration::from_secs(120)).unwrap();
     assert_fails_with(&run, &["lists no nope/binary-amd64/Packages index", "component0, component1", "and 99980 more"]);
 }
+
+/// A signed agent package whose stripped docs directory holds 5,000 files with 60 kB names
+/// (GNU long names; gzip makes their 300 MB a download of a few hundred kB). The unpacker
+/// keeps the name of each file the recipe strips (a later hard link may need its bytes):
+/// before names were bounded in total, the compile held them all (over 256 MiB) and went on.
+#[test]
+fn a_package_whose_names_add_up_to_hundreds_of_mb_is_refused_within_the_bound() {
+    use ddslug_testsupport::agent::{Scale, agent_deb};
+    use ddslug_testsupport::debs::Compression;
+    use ddslug_testsupport::repo::{RepoSpec, write_repo};
+    let h = hostile();
+    let mut deb = agent_deb("datadog-heroku-agent", "1:7.81.2-1", Scale::SMALL);
+    deb.compression = Compression::Gzip;
+    let long = "n".repeat(60_000);
+    for i in 0..5000 {
+        deb = deb.file(&format!("opt/datadog-agent/embedded/share/doc/{i}-{long}"), 0o644, "");
+    }
+    let repo = write_repo(&h.root(), &RepoSpec::new("stable").component("7", vec![deb]), &h.key).unwrap();
+    // This process held the 300 MB of names. A child spawned with CLONE_VM (as Command
+    // spawns) reports the parent's peak RSS as its own (wait4's ru_maxrss keeps the peak of
+    // the memory it shared until exec): give freed memory back and reset this peak, so that
+    // what is measured is ddslug's. (SAFETY: malloc_trim only returns free heap memory.)
+    unsafe { libc::malloc_trim(0) };
+    std::fs::write("/proc/self/clear_refs", "5").unwrap();
+    let server = Server::start(&repo.root).unwrap();
+    let env = h.dir.path().join("env");
+    std::fs::create_dir_all(&env).unwrap();
+    std::fs::write(env.join("DD_APT_REPO_URL"), server.url()).unwrap();
+    std::fs::write(env.join("DD_APT_KEYRING"), h.keyring.to_str().unwrap()).unwrap();
+    let build = h.dir.path().join("build");
+    std::fs::create_dir_all(&build).unwrap();
+    let mut cmd = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/bin/compile"));
+    cmd.arg(&build).arg(h.dir.path().join("cache")).arg(&env);
+    cmd.env("DDSLUG_BIN", env!("CARGO_BIN_EXE_ddslug")).env("STACK", "heroku-24");
+    cmd.env_remove("DD_AGENT_VERSION").env_remove("DD_AGENT_MAJOR_VERSION");
+    let run = run_measured(&mut cmd, Duration::from_secs(300)).unwrap();
+    assert_fails_with(&run, &["datadog-heroku-agent_7.81.2-1_amd64.deb", "names and link targets add up to more than 33554432 bytes"]);
+    assert_eq!(std::fs::read_dir(&build).unwrap().count(), 0, "BUILD_DIR is left as it was");
+}
+
