@@ -213,42 +213,54 @@ fn a_release_listing_thousands_of_components_gives_a_short_error() {
     assert_fails_with(&run, &["lists no nope/binary-amd64/Packages index", "component0, component1", "and 99980 more"]);
 }
 
-/// A signed agent package whose stripped docs directory holds 5,000 files with 60 kB names
-/// (GNU long names; gzip makes their 300 MB a download of a few hundred kB). The unpacker
-/// keeps the name of each file the recipe strips (a later hard link may need its bytes):
-/// before names were bounded in total, the compile held them all (over 256 MiB) and went on.
+/// Writes, under `$DDSLUG_TEST_NAMES_REPO`, a repository signed by a key of its own (public
+/// key in `keyring.asc` there) holding an agent package whose stripped docs directory holds
+/// 5,000 files with 60 kB names (GNU long names; gzip makes their 300 MB a download of a few
+/// hundred kB). Run in a process of its own by the test below: holding 300 MB here would
+/// raise this test binary's peak RSS, which every child spawned meanwhile (with CLONE_VM, as
+/// Command spawns) reports through wait4 as its own.
 #[test]
-fn a_package_whose_names_add_up_to_hundreds_of_mb_is_refused_within_the_bound() {
+#[ignore = "run by a_package_whose_names_add_up_to_hundreds_of_mb_is_refused_within_the_bound"]
+fn write_a_repository_of_huge_names() {
     use ddslug_testsupport::agent::{Scale, agent_deb};
     use ddslug_testsupport::debs::Compression;
     use ddslug_testsupport::repo::{RepoSpec, write_repo};
-    let h = hostile();
+    let Some(dir) = std::env::var_os("DDSLUG_TEST_NAMES_REPO").map(PathBuf::from) else { return };
+    let key = SigningKey::generate(KeyKind::Ed25519, "hostile but trusted").unwrap();
+    std::fs::write(dir.join("keyring.asc"), key.public_armored().unwrap()).unwrap();
     let mut deb = agent_deb("datadog-heroku-agent", "1:7.81.2-1", Scale::SMALL);
     deb.compression = Compression::Gzip;
     let long = "n".repeat(60_000);
     for i in 0..5000 {
         deb = deb.file(&format!("opt/datadog-agent/embedded/share/doc/{i}-{long}"), 0o644, "");
     }
-    let repo = write_repo(&h.root(), &RepoSpec::new("stable").component("7", vec![deb]), &h.key).unwrap();
-    // This process held the 300 MB of names. A child spawned with CLONE_VM (as Command
-    // spawns) reports the parent's peak RSS as its own (wait4's ru_maxrss keeps the peak of
-    // the memory it shared until exec): give freed memory back and reset this peak, so that
-    // what is measured is ddslug's. (SAFETY: malloc_trim only returns free heap memory.)
-    unsafe { libc::malloc_trim(0) };
-    std::fs::write("/proc/self/clear_refs", "5").unwrap();
-    let server = Server::start(&repo.root).unwrap();
-    let env = h.dir.path().join("env");
+    write_repo(&dir.join("repo"), &RepoSpec::new("stable").component("7", vec![deb]), &key).unwrap();
+}
+
+/// The package [`write_a_repository_of_huge_names`] makes: the unpacker keeps the name of
+/// each file the recipe strips (a later hard link may need its bytes), so before names were
+/// bounded in total the compile held them all (307 MiB peak RSS) and went on.
+#[test]
+fn a_package_whose_names_add_up_to_hundreds_of_mb_is_refused_within_the_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let made = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "write_a_repository_of_huge_names", "--ignored", "--quiet"])
+        .env("DDSLUG_TEST_NAMES_REPO", dir.path())
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let server = Server::start(&dir.path().join("repo")).unwrap();
+    let env = dir.path().join("env");
     std::fs::create_dir_all(&env).unwrap();
     std::fs::write(env.join("DD_APT_REPO_URL"), server.url()).unwrap();
-    std::fs::write(env.join("DD_APT_KEYRING"), h.keyring.to_str().unwrap()).unwrap();
-    let build = h.dir.path().join("build");
+    std::fs::write(env.join("DD_APT_KEYRING"), dir.path().join("keyring.asc").to_str().unwrap()).unwrap();
+    let build = dir.path().join("build");
     std::fs::create_dir_all(&build).unwrap();
     let mut cmd = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/bin/compile"));
-    cmd.arg(&build).arg(h.dir.path().join("cache")).arg(&env);
+    cmd.arg(&build).arg(dir.path().join("cache")).arg(&env);
     cmd.env("DDSLUG_BIN", env!("CARGO_BIN_EXE_ddslug")).env("STACK", "heroku-24");
     cmd.env_remove("DD_AGENT_VERSION").env_remove("DD_AGENT_MAJOR_VERSION");
     let run = run_measured(&mut cmd, Duration::from_secs(300)).unwrap();
     assert_fails_with(&run, &["datadog-heroku-agent_7.81.2-1_amd64.deb", "names and link targets add up to more than 33554432 bytes"]);
     assert_eq!(std::fs::read_dir(&build).unwrap().count(), 0, "BUILD_DIR is left as it was");
 }
-
