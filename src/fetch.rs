@@ -89,13 +89,16 @@ impl Default for FetchOptions {
     }
 }
 
-/// Where a download goes: the file `name` in the open directory `dir` (the store's
-/// `tmp/downloads`), made or resumed there and never reached through a symlink; `path`
-/// names it in messages.
+/// Where a download goes: `file`, the file `name` in the open directory `dir` (the store's
+/// `tmp/downloads`), opened there by the store (never through a symlink) and written
+/// through that descriptor only, so that a reader of the same descriptor (an unpacker)
+/// reads what is written and hashed; `dir` and `name` remove a bad one, `path` names it
+/// in messages.
 pub struct Part<'a> {
     pub dir: &'a crate::fsat::Dir,
     pub name: &'a std::ffi::OsStr,
     pub path: &'a Path,
+    pub file: &'a File,
 }
 
 /// What was downloaded.
@@ -187,9 +190,10 @@ impl Fetcher {
         self.refuse_if_offline(url)?;
         let part = at.path;
         let io_err = |error| FetchError::Io { path: part.to_owned(), error };
-        // One name in the store's open directory, never through a symlink: the store may
-        // have been tampered with.
-        let mut file = at.dir.open_or_create(at.name, 0o644).map_err(io_err)?;
+        // The store's descriptor (a duplicate: readers use positional reads, so the shared
+        // offset is the writer's alone).
+        let mut file = at.file.try_clone().map_err(io_err)?;
+        file.rewind().map_err(io_err)?;
         // Bytes left by an interrupted run were never hashed by this process: hash them once.
         let mut hasher = Hasher::new();
         let mut buf = vec![0u8; 1 << 16];

@@ -408,7 +408,7 @@ fn fetch_and_build(
         let url = format!("{}/{}", lock.repository.trim_end_matches('/'), package.filename);
         let blob = store.find_blob(fetcher, &url, expected)?;
         match &blob {
-            Blob::Stored(_) => {
+            Blob::Stored { .. } => {
                 report.topic(&format!("Fetching {}", file_name(&package.filename)));
                 report.detail(&format!("already in the cache; {}, SHA-256 {}", bytes(package.size), package.sha256));
             }
@@ -424,8 +424,8 @@ fn fetch_and_build(
             .iter()
             .zip(&progress)
             .filter_map(|((package, url, expected, blob), progress)| match blob {
-                Blob::Stored(_) => None,
-                Blob::Missing { part } => Some((
+                Blob::Stored { .. } => None,
+                Blob::Missing { part, file } => Some((
                     package,
                     part,
                     *expected,
@@ -435,7 +435,7 @@ fn fetch_and_build(
                         let t = Instant::now();
                         let result = store.dir("tmp/downloads").map_err(anyhow::Error::from).and_then(|downloads| {
                             let name = part.file_name().unwrap_or_default();
-                            let at = crate::fetch::Part { dir: &downloads, name, path: part };
+                            let at = crate::fetch::Part { dir: &downloads, name, path: part, file };
                             Ok(fetcher.download(url, at, Some(*expected), Some(progress))?)
                         });
                         progress.finish(result.is_ok());
@@ -450,8 +450,8 @@ fn fetch_and_build(
             .map(|((package, .., blob), progress)| {
                 let label = file_name(&package.filename).to_string();
                 match blob {
-                    Blob::Stored(path) => layer::DebBlob { path: path.clone(), label, downloading: None },
-                    Blob::Missing { part } => layer::DebBlob { path: part.clone(), label, downloading: Some(progress) },
+                    Blob::Stored { path, file } => layer::DebBlob { path: path.clone(), file, label, downloading: None },
+                    Blob::Missing { part, file } => layer::DebBlob { path: part.clone(), file, label, downloading: Some(progress) },
                 }
             })
             .collect();

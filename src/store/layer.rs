@@ -212,6 +212,9 @@ pub fn load(store: &Store, key: &Sha256) -> Result<Option<LayerInfo>, LayerError
 /// A package to build a layer from: its blob, verified, or still downloading.
 pub struct DebBlob<'a> {
     pub path: PathBuf,
+    /// The blob as the store checked it or the download writes it: read through this
+    /// descriptor, never by `path` again.
+    pub file: &'a std::fs::File,
     /// Names the package in errors (its file name; `path` may be a partial download or a blob).
     pub label: String,
     /// Set while the blob is being downloaded into `path`; its bytes are trusted only once
@@ -279,7 +282,7 @@ fn build_in(
                     // written through that descriptor only.
                     let name = part.file_name().unwrap_or_default();
                     let target = staging.dir.make_dirs_beneath(Path::new(name)).map_err(io_at(part))?;
-                    let report = crate::unpack::deb::unpack_deb_filtered(&deb.path, &deb.label, (target, part), Some(&mut collector), integrity)?;
+                    let report = crate::unpack::deb::unpack_deb_filtered(deb.file, &deb.label, (target, part), Some(&mut collector), integrity)?;
                     let seen = collector.finish()?;
                     Ok((filter.outcomes, report.digests, report.xz_blocks, report.dir_modes, seen))
                 })

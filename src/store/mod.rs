@@ -189,38 +189,47 @@ impl Store {
     /// Checks a stored blob against its name; a blob whose bytes changed (or anything else
     /// in its place, such as a symlink) is deleted. Returns whether a good blob is present.
     pub fn check_blob(&self, expected: Downloaded) -> Result<bool, StoreError> {
+        Ok(self.open_blob(expected)?.is_some())
+    }
+
+    /// [`Store::check_blob`], returning the good blob opened (at its start): whoever reads
+    /// it reads the bytes that were checked, whatever is renamed to its name meanwhile.
+    pub fn open_blob(&self, expected: Downloaded) -> Result<Option<File>, StoreError> {
         let path = self.blob_path(&expected.sha256);
         let blobs = self.dir("blobs/sha256")?;
         let name = OsString::from(expected.sha256.hex());
         let file = match blobs.open_regular(&name) {
             Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) if e.kind() == io::ErrorKind::PermissionDenied => return Err(io_at(&path)(e)),
             // A symlink, a directory, a FIFO: not a blob.
             Err(_) => {
                 blobs.remove_all(&name).map_err(io_at(&path))?;
-                return Ok(false);
+                return Ok(None);
             }
         };
         let mut hasher = Hasher::new();
         // Never more than one byte past the expected size: a wrong blob is wrong already.
-        hasher.update_from(&mut file.take(expected.size + 1), &mut vec![0u8; 1 << 17]).map_err(io_at(&path))?;
+        hasher.update_from(&mut (&file).take(expected.size + 1), &mut vec![0u8; 1 << 17]).map_err(io_at(&path))?;
         let size = hasher.len();
         if size == expected.size && hasher.finish() == expected.sha256 {
-            return Ok(true);
+            use std::io::Seek;
+            let mut file = file;
+            file.rewind().map_err(io_at(&path))?;
+            return Ok(Some(file));
         }
         blobs.remove_all(&name).map_err(io_at(&path))?;
-        Ok(false)
+        Ok(None)
     }
 
     /// Returns the path of a verified blob, downloading it from `url` if the store lacks it.
     /// The boolean says whether a download happened.
     pub fn ensure_blob(&self, fetcher: &Fetcher, url: &str, expected: Downloaded) -> Result<(PathBuf, bool), StoreError> {
         match self.find_blob(fetcher, url, expected)? {
-            Blob::Stored(path) => Ok((path, false)),
-            Blob::Missing { part } => {
+            Blob::Stored { path, .. } => Ok((path, false)),
+            Blob::Missing { part, file } => {
                 let (downloads, name) = (self.dir("tmp/downloads")?, part.file_name().unwrap_or_default());
-                fetcher.download(url, crate::fetch::Part { dir: &downloads, name, path: &part }, Some(expected), None)?;
+                fetcher.download(url, crate::fetch::Part { dir: &downloads, name, path: &part, file: &file }, Some(expected), None)?;
                 Ok((self.keep_part(&part, expected)?, true))
             }
         }
@@ -231,9 +240,9 @@ impl Store {
     /// [`Fetcher::download`] and moved into the store with [`Store::keep_part`].
     pub fn find_blob(&self, fetcher: &Fetcher, url: &str, expected: Downloaded) -> Result<Blob, StoreError> {
         let path = self.blob_path(&expected.sha256);
-        if self.check_blob(expected)? {
+        if let Some(file) = self.open_blob(expected)? {
             let _ = self.dir("blobs/sha256")?.set_mtime_of(OsStr::new(&expected.sha256.hex()), now());
-            return Ok(Blob::Stored(path));
+            return Ok(Blob::Stored { path, file });
         }
         if fetcher.is_offline() && !url.starts_with("file://") {
             return Err(StoreError::MissingOffline { sha256: expected.sha256, url: url.into(), path: self.root.clone() });
@@ -245,8 +254,8 @@ impl Store {
         if downloads.kind(&name).is_ok_and(|kind| kind != Kind::File) {
             downloads.remove_all(&name).map_err(io_at(&part))?;
         }
-        downloads.open_or_create(&name, 0o644).map_err(io_at(&part))?;
-        Ok(Blob::Missing { part })
+        let file = downloads.open_or_create(&name, 0o644).map_err(io_at(&part))?;
+        Ok(Blob::Missing { part, file })
     }
 
     /// Moves a downloaded and checked `part` (in `tmp/downloads`) into the store, read-only;
@@ -330,8 +339,11 @@ fn now() -> (i64, i64) {
 
 /// What [`Store::find_blob`] found.
 pub enum Blob {
-    Stored(PathBuf),
-    Missing { part: PathBuf },
+    /// Checked, and open: read it through `file` (`path` names it).
+    Stored { path: PathBuf, file: File },
+    /// To be downloaded into `file` (the partial download `part`, made or resumed), which
+    /// an unpacker reads as it grows.
+    Missing { part: PathBuf, file: File },
 }
 
 /// One stored item `gc` would remove.
@@ -436,6 +448,27 @@ mod tests {
         assert!(!store.blob_path(&expected.sha256).exists());
         fs::write(store.blob_path(&expected.sha256), data).unwrap();
         assert!(store.check_blob(expected).unwrap());
+    }
+
+    /// What is read of a blob is what was checked: its bytes are read through the descriptor
+    /// the check hashed (and a download's through the one it writes), so a file renamed over
+    /// its name afterwards is not what an unpacker gets.
+    #[test]
+    fn a_blob_is_read_through_the_descriptor_that_was_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let data = b"package bytes";
+        let expected = Downloaded { sha256: Sha256::of(data), size: data.len() as u64 };
+        let path = store.blob_path(&expected.sha256);
+        fs::write(&path, data).unwrap();
+        let fetcher = Fetcher::new(crate::fetch::FetchOptions::default());
+        let Blob::Stored { file, .. } = store.find_blob(&fetcher, "http://127.0.0.1:9/x.deb", expected).unwrap() else { panic!("stored") };
+        let swapped = dir.path().join("swapped");
+        fs::write(&swapped, b"hostile bytes").unwrap();
+        fs::rename(&swapped, &path).unwrap();
+        let mut read = Vec::new();
+        (&file).read_to_end(&mut read).unwrap();
+        assert_eq!(read, data);
     }
 
     #[test]

@@ -98,8 +98,9 @@ pub enum Integrity<'a> {
 /// modes at the end (deepest first), so this works for a user who is not root too.
 pub fn unpack_deb(deb: &Path, dest: &Path) -> Result<UnpackReport, DebError> {
     let label = deb.display().to_string();
+    let file = File::open(deb).map_err(|error| DebError::Io { deb: label.clone(), error })?;
     let target = open_target(dest, &label)?;
-    unpack(deb, &label, (target, dest), None, Integrity::Unverified, DirModes::Exact)
+    unpack(&file, &label, (target, dest), None, Integrity::Unverified, DirModes::Exact)
 }
 
 /// The directory `dest` a caller names (made if missing), opened: symlinks in that path
@@ -110,16 +111,17 @@ fn open_target(dest: &Path, label: &str) -> Result<Dir, DebError> {
     Dir::open_given(dest).map_err(write_err)
 }
 
-/// [`unpack_deb`], leaving out what `filter` skips. A multi-block data.tar.xz is read block
-/// by block ([`crate::unpack::xzseek`]): blocks that hold only skipped contents are never decoded.
-/// `label` names the package in errors and warnings (its file name, say, rather than the
-/// partial download or the blob its bytes are in). `dest` is the target, opened by the
-/// caller (a store's staging directory, made without following any symlink), with its
-/// path for messages. Unlike `dpkg-deb -x`, directories are left with the store's modes
+/// [`unpack_deb`] of the package open as `deb` (read through that descriptor only: the
+/// blob the store checked, or the download being written), leaving out what `filter`
+/// skips. A multi-block data.tar.xz is read block by block ([`crate::unpack::xzseek`]):
+/// blocks that hold only skipped contents are never decoded. `label` names the package in
+/// errors and warnings (its file name, say, rather than the partial download or the blob
+/// its bytes are in). `dest` is the target, opened by the caller (a store's staging
+/// directory, made without following any symlink), with its path for messages. Unlike `dpkg-deb -x`, directories are left with the store's modes
 /// ([`crate::store::layerindex::stored_dir_mode`]); the archive's are in the report's
 /// `dir_modes`.
 pub fn unpack_deb_filtered(
-    deb: &Path,
+    deb: &File,
     label: &str,
     dest: (Dir, &Path),
     filter: Option<&mut dyn EntryFilter>,
@@ -129,7 +131,7 @@ pub fn unpack_deb_filtered(
 }
 
 fn unpack(
-    deb: &Path,
+    deb: &File,
     label: &str,
     dest: (Dir, &Path),
     filter: Option<&mut dyn EntryFilter>,
@@ -161,13 +163,12 @@ impl<T: Read + io::Seek> TarStream for T {}
 /// of its own. Returns what `read` returned (its errors are the caller's to look at) and, for
 /// a multi-block xz, how many blocks were decoded.
 fn read_data_tar<T>(
-    deb: &Path,
+    file: &File,
     label: &str,
     integrity: Integrity,
     read: impl FnOnce(&mut dyn TarStream) -> T,
 ) -> Result<(T, Option<crate::unpack::xzseek::BlockStats>), DebError> {
     let io_err = |source| DebError::Io { deb: label.into(), error: source };
-    let file = File::open(deb).map_err(io_err)?;
     let growing = match integrity {
         Integrity::Downloading(progress) => Some(progress),
         _ => None,
@@ -175,7 +176,7 @@ fn read_data_tar<T>(
     // A download in progress is checked against its SHA-256 before the layer is kept, so
     // the compressor's own checks (CRC64, CRC32) would add nothing there either.
     let checks = matches!(integrity, Integrity::Unverified);
-    let sequential = FileRange { file: &file, pos: 0, end: u64::MAX, growing };
+    let sequential = FileRange { file, pos: 0, end: u64::MAX, growing };
     let mut ar = ArReader::new(BufReader::with_capacity(1 << 16, sequential), label)?;
     let (member, compression) = ar.find(Want::Data, &mut |_| {})?;
     let (start, size) = (ar.position(), member.size);
@@ -189,18 +190,18 @@ fn read_data_tar<T>(
     }
     if compression == Compression::Xz {
         let layout = match growing {
-            Some(progress) => crate::unpack::xzseek::arriving(&file, start, size, progress).map_err(io_err)?,
-            None => crate::unpack::xzseek::blocks(&file, start, size).map(crate::unpack::xzseek::Layout::Indexed),
+            Some(progress) => crate::unpack::xzseek::arriving(file, start, size, progress).map_err(io_err)?,
+            None => crate::unpack::xzseek::blocks(file, start, size).map(crate::unpack::xzseek::Layout::Indexed),
         };
         if let Some(layout) = layout {
             return Ok(std::thread::scope(|scope| {
-                let mut reader = crate::unpack::xzseek::BlockReader::new(scope, &file, start, size, layout, checks);
+                let mut reader = crate::unpack::xzseek::BlockReader::new(scope, file, start, size, layout, checks);
                 let result = read(&mut reader);
                 (result, Some(reader.stats()))
             }));
         }
     }
-    let body = Exact { inner: FileRange { file: &file, pos: start, end: start + size, growing }, left: size, member: member.shown() };
+    let body = Exact { inner: FileRange { file, pos: start, end: start + size, growing }, left: size, member: member.shown() };
     let decompressed: Box<dyn Read + Send> = if checks || compression != Compression::Gzip {
         crate::unpack::tarstream::decompressor(compression, body).map_err(io_err)?
     } else {
@@ -652,7 +653,7 @@ mod tests {
         let deb = dir.path().join("links.deb");
         fs::write(&deb, deb_of(&tar_of(&entries))).unwrap();
         let target = dir.path().join("t");
-        let report = unpack_deb_filtered(&deb, "links.deb", (open_target(&target, "t").unwrap(), &target), Some(&mut SkipDoc), Integrity::Unverified).unwrap();
+        let report = unpack_deb_filtered(&File::open(&deb).unwrap(), "links.deb", (open_target(&target, "t").unwrap(), &target), Some(&mut SkipDoc), Integrity::Unverified).unwrap();
         assert!(!target.join("doc").exists());
         let keep = target.join("keep");
         use std::os::unix::fs::MetadataExt;
