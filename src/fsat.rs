@@ -6,7 +6,7 @@
 //! [`Dir::dir_beneath`] (openat2 `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`), so a symlink
 //! planted by a package, an app or a damaged cache is an error, never a way out.
 
-use std::ffi::{CStr, CString};
+use std::ffi::{CStr, CString, OsStr};
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -107,8 +107,25 @@ impl Dir {
     }
 
     fn open_rel(&self, rel: &[u8], access: libc::c_int) -> io::Result<Dir> {
-        let rel = c_name(if rel.is_empty() { b"." } else { rel })?;
         let flags = access | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+        // O_NOFOLLOW covers the last name only: a longer path is resolved with no symlink
+        // anywhere on the way (openat2), or one name at a time where there is no openat2.
+        if rel.contains(&b'/') {
+            use rustix::fs::{Mode, OFlags, ResolveFlags};
+            let oflags = OFlags::from_bits_retain(flags as u32);
+            let resolve = ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
+            match rustix::fs::openat2(&self.0, OsStr::from_bytes(rel), oflags, Mode::empty(), resolve) {
+                Err(e) if e == rustix::io::Errno::NOSYS || e == rustix::io::Errno::PERM => {}
+                opened => return Ok(Dir(opened?)),
+            }
+            let (parent, name) = crate::pathbytes::split_last(rel);
+            let mut dir = self.open_rel(b"", libc::O_PATH)?;
+            for component in parent.split(|&b| b == b'/') {
+                dir = dir.open_rel(component, libc::O_PATH)?;
+            }
+            return dir.open_rel(name, access);
+        }
+        let rel = c_name(if rel.is_empty() { b"." } else { rel })?;
         // SAFETY: `rel` is NUL-terminated; the descriptor is an open directory.
         let fd = unsafe { libc::openat(self.0.as_raw_fd(), rel.as_ptr(), flags) };
         if fd < 0 {
@@ -124,6 +141,21 @@ impl Dir {
         let name = buf.of(name.as_ref())?;
         // SAFETY: `name` is NUL-terminated; the descriptor is an open directory.
         check(unsafe { libc::mkdirat(self.0.as_raw_fd(), name.as_ptr(), 0o777) })
+    }
+
+    /// Makes whichever directories of `rel` (a `/`-separated path below this directory) are
+    /// missing, each by one name in its parent opened without following a symlink.
+    pub fn make_dirs_in(&self, rel: &[u8]) -> io::Result<()> {
+        let ends = rel.iter().enumerate().filter(|&(_, &b)| b == b'/').map(|(i, _)| i).chain(std::iter::once(rel.len()));
+        for end in ends.filter(|&end| end > 0) {
+            let (parent, name) = crate::pathbytes::split_last(&rel[..end]);
+            let made = if parent.is_empty() { self.make_dir(name) } else { self.open_in(parent)?.make_dir(name) };
+            match made {
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                other => other?,
+            }
+        }
+        Ok(())
     }
 
     /// Sets this directory's permission bits and, if given, its mtime (leaving its atime).
@@ -321,6 +353,25 @@ mod tests {
     use super::*;
     use std::fs;
     use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn a_symlink_anywhere_on_a_relative_path_is_refused_and_missing_directories_are_made_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let (root, outside) = (dir.path().join("root"), dir.path().join("outside"));
+        fs::create_dir_all(root.join("a/b")).unwrap();
+        fs::create_dir_all(outside.join("b")).unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("link")).unwrap();
+        let at = Dir::open(&root).unwrap();
+        assert!(at.open_in(b"a/b").is_ok() && at.open_in_to_fill(b"a/b").is_ok());
+        for rel in [&b"link/b"[..], b"link"] {
+            assert!(at.open_in(rel).is_err(), "{}", String::from_utf8_lossy(rel));
+            assert!(at.open_in_to_fill(rel).is_err(), "{}", String::from_utf8_lossy(rel));
+        }
+        at.make_dirs_in(b"a/b/c/d").unwrap();
+        assert!(root.join("a/b/c/d").is_dir());
+        assert!(at.make_dirs_in(b"link/b/new").is_err());
+        assert!(!outside.join("b/new").exists(), "made through the symlink");
+    }
 
     #[test]
     fn set_mtime_leaves_the_atime() {

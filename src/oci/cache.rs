@@ -235,8 +235,10 @@ impl SharedCache {
         let tar = Bounded { inner: gzip, left: limit, limit };
         let label = format!("shared layer {}", &record.key.hex()[..12]);
         let tree = staging.path.join("tree");
+        // Made and filled through the staging directory's descriptor, never by path.
+        let tree_dir = staging.dir.make_dirs_beneath(std::path::Path::new("tree")).map_err(|e| install(&format!("{}: {e}", tree.display())))?;
         let (report, deferred) = crate::unpack::deb::pipelined(Box::new(tar), |tar| {
-            crate::unpack::extract::unpack_tar_filtered(tar, &tree, &label, None, crate::unpack::extract::DirModes::Stored)
+            crate::unpack::extract::unpack_tar_into(tar, (tree_dir, &tree), &label, None, crate::unpack::extract::DirModes::Stored)
         })
         .map_err(|e| install(&e))?;
         if !deferred.is_empty() || !report.skipped.is_empty() {

@@ -28,7 +28,7 @@ use std::collections::HashMap;
 use std::ffi::OsString;
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
@@ -185,7 +185,7 @@ pub fn copy_tree(src: &Path, dst: &Path) -> Result<CopyStats, CopyError> {
         }
     }
     let root_meta = fs::metadata(src).map_err(io_at(src))?;
-    fs::set_permissions(dst, fs::Permissions::from_mode(root_meta.mode() & 0o7777)).map_err(io_at(dst))?;
+    crate::fsat::Dir::open(dst).and_then(|d| d.open_in_to_fill(b"")).and_then(|d| d.finish(root_meta.mode() & 0o7777, None)).map_err(io_at(dst))?;
     Ok(stats)
 }
 
@@ -311,7 +311,7 @@ fn walk(src: &Path, dst: Option<&Path>, index: &LayerIndex, check: bool, seen: O
                 let to_dir = match dst_root.open_in_to_fill(rel) {
                     // Made by the thread that has the parent, or not yet: then here.
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                        fs::create_dir_all(&to).map_err(io_at(&to))?;
+                        dst_root.make_dirs_in(rel).map_err(io_at(&to))?;
                         dst_root.open_in_to_fill(rel)
                     }
                     opened => opened,
@@ -568,6 +568,7 @@ pub fn merge_into(from: &Dir, from_path: &Path, to: &Dir, to_path: &Path) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
     use crate::store::treehash::scan_tree;
 
     fn sample_tree(root: &Path) {
