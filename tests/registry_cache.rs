@@ -526,22 +526,26 @@ fn a_hostile_layer_from_a_trusted_signer_goes_through_the_safe_unpacker_and_is_r
     let secret = SecretKey::parse(&world.keys.secret, "test").unwrap();
     let record_ref = digest_of(&manifest["config"]);
     let tree_hash: TreeHash = TreeHash(manifest["annotations"]["dev.ddslug.tree-hash"].as_str().unwrap().parse().unwrap());
-    let cases: [(&str, Vec<u8>, &str); 3] = [
-        ("dotdot", raw_tar(&[(b"../../../../../escaped", b'0', b"", b"out")]), "refusing to unpack"),
-        ("link-out", raw_tar(&[(b"opt", b'2', b"/", b""), (b"opt/escaped", b'0', b"", b"out")]), "refusing to unpack"),
-        ("not-gzip", b"this is no gzip stream".to_vec(), "did not install"),
+    // (case, layer media type, blob, what the build log says): ddslug pushes zstd and still
+    // reads gzip, so both decompressors feed the same safe unpacker.
+    let zstd = |tar: Vec<u8>| zstd::encode_all(tar.as_slice(), 3).unwrap();
+    let gzip = |tar: Vec<u8>| {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, &tar).unwrap();
+        gz.finish().unwrap()
+    };
+    let cases: [(&str, &str, Vec<u8>, &str); 5] = [
+        ("dotdot", ZSTD, zstd(raw_tar(&[(b"../../../../../escaped", b'0', b"", b"out")])), "refusing to unpack"),
+        ("link-out", ZSTD, zstd(raw_tar(&[(b"opt", b'2', b"/", b""), (b"opt/escaped", b'0', b"", b"out")])), "refusing to unpack"),
+        ("gzip-link-out", GZIP, gzip(raw_tar(&[(b"opt", b'2', b"/", b""), (b"opt/escaped", b'0', b"", b"out")])), "refusing to unpack"),
+        ("not-zstd", ZSTD, b"this is no zstd stream".to_vec(), "did not install"),
+        ("not-gzip", GZIP, b"this is no gzip stream".to_vec(), "did not install"),
     ];
-    for (name, tar, says) in cases {
-        let blob_bytes = if name == "not-gzip" {
-            tar
-        } else {
-            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-            std::io::Write::write_all(&mut gz, &tar).unwrap();
-            gz.finish().unwrap()
-        };
+    for (name, media_type, blob_bytes, says) in cases {
         let layer = BlobRef { digest: Sha256::of(&blob_bytes), size: blob_bytes.len() as u64 };
         client.push_blob(layer, &mut || Ok(Box::new(std::io::Cursor::new(blob_bytes.clone())) as Box<dyn std::io::Read>)).unwrap();
         let signature = secret.sign(&sign::statement(&key, &tree_hash, (&layer.digest, layer.size), (&record_ref.digest, record_ref.size)));
+        manifest["layers"][0]["mediaType"] = serde_json::json!(media_type);
         manifest["layers"][0]["digest"] = serde_json::json!(format!("sha256:{}", layer.digest));
         manifest["layers"][0]["size"] = serde_json::json!(layer.size);
         manifest["annotations"]["dev.ddslug.signature"] = serde_json::json!(signature);
@@ -556,6 +560,40 @@ fn a_hostile_layer_from_a_trusted_signer_goes_through_the_safe_unpacker_and_is_r
         assert!(escaped.is_empty(), "{name}: {escaped:?}");
         assert!(!Path::new("/escaped").exists(), "{name}: written through the link to /");
     }
+}
+
+const ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
+const GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+
+#[test]
+fn a_layer_pushed_as_gzip_by_an_older_builder_is_still_pulled() {
+    let world = World::start();
+    let first = world.push_first();
+    let (tag, mut manifest) = world.manifest();
+    assert_eq!(manifest["layers"][0]["mediaType"], ZSTD, "ddslug pushes zstd");
+    let client = world.client(&world.registry.host());
+    let key: Sha256 = tag.strip_prefix("layer-").unwrap().parse().unwrap();
+    let secret = SecretKey::parse(&world.keys.secret, "test").unwrap();
+    let record_ref = digest_of(&manifest["config"]);
+    let tree_hash: TreeHash = TreeHash(manifest["annotations"]["dev.ddslug.tree-hash"].as_str().unwrap().parse().unwrap());
+    // The same tar, recompressed with gzip and signed again, as an older ddslug pushed it.
+    let zstd_blob = client.get_blob_bytes(digest_of(&manifest["layers"][0]), 1 << 30).unwrap().unwrap();
+    let tar = zstd::decode_all(zstd_blob.as_slice()).unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gz, &tar).unwrap();
+    let blob_bytes = gz.finish().unwrap();
+    let layer = BlobRef { digest: Sha256::of(&blob_bytes), size: blob_bytes.len() as u64 };
+    client.push_blob(layer, &mut || Ok(Box::new(std::io::Cursor::new(blob_bytes.clone())) as Box<dyn std::io::Read>)).unwrap();
+    let signature = secret.sign(&sign::statement(&key, &tree_hash, (&layer.digest, layer.size), (&record_ref.digest, record_ref.size)));
+    manifest["layers"][0] = serde_json::json!({ "mediaType": GZIP, "digest": format!("sha256:{}", layer.digest), "size": layer.size });
+    manifest["annotations"]["dev.ddslug.signature"] = serde_json::json!(signature);
+    client.put_manifest(&tag, "application/vnd.oci.image.manifest.v1+json", &serde_json::to_vec(&manifest).unwrap()).unwrap();
+    let build = world.served.build_dir("gzip");
+    let env = world.env("gzip", &world.registry.host(), &world.keys.public, None, &[]);
+    let out = compile(&build, &world.cache("gzip"), &env, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("pulled and verified") && text(&out).contains("gzip blob"), "{}", text(&out));
+    assert_eq!(slug_hash(&build), slug_hash(&first));
 }
 
 fn walk(dir: &Path) -> Vec<PathBuf> {

@@ -1,5 +1,5 @@
-//! Reproducible OCI layer tarballs (`application/vnd.oci.image.layer.v1.tar+gzip`) from trees
-//! on disk: the same entries give the same bytes, on any machine and any day.
+//! Reproducible OCI layer tarballs (`application/vnd.oci.image.layer.v1.tar+gzip`, or
+//! `+zstd` for the shared layer cache) from trees on disk: the same entries give the same bytes, on any machine and any day.
 //!
 //! The rules (README, "Reproducibility", beside the tree hash's):
 //! * entries sorted by their path bytes (a directory before what it holds), each directory
@@ -19,6 +19,8 @@
 //!   (unknown): `diff_id` (of the tar) depends only on the entries; `digest` (of the gzip)
 //!   also on the compressor, pinned by Cargo.lock. (zlib-rs 0.6 chooses its match hash by
 //!   level only, never by CPU feature, unlike Chromium's zlib: the same stream on any CPU.)
+//!   zstd (shared layers) by the libzstd that zstd-sys bundles, at a fixed level, one thread,
+//!   no checksum, no content size: again pinned by Cargo.lock.
 //!
 //! Contract: sources are only read. Directories are entered and files opened relative to the
 //! tree's root without following a symlink (`RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`,
@@ -43,6 +45,24 @@ pub const MAX_FILE: u64 = 0o77777777777;
 const MAX_TIME: i64 = 0o77777777777;
 /// The gzip level: zlib's default, what Docker and most registries' layers use.
 pub const GZIP_LEVEL: u32 = 6;
+
+/// How a layer's tar stream is compressed; each gives its own media type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Compressor {
+    /// `application/vnd.oci.image.layer.v1.tar+gzip`: what every runtime reads.
+    Gzip { level: u32 },
+    /// `application/vnd.oci.image.layer.v1.tar+zstd` (image-spec 1.1).
+    Zstd { level: i32 },
+}
+
+impl Compressor {
+    pub fn media_type(self) -> oci_spec::image::MediaType {
+        match self {
+            Compressor::Gzip { .. } => oci_spec::image::MediaType::ImageLayerGzip,
+            Compressor::Zstd { .. } => oci_spec::image::MediaType::ImageLayerZstd,
+        }
+    }
+}
 
 /// A finished layer blob.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -230,11 +250,11 @@ impl LayerTree {
     /// Writes the layer as gzip ([`GZIP_LEVEL`]) to `out`, every mtime clamped to at most
     /// `clamp` (seconds). Every entry's parent must be an entry too (or the layer's root).
     pub fn write(&self, out: impl Write, clamp: i64) -> Result<LayerBlob, TarballError> {
-        self.write_at_level(out, clamp, GZIP_LEVEL)
+        self.write_compressed(out, clamp, Compressor::Gzip { level: GZIP_LEVEL })
     }
 
-    /// [`LayerTree::write`] at gzip level `level` (the bytes depend on the level alone).
-    pub fn write_at_level(&self, out: impl Write, clamp: i64, level: u32) -> Result<LayerBlob, TarballError> {
+    /// [`LayerTree::write`] with `compressor` (the bytes depend on it and on the entries alone).
+    pub fn write_compressed(&self, out: impl Write, clamp: i64, compressor: Compressor) -> Result<LayerBlob, TarballError> {
         for path in self.entries.keys() {
             let (parent, _) = crate::pathbytes::split_last(path);
             if !parent.is_empty() && !matches!(self.entries.get(parent), Some(Entry { source: Source::Dir, .. })) {
@@ -242,8 +262,31 @@ impl LayerTree {
             }
         }
         let compressed = Counted { inner: out, hasher: Hasher::new() };
-        let gzip = flate2::GzBuilder::new().mtime(0).operating_system(255).write(compressed, flate2::Compression::new(level));
-        let mut tar = Counted { inner: gzip, hasher: Hasher::new() };
+        let (diff_id, compressed) = match compressor {
+            Compressor::Gzip { level } => {
+                let gzip = flate2::GzBuilder::new().mtime(0).operating_system(255).write(compressed, flate2::Compression::new(level));
+                let mut tar = Counted { inner: gzip, hasher: Hasher::new() };
+                self.write_tar(&mut tar, clamp)?;
+                (tar.hasher.finish(), tar.inner.finish().map_err(TarballError::Write)?)
+            }
+            Compressor::Zstd { level } => {
+                // One thread, no checksum (the blob's digest covers it), the frame's size left
+                // out (it is not known when the header is written): fixed settings.
+                let mut zstd = zstd::stream::write::Encoder::new(compressed, level).map_err(TarballError::Write)?;
+                zstd.include_checksum(false).map_err(TarballError::Write)?;
+                let mut tar = Counted { inner: zstd, hasher: Hasher::new() };
+                self.write_tar(&mut tar, clamp)?;
+                (tar.hasher.finish(), tar.inner.finish().map_err(TarballError::Write)?)
+            }
+        };
+        let size = compressed.hasher.len();
+        let mut out = compressed.inner;
+        out.flush().map_err(TarballError::Write)?;
+        Ok(LayerBlob { diff_id, digest: compressed.hasher.finish(), size })
+    }
+
+    /// Writes the tar stream itself (entries in path order, then the end-of-archive blocks).
+    fn write_tar(&self, tar: &mut impl Write, clamp: i64) -> Result<(), TarballError> {
         let mut buf = vec![0u8; 1 << 17];
         let mut open: Option<(usize, Vec<u8>, Dir)> = None;
         for (path, entry) in &self.entries {
@@ -252,9 +295,9 @@ impl LayerTree {
                 Source::Dir => {
                     let mut name = path.clone();
                     name.push(b'/');
-                    write_header(&mut tar, &name, None, b'5', entry.mode, 0, mtime)?;
+                    write_header(tar, &name, None, b'5', entry.mode, 0, mtime)?;
                 }
-                Source::Symlink { target } => write_header(&mut tar, path, Some(target), b'2', entry.mode, 0, mtime)?,
+                Source::Symlink { target } => write_header(tar, path, Some(target), b'2', entry.mode, 0, mtime)?,
                 Source::File { root, dir, name, size } => {
                     let (root_path, root_dir) = &self.roots[*root];
                     let file_path = crate::fsat::join(root_path, crate::pathbytes::join(dir, name));
@@ -264,8 +307,8 @@ impl LayerTree {
                     }
                     let Some((_, _, parent)) = &open else { unreachable!("opened just above") };
                     let file = parent.open_regular(OsStr::from_bytes(name)).map_err(io_at(&file_path))?;
-                    write_header(&mut tar, path, None, b'0', entry.mode, *size, mtime)?;
-                    copy_exactly(file, &mut tar, *size, &mut buf).map_err(|e| match e {
+                    write_header(tar, path, None, b'0', entry.mode, *size, mtime)?;
+                    copy_exactly(file, tar, *size, &mut buf).map_err(|e| match e {
                         Copy::Read(error) => TarballError::Io { path: file_path.clone(), error },
                         Copy::Write(error) => TarballError::Write(error),
                         Copy::Changed(got) => TarballError::Unsupported {
@@ -273,18 +316,12 @@ impl LayerTree {
                             reason: format!("changed while the layer was written: {size} bytes listed, {got} read"),
                         },
                     })?;
-                    pad(&mut tar, *size)?;
+                    pad(tar, *size)?;
                 }
             }
         }
         // The end of the archive: two zero blocks.
-        tar.write_all(&[0u8; 1024]).map_err(TarballError::Write)?;
-        let diff_id = tar.hasher.finish();
-        let compressed = tar.inner.finish().map_err(TarballError::Write)?;
-        let size = compressed.hasher.len();
-        let mut out = compressed.inner;
-        out.flush().map_err(TarballError::Write)?;
-        Ok(LayerBlob { diff_id, digest: compressed.hasher.finish(), size })
+        tar.write_all(&[0u8; 1024]).map_err(TarballError::Write)
     }
 }
 
