@@ -169,12 +169,12 @@ impl SharedCache {
         match self.try_pull(store, inputs) {
             Ok((info, index, signer, took)) => {
                 report.detail(&format!(
-                    "pulled and verified in {} ({} blob {} downloaded in {}, unpacked, hashed and stored in {}; signed by {}, tree hash {})",
+                    "pulled and verified in {} ({} blob {} downloaded, unpacked and hashed in {}, stored in {}; signed by {}, tree hash {})",
                     crate::report::seconds(t.elapsed()),
                     took.blob_kind,
                     crate::report::bytes(took.blob_bytes),
-                    crate::report::seconds(took.download),
-                    crate::report::seconds(took.install),
+                    crate::report::seconds(took.unpack),
+                    crate::report::seconds(took.store),
                     signer.name,
                     info.tree_hash
                 ));
@@ -220,42 +220,51 @@ impl SharedCache {
     fn fetch_and_install(&self, store: &Store, staging: &crate::store::Staging, artifact: &Artifact, record: Record) -> Result<(LayerInfo, LayerIndex, Took), Miss> {
         let t = std::time::Instant::now();
         let install = |e: &dyn fmt::Display| Miss::Install(e.to_string());
-        let blob_path = staging.path.join(BLOB_FILE);
-        let file = staging.dir.create_new(std::ffi::OsStr::new(BLOB_FILE), 0o600).map_err(|e| install(&e))?;
-        let mut writer = io::BufWriter::with_capacity(1 << 17, file);
-        if !self.registry.get_blob(artifact.layer, LAYER_LIMIT, &mut writer)? {
-            return Err(Miss::Garbage("its layer blob is missing".into()));
-        }
-        // A write that fails in the last buffer fails here, not silently in a drop.
-        io::Write::flush(&mut writer).map_err(|e| install(&format!("{}: {e}", blob_path.display())))?;
-        drop(writer);
-        let download = t.elapsed();
-        let file = staging.dir.open_regular(std::ffi::OsStr::new(BLOB_FILE)).map_err(|e| install(&format!("{}: {e}", blob_path.display())))?;
         let limit = record.bytes.saturating_add(TAR_OVERHEAD);
-        // The blob matched its signed digest as it arrived: gzip's own CRC adds nothing. It is
-        // decompressed on a thread of its own, overlapping the unpacker's writing and hashing;
-        // zstd's decoder refuses a window over its default limit (128 MiB), as for a .deb.
-        let body = io::BufReader::with_capacity(1 << 17, file);
-        let decompressed: Box<dyn Read + Send> = match artifact.compression {
-            Compression::Gzip => Box::new(crate::unpack::tarstream::gzip_unchecked(body).map_err(|e| install(&e))?),
-            other => crate::unpack::tarstream::decompressor(other, body).map_err(|e| install(&e))?,
-        };
-        let tar = Bounded { inner: decompressed, left: limit, limit };
         let label = format!("shared layer {}", &record.key.hex()[..12]);
         let tree = staging.path.join("tree");
         // Made and filled through the staging directory's descriptor, never by path.
-        let tree_dir = staging.dir.make_dirs_beneath(std::path::Path::new("tree")).map_err(|e| install(&format!("{}: {e}", tree.display())))?;
-        let (report, deferred) = crate::unpack::deb::pipelined(Box::new(tar), |tar| {
-            crate::unpack::extract::unpack_tar_into(tar, (tree_dir, &tree), &label, None, crate::unpack::extract::DirModes::Stored)
-        })
-        .map_err(|e| install(&e))?;
+        let tree_dir = staging.dir.make_dirs_beneath(Path::new("tree")).map_err(|e| install(&format!("{}: {e}", tree.display())))?;
+        // The blob is unpacked as it arrives: downloading, decompressing (a thread each) and
+        // writing overlap. It is used only if all of it then matches its signed digest (the
+        // download checks that at its end); until then only the staging directory holds it.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(ARRIVING_CHUNKS);
+        let (downloaded, unpacked) = std::thread::scope(|scope| {
+            let download = scope.spawn(move || {
+                let mut sink = Arriving { tx: Some(tx) };
+                self.registry.get_blob(artifact.layer, LAYER_LIMIT, &mut sink)
+            });
+            let body = io::BufReader::with_capacity(1 << 17, Arrived { rx, chunk: Vec::new(), at: 0 });
+            let unpacked = (|| {
+                // gzip's own CRC adds nothing to the blob's digest. zstd's decoder refuses a
+                // window over its default limit (128 MiB), as for a .deb.
+                let decompressed: Box<dyn Read + Send> = match artifact.compression {
+                    Compression::Gzip => Box::new(crate::unpack::tarstream::gzip_unchecked(body)?),
+                    other => crate::unpack::tarstream::decompressor(other, body)?,
+                };
+                let tar = Bounded { inner: decompressed, left: limit, limit };
+                crate::unpack::deb::pipelined(Box::new(tar), |tar| {
+                    crate::unpack::extract::unpack_tar_into(tar, (tree_dir, &tree), &label, None, crate::unpack::extract::DirModes::Stored)
+                })
+                .map_err(|e| io::Error::other(e.to_string()))
+            })();
+            // A join error is a panic in the download thread: resumed here, as if it were ours.
+            let downloaded = download.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            (downloaded, unpacked)
+        });
+        // A download that failed explains an unpack that failed with it (a truncated stream).
+        if !downloaded? {
+            return Err(Miss::Garbage("its layer blob is missing".into()));
+        }
+        let (report, deferred) = unpacked.map_err(|e| install(&e))?;
         if !deferred.is_empty() || !report.skipped.is_empty() {
             return Err(Miss::Garbage("its layer has entries a ddslug layer never has".into()));
         }
+        let unpack = t.elapsed();
         let inputs = record.inputs.clone();
         let (info, index) = layer::store_tree(store, staging, &inputs, record.removed, record.pkgconfig, record.components, &report.digests, &report.dir_modes, Some(record.tree_hash))
             .map_err(|e| install(&e))?;
-        let took = Took { blob_kind: compression_name(artifact.compression), blob_bytes: artifact.layer.size, download, install: t.elapsed() - download };
+        let took = Took { blob_kind: compression_name(artifact.compression), blob_bytes: artifact.layer.size, unpack, store: t.elapsed() - unpack };
         Ok((info, index, took))
     }
 
@@ -324,8 +333,57 @@ impl SharedCache {
 struct Took {
     blob_kind: &'static str,
     blob_bytes: u64,
-    download: std::time::Duration,
-    install: std::time::Duration,
+    /// Downloading, decompressing, writing and hashing the files (overlapped).
+    unpack: std::time::Duration,
+    /// Checking the tree hash and storing the layer's index.
+    store: std::time::Duration,
+}
+
+/// Chunks of a blob in flight between its download and its decompression (128 KiB each).
+const ARRIVING_CHUNKS: usize = 16;
+
+/// The download's end of a blob being unpacked as it arrives. When the unpacker stops reading
+/// (it failed, or what follows the tar is not needed) the rest is still downloaded, and
+/// dropped: the blob's digest covers every byte.
+struct Arriving {
+    tx: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
+}
+
+impl io::Write for Arriving {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        if let Some(tx) = &self.tx
+            && tx.send(bytes.to_vec()).is_err()
+        {
+            self.tx = None;
+        }
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The unpacker's end: the chunks in order, then the end of the stream when the download
+/// ends (complete or not: the download's own result says which).
+struct Arrived {
+    rx: std::sync::mpsc::Receiver<Vec<u8>>,
+    chunk: Vec<u8>,
+    at: usize,
+}
+
+impl Read for Arrived {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.at == self.chunk.len() {
+            match self.rx.recv() {
+                Ok(chunk) => (self.chunk, self.at) = (chunk, 0),
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.chunk.len() - self.at);
+        buf[..n].copy_from_slice(&self.chunk[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
 }
 
 /// How a shared layer's tarball is compressed. Measured on the bench's agent tree (194 MB of
