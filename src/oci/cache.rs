@@ -228,13 +228,14 @@ impl SharedCache {
         // The blob is unpacked as it arrives: downloading, decompressing (a thread each) and
         // writing overlap. It is used only if all of it then matches its signed digest (the
         // download checks that at its end); until then only the staging directory holds it.
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(ARRIVING_CHUNKS);
+        let (tx, rx) = std::sync::mpsc::sync_channel(ARRIVING_CHUNKS);
+        let (recycle, recycled) = std::sync::mpsc::channel();
         let (downloaded, unpacked) = std::thread::scope(|scope| {
             let download = scope.spawn(move || {
-                let mut sink = Arriving { tx: Some(tx) };
+                let mut sink = Arriving { tx: Some(tx), recycled };
                 self.registry.get_blob(artifact.layer, LAYER_LIMIT, &mut sink)
             });
-            let body = io::BufReader::with_capacity(1 << 17, Arrived { rx, chunk: Vec::new(), at: 0 });
+            let body = io::BufReader::with_capacity(1 << 17, crate::unpack::deb::ChunkReader::new(rx, recycle));
             let unpacked = (|| {
                 // gzip's own CRC adds nothing to the blob's digest. zstd's decoder refuses a
                 // window over its default limit (128 MiB), as for a .deb.
@@ -342,47 +343,29 @@ struct Took {
 /// Chunks of a blob in flight between its download and its decompression (128 KiB each).
 const ARRIVING_CHUNKS: usize = 16;
 
-/// The download's end of a blob being unpacked as it arrives. When the unpacker stops reading
-/// (it failed, or what follows the tar is not needed) the rest is still downloaded, and
-/// dropped: the blob's digest covers every byte.
+/// The download's end of a blob being unpacked as it arrives: chunks go to a
+/// [`crate::unpack::deb::ChunkReader`] (in buffers it hands back). When the unpacker stops
+/// reading (it failed, or what follows the tar is not needed) the rest is still downloaded,
+/// and dropped: the blob's digest covers every byte.
 struct Arriving {
-    tx: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
+    tx: Option<std::sync::mpsc::SyncSender<io::Result<Vec<u8>>>>,
+    recycled: std::sync::mpsc::Receiver<Vec<u8>>,
 }
 
 impl io::Write for Arriving {
     fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
-        if let Some(tx) = &self.tx
-            && tx.send(bytes.to_vec()).is_err()
-        {
-            self.tx = None;
+        if let Some(tx) = &self.tx {
+            let mut chunk = self.recycled.try_recv().unwrap_or_default();
+            chunk.clear();
+            chunk.extend_from_slice(bytes);
+            if tx.send(Ok(chunk)).is_err() {
+                self.tx = None;
+            }
         }
         Ok(bytes.len())
     }
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
-    }
-}
-
-/// The unpacker's end: the chunks in order, then the end of the stream when the download
-/// ends (complete or not: the download's own result says which).
-struct Arrived {
-    rx: std::sync::mpsc::Receiver<Vec<u8>>,
-    chunk: Vec<u8>,
-    at: usize,
-}
-
-impl Read for Arrived {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.at == self.chunk.len() {
-            match self.rx.recv() {
-                Ok(chunk) => (self.chunk, self.at) = (chunk, 0),
-                Err(_) => return Ok(0),
-            }
-        }
-        let n = buf.len().min(self.chunk.len() - self.at);
-        buf[..n].copy_from_slice(&self.chunk[self.at..self.at + n]);
-        self.at += n;
-        Ok(n)
     }
 }
 

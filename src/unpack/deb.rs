@@ -267,17 +267,23 @@ pub(crate) fn pipelined<T>(mut decompressed: Box<dyn Read + Send + '_>, read: im
                 }
             }
         });
-        let chunks = ChunkReader { rx, recycle, chunk: Vec::new(), at: 0 };
-        read(&mut ForwardSeek::new(chunks))
+        read(&mut ForwardSeek::new(ChunkReader::new(rx, recycle)))
     })
 }
 
-/// Reads the chunks a decompressing thread sends, and sends them back once read.
-struct ChunkReader {
+/// Reads the chunks another thread sends (a decompressor, a download), and sends them back
+/// once read. The stream ends when the sender is dropped.
+pub(crate) struct ChunkReader {
     rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
     recycle: std::sync::mpsc::Sender<Vec<u8>>,
     chunk: Vec<u8>,
     at: usize,
+}
+
+impl ChunkReader {
+    pub(crate) fn new(rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>, recycle: std::sync::mpsc::Sender<Vec<u8>>) -> ChunkReader {
+        ChunkReader { rx, recycle, chunk: Vec::new(), at: 0 }
+    }
 }
 
 impl Read for ChunkReader {
@@ -286,7 +292,7 @@ impl Read for ChunkReader {
             match self.rx.recv() {
                 Ok(chunk) => {
                     let read = std::mem::replace(&mut self.chunk, chunk?);
-                    // The decompressing thread may have ended: then the chunk is just freed.
+                    // The sending thread may have ended: then the chunk is just freed.
                     let _ = self.recycle.send(read);
                     self.at = 0;
                 }
