@@ -1,5 +1,6 @@
 //! Reproducible OCI layer tarballs (`application/vnd.oci.image.layer.v1.tar+gzip`, or
-//! `+zstd` for the shared layer cache) from trees on disk: the same entries give the same bytes, on any machine and any day.
+//! `+zstd` for the shared layer cache) from trees on disk: the same entries give the same
+//! bytes, on any machine and any day.
 //!
 //! The rules (README, "Reproducibility", beside the tree hash's):
 //! * entries sorted by their path bytes (a directory before what it holds), each directory
@@ -69,9 +70,9 @@ impl Compressor {
 pub struct LayerBlob {
     /// SHA-256 of the uncompressed tar (the image config's `rootfs.diff_ids`).
     pub diff_id: Sha256,
-    /// SHA-256 of the gzip stream (the manifest's layer digest, the blob's name).
+    /// SHA-256 of the compressed stream (the manifest's layer digest, the blob's name).
     pub digest: Sha256,
-    /// Bytes of the gzip stream.
+    /// Bytes of the compressed stream.
     pub size: u64,
 }
 
@@ -525,6 +526,26 @@ mod tests {
         assert_eq!(blob_a.diff_id, Sha256::of(&tar));
         // The gzip header: no mtime, no name, OS "unknown".
         assert_eq!(&bytes_a[..10], &[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255]);
+    }
+
+    #[test]
+    fn zstd_layers_are_the_same_tar_and_the_same_bytes_every_time() {
+        let dir = tempfile::tempdir().unwrap();
+        sample(dir.path(), OLD + 3);
+        let mut tree = LayerTree::new();
+        tree.add_dir(b"app", 0o755, OLD).unwrap();
+        tree.add_tree(b"app/.apt", dir.path()).unwrap();
+        let zstd = Compressor::Zstd { level: 3 };
+        let (mut first, mut second, mut gzip) = (Vec::new(), Vec::new(), Vec::new());
+        let blob = tree.write_compressed(&mut first, OLD + 10, zstd).unwrap();
+        assert_eq!(tree.write_compressed(&mut second, OLD + 10, zstd).unwrap(), blob);
+        assert_eq!(first, second);
+        assert_eq!((blob.digest, blob.size), (Sha256::of(&first), first.len() as u64));
+        // The same tar inside as the gzip layer's: only the compression differs.
+        let gzip_blob = tree.write(&mut gzip, OLD + 10).unwrap();
+        let tar = zstd::decode_all(first.as_slice()).unwrap();
+        assert_eq!((Sha256::of(&tar), blob.diff_id), (gzip_blob.diff_id, gzip_blob.diff_id));
+        assert_eq!(zstd.media_type().to_string(), "application/vnd.oci.image.layer.v1.tar+zstd");
     }
 
     #[test]
