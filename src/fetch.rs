@@ -126,26 +126,31 @@ impl From<FetchError> for Attempt {
     }
 }
 
+/// An HTTP client with ddslug's limits: statuses are answers, not errors; the system's
+/// certificate store; connecting bounded by the connect timeout, and silence (before the
+/// answer and in the body) by the low-speed window. `max_redirects` are followed by the
+/// client itself; `https_only` refuses plain http, redirects included.
+pub(crate) fn http_agent(limits: &Limits, max_redirects: u32, https_only: bool) -> ureq::Agent {
+    let tls = ureq::tls::TlsConfig::builder().root_certs(ureq::tls::RootCerts::PlatformVerifier).build();
+    let config = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .max_redirects(max_redirects)
+        .https_only(https_only)
+        .timeout_resolve(Some(limits.connect_timeout))
+        .timeout_connect(Some(limits.connect_timeout))
+        .timeout_recv_response(Some(limits.low_speed_time))
+        .timeout_per_read(Some(limits.low_speed_time))
+        .user_agent(concat!("ddslug/", env!("CARGO_PKG_VERSION")))
+        .tls_config(tls)
+        .build();
+    config.into()
+}
+
 impl Fetcher {
     /// Builds a client that trusts the system's certificate store.
     pub fn new(opts: FetchOptions) -> Fetcher {
-        let tls = ureq::tls::TlsConfig::builder()
-            .root_certs(ureq::tls::RootCerts::PlatformVerifier)
-            .build();
-        let limits = &opts.limits;
-        let config = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            // Followed here, so that a failure names the URL that failed and its origin.
-            .max_redirects(0)
-            .timeout_resolve(Some(limits.connect_timeout))
-            .timeout_connect(Some(limits.connect_timeout))
-            // Silence is bounded by the low-speed window: before the answer and in the body.
-            .timeout_recv_response(Some(limits.low_speed_time))
-            .timeout_per_read(Some(limits.low_speed_time))
-            .user_agent(concat!("ddslug/", env!("CARGO_PKG_VERSION")))
-            .tls_config(tls)
-            .build();
-        Fetcher { agent: config.into(), opts }
+        // Redirects are followed here, so that a failure names the URL that failed and its origin.
+        Fetcher { agent: http_agent(&opts.limits, 0, false), opts }
     }
 
     /// Whether requests are forbidden.

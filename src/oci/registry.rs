@@ -196,20 +196,9 @@ enum Access {
 
 impl Registry {
     pub fn new(repo: RepoRef, credentials: Option<Credentials>, limits: Limits) -> Registry {
-        let tls = ureq::tls::TlsConfig::builder().root_certs(ureq::tls::RootCerts::PlatformVerifier).build();
-        let config = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            // Blob GETs may be redirected to storage; never from https to plain http.
-            .max_redirects(5)
-            .https_only(repo.scheme == "https")
-            .timeout_resolve(Some(limits.connect_timeout))
-            .timeout_connect(Some(limits.connect_timeout))
-            .timeout_recv_response(Some(limits.low_speed_time))
-            .timeout_per_read(Some(limits.low_speed_time))
-            .user_agent(concat!("ddslug/", env!("CARGO_PKG_VERSION")))
-            .tls_config(tls)
-            .build();
-        Registry { repo, agent: config.into(), credentials, limits, chunk: CHUNK, auth: Mutex::new(Vec::new()) }
+        // Blob GETs may be redirected to storage; never from https to plain http.
+        let agent = crate::fetch::http_agent(&limits, 5, repo.scheme == "https");
+        Registry { repo, agent, credentials, limits, chunk: CHUNK, auth: Mutex::new(Vec::new()) }
     }
 
     /// Uploads blobs larger than `chunk` bytes in chunks of that size (default [`CHUNK`]).
