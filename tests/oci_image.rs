@@ -11,7 +11,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::{Served, running_as_root, text};
+use common::{Served, as_unprivileged, give_to_unprivileged, running_as_root, text};
 use ddslug::slug::manifest::read_manifest;
 use ddslug::store::treehash::scan_tree;
 use ddslug_testsupport::registry::Registry;
@@ -274,17 +274,11 @@ fn an_unprivileged_user_with_another_umask_writes_the_same_image() {
     ok(ddslug(&[&"image", &"--env-dir", &env, &"--oci-layout", &root_layout]));
     let layout = served.dir.path().join("as-user");
     let script = r#"umask 077; exec "$0" image --env-dir "$1" --oci-layout "$2""#;
-    let mut cmd = if running_as_root() {
+    if running_as_root() {
         // The test's directories, opened to the user (the server reads them as root).
-        let out = Command::new("chown").args(["-R", "65534:65534"]).arg(served.dir.path()).output().unwrap();
-        assert!(out.status.success(), "{}", text(&out));
-        let mut cmd = Command::new("setpriv");
-        cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "sh"]);
-        cmd
-    } else {
-        Command::new("sh")
-    };
-    let out = cmd.arg("-c").arg(script).arg(DDSLUG).arg(&env).arg(&layout).env_remove("STACK").env("HOME", served.dir.path()).output().unwrap();
+        give_to_unprivileged(served.dir.path());
+    }
+    let out = as_unprivileged("sh").arg("-c").arg(script).arg(DDSLUG).arg(&env).arg(&layout).env_remove("STACK").env("HOME", served.dir.path()).output().unwrap();
     let out = ok(out);
     assert!(out.contains("-----> Writing the OCI image"), "{out}");
     assert_eq!(image_of(&layout, TAG).0, image_of(&root_layout, TAG).0, "another user or umask gives another image");
@@ -333,16 +327,11 @@ fn an_unreadable_package_file_is_named_for_a_builder_that_is_not_root() {
     let env = served.env_dir("unreadable", &[]);
     let layout = served.dir.path().join("layout");
     let script = r#"exec "$0" image --env-dir "$1" --oci-layout "$2""#;
-    let mut cmd = if running_as_root() {
-        let out = Command::new("chown").args(["-R", "65534:65534"]).arg(served.dir.path()).output().unwrap();
-        assert!(out.status.success(), "{}", text(&out));
-        let mut cmd = Command::new("setpriv");
-        cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "sh"]);
-        cmd
-    } else {
-        Command::new("sh")
-    };
-    let out = cmd.arg("-c").arg(script).arg(DDSLUG).arg(&env).arg(&layout).env_remove("STACK").env("HOME", served.dir.path()).output().unwrap();
+    if running_as_root() {
+        // The test's directories, opened to the user (the server reads them as root).
+        give_to_unprivileged(served.dir.path());
+    }
+    let out = as_unprivileged("sh").arg("-c").arg(script).arg(DDSLUG).arg(&env).arg(&layout).env_remove("STACK").env("HOME", served.dir.path()).output().unwrap();
     assert!(!out.status.success(), "{}", text(&out));
     let said = text(&out);
     assert!(said.contains("opt/datadog-agent/unreadable") && said.contains("run ddslug image as root"), "{said}");

@@ -14,7 +14,7 @@ use std::process::{Command, Output};
 
 use common::{bin_compile, bin_compile_unprivileged, text};
 use ddslug::hash::Sha256;
-use ddslug_testsupport::agent::{PYTHON_DISTS, Scale, agent_deb, with_python_distributions};
+use ddslug_testsupport::agent::{PYTHON_DISTS, Scale, agent_deb, site_packages_dirs, with_python_distributions};
 use ddslug_testsupport::repo::{RepoSpec, WrittenRepo, sha256_hex, write_repo};
 use ddslug_testsupport::{DebSpec, KeyKind, Server, SigningKey};
 use serde_json::Value;
@@ -136,17 +136,7 @@ struct Expected {
 
 fn expected_distributions(deb: &DebSpec, apt: &Path) -> Vec<Expected> {
     let mut out = Vec::new();
-    let mut sites: Vec<String> = deb
-        .entries
-        .iter()
-        .filter_map(|(p, _)| {
-            let p = String::from_utf8_lossy(p);
-            p.find("/site-packages/").map(|at| p[..at + "/site-packages".len()].to_string())
-        })
-        .collect();
-    sites.sort();
-    sites.dedup();
-    for site in &sites {
+    for site in &site_packages_dirs(deb) {
         for dist in PYTHON_DISTS {
             let record = format!("{site}/{}.{}", dist.stem, if dist.egg { "egg-info" } else { "dist-info" });
             // In the package, with its METADATA headers.

@@ -421,15 +421,7 @@ fn a_layer_file_overwritten_in_place_with_its_size_and_mtime_is_rebuilt_not_ship
 /// Runs `ddslug verify` as a user who is not root (through setpriv when the tests run as
 /// root, as CI does), with `DD_HEROKU_CONF_FOLDER` unset.
 fn verify_unprivileged(build: &Path) -> Output {
-    let mut cmd = if common::running_as_root() {
-        let id = common::UNPRIVILEGED.to_string();
-        let mut cmd = Command::new("setpriv");
-        cmd.args([format!("--reuid={id}"), format!("--regid={id}"), "--clear-groups".into()]).arg(env!("CARGO_BIN_EXE_ddslug"));
-        cmd
-    } else {
-        Command::new(env!("CARGO_BIN_EXE_ddslug"))
-    };
-    cmd.arg("verify").arg(build).env_remove("DD_HEROKU_CONF_FOLDER").output().unwrap()
+    common::as_unprivileged(env!("CARGO_BIN_EXE_ddslug")).arg("verify").arg(build).env_remove("DD_HEROKU_CONF_FOLDER").output().unwrap()
 }
 
 /// As the unprivileged user that built it (Heroku's), a slug whose package has a 0000

@@ -111,6 +111,18 @@ pub fn running_as_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// A command running `program` as [`UNPRIVILEGED`] (through `setpriv --reuid --regid
+/// --clear-groups`) when the tests run as root, as CI does; as the tests' own user otherwise.
+pub fn as_unprivileged(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    if !running_as_root() {
+        return Command::new(program);
+    }
+    let id = UNPRIVILEGED.to_string();
+    let mut command = Command::new("setpriv");
+    command.args([format!("--reuid={id}"), format!("--regid={id}"), "--clear-groups".into()]).arg(program);
+    command
+}
+
 /// Runs bin/compile as Heroku does, as a user who is not root: when the tests run as root,
 /// through `setpriv --reuid=65534 --regid=65534 --clear-groups`, with BUILD_DIR, CACHE_DIR
 /// and ENV_DIR (made if missing) given to that user, and the temp directories above them
@@ -135,10 +147,7 @@ pub fn bin_compile_unprivileged_with(build: &Path, cache: &Path, env: &Path, var
             std::os::unix::fs::chown(above, Some(UNPRIVILEGED), Some(UNPRIVILEGED)).unwrap();
         }
     }
-    let id = UNPRIVILEGED.to_string();
-    Command::new("setpriv")
-        .args([format!("--reuid={id}"), format!("--regid={id}"), "--clear-groups".into()])
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/bin/compile"))
+    as_unprivileged(concat!(env!("CARGO_MANIFEST_DIR"), "/bin/compile"))
         .arg(build)
         .arg(cache)
         .arg(env)
@@ -153,7 +162,7 @@ pub fn bin_compile_unprivileged_with(build: &Path, cache: &Path, env: &Path, var
 }
 
 /// Hands `path` and everything below it to [`UNPRIVILEGED`] (without following symlinks).
-fn give_to_unprivileged(path: &Path) {
+pub fn give_to_unprivileged(path: &Path) {
     let Ok(meta) = std::fs::symlink_metadata(path) else { return };
     std::os::unix::fs::lchown(path, Some(UNPRIVILEGED), Some(UNPRIVILEGED)).unwrap();
     if meta.is_dir() {

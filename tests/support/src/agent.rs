@@ -238,10 +238,8 @@ pub const OMNIBUS_MANIFEST: &str = r#"{
 }
 "#;
 
-/// `d` with [`PYTHON_DISTS`] installed in each of its site-packages directories (with
-/// METADATA, RECORD and the files they install) and the Omnibus build manifest
-/// `opt/datadog-agent/version-manifest.json`.
-pub fn with_python_distributions(mut d: DebSpec) -> DebSpec {
+/// The `site-packages` directories of `d` (paths in the package), sorted, each once.
+pub fn site_packages_dirs(d: &DebSpec) -> Vec<String> {
     let mut sites: Vec<String> = d
         .entries
         .iter()
@@ -252,7 +250,14 @@ pub fn with_python_distributions(mut d: DebSpec) -> DebSpec {
         .collect();
     sites.sort();
     sites.dedup();
-    for site in &sites {
+    sites
+}
+
+/// `d` with [`PYTHON_DISTS`] installed in each of its site-packages directories (with
+/// METADATA, RECORD and the files they install) and the Omnibus build manifest
+/// `opt/datadog-agent/version-manifest.json`.
+pub fn with_python_distributions(mut d: DebSpec) -> DebSpec {
+    for site in &site_packages_dirs(&d) {
         for dist in PYTHON_DISTS {
             let record_dir = format!("{}.{}", dist.stem, if dist.egg { "egg-info" } else { "dist-info" });
             let mut record = String::new();
