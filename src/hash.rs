@@ -29,18 +29,25 @@ impl Sha256 {
 
     /// Lowercase hex form, as used in file names and manifests.
     pub fn hex(&self) -> String {
-        let mut s = String::with_capacity(64);
-        for b in self.0 {
-            s.push(char::from_digit((b >> 4) as u32, 16).unwrap_or('0'));
-            s.push(char::from_digit((b & 15) as u32, 16).unwrap_or('0'));
+        self.hex_str(&mut [0; 64]).to_owned()
+    }
+
+    /// The lowercase hex form written into `buf`: no allocation, for the tens of thousands
+    /// of digests an entry list or a tree hash formats.
+    pub fn hex_str<'b>(&self, buf: &'b mut [u8; 64]) -> &'b str {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        for (pair, b) in buf.chunks_exact_mut(2).zip(self.0) {
+            pair[0] = DIGITS[usize::from(b >> 4)];
+            pair[1] = DIGITS[usize::from(b & 15)];
         }
-        s
+        // Only ASCII digits were written: this never fails.
+        std::str::from_utf8(buf).unwrap_or_default()
     }
 }
 
 impl fmt::Display for Sha256 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.hex())
+        f.write_str(self.hex_str(&mut [0; 64]))
     }
 }
 
@@ -78,7 +85,7 @@ impl FromStr for Sha256 {
 
 impl serde::Serialize for Sha256 {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.hex())
+        s.serialize_str(self.hex_str(&mut [0; 64]))
     }
 }
 

@@ -24,6 +24,7 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Condvar, Mutex};
 
 use crate::hash::{Digests, FileHasher, Hasher, Sha256};
 pub use crate::pathbytes::PathBytes;
@@ -216,7 +217,8 @@ pub fn scan_tree_known(
     dir_modes: &HashMap<(u64, u64), u32>,
 ) -> Result<(TreeScan, Vec<FileMeta>), TreeError> {
     let mut listed = list(root, dir_modes)?;
-    listed.sort_by(|a, b| a.0.path.cmp(&b.0.path));
+    // Paths are unique: an unstable sort gives the one order, faster.
+    listed.sort_unstable_by(|a, b| a.0.path.cmp(&b.0.path));
     let (mut entries, ids): (Vec<TreeEntry>, Vec<FileId>) = listed.into_iter().unzip();
     let mut files = Vec::new();
     // Each entry's xxh3 (files only), by entry.
@@ -250,6 +252,7 @@ pub fn scan_tree_known(
 
 /// The tree hash of entries already sorted by path bytes.
 pub fn hash_entries(entries: &[TreeEntry]) -> TreeHash {
+    use std::io::Write;
     let mut h = Hasher::new();
     let mut record = Vec::with_capacity(256);
     for e in entries {
@@ -261,10 +264,14 @@ pub fn hash_entries(entries: &[TreeEntry]) -> TreeHash {
         };
         record.extend_from_slice(tag);
         record.extend_from_slice(&e.path);
-        record.extend_from_slice(format!("\0{:o}", e.mode).as_bytes());
+        // Written in place, not through `format!`: a layer has tens of thousands of entries.
+        let _ = write!(record, "\0{:o}", e.mode);
         match &e.kind {
             EntryKind::Dir => {}
-            EntryKind::File { sha256, .. } => record.extend_from_slice(format!("\0{sha256}").as_bytes()),
+            EntryKind::File { sha256, .. } => {
+                record.push(0);
+                record.extend_from_slice(sha256.hex_str(&mut [0; 64]).as_bytes());
+            }
             EntryKind::Symlink { target } => {
                 record.push(0);
                 record.extend_from_slice(target);
@@ -276,60 +283,124 @@ pub fn hash_entries(entries: &[TreeEntry]) -> TreeHash {
     TreeHash(h.finish())
 }
 
-/// Every entry below `root` with its identity, unsorted. Directories are read first (their
-/// listings say which children are directories), then every entry is lstat'ed relative to
-/// its directory on all cores: a layer has tens of thousands of them.
+/// Every entry below `root` with its identity, unsorted. Each thread takes the next
+/// directory to read, lstats its entries relative to it and queues its subdirectories, so
+/// reading directories and stating their tens of thousands of entries both run on all cores.
 fn list(root: &Path, dir_modes: &HashMap<(u64, u64), u32>) -> Result<Vec<(TreeEntry, FileId)>, TreeError> {
-    let mut dirs: Vec<(Vec<u8>, Vec<Vec<u8>>)> = Vec::new();
-    let mut pending = vec![Vec::new()];
-    while let Some(rel) = pending.pop() {
-        let dir = crate::fsat::join(root, &rel);
-        let mut names = Vec::new();
-        for entry in fs::read_dir(&dir).map_err(io_at(&dir))? {
-            let entry = entry.map_err(io_at(&dir))?;
-            let name = entry.file_name().into_vec();
-            if entry.file_type().map_err(io_at(&entry.path()))?.is_dir() {
-                pending.push(crate::pathbytes::join(&rel, &name));
-            }
-            names.push(name);
-        }
-        dirs.push((rel, names));
-    }
-    let workers = crate::fsat::workers();
-    let runs = crate::fsat::balanced_runs(dirs.iter().map(|d| d.1.len() + 1), workers);
-    let stat_run = |run: std::ops::Range<usize>| -> Result<Vec<(TreeEntry, FileId)>, TreeError> {
+    let walk = Walk { queue: Mutex::new(Queue { dirs: vec![Vec::new()], reading: 0, stopped: false }), more: Condvar::new() };
+    let read_some = || -> Result<Vec<(TreeEntry, FileId)>, TreeError> {
         let mut out = Vec::new();
-        for (rel, names) in &dirs[run] {
-            let dir = crate::fsat::join(root, rel);
-            let handle = crate::fsat::Dir::open(&dir).map_err(io_at(&dir))?;
-            for name in names {
-                let path = dir.join(std::ffi::OsStr::from_bytes(name));
-                let st = handle.stat(name).map_err(io_at(&path))?;
-                let child = PathBytes::from(crate::pathbytes::join(rel, name));
-                let mut mode = st.mode & 0o7777;
-                let id = FileId { dev: st.dev, ino: st.ino, size: st.size, mtime: st.mtime };
-                let kind = if st.is_symlink() {
-                    let target = fs::read_link(&path).map_err(io_at(&path))?;
-                    EntryKind::Symlink { target: PathBytes::from(target.into_os_string().into_vec()) }
-                } else if st.is_dir() {
-                    mode = dir_modes.get(&(st.dev, st.ino)).copied().unwrap_or(mode);
-                    EntryKind::Dir
-                } else if st.is_file() {
-                    EntryKind::File { sha256: Sha256([0; 32]), size: st.size }
-                } else {
-                    return Err(TreeError::Unsupported { path, reason: "not a file, directory or symlink" });
-                };
-                out.push((TreeEntry { path: child, mode, kind }, id));
-            }
+        while let Some(reading) = walk.next() {
+            let found = list_dir(root, &reading.rel, dir_modes, &mut out);
+            walk.done(reading, found.as_ref().ok());
+            found?;
         }
         Ok(out)
     };
     let panicked = || TreeError::Unsupported { path: root.to_owned(), reason: "listing thread panicked" };
     let mut listed = Vec::new();
-    for part in crate::fsat::on_runs(&runs, stat_run, panicked) {
+    for part in crate::fsat::on_threads(crate::fsat::workers(), read_some, panicked) {
         listed.extend(part?);
     }
     Ok(listed)
+}
+
+/// The directories [`list`] has yet to read, shared by its threads.
+struct Walk {
+    queue: Mutex<Queue>,
+    more: Condvar,
+}
+
+struct Queue {
+    dirs: Vec<Vec<u8>>,
+    /// Directories being read: each may queue more, so an empty queue is the end only when
+    /// this is 0.
+    reading: usize,
+    /// A thread failed (or panicked): the others stop too.
+    stopped: bool,
+}
+
+/// A directory a thread took from the queue. Dropped without [`Walk::done`] (a panic), it
+/// stops the walk, so no other thread waits for it forever.
+struct Reading<'w> {
+    walk: &'w Walk,
+    rel: Vec<u8>,
+    finished: bool,
+}
+
+impl Walk {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The next directory to read; `None` once every directory is read or the walk stopped.
+    fn next(&self) -> Option<Reading<'_>> {
+        let mut queue = self.lock();
+        loop {
+            if queue.stopped {
+                return None;
+            }
+            if let Some(rel) = queue.dirs.pop() {
+                queue.reading += 1;
+                return Some(Reading { walk: self, rel, finished: false });
+            }
+            if queue.reading == 0 {
+                return None;
+            }
+            queue = self.more.wait(queue).unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+    }
+
+    /// Ends `reading`: queues the subdirectories it found, or stops the walk (`None`, a failure).
+    fn done(&self, mut reading: Reading<'_>, subdirs: Option<&Vec<Vec<u8>>>) {
+        reading.finished = true;
+        let mut queue = self.lock();
+        queue.reading -= 1;
+        match subdirs {
+            Some(subdirs) => queue.dirs.extend(subdirs.iter().map(|name| crate::pathbytes::join(&reading.rel, name))),
+            None => queue.stopped = true,
+        }
+        self.more.notify_all();
+    }
+}
+
+impl Drop for Reading<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.walk.lock().stopped = true;
+            self.walk.more.notify_all();
+        }
+    }
+}
+
+/// Appends the entries of the directory `rel` below `root` to `out`; returns the names of
+/// its subdirectories.
+fn list_dir(root: &Path, rel: &[u8], dir_modes: &HashMap<(u64, u64), u32>, out: &mut Vec<(TreeEntry, FileId)>) -> Result<Vec<Vec<u8>>, TreeError> {
+    let dir = crate::fsat::join(root, rel);
+    let handle = crate::fsat::Dir::open(&dir).map_err(io_at(&dir))?;
+    let mut subdirs = Vec::new();
+    for entry in fs::read_dir(&dir).map_err(io_at(&dir))? {
+        let name = entry.map_err(io_at(&dir))?.file_name().into_vec();
+        let path = dir.join(std::ffi::OsStr::from_bytes(&name));
+        let st = handle.stat(&name).map_err(io_at(&path))?;
+        let child = PathBytes::from(crate::pathbytes::join(rel, &name));
+        let mut mode = st.mode & 0o7777;
+        let id = FileId { dev: st.dev, ino: st.ino, size: st.size, mtime: st.mtime };
+        let kind = if st.is_symlink() {
+            let target = fs::read_link(&path).map_err(io_at(&path))?;
+            EntryKind::Symlink { target: PathBytes::from(target.into_os_string().into_vec()) }
+        } else if st.is_dir() {
+            mode = dir_modes.get(&(st.dev, st.ino)).copied().unwrap_or(mode);
+            subdirs.push(name);
+            EntryKind::Dir
+        } else if st.is_file() {
+            EntryKind::File { sha256: Sha256([0; 32]), size: st.size }
+        } else {
+            return Err(TreeError::Unsupported { path, reason: "not a file, directory or symlink" });
+        };
+        out.push((TreeEntry { path: child, mode, kind }, id));
+    }
+    Ok(subdirs)
 }
 
 fn hash_files(root: &Path, entries: &[TreeEntry], files: &[usize]) -> Result<Vec<Digests>, TreeError> {
@@ -442,6 +513,44 @@ mod tests {
         );
         assert_eq!(scan.hash, TreeHash(Sha256::of(expected.as_bytes())));
         assert_eq!((scan.files, scan.bytes), (3, 7));
+    }
+
+    #[test]
+    fn every_entry_of_a_wide_and_deep_tree_is_listed_once_and_a_failure_anywhere_ends_the_walk() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = dir.path();
+        let mut expected = Vec::new();
+        for d in 0..40 {
+            let mut rel = format!("d{d}");
+            for depth in 0..(d % 5) {
+                rel = format!("{rel}/n{depth}");
+            }
+            fs::create_dir_all(r.join(&rel)).unwrap();
+            for f in 0..(d % 7) {
+                fs::write(r.join(format!("{rel}/f{f}")), format!("{d}-{f}")).unwrap();
+                expected.push(format!("{rel}/f{f}"));
+            }
+            let mut up = Some(std::path::Path::new(&rel));
+            while let Some(p) = up.filter(|p| !p.as_os_str().is_empty()) {
+                expected.push(p.to_string_lossy().into_owned());
+                up = p.parent();
+            }
+        }
+        expected.sort();
+        expected.dedup();
+        let scan = scan_tree(r).unwrap();
+        let listed: Vec<String> = scan.entries.iter().map(|e| String::from_utf8(e.path.to_vec()).unwrap()).collect();
+        assert_eq!(listed, expected, "sorted, each entry once");
+        assert_eq!(scan_tree(r).unwrap().hash, scan.hash, "the same hash on every walk");
+        // A FIFO deep in one branch fails the scan (it is neither file, directory nor symlink),
+        // and the other threads stop instead of waiting for that branch's subdirectories.
+        let fifo = r.join("d39/n0/n1/n2/pipe");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_bytes()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+        match scan_tree(r) {
+            Err(TreeError::Unsupported { path, .. }) => assert_eq!(path, fifo),
+            other => panic!("expected the FIFO to be refused, got {:?}", other.map(|s| s.hash)),
+        }
     }
 
     #[test]
