@@ -529,11 +529,6 @@ fn a_hostile_layer_from_a_trusted_signer_goes_through_the_safe_unpacker_and_is_r
     // (case, layer media type, blob, what the build log says): ddslug pushes zstd and still
     // reads gzip, so both decompressors feed the same safe unpacker.
     let zstd = |tar: Vec<u8>| zstd::encode_all(tar.as_slice(), 3).unwrap();
-    let gzip = |tar: Vec<u8>| {
-        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        std::io::Write::write_all(&mut gz, &tar).unwrap();
-        gz.finish().unwrap()
-    };
     let cases: [(&str, &str, Vec<u8>, &str); 5] = [
         ("dotdot", ZSTD, zstd(raw_tar(&[(b"../../../../../escaped", b'0', b"", b"out")])), "refusing to unpack"),
         ("link-out", ZSTD, zstd(raw_tar(&[(b"opt", b'2', b"/", b""), (b"opt/escaped", b'0', b"", b"out")])), "refusing to unpack"),
@@ -565,6 +560,13 @@ fn a_hostile_layer_from_a_trusted_signer_goes_through_the_safe_unpacker_and_is_r
 const ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
 const GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 
+/// `tar` as a gzip stream, as ddslug pushed layers before it pushed zstd.
+fn gzip(tar: Vec<u8>) -> Vec<u8> {
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gz, &tar).unwrap();
+    gz.finish().unwrap()
+}
+
 #[test]
 fn a_layer_pushed_as_gzip_by_an_older_builder_is_still_pulled() {
     let world = World::start();
@@ -578,10 +580,7 @@ fn a_layer_pushed_as_gzip_by_an_older_builder_is_still_pulled() {
     let tree_hash: TreeHash = TreeHash(manifest["annotations"]["dev.ddslug.tree-hash"].as_str().unwrap().parse().unwrap());
     // The same tar, recompressed with gzip and signed again, as an older ddslug pushed it.
     let zstd_blob = client.get_blob_bytes(digest_of(&manifest["layers"][0]), 1 << 30).unwrap().unwrap();
-    let tar = zstd::decode_all(zstd_blob.as_slice()).unwrap();
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    std::io::Write::write_all(&mut gz, &tar).unwrap();
-    let blob_bytes = gz.finish().unwrap();
+    let blob_bytes = gzip(zstd::decode_all(zstd_blob.as_slice()).unwrap());
     let layer = BlobRef { digest: Sha256::of(&blob_bytes), size: blob_bytes.len() as u64 };
     client.push_blob(layer, &mut || Ok(Box::new(std::io::Cursor::new(blob_bytes.clone())) as Box<dyn std::io::Read>)).unwrap();
     let signature = secret.sign(&sign::statement(&key, &tree_hash, (&layer.digest, layer.size), (&record_ref.digest, record_ref.size)));

@@ -265,7 +265,7 @@ impl SharedCache {
         let inputs = record.inputs.clone();
         let (info, index) = layer::store_tree(store, staging, &inputs, record.removed, record.pkgconfig, record.components, &report.digests, &report.dir_modes, Some(record.tree_hash))
             .map_err(|e| install(&e))?;
-        let took = Took { blob_kind: compression_name(artifact.compression), blob_bytes: artifact.layer.size, unpack, store: t.elapsed() - unpack };
+        let took = Took { blob_kind: artifact.compression.name(), blob_bytes: artifact.layer.size, unpack, store: t.elapsed() - unpack };
         Ok((info, index, took))
     }
 
@@ -465,13 +465,6 @@ impl Artifact {
             .ok_or("no layer-key annotation")?;
         let tree_hash = annotations.get(TREE_HASH_ANNOTATION).and_then(|t| t.parse::<Sha256>().ok()).map(TreeHash).ok_or("no tree-hash annotation")?;
         Ok(Artifact { key, tree_hash, record, layer, compression, signature: annotations.get(SIGNATURE_ANNOTATION).cloned() })
-    }
-}
-
-fn compression_name(compression: Compression) -> &'static str {
-    match compression {
-        Compression::Zstd => "zstd",
-        _ => "gzip",
     }
 }
 

@@ -28,6 +28,20 @@ pub enum Compression {
     Lzma,
 }
 
+impl Compression {
+    /// The compressor's name, as build logs show it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Compression::None => "uncompressed",
+            Compression::Gzip => "gzip",
+            Compression::Xz => "xz",
+            Compression::Zstd => "zstd",
+            Compression::Bzip2 => "bzip2",
+            Compression::Lzma => "lzma",
+        }
+    }
+}
+
 /// The member to stop at.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Want {
