@@ -624,3 +624,105 @@ fn an_unreadable_docker_config_is_a_warning_not_a_failed_build() {
     assert!(text(&out).contains("pulled and verified"), "{}", text(&out));
     assert_eq!(slug_hash(&build), slug_hash(&first));
 }
+
+/// `tar` cut into zstd frames of `per` entries each (a PAX or GNU name record stays with its
+/// entry; the end-of-archive blocks go with the last): the blob and each frame's size.
+fn framed(tar: &[u8], per: usize) -> (Vec<u8>, Vec<u64>) {
+    let (mut cuts, mut at, mut count) = (vec![0], 0, 0);
+    while at + 512 <= tar.len() && tar[at..at + 512].iter().any(|&b| b != 0) {
+        let header = tar::Header::from_byte_slice(&tar[at..at + 512]);
+        at += 512 + (header.entry_size().unwrap() as usize).div_ceil(512) * 512;
+        if !matches!(header.entry_type(), tar::EntryType::XHeader | tar::EntryType::GNULongName | tar::EntryType::GNULongLink) {
+            count += 1;
+            if count % per == 0 {
+                cuts.push(at);
+            }
+        }
+    }
+    cuts.retain(|&c| c < tar.len());
+    cuts.push(tar.len());
+    let (mut blob, mut frames) = (Vec::new(), Vec::new());
+    for pair in cuts.windows(2) {
+        let frame = zstd::encode_all(&tar[pair[0]..pair[1]], 3).unwrap();
+        frames.push(frame.len() as u64);
+        blob.extend(frame);
+    }
+    (blob, frames)
+}
+
+#[test]
+fn a_layer_in_frames_is_unpacked_frame_by_frame_and_its_frames_checked() {
+    let world = World::start();
+    let first = world.push_first();
+    let (tag, manifest) = world.manifest();
+    let client = world.client(&world.registry.host());
+    let key: Sha256 = tag.strip_prefix("layer-").unwrap().parse().unwrap();
+    let secret = SecretKey::parse(&world.keys.secret, "test").unwrap();
+    let tree_hash: TreeHash = TreeHash(manifest["annotations"]["dev.ddslug.tree-hash"].as_str().unwrap().parse().unwrap());
+    let record: serde_json::Value = serde_json::from_slice(&client.get_blob_bytes(digest_of(&manifest["config"]), 1 << 20).unwrap().unwrap()).unwrap();
+    let tar = zstd::decode_all(client.get_blob_bytes(digest_of(&manifest["layers"][0]), 1 << 30).unwrap().unwrap().as_slice()).unwrap();
+    // The test package's layer fits in one frame: cut it finer, as a big layer is cut.
+    let (blob, frames) = framed(&tar, 7);
+    assert!(frames.len() > 10, "{}", frames.len());
+    // The same entries and one more that leaves the target, in the last frame.
+    let mut hostile_tar = tar[..tar.len() - 1024].to_vec();
+    let mut header = tar::Header::new_ustar();
+    header.as_ustar_mut().unwrap().name[..20].copy_from_slice(b"../../../../escaped\0");
+    header.set_size(3);
+    header.set_mode(0o644);
+    header.set_cksum();
+    hostile_tar.extend_from_slice(header.as_bytes());
+    let mut data = b"out".to_vec();
+    data.resize(512, 0);
+    hostile_tar.extend_from_slice(&data);
+    hostile_tar.extend_from_slice(&[0u8; 1024]);
+    let (hostile_blob, hostile_frames) = framed(&hostile_tar, 7);
+    let mut lying = frames.clone();
+    lying.swap(0, 1);
+    let short = frames[..frames.len() - 1].to_vec();
+    // (case, blob, frame sizes in the record, what the fallback says: None, it is used)
+    type Case<'a> = (&'a str, &'a [u8], &'a [u64], Option<&'a str>);
+    let cases: [Case; 4] = [
+        ("frames", &blob, &frames, None),
+        ("lying", &blob, &lying, Some("did not install")),
+        ("short", &blob, &short, Some("frame sizes")),
+        ("hostile", &hostile_blob, &hostile_frames, Some("refusing to unpack")),
+    ];
+    for (name, blob, frames, fails) in cases {
+        let layer = BlobRef { digest: Sha256::of(blob), size: blob.len() as u64 };
+        let mut record = record.clone();
+        record["frames"] = serde_json::json!(frames);
+        let record_bytes = serde_json::to_vec(&record).unwrap();
+        let record_ref = BlobRef { digest: Sha256::of(&record_bytes), size: record_bytes.len() as u64 };
+        for (blob_ref, bytes) in [(layer, blob.to_vec()), (record_ref, record_bytes)] {
+            client.push_blob(blob_ref, &mut || Ok(Box::new(std::io::Cursor::new(bytes.clone())) as Box<dyn std::io::Read>)).unwrap();
+        }
+        let mut manifest = manifest.clone();
+        manifest["config"]["digest"] = serde_json::json!(format!("sha256:{}", record_ref.digest));
+        manifest["config"]["size"] = serde_json::json!(record_ref.size);
+        manifest["layers"][0]["digest"] = serde_json::json!(format!("sha256:{}", layer.digest));
+        manifest["layers"][0]["size"] = serde_json::json!(layer.size);
+        let signature = secret.sign(&sign::statement(&key, &tree_hash, (&layer.digest, layer.size), (&record_ref.digest, record_ref.size)));
+        manifest["annotations"]["dev.ddslug.signature"] = serde_json::json!(signature);
+        client.put_manifest(&tag, "application/vnd.oci.image.manifest.v1+json", &serde_json::to_vec(&manifest).unwrap()).unwrap();
+        let build = world.served.build_dir(name);
+        let env = world.env(name, &world.registry.host(), &world.keys.public, None, &[]);
+        let out = bin_compile_unprivileged_with(&build, &world.cache(name), &env, &[]);
+        match fails {
+            None => {
+                assert!(out.status.success(), "{}", text(&out));
+                assert!(text(&out).contains(&format!("in {} frames downloaded", frames.len())), "{}", text(&out));
+                assert!(cache_warnings(&out).is_empty(), "{}", text(&out));
+                let verify = Command::new(env!("CARGO_BIN_EXE_ddslug")).arg("verify").arg(&build).output().unwrap();
+                assert_eq!(verify.status.code(), Some(0), "{}", text(&verify));
+            }
+            Some(says) => {
+                assert_fell_back(&out, &[says]);
+            }
+        }
+        // Fallen back or not, the slug is the first builder's.
+        assert_eq!(slug_hash(&build), slug_hash(&first), "{name}");
+        let escaped: Vec<_> = walk(world.served.dir.path()).into_iter().filter(|p| p.file_name().is_some_and(|n| n == "escaped")).collect();
+        assert!(escaped.is_empty(), "{name}: {escaped:?}");
+    }
+}

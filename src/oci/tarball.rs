@@ -21,7 +21,10 @@
 //!   also on the compressor, pinned by Cargo.lock. (zlib-rs 0.6 chooses its match hash by
 //!   level only, never by CPU feature, unlike Chromium's zlib: the same stream on any CPU.)
 //!   zstd (shared layers) by the libzstd that zstd-sys bundles, at a fixed level, one thread,
-//!   no checksum, no content size: again pinned by Cargo.lock.
+//!   no checksum, no content size: again pinned by Cargo.lock. The stream is cut into frames:
+//!   a frame ends after the first entry that brings it to the compressor's frame size (tar
+//!   bytes), so that each frame holds whole entries and decodes alone (a pull unpacks frames
+//!   on every core); any zstd reader reads the frames in turn as one stream.
 //!
 //! Contract: sources are only read. Directories are entered and files opened relative to the
 //! tree's root without following a symlink (`RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`,
@@ -52,8 +55,9 @@ pub const GZIP_LEVEL: u32 = 6;
 pub enum Compressor {
     /// `application/vnd.oci.image.layer.v1.tar+gzip`: what every runtime reads.
     Gzip { level: u32 },
-    /// `application/vnd.oci.image.layer.v1.tar+zstd` (image-spec 1.1).
-    Zstd { level: i32 },
+    /// `application/vnd.oci.image.layer.v1.tar+zstd` (image-spec 1.1), in frames of whole
+    /// entries: a frame ends once it holds `frame` bytes of tar or more.
+    Zstd { level: i32, frame: u64 },
 }
 
 impl Compressor {
@@ -66,7 +70,7 @@ impl Compressor {
 }
 
 /// A finished layer blob.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LayerBlob {
     /// SHA-256 of the uncompressed tar (the image config's `rootfs.diff_ids`).
     pub diff_id: Sha256,
@@ -74,6 +78,8 @@ pub struct LayerBlob {
     pub digest: Sha256,
     /// Bytes of the compressed stream.
     pub size: u64,
+    /// Bytes of each zstd frame, in order (they add up to `size`); empty for gzip.
+    pub frames: Vec<u64>,
 }
 
 /// A layer could not be assembled or written.
@@ -263,31 +269,28 @@ impl LayerTree {
             }
         }
         let compressed = Counted { inner: out, hasher: Hasher::new() };
-        let (diff_id, compressed) = match compressor {
+        let (diff_id, compressed, frames) = match compressor {
             Compressor::Gzip { level } => {
                 let gzip = flate2::GzBuilder::new().mtime(0).operating_system(255).write(compressed, flate2::Compression::new(level));
                 let mut tar = Counted { inner: gzip, hasher: Hasher::new() };
                 self.write_tar(&mut tar, clamp)?;
-                (tar.hasher.finish(), tar.inner.finish().map_err(TarballError::Write)?)
+                (tar.hasher.finish(), tar.inner.finish().map_err(TarballError::Write)?, Vec::new())
             }
-            Compressor::Zstd { level } => {
-                // One thread, no checksum (the blob's digest covers it), the frame's size left
-                // out (it is not known when the header is written): fixed settings.
-                let mut zstd = zstd::stream::write::Encoder::new(compressed, level).map_err(TarballError::Write)?;
-                zstd.include_checksum(false).map_err(TarballError::Write)?;
-                let mut tar = Counted { inner: zstd, hasher: Hasher::new() };
+            Compressor::Zstd { level, frame } => {
+                let mut tar = Counted { inner: Frames::new(compressed, level, frame).map_err(TarballError::Write)?, hasher: Hasher::new() };
                 self.write_tar(&mut tar, clamp)?;
-                (tar.hasher.finish(), tar.inner.finish().map_err(TarballError::Write)?)
+                let (compressed, frames) = tar.inner.finish().map_err(TarballError::Write)?;
+                (tar.hasher.finish(), compressed, frames)
             }
         };
         let size = compressed.hasher.len();
         let mut out = compressed.inner;
         out.flush().map_err(TarballError::Write)?;
-        Ok(LayerBlob { diff_id, digest: compressed.hasher.finish(), size })
+        Ok(LayerBlob { diff_id, digest: compressed.hasher.finish(), size, frames })
     }
 
     /// Writes the tar stream itself (entries in path order, then the end-of-archive blocks).
-    fn write_tar(&self, tar: &mut impl Write, clamp: i64) -> Result<(), TarballError> {
+    fn write_tar(&self, tar: &mut impl EntrySink, clamp: i64) -> Result<(), TarballError> {
         let mut buf = vec![0u8; 1 << 17];
         let mut open: Option<(usize, Vec<u8>, Dir)> = None;
         for (path, entry) in &self.entries {
@@ -320,9 +323,93 @@ impl LayerTree {
                     pad(tar, *size)?;
                 }
             }
+            tar.entry_end().map_err(TarballError::Write)?;
         }
         // The end of the archive: two zero blocks.
         tar.write_all(&[0u8; 1024]).map_err(TarballError::Write)
+    }
+}
+
+/// Where a tar stream goes, told where each entry ends (a place to cut it).
+trait EntrySink: Write {
+    fn entry_end(&mut self) -> io::Result<()>;
+}
+
+impl<W: Write> EntrySink for flate2::write::GzEncoder<W> {
+    fn entry_end(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<S: EntrySink> EntrySink for Counted<S> {
+    fn entry_end(&mut self) -> io::Result<()> {
+        self.inner.entry_end()
+    }
+}
+
+/// A zstd stream in frames of whole entries: one ends at the first entry end after it holds
+/// `frame` bytes of tar. One thread, no checksum (the blob's digest covers it), no content
+/// size (not known when a frame's header is written): fixed settings.
+struct Frames<W: Write> {
+    encoder: Option<zstd::stream::write::Encoder<'static, Counted<W>>>,
+    level: i32,
+    frame: u64,
+    /// Tar bytes in the current frame.
+    in_frame: u64,
+    /// Compressed bytes before the current frame.
+    before: u64,
+    sizes: Vec<u64>,
+}
+
+impl<W: Write> Frames<W> {
+    fn new(out: Counted<W>, level: i32, frame: u64) -> io::Result<Frames<W>> {
+        Ok(Frames { encoder: Some(Self::encoder(out, level)?), level, frame, in_frame: 0, before: 0, sizes: Vec::new() })
+    }
+
+    fn encoder(out: Counted<W>, level: i32) -> io::Result<zstd::stream::write::Encoder<'static, Counted<W>>> {
+        let mut zstd = zstd::stream::write::Encoder::new(out, level)?;
+        zstd.include_checksum(false)?;
+        Ok(zstd)
+    }
+
+    fn encoder_mut(&mut self) -> io::Result<&mut zstd::stream::write::Encoder<'static, Counted<W>>> {
+        self.encoder.as_mut().ok_or_else(|| io::Error::other("a zstd frame failed to end"))
+    }
+
+    /// Ends the current frame; returns the compressed stream.
+    fn end_frame(&mut self) -> io::Result<Counted<W>> {
+        let out = self.encoder.take().ok_or_else(|| io::Error::other("a zstd frame failed to end"))?.finish()?;
+        self.sizes.push(out.hasher.len() - self.before);
+        self.before = out.hasher.len();
+        self.in_frame = 0;
+        Ok(out)
+    }
+
+    /// Ends the last frame: the compressed stream and every frame's size.
+    fn finish(mut self) -> io::Result<(Counted<W>, Vec<u64>)> {
+        let out = self.end_frame()?;
+        Ok((out, self.sizes))
+    }
+}
+
+impl<W: Write> Write for Frames<W> {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        let n = self.encoder_mut()?.write(bytes)?;
+        self.in_frame += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.encoder_mut()?.flush()
+    }
+}
+
+impl<W: Write> EntrySink for Frames<W> {
+    fn entry_end(&mut self) -> io::Result<()> {
+        if self.in_frame >= self.frame {
+            let out = self.end_frame()?;
+            self.encoder = Some(Self::encoder(out, self.level)?);
+        }
+        Ok(())
     }
 }
 
@@ -535,7 +622,7 @@ mod tests {
         let mut tree = LayerTree::new();
         tree.add_dir(b"app", 0o755, OLD).unwrap();
         tree.add_tree(b"app/.apt", dir.path()).unwrap();
-        let zstd = Compressor::Zstd { level: 3 };
+        let zstd = Compressor::Zstd { level: 3, frame: 1000 };
         let (mut first, mut second, mut gzip) = (Vec::new(), Vec::new(), Vec::new());
         let blob = tree.write_compressed(&mut first, OLD + 10, zstd).unwrap();
         assert_eq!(tree.write_compressed(&mut second, OLD + 10, zstd).unwrap(), blob);
@@ -546,6 +633,50 @@ mod tests {
         let tar = zstd::decode_all(first.as_slice()).unwrap();
         assert_eq!((Sha256::of(&tar), blob.diff_id), (gzip_blob.diff_id, gzip_blob.diff_id));
         assert_eq!(zstd.media_type().to_string(), "application/vnd.oci.image.layer.v1.tar+zstd");
+    }
+
+    #[test]
+    fn zstd_frames_hold_whole_entries_and_each_decodes_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        sample(dir.path(), OLD + 3);
+        std::fs::write(dir.path().join("big"), vec![7u8; 5000]).unwrap();
+        let mut tree = LayerTree::new();
+        tree.add_tree(b"", dir.path()).unwrap();
+        let (mut one, mut framed) = (Vec::new(), Vec::new());
+        let single = tree.write_compressed(&mut one, OLD + 10, Compressor::Zstd { level: 3, frame: u64::MAX }).unwrap();
+        let blob = tree.write_compressed(&mut framed, OLD + 10, Compressor::Zstd { level: 3, frame: 1000 }).unwrap();
+        assert_eq!(single.frames, vec![single.size], "one frame when none fills up");
+        assert!(blob.frames.len() > 2, "{:?}", blob.frames);
+        assert_eq!(blob.frames.iter().sum::<u64>(), blob.size);
+        // One tar either way, and every frame alone is whole entries: together, that tar.
+        assert_eq!(blob.diff_id, single.diff_id);
+        let mut at = 0usize;
+        let mut joined = Vec::new();
+        let mut names = Vec::new();
+        for &size in &blob.frames {
+            let frame = &framed[at..at + size as usize];
+            at += size as usize;
+            assert_eq!(zstd::zstd_safe::find_frame_compressed_size(frame), Ok(size as usize), "exactly one frame");
+            let tar = zstd::decode_all(frame).unwrap();
+            assert_eq!(tar.len() % 512, 0);
+            for entry in tar::Archive::new(tar.as_slice()).entries().unwrap() {
+                let mut entry = entry.unwrap();
+                names.push(entry.path_bytes().into_owned());
+                let mut data = Vec::new();
+                entry.read_to_end(&mut data).unwrap();
+                assert_eq!(data.len() as u64, entry.header().size().unwrap(), "an entry's data is in its header's frame");
+            }
+            joined.extend(tar);
+        }
+        assert_eq!(Sha256::of(&joined), blob.diff_id);
+        assert_eq!(names, read_back_zstd(&one), "the frames' entries are the layer's, in order");
+        // The 5000-byte file ends a frame (frames end at the first entry end past 1000 bytes).
+        assert!(blob.frames.len() >= 3);
+    }
+
+    fn read_back_zstd(blob: &[u8]) -> Vec<Vec<u8>> {
+        let tar = zstd::decode_all(blob).unwrap();
+        tar::Archive::new(tar.as_slice()).entries().unwrap().map(|e| e.unwrap().path_bytes().into_owned()).collect()
     }
 
     #[test]

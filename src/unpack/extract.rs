@@ -97,12 +97,12 @@ pub(crate) fn unpack_tar_into<R: Read + io::Seek>(
         let mut unpacker = Unpacker {
             dest,
             label,
-            dirs_open: Dirs::new(root),
+            dirs_open: Dirs::new(Arc::new(root)),
             known_dirs: HashSet::new(),
             dirs: Vec::new(),
             report: UnpackReport::default(),
             filter,
-            pool: &pool,
+            pool: Some(&pool),
             queued: HashSet::new(),
             index: 0,
             skipped_files: HashMap::new(),
@@ -125,12 +125,19 @@ pub(crate) fn unpack_tar_into<R: Read + io::Seek>(
         }
         Ok(unpacker)
     })?;
-    // Directory modes and mtimes last, deepest first: filling a directory changes its mtime,
-    // and a parent that loses its owner's write or search bits is done after its children.
-    // A directory listed twice gets its later entry's mode and mtime (as if both were set
-    // in turn): each is opened once, while it still has the owner's bits it was made with.
+    let (dirs, skipped_entries) = (std::mem::take(&mut unpacker.dirs), unpacker.skipped_entries);
+    finish_dirs(&mut unpacker.dirs_open, dest, dirs, modes, &mut unpacker.report).map_err(|(path, e)| write_err(&path)(e))?;
+    count_unnamed(&mut unpacker.report, skipped_entries, label);
+    Ok((unpacker.report, unpacker.deferred))
+}
+
+/// Directory modes and mtimes last, deepest first: filling a directory changes its mtime,
+/// and a parent that loses its owner's write or search bits is done after its children.
+/// A directory listed twice gets its later entry's mode and mtime (as if both were set
+/// in turn): each is opened once, while it still has the owner's bits it was made with.
+fn finish_dirs(dirs_open: &mut Dirs, dest: &Path, listed: Vec<(PathBuf, u32, FileTime)>, modes: DirModes, report: &mut UnpackReport) -> Result<(), (PathBuf, io::Error)> {
     let mut dirs: HashMap<PathBuf, (u32, FileTime)> = HashMap::new();
-    for (rel, mode, mtime) in std::mem::take(&mut unpacker.dirs) {
+    for (rel, mode, mtime) in listed {
         dirs.insert(rel, (mode, mtime));
     }
     let mut dirs: Vec<_> = dirs.into_iter().collect();
@@ -138,23 +145,138 @@ pub(crate) fn unpack_tar_into<R: Read + io::Seek>(
     for (rel, (mode, mtime)) in dirs {
         let path = dest.join(&rel);
         let on_disk = if modes == DirModes::Stored { crate::store::layerindex::stored_dir_mode(mode) } else { mode };
-        let parent = unpacker.dirs_open.get(rel.parent().unwrap_or(Path::new(""))).map_err(write_err(&path))?;
-        let name = rel.file_name().map_or(&b""[..], |n| n.as_bytes());
-        let meta = finish_dir(&parent, name, on_disk, (mtime.unix_seconds(), i64::from(mtime.nanoseconds()))).map_err(write_err(&path))?;
+        let done = (|| {
+            let parent = dirs_open.get(rel.parent().unwrap_or(Path::new("")))?;
+            let name = rel.file_name().map_or(&b""[..], |n| n.as_bytes());
+            finish_dir(&parent, name, on_disk, (mtime.unix_seconds(), i64::from(mtime.nanoseconds())))
+        })();
+        let meta = done.map_err(|e| (path, e))?;
         if modes == DirModes::Stored {
             let id = (meta.dev, meta.ino);
             if on_disk == mode {
-                unpacker.report.dir_modes.remove(&id);
+                report.dir_modes.remove(&id);
             } else {
-                unpacker.report.dir_modes.insert(id, mode);
+                report.dir_modes.insert(id, mode);
             }
         }
     }
-    let unnamed = unpacker.skipped_entries - unpacker.report.skipped.len() as u64;
+    Ok(())
+}
+
+/// Names how many device nodes and FIFOs were skipped beyond those named one by one.
+fn count_unnamed(report: &mut UnpackReport, skipped_entries: u64, label: &str) {
+    let unnamed = skipped_entries - (report.skipped.len() as u64).min(skipped_entries);
     if unnamed > 0 {
-        unpacker.report.skipped.push(format!("{label}: skipped {unnamed} more device nodes or FIFOs"));
+        report.skipped.push(format!("{label}: skipped {unnamed} more device nodes or FIFOs"));
     }
-    Ok((unpacker.report, unpacker.deferred))
+}
+
+/// Unpacks a tar stream cut into `parts` pieces of whole entries (the frames of a shared
+/// layer's zstd blob) on every core: each worker takes the next piece, opened by `open`, and
+/// writes its entries itself. What one piece's entries make is the same as in one stream, as
+/// long as no entry depends on one in another piece (a layer's pieces never do: no hard
+/// links, no path through a symlink); an archive whose pieces do may come out different
+/// (the caller checks the tree's hash), but never outside the target: every entry goes
+/// through the same checks as in [`unpack_tar_into`], and a directory, once made, is never
+/// removed by another piece. No filter: nothing is skipped, so nothing is deferred.
+pub(crate) fn unpack_tar_parts<'a>(
+    parts: usize,
+    open: &(dyn Fn(usize) -> io::Result<Box<dyn Read + Send + 'a>> + Sync),
+    (root, dest): (Dir, &Path),
+    label: &str,
+    modes: DirModes,
+) -> Result<UnpackReport, DebError> {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+    let root = Arc::new(root);
+    let next = AtomicUsize::new(0);
+    let entries = AtomicU64::new(0);
+    let failed = AtomicBool::new(false);
+    // Each piece's directories (to finish last, in archive order) and counts, by piece.
+    type Piece = (usize, Vec<(PathBuf, u32, FileTime)>, UnpackReport, u64);
+    let done: Mutex<Vec<Piece>> = Mutex::new(Vec::with_capacity(parts));
+    let first_error: Mutex<Option<(usize, DebError)>> = Mutex::new(None);
+    let worker = || {
+        let (mut dirs_open, mut known_dirs) = (Dirs::new(root.clone()), HashSet::new());
+        let mut buf = vec![0u8; 1 << 18];
+        loop {
+            let k = next.fetch_add(1, Ordering::Relaxed);
+            if k >= parts || failed.load(Ordering::Relaxed) {
+                return;
+            }
+            let mut unpacker = Unpacker {
+                dest,
+                label,
+                dirs_open,
+                known_dirs,
+                dirs: Vec::new(),
+                report: UnpackReport::default(),
+                filter: None,
+                pool: None,
+                queued: HashSet::new(),
+                index: 0,
+                skipped_files: HashMap::new(),
+                skipped_links: HashMap::new(),
+                deferred: Vec::new(),
+                skipped_entries: 0,
+            };
+            let result = (|| -> Result<(), DebError> {
+                let stream = open(k).map_err(|e| tar_err(label, e))?;
+                let mut archive = tar::Archive::new(crate::unpack::xzseek::ForwardSeek::new(stream));
+                let tar_entries = archive.entries_with_seek().map_err(|e| tar_err(label, e))?;
+                crate::unpack::tarstream::for_each_entry(tar_entries, |e| tar_err(label, e), |entry, meta| {
+                    if failed.load(Ordering::Relaxed) {
+                        return Ok(false);
+                    }
+                    if entries.fetch_add(1, Ordering::Relaxed) >= crate::unpack::tarstream::MAX_ENTRIES {
+                        let why = format!("the archive has more than {} entries, ddslug's limit", crate::unpack::tarstream::MAX_ENTRIES);
+                        return Err(tar_err(label, io::Error::new(io::ErrorKind::InvalidData, why)));
+                    }
+                    unpacker.entry(entry, meta, &mut buf)?;
+                    Ok(true)
+                })
+            })();
+            (dirs_open, known_dirs) = (unpacker.dirs_open, unpacker.known_dirs);
+            match result {
+                Ok(()) => done.lock().unwrap_or_else(|p| p.into_inner()).push((k, unpacker.dirs, unpacker.report, unpacker.skipped_entries)),
+                Err(e) => {
+                    failed.store(true, Ordering::Relaxed);
+                    // The earliest piece's error: the one a single stream would have met first.
+                    let mut first = first_error.lock().unwrap_or_else(|p| p.into_inner());
+                    if first.as_ref().is_none_or(|(at, _)| k < *at) {
+                        *first = Some((k, e));
+                    }
+                    return;
+                }
+            }
+        }
+    };
+    std::thread::scope(|scope| {
+        for _ in 0..crate::fsat::workers().min(parts) {
+            scope.spawn(worker);
+        }
+    });
+    if let Some((_, e)) = first_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        return Err(e);
+    }
+    let mut pieces = done.into_inner().unwrap_or_else(|p| p.into_inner());
+    pieces.sort_unstable_by_key(|(k, ..)| *k);
+    let (mut report, mut dirs, mut skipped_entries) = (UnpackReport::default(), Vec::new(), 0);
+    for (_, piece_dirs, piece, skipped) in pieces {
+        dirs.extend(piece_dirs);
+        report.files += piece.files;
+        report.dirs += piece.dirs;
+        report.symlinks += piece.symlinks;
+        report.hardlinks += piece.hardlinks;
+        report.bytes += piece.bytes;
+        report.skipped.extend(piece.skipped.into_iter().take(MAX_WARNINGS.saturating_sub(report.skipped.len())));
+        report.digests.extend(piece.digests);
+        skipped_entries += skipped;
+    }
+    let mut dirs_open = Dirs::new(root);
+    finish_dirs(&mut dirs_open, dest, dirs, modes, &mut report).map_err(|(path, error)| DebError::Write { deb: label.into(), path, error })?;
+    count_unnamed(&mut report, skipped_entries, label);
+    Ok(report)
 }
 
 /// Sets the mode and mtime of the directory `name` in `parent` (`""`: `parent` itself) and
@@ -193,8 +315,8 @@ struct Dirs {
 const OPEN_DIRS: usize = 64;
 
 impl Dirs {
-    fn new(root: Dir) -> Dirs {
-        Dirs { root: Arc::new(root), open: HashMap::new(), last: None }
+    fn new(root: Arc<Dir>) -> Dirs {
+        Dirs { root, open: HashMap::new(), last: None }
     }
 
     /// The directory `rel` if it is the one asked for last (a real directory, then).
@@ -283,7 +405,8 @@ struct Unpacker<'a, 'f> {
     dirs: Vec<(PathBuf, u32, FileTime)>,
     report: UnpackReport,
     filter: Option<&'f mut dyn EntryFilter>,
-    pool: &'a WriterPool,
+    /// The writers small files are handed to; without, every file is written in turn.
+    pool: Option<&'a WriterPool>,
     /// Files handed to the writers since they last drained: an entry at (or below) one of
     /// these paths waits for them first.
     queued: HashSet<Vec<u8>>,
@@ -321,8 +444,11 @@ impl Unpacker<'_, '_> {
     fn order_after_queued(&mut self, rel: &Path, always: bool) -> Result<(), DebError> {
         let rel = rel.as_os_str().as_bytes();
         let parents = rel.iter().enumerate().filter(|&(_, &b)| b == b'/').map(|(at, _)| &rel[..at]);
-        if !self.queued.is_empty() && (always || self.queued.contains(rel) || parents.clone().any(|p| self.queued.contains(p))) {
-            self.pool.drain().map_err(|e| self.written_err(e))?;
+        if let Some(pool) = self.pool
+            && !self.queued.is_empty()
+            && (always || self.queued.contains(rel) || parents.clone().any(|p| self.queued.contains(p)))
+        {
+            pool.drain().map_err(|e| self.written_err(e))?;
             self.queued.clear();
         }
         Ok(())
@@ -393,13 +519,15 @@ impl Unpacker<'_, '_> {
             let size = header.size().unwrap_or(0);
             let mtime = mtime_of(mtime);
             let at = At { dir, name: file_name, path };
-            if size <= POOLED_FILE {
+            if let Some(pool) = self.pool.filter(|_| size <= POOLED_FILE) {
                 let mut data = Vec::with_capacity(size as usize);
                 entry.read_to_end(&mut data).map_err(|e| tar_err(self.label, e))?;
-                self.pool.submit(at, data, mode, mtime).map_err(|e| self.written_err(e))?;
+                pool.submit(at, data, mode, mtime).map_err(|e| self.written_err(e))?;
                 self.queued.insert(real.as_os_str().as_bytes().to_vec());
             } else {
-                self.pool.wake();
+                if let Some(pool) = self.pool {
+                    pool.wake();
+                }
                 let w = write_file(&at, entry, mode, mtime, buf).map_err(|e| self.written_err(e))?;
                 self.record(w);
             }
@@ -412,7 +540,7 @@ impl Unpacker<'_, '_> {
                     dir.remove_file(&file_name).map_err(self.write_err(&path))?;
                     dir.make_dir(file_name.as_bytes()).map_err(self.write_err(&path))?;
                 }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => dir.make_dir(file_name.as_bytes()).map_err(self.write_err(&path))?,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => make_dir_racing(&dir, &file_name).map_err(self.write_err(&path))?,
                 Err(e) => return Err(self.write_err(&path)(e)),
             }
             self.known_dirs.insert(real.as_os_str().as_bytes().to_vec());
@@ -568,7 +696,7 @@ impl Unpacker<'_, '_> {
                     });
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    here.make_dir(part.as_bytes()).map_err(self.write_err(&full))?;
+                    make_dir_racing(&here, &part).map_err(self.write_err(&full))?;
                     let dir = here.sub_dir(&part).map_err(self.write_err(&full))?;
                     resolved.push((part, Arc::new(dir)));
                 }
@@ -587,6 +715,18 @@ impl Unpacker<'_, '_> {
     }
 }
 
+/// Makes the directory `name` in `dir`; one already there is fine (another worker of a
+/// parallel unpack made it first), anything else there is not.
+fn make_dir_racing(dir: &Dir, name: &OsStr) -> io::Result<()> {
+    match dir.make_dir(name.as_bytes()) {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => match dir.lstat(name) {
+            Ok(st) if st.is_dir() => Ok(()),
+            _ => Err(e),
+        },
+        done => done,
+    }
+}
+
 fn mtime_of(t: FileTime) -> std::time::SystemTime {
     let secs = t.unix_seconds();
     let base = if secs >= 0 {
@@ -595,4 +735,116 @@ fn mtime_of(t: FileTime) -> std::time::SystemTime {
         std::time::UNIX_EPOCH - std::time::Duration::from_secs(secs.unsigned_abs())
     };
     base + std::time::Duration::from_nanos(u64::from(t.nanoseconds()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// Parts read from memory, as a pull reads the frames of a blob.
+    fn parts_of<'a>(frames: &'a [Vec<u8>]) -> impl Fn(usize) -> io::Result<Box<dyn Read + Send + 'a>> + Sync + 'a {
+        move |k| Ok(Box::new(frames[k].as_slice()) as Box<dyn Read + Send>)
+    }
+
+    fn unpack_parts(frames: &[Vec<u8>], dest: &Path) -> Result<UnpackReport, DebError> {
+        fs::create_dir_all(dest).unwrap();
+        unpack_tar_parts(frames.len(), &parts_of(frames), (Dir::open_given(dest).unwrap(), dest), "test", DirModes::Stored)
+    }
+
+    /// A tree with directories of mixed modes, big and small files, a symlink and a name
+    /// too long for a ustar header, cut into zstd frames of about `frame` bytes of tar.
+    fn framed_layer(frame: u64) -> (tempfile::TempDir, Vec<Vec<u8>>, Vec<u8>) {
+        let src = tempfile::tempdir().unwrap();
+        let long = "d".repeat(120);
+        for i in 0..40 {
+            let dir = src.path().join(format!("opt/a{}/b{}", i % 7, i % 3));
+            fs::create_dir_all(&dir).unwrap();
+            fs::write(dir.join(format!("f{i}")), vec![i as u8; i * 97]).unwrap();
+        }
+        fs::create_dir_all(src.path().join(format!("opt/{long}"))).unwrap();
+        fs::write(src.path().join(format!("opt/{long}/g")), b"long").unwrap();
+        std::os::unix::fs::symlink("a1/b1", src.path().join("opt/link")).unwrap();
+        fs::set_permissions(src.path().join("opt/a2"), fs::Permissions::from_mode(0o555)).unwrap();
+        let mut tree = crate::oci::tarball::LayerTree::new();
+        tree.add_tree(b"", src.path()).unwrap();
+        let mut blob = Vec::new();
+        let written = tree.write_compressed(&mut blob, i64::MAX, crate::oci::tarball::Compressor::Zstd { level: 1, frame }).unwrap();
+        let mut at = 0;
+        let frames = written.frames.iter().map(|&n| {
+            at += n as usize;
+            zstd::decode_all(&blob[at - n as usize..at]).unwrap()
+        });
+        let frames: Vec<Vec<u8>> = frames.collect();
+        let whole = frames.concat();
+        (src, frames, whole)
+    }
+
+    #[test]
+    fn frames_unpacked_side_by_side_make_the_tree_one_stream_makes() {
+        let (_src, frames, whole) = framed_layer(2000);
+        assert!(frames.len() > 5, "{}", frames.len());
+        let out = tempfile::tempdir().unwrap();
+        let (serial, parallel) = (out.path().join("serial"), out.path().join("parallel"));
+        let (one, _) = unpack_tar_filtered(crate::unpack::xzseek::ForwardSeek::new(whole.as_slice()), &serial, "test", None, DirModes::Stored).unwrap();
+        let many = unpack_parts(&frames, &parallel).unwrap();
+        let hash = |dir: &Path| crate::store::treehash::scan_tree(dir).unwrap().hash;
+        assert_eq!(hash(&parallel), hash(&serial));
+        assert_eq!((many.files, many.dirs, many.symlinks, many.bytes), (one.files, one.dirs, one.symlinks, one.bytes));
+        let digests = |r: &UnpackReport| {
+            let mut d: Vec<_> = r.digests.values().map(|d| d.sha256).collect();
+            d.sort_unstable();
+            d
+        };
+        assert_eq!(digests(&many), digests(&one));
+        // The archive's modes are reported for directories the store keeps owner-writable.
+        let modes = |r: &UnpackReport| {
+            let mut m: Vec<u32> = r.dir_modes.values().copied().collect();
+            m.sort_unstable();
+            m
+        };
+        assert_eq!(modes(&many), modes(&one));
+        assert_eq!(modes(&many), vec![0o555]);
+    }
+
+    /// One raw tar entry (no end-of-archive blocks: a frame in the middle of a stream).
+    fn entry(name: &str, kind: tar::EntryType, link: &str, data: &[u8]) -> Vec<u8> {
+        let mut header = tar::Header::new_ustar();
+        header.set_entry_type(kind);
+        header.set_mode(0o644);
+        header.set_size(data.len() as u64);
+        header.as_ustar_mut().unwrap().name[..name.len()].copy_from_slice(name.as_bytes());
+        if !link.is_empty() {
+            header.set_link_name(link).unwrap();
+        }
+        header.set_cksum();
+        let mut out = header.as_bytes().to_vec();
+        out.extend_from_slice(data);
+        out.resize(out.len().div_ceil(512) * 512, 0);
+        out
+    }
+
+    #[test]
+    fn hostile_frames_fail_inside_the_target_whatever_order_they_run_in() {
+        use tar::EntryType::{Regular, Symlink};
+        let file = |name: &str| entry(name, Regular, "", b"out");
+        let cases: Vec<(&str, Vec<Vec<u8>>, &str)> = vec![
+            ("dotdot", vec![file("ok"), file("../escaped")], "refusing to unpack"),
+            ("link-then-file", vec![entry("opt", Symlink, "/", b""), file("opt/escaped")], ""),
+            ("file-then-link", vec![file("opt/escaped"), entry("opt", Symlink, "/", b"")], ""),
+            ("cut-entry", vec![file("ok"), file("cut")[..600].to_vec()], ""),
+        ];
+        for (name, frames, says) in cases {
+            for _ in 0..5 {
+                let out = tempfile::tempdir().unwrap();
+                let dest = out.path().join("tree");
+                let err = unpack_parts(&frames, &dest).map(|_| ()).expect_err(name).to_string();
+                assert!(err.contains(says), "{name}: {err}");
+                let outside: Vec<_> = fs::read_dir(out.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+                assert_eq!(outside, vec![OsString::from("tree")], "{name}");
+                assert!(!Path::new("/escaped").exists(), "{name}");
+            }
+        }
+    }
 }
