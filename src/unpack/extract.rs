@@ -187,21 +187,22 @@ pub(crate) fn unpack_tar_parts<'a>(
     modes: DirModes,
 ) -> Result<UnpackReport, DebError> {
     use std::sync::Mutex;
-    use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     let root = Arc::new(root);
-    let next = AtomicUsize::new(0);
+    let workers = crate::fsat::workers().min(parts);
+    let queue = Pieces::new(parts, workers);
     let entries = AtomicU64::new(0);
     let failed = AtomicBool::new(false);
     // Each piece's directories (to finish last, in archive order) and counts, by piece.
     type Piece = (usize, Vec<(PathBuf, u32, FileTime)>, UnpackReport, u64);
     let done: Mutex<Vec<Piece>> = Mutex::new(Vec::with_capacity(parts));
     let first_error: Mutex<Option<(usize, DebError)>> = Mutex::new(None);
-    let worker = || {
+    let worker = |me: usize| {
         let (mut dirs_open, mut known_dirs) = (Dirs::new(root.clone()), HashSet::new());
         let mut buf = vec![0u8; 1 << 18];
         loop {
-            let k = next.fetch_add(1, Ordering::Relaxed);
-            if k >= parts || failed.load(Ordering::Relaxed) {
+            let Some(k) = queue.take(me) else { return };
+            if failed.load(Ordering::Relaxed) {
                 return;
             }
             let mut unpacker = Unpacker {
@@ -252,8 +253,9 @@ pub(crate) fn unpack_tar_parts<'a>(
         }
     };
     std::thread::scope(|scope| {
-        for _ in 0..crate::fsat::workers().min(parts) {
-            scope.spawn(worker);
+        for me in 0..workers {
+            let worker = &worker;
+            scope.spawn(move || worker(me));
         }
     });
     if let Some((_, e)) = first_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
@@ -277,6 +279,33 @@ pub(crate) fn unpack_tar_parts<'a>(
     finish_dirs(&mut dirs_open, dest, dirs, modes, &mut report).map_err(|(path, error)| DebError::Write { deb: label.into(), path, error })?;
     count_unnamed(&mut report, skipped_entries, label);
     Ok(report)
+}
+
+/// Which piece each worker of [`unpack_tar_parts`] takes next. Each has a run of its own
+/// (the pieces cut into equal runs) and works through it from the start; one done takes the
+/// last piece of the run with the most left. So workers stay in different parts of the tree:
+/// two creating files in one directory wait for each other (its lock), which adjacent pieces
+/// would make them do all the time.
+struct Pieces {
+    runs: std::sync::Mutex<Vec<std::ops::Range<usize>>>,
+}
+
+impl Pieces {
+    fn new(parts: usize, workers: usize) -> Pieces {
+        let workers = workers.max(1);
+        let runs = (0..workers).map(|w| parts * w / workers..parts * (w + 1) / workers).collect();
+        Pieces { runs: std::sync::Mutex::new(runs) }
+    }
+
+    fn take(&self, me: usize) -> Option<usize> {
+        let mut runs = self.runs.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(own) = runs.get_mut(me)
+            && let Some(k) = own.next()
+        {
+            return Some(k);
+        }
+        runs.iter_mut().max_by_key(|r| r.len()).and_then(|r| r.next_back())
+    }
 }
 
 /// Sets the mode and mtime of the directory `name` in `parent` (`""`: `parent` itself) and
@@ -823,6 +852,21 @@ mod tests {
         out.extend_from_slice(data);
         out.resize(out.len().div_ceil(512) * 512, 0);
         out
+    }
+
+    #[test]
+    fn workers_start_apart_and_every_piece_is_taken_once() {
+        let pieces = Pieces::new(10, 2);
+        assert_eq!((pieces.take(0), pieces.take(1)), (Some(0), Some(5)));
+        let mut taken = vec![0, 5];
+        // Worker 1 runs alone: its own run, then the far end of worker 0's.
+        while let Some(k) = pieces.take(1) {
+            taken.push(k);
+        }
+        assert_eq!(taken, vec![0, 5, 6, 7, 8, 9, 4, 3, 2, 1]);
+        assert_eq!(pieces.take(0), None);
+        assert_eq!(Pieces::new(1, 2).take(1), Some(0));
+        assert_eq!(Pieces::new(0, 3).take(0), None);
     }
 
     #[test]
