@@ -10,7 +10,8 @@
 //!                                                        what the recipe removed, relocated pkg-config files,
 //!                                                        the SBOM inventory
 //!   layers  [application/vnd.oci.image.layer.v1.tar+zstd] the tree, as oci::tarball writes it (exact modes;
-//!                                                        +gzip is read too)
+//!                                                        zstd frames of whole entries, whose sizes the
+//!                                                        record lists; +gzip is read too)
 //!   annotations  dev.ddslug.layer-key, dev.ddslug.tree-hash, dev.ddslug.signature (NAME:BASE64 over
 //!                [`sign::statement`]: the layer key, the tree hash, both blobs' digests and sizes)
 //! ```
@@ -19,7 +20,8 @@
 //! signature is valid and by a key in `DD_CACHE_TRUSTED_KEYS` (checked before any blob is
 //! fetched), both blobs match the digests and sizes the signed manifest gives, its record
 //! names exactly the inputs this build wants, and the tree unpacked (through the .deb
-//! unpacker's safe, bounded path into a staging directory) hashes to the signed tree hash;
+//! unpacker's safe, bounded path into a staging directory; frame by frame on every core when
+//! the record lists frames that add up to the blob) hashes to the signed tree hash;
 //! otherwise nothing is stored. Any fault (registry down, refused, missing, slow, wrong)
 //! costs one warning line and the build goes on from the apt repository; a failed push
 //! costs one warning line too. Two builders pushing one layer at once both upload the same

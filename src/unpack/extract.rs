@@ -13,7 +13,9 @@
 //! written in archive order as far as anyone can tell (files are written on worker threads;
 //! an entry that touches a path still queued waits for it). Directory modes and mtimes are
 //! set last, deepest first ([`DirModes`]). A kept hard link to a file the filter skipped gets
-//! that file's bytes by a second read ([`fill_deferred`]).
+//! that file's bytes by a second read ([`fill_deferred`]). A stream cut into pieces of whole
+//! entries (a shared layer's zstd frames) is unpacked piece by piece on every core
+//! ([`unpack_tar_parts`]), each entry through the same checks.
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
