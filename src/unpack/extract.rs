@@ -96,22 +96,7 @@ pub(crate) fn unpack_tar_into<R: Read + io::Seek>(
             scope.spawn(|| pool.work());
         }
         let _close_on_exit = pool.closer();
-        let mut unpacker = Unpacker {
-            dest,
-            label,
-            dirs_open: Dirs::new(Arc::new(root)),
-            known_dirs: HashSet::new(),
-            dirs: Vec::new(),
-            report: UnpackReport::default(),
-            filter,
-            pool: Some(&pool),
-            queued: HashSet::new(),
-            index: 0,
-            skipped_files: HashMap::new(),
-            skipped_links: HashMap::new(),
-            deferred: Vec::new(),
-            skipped_entries: 0,
-        };
+        let mut unpacker = Unpacker::new((dest, label), (Dirs::new(Arc::new(root)), HashSet::new()), filter, Some(&pool));
         let result = (|| -> Result<(), DebError> {
             let mut archive = tar::Archive::new(tar_stream);
             let mut buf = vec![0u8; 1 << 16];
@@ -207,22 +192,7 @@ pub(crate) fn unpack_tar_parts<'a>(
             if failed.load(Ordering::Relaxed) {
                 return;
             }
-            let mut unpacker = Unpacker {
-                dest,
-                label,
-                dirs_open,
-                known_dirs,
-                dirs: Vec::new(),
-                report: UnpackReport::default(),
-                filter: None,
-                pool: None,
-                queued: HashSet::new(),
-                index: 0,
-                skipped_files: HashMap::new(),
-                skipped_links: HashMap::new(),
-                deferred: Vec::new(),
-                skipped_entries: 0,
-            };
+            let mut unpacker = Unpacker::new((dest, label), (dirs_open, known_dirs), None, None);
             let result = (|| -> Result<(), DebError> {
                 let stream = open(k).map_err(|e| tar_err(label, e))?;
                 let mut archive = tar::Archive::new(crate::unpack::xzseek::ForwardSeek::new(stream));
@@ -460,7 +430,28 @@ pub(crate) const MAX_WARNINGS: usize = 20;
 /// streamed to disk by the reader itself.
 const POOLED_FILE: u64 = 8 << 20;
 
-impl Unpacker<'_, '_> {
+impl<'a, 'f> Unpacker<'a, 'f> {
+    /// An unpacker into `dest` that starts with the directories `dirs` knows of (open, and
+    /// known to be real).
+    fn new((dest, label): (&'a Path, &'a str), (dirs_open, known_dirs): (Dirs, HashSet<Vec<u8>>), filter: Option<&'f mut dyn EntryFilter>, pool: Option<&'a WriterPool>) -> Self {
+        Unpacker {
+            dest,
+            label,
+            dirs_open,
+            known_dirs,
+            dirs: Vec::new(),
+            report: UnpackReport::default(),
+            filter,
+            pool,
+            queued: HashSet::new(),
+            index: 0,
+            skipped_files: HashMap::new(),
+            skipped_links: HashMap::new(),
+            deferred: Vec::new(),
+            skipped_entries: 0,
+        }
+    }
+
     fn written_err(&self, e: WriteError) -> DebError {
         DebError::Write { deb: self.label.into(), path: e.path, error: e.source }
     }
