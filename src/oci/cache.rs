@@ -62,7 +62,7 @@ pub const SIGNATURE_ANNOTATION: &str = "dev.ddslug.signature";
 const RECORD_LIMIT: u64 = 16 << 20;
 /// The largest layer blob read (the agent's is about 60 MB).
 const LAYER_LIMIT: u64 = 8 << 30;
-/// Frames a layer blob is read in, at most (the agent's has about fifty).
+/// Frames a layer blob is read in, at most (the bench's agent layer has 24).
 const MAX_FRAMES: usize = 1 << 16;
 /// Decompressed bytes accepted beyond the file bytes the record gives (tar headers of
 /// up to a million entries, padding).
