@@ -284,15 +284,9 @@ impl SharedCache {
                 crate::unpack::deb::pipelined(Box::new(Bounded { inner: decompressed, left, limit }), |tar| crate::unpack::extract::unpack_tar_into(tar, tree, label, None, DirModes::Stored))
                     .map_err(|e| io::Error::other(e.to_string()))
             })();
-            // A join error is a panic in the download thread: resumed here, as if it were ours.
-            let downloaded = download.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-            (downloaded, unpacked)
+            (download.join(), unpacked)
         });
-        // A download that failed explains an unpack that failed with it (a truncated stream).
-        if !downloaded? {
-            return Err(Miss::Garbage("its layer blob is missing".into()));
-        }
-        unpacked.map_err(|e| Miss::Install(e.to_string()))
+        settle(downloaded, unpacked)
     }
 
     /// Unpacks a blob of several zstd frames (each whole entries; sizes from the signed
@@ -327,18 +321,15 @@ impl SharedCache {
                 got
             });
             let open = |k: usize| -> io::Result<Box<dyn Read + Send + '_>> {
+                // (zstd's decoder buffers what it reads itself.)
                 let range = crate::fetch::FileRange { file: &reading, pos: starts[k], end: starts[k] + frames[k], growing: Some(&progress) };
-                let frame = crate::unpack::tarstream::decompressor(Compression::Zstd, io::BufReader::with_capacity(1 << 17, range))?;
+                let frame = crate::unpack::tarstream::decompressor(Compression::Zstd, range)?;
                 Ok(Box::new(Bounded { inner: frame, left, limit }))
             };
             let unpacked = crate::unpack::extract::unpack_tar_parts(frames.len(), &open, tree, label, DirModes::Stored);
-            let downloaded = download.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-            (downloaded, unpacked)
+            (download.join(), unpacked)
         });
-        if !downloaded? {
-            return Err(Miss::Garbage("its layer blob is missing".into()));
-        }
-        unpacked.map_err(|e| Miss::Install(e.to_string()))
+        settle(downloaded, unpacked)
     }
 
     /// Pushes a layer just built: its tarball and record (each only when the registry
@@ -401,6 +392,17 @@ impl SharedCache {
         removed.map_err(|e| install(&e))?;
         Ok(uploaded)
     }
+}
+
+/// What a pull's download and unpack threads came to. A join error is a panic in the download
+/// thread: resumed here, as if it were ours. A download that failed explains an unpack that
+/// failed with it (a truncated stream), so its error comes first.
+fn settle<T>(downloaded: std::thread::Result<Result<bool, RegistryError>>, unpacked: Result<T, impl fmt::Display>) -> Result<T, Miss> {
+    let downloaded = downloaded.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+    if !downloaded? {
+        return Err(Miss::Garbage("its layer blob is missing".into()));
+    }
+    unpacked.map_err(|e| Miss::Install(e.to_string()))
 }
 
 /// Where a pull's time went (for the build log and the benchmark).

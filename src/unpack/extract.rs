@@ -202,8 +202,7 @@ pub(crate) fn unpack_tar_parts<'a>(
                         return Ok(false);
                     }
                     if entries.fetch_add(1, Ordering::Relaxed) >= crate::unpack::tarstream::MAX_ENTRIES {
-                        let why = format!("the archive has more than {} entries, ddslug's limit", crate::unpack::tarstream::MAX_ENTRIES);
-                        return Err(tar_err(label, io::Error::new(io::ErrorKind::InvalidData, why)));
+                        return Err(tar_err(label, crate::unpack::tarstream::too_many_entries(crate::unpack::tarstream::MAX_ENTRIES)));
                     }
                     unpacker.entry(entry, meta, &mut buf)?;
                     Ok(true)

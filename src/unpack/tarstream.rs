@@ -26,6 +26,11 @@ pub const MAX_NAME_BYTES: u64 = 32 << 20;
 /// Memory for an xz or lzma decoder: twice what `xz -9` streams need.
 pub const XZ_MEMLIMIT: u64 = 128 << 20;
 
+/// An archive with more than `max` entries.
+pub(crate) fn too_many_entries(max: u64) -> io::Error {
+    invalid(format!("the archive has more than {max} entries, ddslug's limit"))
+}
+
 fn invalid(message: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, message)
 }
@@ -151,7 +156,7 @@ fn entries_within<'a, R: Read + 'a, E>(
         let mut entry = entry.map_err(&io_err)?;
         count += 1;
         if count > max_entries {
-            return Err(io_err(invalid(format!("the archive has more than {max_entries} entries, ddslug's limit"))));
+            return Err(io_err(too_many_entries(max_entries)));
         }
         let kind = entry.header().entry_type();
         let slot = match kind {
