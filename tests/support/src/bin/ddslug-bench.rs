@@ -212,7 +212,7 @@ fn bench_variant(project: &Path, bin: &Path, work: &Path, v: &Variant, runs: usi
         "ddslug compile, warm from registry",
     ];
     let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); names.len()];
-    let settle_secs: u64 = std::env::var("BENCH_SETTLE_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(35);
+    let settle_secs: u64 = std::env::var("BENCH_SETTLE_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(65);
     for i in 0..runs {
         settle(0)?;
         eprintln!("{}: run {}/{runs}", v.name, i + 1);
@@ -227,24 +227,25 @@ fn bench_variant(project: &Path, bin: &Path, work: &Path, v: &Variant, runs: usi
             .arg(&build)
             .arg(&state)
             .arg(format!("datadog-agent={VERSION}")))?);
-        // The classic mechanics delete a few hundred MB of files; for about 30 s after
-        // that, creating files costs more (ext4 passes over recently freed inodes), which
-        // would be billed to whichever step comes next. Let it pass.
+        // The two builds the pull target compares start alike: after a pause longer than the
+        // 60 s during which ext4 passes over the inodes the classic mechanics freed, and with
+        // nothing heavy just before (a pull timed right after the 5 s decompression floor took
+        // 0.1-0.3 s more, nearly all system time; BENCHMARKS.md, issue 16's fifth round).
         settle(settle_secs)?;
         let build = fresh(&scratch.join(format!("cold-build-{i}")))?;
         let cache = fresh(&scratch.join(format!("cold-cache-{i}")))?;
         samples[1].push(run(&mut compile(&build, &cache))?);
+        settle(settle_secs)?;
+        // An empty CACHE_DIR, the layer in the local registry.
+        let build = fresh(&scratch.join(format!("pull-build-{i}")))?;
+        let cache = fresh(&scratch.join(format!("pull-cache-{i}")))?;
+        samples[6].push(run(&mut with_env(&build, &cache, &pull_env))?);
         settle(0)?;
         let build = fresh(&scratch.join(format!("warm-build-{i}")))?;
         samples[2].push(run(&mut compile(&build, &warm_cache))?);
         samples[3].push(run(Command::new(bin).arg("verify").arg(&build))?);
         samples[4].push(run(Command::new("sh").arg("-c").arg(format!("{} -dc '{}' > /dev/null", v.decompress, member.display())))?);
         samples[5].push(run(&mut dyno_start(&build)?)?);
-        settle(0)?;
-        // An empty CACHE_DIR, the layer in the local registry.
-        let build = fresh(&scratch.join(format!("pull-build-{i}")))?;
-        let cache = fresh(&scratch.join(format!("pull-cache-{i}")))?;
-        samples[6].push(run(&mut with_env(&build, &cache, &pull_env))?);
     }
     let mut table = format!(
         "\n### {} variant ({:.0} MB .deb, data.tar {})\n\n| step | wall (s) | wall, fastest–slowest run (s) | CPU (s) | peak RSS (MB) | wall vs classic |\n|---|---:|---:|---:|---:|---:|\n",
@@ -265,7 +266,8 @@ fn bench_variant(project: &Path, bin: &Path, work: &Path, v: &Variant, runs: usi
     let cold = median(samples[1].iter().map(|x| x.wall).collect());
     let pulled = median(samples[6].iter().map(|x| x.wall).collect());
     table += &format!("\nWarm from registry vs cold: {:.3}x (target at most 0.5x).\n", pulled / cold);
-    // Where the time goes: the pull's own lines from one more run.
+    // Where the time goes: the pull's own lines from one more run, started as the timed ones.
+    settle(settle_secs)?;
     let out = with_env(&fresh(&scratch.join("pull-build-where"))?, &fresh(&scratch.join("pull-cache-where"))?, &pull_env).output()?;
     let log = String::from_utf8_lossy(&out.stdout);
     for line in log.lines().filter(|l| l.contains("pulled and verified") || l.contains("in place in") || l.contains("installed in")) {
