@@ -266,6 +266,9 @@ fn bench_variant(project: &Path, bin: &Path, work: &Path, v: &Variant, runs: usi
     let cold = median(samples[1].iter().map(|x| x.wall).collect());
     let pulled = median(samples[6].iter().map(|x| x.wall).collect());
     table += &format!("\nWarm from registry vs cold: {:.3}x (target at most 0.5x).\n", pulled / cold);
+    // Each round's pair too: a round slowed by something outside ddslug shows as one.
+    let rounds: Vec<String> = samples[1].iter().zip(&samples[6]).map(|(c, p)| format!("{:.3} s / {:.3} s = {:.3}x", p.wall, c.wall, p.wall / c.wall)).collect();
+    table += &format!("Round by round (warm from registry / cold): {}.\n", rounds.join("; "));
     // Where the time goes: the pull's own lines from one more run, started as the timed ones.
     settle(settle_secs)?;
     let out = with_env(&fresh(&scratch.join("pull-build-where"))?, &fresh(&scratch.join("pull-cache-where"))?, &pull_env).output()?;
