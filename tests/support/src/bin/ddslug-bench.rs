@@ -229,8 +229,9 @@ fn bench_variant(project: &Path, bin: &Path, work: &Path, v: &Variant, runs: usi
             .arg(format!("datadog-agent={VERSION}")))?);
         // The two builds the pull target compares start alike: after a pause longer than the
         // 60 s during which ext4 passes over the inodes the classic mechanics freed, and with
-        // nothing heavy just before (a pull timed right after the 5 s decompression floor took
-        // 0.1-0.3 s more, nearly all system time; BENCHMARKS.md, issue 16's fifth round).
+        // nothing heavy just before (by hand, a pull right after the 5 s decompression floor
+        // took more than one 20 s later in six pairs of seven, 0.16-0.76 s, nearly all of it
+        // system time; BENCHMARKS.md, issue 16's fifth round).
         settle(settle_secs)?;
         let build = fresh(&scratch.join(format!("cold-build-{i}")))?;
         let cache = fresh(&scratch.join(format!("cold-cache-{i}")))?;
