@@ -212,21 +212,22 @@ fn registry_faults_fall_back_to_the_apt_repository_with_one_warning() {
     let layer = digest_of(&manifest["layers"][0]);
     let layer_path = format!("/blobs/sha256:{}", layer.digest);
     let proxy = FaultProxy::start(&world.registry.host()).unwrap();
-    let cases: Vec<(&str, ProxyFault, &str, &[&str])> = vec![
-        ("403", ProxyFault::Status(403), "/manifests/", &["HTTP 403", "DD_CACHE_REGISTRY_USER"]),
-        ("503", ProxyFault::Status(503), "/manifests/", &["HTTP 503"]),
-        ("500-blob", ProxyFault::Status(500), &layer_path, &["HTTP 500"]),
-        ("garbage", ProxyFault::Replace("application/vnd.oci.image.manifest.v1+json", b"{\"schemaVersion\": 2, garbage".to_vec()), "/manifests/", &["not a usable ddslug layer"]),
-        ("not-ours", ProxyFault::Replace("application/vnd.oci.image.manifest.v1+json", br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2},"layers":[]}"#.to_vec()), "/manifests/", &["artifactType"]),
-        ("truncated", ProxyFault::Truncate(1000), &layer_path, &["bytes"]),
-        ("corrupt", ProxyFault::Corrupt(500), &layer_path, &["instead of the", "SHA-256"]),
-        ("stall", ProxyFault::StallAfter(100), &layer_path, &["DD_DOWNLOAD_LOW_SPEED_TIME"]),
+    // A transient status is asked again (DD_DOWNLOAD_ATTEMPTS, here 2): it is met twice.
+    let cases: Vec<(&str, ProxyFault, usize, &str, &[&str])> = vec![
+        ("403", ProxyFault::Status(403), 1, "/manifests/", &["HTTP 403", "DD_CACHE_REGISTRY_USER"]),
+        ("503", ProxyFault::Status(503), 2, "/manifests/", &["HTTP 503 2 times"]),
+        ("500-blob", ProxyFault::Status(500), 2, &layer_path, &["HTTP 500 2 times"]),
+        ("garbage", ProxyFault::Replace("application/vnd.oci.image.manifest.v1+json", b"{\"schemaVersion\": 2, garbage".to_vec()), 1, "/manifests/", &["not a usable ddslug layer"]),
+        ("not-ours", ProxyFault::Replace("application/vnd.oci.image.manifest.v1+json", br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2},"layers":[]}"#.to_vec()), 1, "/manifests/", &["artifactType"]),
+        ("truncated", ProxyFault::Truncate(1000), 1, &layer_path, &["bytes"]),
+        ("corrupt", ProxyFault::Corrupt(500), 1, &layer_path, &["instead of the", "SHA-256"]),
+        ("stall", ProxyFault::StallAfter(100), 1, &layer_path, &["DD_DOWNLOAD_LOW_SPEED_TIME"]),
     ];
     let mut downloads = world.served.pool_requests();
-    for (name, fault, path, mentions) in cases {
-        proxy.inject("GET", path, fault, Some(1));
+    for (name, fault, times, path, mentions) in cases {
+        proxy.inject("GET", path, fault, Some(times));
         let build = world.served.build_dir(name);
-        let env = world.env(name, &proxy.host(), &world.keys.public, None, &[("DD_DOWNLOAD_LOW_SPEED_TIME", "2")]);
+        let env = world.env(name, &proxy.host(), &world.keys.public, None, &[("DD_DOWNLOAD_LOW_SPEED_TIME", "2"), ("DD_DOWNLOAD_ATTEMPTS", "2")]);
         let cache = world.cache(name);
         let out = compile(&build, &cache, &env, &[]);
         let warning = assert_fell_back(&out, mentions);
@@ -241,7 +242,41 @@ fn registry_faults_fall_back_to_the_apt_repository_with_one_warning() {
     }
     // No fault left unused (each was met by the build it was meant for).
     let faulted = proxy.requests().iter().filter(|(_, _, status)| *status != 200 && *status != 404).count();
-    assert!(faulted >= 3, "{:?}", proxy.requests());
+    assert!(faulted >= 5, "{:?}", proxy.requests());
+}
+
+#[test]
+fn transient_registry_errors_are_asked_again_not_warned() {
+    let world = World::start();
+    let proxy = FaultProxy::start(&world.registry.host()).unwrap();
+    // What the reference registry answers for a moment when two builders push the same blob
+    // (its link file is rewritten in place); an upload stored but answered 500 (the retried
+    // PUT then finds the upload gone, the blob there); a manifest PUT refused once.
+    proxy.inject("HEAD", "/blobs/sha256:", ProxyFault::Status(500), Some(1));
+    proxy.inject("PUT", "/blobs/uploads/", ProxyFault::StatusAfterPassing(500), Some(1));
+    proxy.inject("PUT", "/manifests/", ProxyFault::Status(503), Some(1));
+    let first = world.served.build_dir("push");
+    let env = world.env("push", &proxy.host(), &world.keys.public, Some(&world.keys.secret), &[]);
+    let out = compile(&first, &world.cache("push"), &env, &[]);
+    assert!(out.status.success() && text(&out).contains("pushed layer"), "{}", text(&out));
+    assert!(cache_warnings(&out).is_empty(), "{}", text(&out));
+    // A pull met by a 503 for the manifest and a 502 for the layer's blob.
+    let (_, manifest) = world.manifest();
+    let layer = digest_of(&manifest["layers"][0]);
+    proxy.inject("GET", "/manifests/", ProxyFault::Status(503), Some(1));
+    proxy.inject("GET", &format!("/blobs/sha256:{}", layer.digest), ProxyFault::Status(502), Some(1));
+    let second = world.served.build_dir("pull");
+    let downloads = world.served.pool_requests();
+    let env = world.env("pull", &proxy.host(), &world.keys.public, None, &[]);
+    let out = compile(&second, &world.cache("pull"), &env, &[]);
+    assert!(text(&out).contains("pulled and verified"), "{}", text(&out));
+    assert!(cache_warnings(&out).is_empty(), "{}", text(&out));
+    assert_eq!(world.served.pool_requests(), downloads);
+    assert_eq!(slug_hash(&second), slug_hash(&first));
+    // Every fault was met.
+    let faulted: Vec<_> = proxy.requests().into_iter().filter(|(_, _, status)| *status >= 500).map(|(method, _, status)| (method, status)).collect();
+    let expected: Vec<(String, u16)> = [("HEAD", 500), ("PUT", 500), ("PUT", 503), ("GET", 503), ("GET", 502)].map(|(m, s)| (m.to_string(), s)).to_vec();
+    assert_eq!(faulted, expected, "{:?}", proxy.requests());
 }
 
 #[test]
@@ -395,12 +430,12 @@ fn a_failed_push_warns_and_the_build_goes_on() {
         let proxy = FaultProxy::start(&world.registry.host()).unwrap();
         proxy.inject(method, path, ProxyFault::Status(status), None);
         let build = world.served.build_dir(name);
-        let env = world.env(name, &proxy.host(), &world.keys.public, Some(&world.keys.secret), &[]);
+        let env = world.env(name, &proxy.host(), &world.keys.public, Some(&world.keys.secret), &[("DD_DOWNLOAD_ATTEMPTS", "2")]);
         let out = compile(&build, &world.cache(name), &env, &[]);
         assert!(out.status.success(), "{}", text(&out));
         let warnings = cache_warnings(&out);
         assert_eq!(warnings.len(), 1, "{}", text(&out));
-        assert!(warnings[0].contains("could not push") && warnings[0].contains(&format!("HTTP {status}")), "{}", warnings[0]);
+        assert!(warnings[0].contains("could not push") && warnings[0].contains(&format!("HTTP {status} 2 times")), "{}", warnings[0]);
         assert!(warnings[0].contains("the build goes on"), "{}", warnings[0]);
         assert!(build.join(".ddslug/manifest.json").exists());
     }

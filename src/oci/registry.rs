@@ -28,6 +28,9 @@ const TOKEN_LIMIT: u64 = 1 << 20;
 const ERROR_BODY_LIMIT: u64 = 4096;
 /// Blobs larger than this are uploaded in chunks of this size.
 pub const CHUNK: u64 = 64 << 20;
+/// The wait before a request answered with a transient status is sent again (doubled
+/// after each), as downloads wait.
+const RETRY_BACKOFF: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Why a registry request failed. The message names the registry and what to do; it never
 /// holds a credential.
@@ -225,10 +228,43 @@ impl Registry {
     }
 
 
+    /// Sends a request ([`Registry::send_once`]); one answered with a transient status (408,
+    /// 429, 5xx) is sent again, as downloads are: up to `DD_DOWNLOAD_ATTEMPTS` times, waiting
+    /// 250 ms and twice as long after each, within `DD_DOWNLOAD_TIMEOUT`. A streamed body
+    /// cannot be sent again; its caller decides. Registries answer 500 for a moment when two
+    /// builders push the same blob at once (the reference registry rewrites the repository's
+    /// link file in place, and a HEAD reading it empty fails), so retrying is what lets
+    /// builders sharing a registry push together.
+    fn send(&self, method: &str, url: &str, headers: &[(&str, String)], body: Body, access: Access) -> Result<ureq::http::Response<ureq::Body>, RegistryError> {
+        let bytes = match body {
+            Body::Reader(..) => return self.send_once(method, url, headers, body, access),
+            Body::Empty => None,
+            Body::Bytes(bytes) => Some(bytes),
+        };
+        let started = Instant::now();
+        let mut wait = RETRY_BACKOFF;
+        let mut attempt = 1;
+        loop {
+            let response = self.send_once(method, url, headers, bytes.map_or(Body::Empty, Body::Bytes), access)?;
+            let status = response.status().as_u16();
+            if !matches!(status, 408 | 429 | 500..=599) {
+                return Ok(response);
+            }
+            if attempt >= self.limits.attempts || started.elapsed() + wait >= self.limits.deadline {
+                let times = if attempt == 1 { String::new() } else { format!(" {attempt} times") };
+                return Err(RegistryError::Status { url: url.into(), status, hint: format!("{times}{}", self.error_body(url, response)) });
+            }
+            drop(response);
+            std::thread::sleep(wait);
+            wait *= 2;
+            attempt += 1;
+        }
+    }
+
     /// Sends one request, authenticating when the registry asks (once per scope: the header
     /// that worked is reused). A streamed body is sent once: the request before it (a HEAD
     /// or POST of the same scope) has authenticated already.
-    fn send(&self, method: &str, url: &str, headers: &[(&str, String)], mut body: Body, access: Access) -> Result<ureq::http::Response<ureq::Body>, RegistryError> {
+    fn send_once(&self, method: &str, url: &str, headers: &[(&str, String)], mut body: Body, access: Access) -> Result<ureq::http::Response<ureq::Body>, RegistryError> {
         let scope = self.scope(access);
         let mut authorization = self.auth.lock().ok().and_then(|a| a.iter().find(|(s, _)| *s == scope).map(|(_, h)| h.clone()));
         let built = |e: ureq::http::Error| RegistryError::Network { url: url.into(), reason: e.to_string() };
@@ -354,10 +390,14 @@ impl Registry {
 
     fn unexpected(&self, url: &str, response: ureq::http::Response<ureq::Body>) -> RegistryError {
         let status = response.status().as_u16();
+        RegistryError::Status { url: url.into(), status, hint: self.error_body(url, response) }
+    }
+
+    /// `": <the start of the answer's body>"`, or nothing for an empty body.
+    fn error_body(&self, url: &str, response: ureq::http::Response<ureq::Body>) -> String {
         let body = self.read_limited(url, response, ERROR_BODY_LIMIT, "").unwrap_or_default();
         let text = String::from_utf8_lossy(&body);
-        let hint = if text.trim().is_empty() { String::new() } else { format!(": {}", crate::report::excerpt(text.trim(), 200)) };
-        RegistryError::Status { url: url.into(), status, hint }
+        if text.trim().is_empty() { String::new() } else { format!(": {}", crate::report::excerpt(text.trim(), 200)) }
     }
 
     /// Whether the repository has the blob (HEAD).
@@ -444,16 +484,26 @@ impl Registry {
                 offset += len;
             }
             let url = with_digest(&location, &blob.digest);
-            let response = self.send("PUT", &url, &[], Body::Empty, Access::Push)?;
-            return if response.status() == 201 { Ok(true) } else { Err(self.unexpected(&url, response)) };
+            let sent = self.send("PUT", &url, &[], Body::Empty, Access::Push);
+            return self.committed(blob, &url, sent);
         }
         let url = with_digest(&location, &blob.digest);
         let headers = [("Content-Type", "application/octet-stream".to_string())];
-        let response = self.send("PUT", &url, &headers, Body::Reader(&mut reader, blob.size), Access::Push)?;
-        if response.status() != 201 {
-            return Err(self.unexpected(&url, response));
-        }
-        Ok(true)
+        let sent = self.send("PUT", &url, &headers, Body::Reader(&mut reader, blob.size), Access::Push);
+        self.committed(blob, &url, sent)
+    }
+
+    /// Whether the PUT that ends an upload stored the blob. A failed one is not the end when
+    /// the repository has the blob all the same: a retried PUT whose first try was stored,
+    /// or another builder's upload of the same bytes (the registry checked its digest).
+    fn committed(&self, blob: BlobRef, url: &str, sent: Result<ureq::http::Response<ureq::Body>, RegistryError>) -> Result<bool, RegistryError> {
+        let failed = match sent {
+            Ok(response) if response.status() == 201 => return Ok(true),
+            Ok(response) => self.unexpected(url, response),
+            Err(e @ RegistryError::Status { .. }) => e,
+            Err(e) => return Err(e),
+        };
+        if matches!(self.has_blob(blob, true), Ok(true)) { Ok(true) } else { Err(failed) }
     }
 
     /// The absolute upload URL a response's `Location` gives (it may be relative).

@@ -26,6 +26,9 @@ pub enum ProxyFault {
     Corrupt(usize),
     /// Answer 200 with this body and content type; the request is not passed on.
     Replace(&'static str, Vec<u8>),
+    /// Pass the request on, then answer with this status instead of the upstream's (a
+    /// registry that did the work and failed to say so).
+    StatusAfterPassing(u16),
 }
 
 /// A queued fault: method, path substring, what to do, how many more times (None: always).
@@ -180,11 +183,14 @@ fn relay(client: TcpStream, upstream: &str, shared: &ProxyShared) -> std::io::Re
         }
     }
     let fault = take_fault(shared, &method, &path);
+    let injected = |client: &mut TcpStream, code: u16| {
+        let text = format!("{{\"errors\":[{{\"code\":\"INJECTED\",\"message\":\"injected {code}\"}}]}}");
+        write!(client, "HTTP/1.1 {code} Injected\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}", text.len())
+    };
     match &fault {
         Some(ProxyFault::Status(code)) => {
             log(*code);
-            let text = format!("{{\"errors\":[{{\"code\":\"INJECTED\",\"message\":\"injected {code}\"}}]}}");
-            write!(client, "HTTP/1.1 {code} Injected\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}", text.len())?;
+            injected(&mut client, *code)?;
             return Ok(());
         }
         Some(ProxyFault::Replace(content_type, bytes)) => {
@@ -211,6 +217,10 @@ fn relay(client: TcpStream, upstream: &str, shared: &ProxyShared) -> std::io::Re
     let mut up_reader = BufReader::new(up);
     let (status_line, up_headers) = read_head(&mut up_reader)?;
     let status: u16 = status_line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    if let Some(ProxyFault::StatusAfterPassing(code)) = fault {
+        log(code);
+        return injected(&mut client, code);
+    }
     log(status);
     let mut up_body = Vec::new();
     if method != "HEAD" {
