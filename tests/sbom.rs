@@ -240,7 +240,7 @@ fn sboms_list_the_package_and_what_it_embeds() {
     // Agent 6 on Python 3: its whole Python 2.7 is removed while the package streams, so
     // those distributions are known only by their directory names.
     let six = repo.compile("six", &cache, &[("DD_AGENT_MAJOR_VERSION", "6"), ("DD_PYTHON_VERSION", "3")]);
-    check_sbom(&six, &repo.debs[1], &repo.repo);fs::copy(six.join(".ddslug/sbom.cdx.json"), "/tmp/sbom6.json").unwrap();
+    check_sbom(&six, &repo.debs[1], &repo.repo);
     let sbom = sbom_of(&six);
     let py2: Vec<&Value> = sbom["components"]
         .as_array()
@@ -391,4 +391,137 @@ fn metadata_behind_symlinks_is_never_read() {
     assert!(evil.get("licenses").is_none());
     assert_eq!(component("sneaky")["version"], "1.0");
     assert!(!text.contains("pkg:generic/"), "no Omnibus components from a linked manifest");
+}
+
+/// A Go executable built by Debian's Go (`golang-go`, which `.ci/run` installs) from a
+/// module `example.com/agent` that requires `example.com/lib v1.4.2` (served by a file-based
+/// module proxy, so the build records its go.sum checksum) and `example.com/forked v0.3.0`
+/// (replaced by a directory), and what `go version -m` prints of it.
+fn go_executable(dir: &Path) -> (Vec<u8>, String) {
+    let write = |rel: &str, text: &str| {
+        let path = dir.join(rel);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(path, text).unwrap();
+    };
+    // The proxy: a module zip holds its files under `<module>@<version>/`.
+    let lib_mod = "module example.com/lib\n\ngo 1.19\n";
+    write("proxy/example.com/lib/@v/list", "v1.4.2\n");
+    write("proxy/example.com/lib/@v/v1.4.2.info", r#"{"Version":"v1.4.2","Time":"2024-01-02T03:04:05Z"}"#);
+    write("proxy/example.com/lib/@v/v1.4.2.mod", lib_mod);
+    let zipped = Command::new("python3")
+        .args(["-c", "import sys, zipfile\nz = zipfile.ZipFile(sys.argv[1], 'w')\nz.writestr('example.com/lib@v1.4.2/go.mod', sys.argv[2])\nz.writestr('example.com/lib@v1.4.2/lib.go', 'package lib\\n\\nfunc Name() string { return \"lib\" }\\n')\nz.close()"])
+        .arg(dir.join("proxy/example.com/lib/@v/v1.4.2.zip"))
+        .arg(lib_mod)
+        .output()
+        .unwrap();
+    assert!(zipped.status.success(), "{}", text(&zipped));
+    write("src/fork/go.mod", "module example.com/forked\n\ngo 1.19\n");
+    write("src/fork/fork.go", "package forked\n\nfunc Name() string { return \"fork\" }\n");
+    write(
+        "src/agent/go.mod",
+        "module example.com/agent\n\ngo 1.19\n\nrequire (\n\texample.com/forked v0.3.0\n\texample.com/lib v1.4.2\n)\n\nreplace example.com/forked => ../fork\n",
+    );
+    write("src/agent/main.go", "package main\n\nimport (\n\t\"example.com/forked\"\n\t\"example.com/lib\"\n)\n\nfunc main() { println(lib.Name(), forked.Name()) }\n");
+    let go = |args: &[&str]| {
+        let out = Command::new("go")
+            .args(args)
+            .current_dir(dir.join("src/agent"))
+            .env("GOPROXY", format!("file://{}", dir.join("proxy").display()))
+            .env("GOSUMDB", "off")
+            .env("GOFLAGS", "-mod=mod")
+            .env("GOCACHE", dir.join("gocache"))
+            .env("GOPATH", dir.join("gopath"))
+            .env("CGO_ENABLED", "0")
+            .env("GO111MODULE", "on")
+            .output()
+            .expect("go runs (Debian package golang-go; .ci/run installs it)");
+        assert!(out.status.success(), "go {args:?}: {}", text(&out));
+        out
+    };
+    go(&["build", "-trimpath", "-o", "agent", "."]);
+    let printed = String::from_utf8(go(&["version", "-m", "agent"]).stdout).unwrap();
+    (fs::read(dir.join("src/agent/agent")).unwrap(), printed)
+}
+
+#[test]
+fn go_modules_in_the_agents_executables_are_listed_as_go_prints_them() {
+    let work = tempfile::tempdir().unwrap();
+    let (exe, printed) = go_executable(work.path());
+    let agent = "opt/datadog-agent/bin/agent/agent";
+    let probe = "opt/datadog-agent/embedded/bin/system-probe";
+    // The Go executable replaces the fixture's agent, and system-probe (which the recipe removes).
+    let repo = Repo::serve_with(|mut d| {
+        d.entries.retain(|(path, _)| path != agent.as_bytes() && path != probe.as_bytes());
+        d.file(agent, 0o755, exe.clone()).file(probe, 0o755, exe.clone())
+    });
+    let cache = repo.fresh("cache");
+    let build = repo.compile("go", &cache, &[]);
+    let sbom = sbom_of(&build);
+    assert_eq!(schema_errors(&sbom), Vec::<String>::new());
+    // What `go version -m` printed: "<file>: go1.x.y", then "\t<kind>\t<fields...>" lines.
+    let go_version = printed.lines().next().unwrap().rsplit(' ').next().unwrap().to_string();
+    let mut expected: Vec<(String, String, Option<String>, Option<String>)> = vec![("stdlib".into(), go_version.clone(), None, None)];
+    for line in printed.lines().skip(1) {
+        let fields: Vec<&str> = line.trim_start_matches('\t').split('\t').collect();
+        match fields.as_slice() {
+            ["dep", path, version, rest @ ..] => expected.push((path.to_string(), version.to_string(), rest.first().filter(|s| !s.is_empty()).map(|s| s.to_string()), None)),
+            ["=>", path, rest @ ..] => {
+                let version = rest.first().filter(|v| !v.is_empty()).map_or(String::new(), |v| format!(" {v}"));
+                expected.last_mut().unwrap().3 = Some(format!("{path}{version}"));
+            }
+            _ => {}
+        }
+    }
+    expected.sort();
+    assert_eq!(expected.len(), 3, "stdlib and two modules: {printed}");
+    assert!(expected.iter().any(|e| e.0 == "example.com/lib" && e.2.as_deref().is_some_and(|s| s.starts_with("h1:"))), "{printed}");
+    let listed: Vec<&Value> = sbom["components"].as_array().unwrap().iter().filter(|c| c["purl"].as_str().is_some_and(|p| p.starts_with("pkg:golang/"))).collect();
+    let mut got: Vec<(String, String, Option<String>, Option<String>)> = listed
+        .iter()
+        .map(|c| {
+            let s = |k: &str| c[k].as_str().unwrap().to_string();
+            (s("name"), s("version"), property(c, "ddslug:go:sum").map(str::to_string), property(c, "ddslug:go:replaced-by").map(str::to_string))
+        })
+        .collect();
+    got.sort();
+    assert_eq!(got, expected, "{printed}");
+    for c in &listed {
+        // Found in the agent only: system-probe was removed while the package streamed.
+        assert_eq!(c["evidence"]["occurrences"], serde_json::json!([{ "location": agent }]), "{c:#}");
+        assert_eq!(property(c, "ddslug:recipe"), Some("kept"));
+        let version = c["version"].as_str().unwrap();
+        let purl_version = if c["name"] == "stdlib" { version.trim_start_matches("go") } else { version };
+        assert_eq!(c["purl"].as_str().unwrap(), format!("pkg:golang/{}@{purl_version}", c["name"].as_str().unwrap()));
+        assert_eq!(c["bom-ref"], c["purl"]);
+    }
+    // The main module, built from a checkout, is the agent itself: not a component.
+    assert!(printed.contains("\tmod\texample.com/agent\t(devel)"), "{printed}");
+    assert!(!listed.iter().any(|c| c["name"] == "example.com/agent"));
+    // A rebuild from the same inputs gives the same SBOM.
+    let first = fs::read(build.join(".ddslug/sbom.cdx.json")).unwrap();
+    let again = repo.compile("go-again", &repo.fresh("cache-again"), &[]);
+    assert_eq!(fs::read(again.join(".ddslug/sbom.cdx.json")).unwrap(), first);
+    // A layer stored by a ddslug from before Go modules were listed (its inventory,
+    // `<key>.sbom.json`, has none, and no SBOM is rendered yet): a warm build reads them from
+    // the stored tree.
+    let layers = cache.join("ddslug/v1/layers");
+    let mut edited = 0;
+    for entry in fs::read_dir(&layers).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_string();
+        if name.ends_with(".cdx.json") {
+            fs::remove_file(&path).unwrap();
+        } else if name.ends_with(".sbom.json") {
+            let mut inventory: Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+            assert!(inventory["go"].as_array().is_some_and(|go| go.len() == 1), "{inventory:#}");
+            inventory.as_object_mut().unwrap().remove("go");
+            fs::write(&path, serde_json::to_vec(&inventory).unwrap()).unwrap();
+            edited += 1;
+        }
+    }
+    assert_eq!(edited, 1);
+    let warm = repo.fresh("build-go-warm");
+    let out = bin_compile(&warm, &cache, &repo.env("go-warm", &[]));
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(fs::read(warm.join(".ddslug/sbom.cdx.json")).unwrap(), first);
 }

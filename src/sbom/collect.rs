@@ -57,6 +57,10 @@ pub enum SbomError {
 pub struct Inventory {
     pub python: Vec<PythonDist>,
     pub omnibus: Vec<OmnibusSoftware>,
+    /// The Go executables kept, with their modules; `None` in an inventory made by a ddslug
+    /// from before it read them ([`crate::sbom::for_stored_layer`] reads them then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub go: Option<Vec<super::GoBinary>>,
     /// What could not be read, and why (shown as `ddslug:note` properties).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
@@ -182,6 +186,7 @@ pub fn inventory(tree: &Dir, tree_path: &Path, seen: &BTreeMap<Vec<u8>, bool>, r
         inv.notes.extend(notes);
     }
     inv.omnibus = super::omnibus::software(tree, tree_path, &mut inv.notes)?;
+    inv.go = Some(super::gobuild::binaries(tree, tree_path, &mut inv.notes)?);
     Ok(inv)
 }
 

@@ -24,8 +24,12 @@
 //!   where it was found (`evidence.occurrences`);
 //! - one component per piece of software Omnibus built into the package, as its build manifest
 //!   `opt/datadog-agent/version-manifest.json` names them (name, version, licence; Omnibus
-//!   writes that file into the install directory). Go modules compiled into the agent's
-//!   binaries are not listed: their build info is inside the executables, not in a file.
+//!   writes that file into the install directory);
+//! - one component per Go module compiled into the agent's executables that the layer keeps,
+//!   as the build information the Go linker embeds names it ([`gobuild`]): module path,
+//!   version, purl `pkg:golang/<path>@<version>`, its go.sum checksum and replacement as
+//!   properties, and the executables holding it; and each Go release they were built with as
+//!   `stdlib` (`pkg:golang/stdlib@<release>`).
 //!
 //! Each component has the property `ddslug:recipe`: `kept` (in the layer), `removed` (the
 //! strip recipe took it out; also `scope: excluded`) or `unmapped` (Omnibus entries: the
@@ -42,10 +46,12 @@
 //! name (`<name>-<version>.dist-info`), and it has no licence.
 //!
 //! Deterministic: no timestamps; the serial number is a name-based UUID (version 8, SHA-256,
-//! as RFC 9562 B.2 describes) of the layer key, the lock and this ddslug's version;
+//! as RFC 9562 B.2 describes) of the layer key, the lock, this ddslug's version and what it
+//! lists ([`FORMAT`]);
 //! components are sorted by `bom-ref`. Identical inputs give byte-identical SBOMs.
 
 pub mod collect;
+pub mod gobuild;
 pub mod omnibus;
 
 use std::ffi::OsStr;
@@ -57,7 +63,11 @@ use crate::slug::manifest::Lock;
 use crate::store::layer::LayerInfo;
 
 pub use collect::{Collector, Inventory, License, OmnibusSoftware, PythonDist, SbomError, inventory};
+pub use gobuild::GoBinary;
 
+/// What this ddslug lists (2: Go modules too); a part of the serial number, so that an SBOM
+/// rendered by a ddslug of the same version that listed less is rendered again.
+const FORMAT: u32 = 2;
 /// The CycloneDX version written.
 pub const SPEC_VERSION: &str = "1.6";
 /// The media type a CNB declares for these files (`sbom-formats` in buildpack.toml).
@@ -97,7 +107,7 @@ pub fn for_stored_layer(store: &crate::store::Store, lock: &Lock, info: &LayerIn
             return Ok(bytes);
         }
     }
-    let inventory = match &info.components {
+    let mut inventory = match &info.components {
         Some(inventory) => inventory.clone(),
         None => {
             let name = inventory_file(&info.key);
@@ -107,6 +117,12 @@ pub fn for_stored_layer(store: &crate::store::Store, lock: &Lock, info: &LayerIn
             serde_json::from_slice(&bytes).map_err(|e| SbomError::Io { path, error: std::io::Error::other(e) })?
         }
     };
+    if inventory.go.is_none() {
+        // Made by a ddslug from before Go modules were listed: read them from the stored tree.
+        let hex = info.key.hex();
+        let tree = layers.dir_beneath(std::path::Path::new(&hex)).map_err(|error| SbomError::Io { path: path_of(&hex), error })?;
+        inventory.go = Some(gobuild::binaries(&tree, &path_of(&hex), &mut inventory.notes)?);
+    }
     let bytes = for_layer(lock, info, &inventory);
     // Written under tmp/ (cleared by the next build if this one dies), then renamed into place.
     store.put("layers", &rendered, &bytes)?;
@@ -277,6 +293,7 @@ fn document(lock: &Lock, info: &LayerInfo, inventory: &Inventory) -> Bom {
     let mut components: Vec<Component> = debs.collect();
     components.extend(inventory.python.iter().map(python_component));
     components.extend(inventory.omnibus.iter().map(omnibus_component));
+    components.extend(go_components(inventory.go.as_deref().unwrap_or_default()));
     components.sort_by(|a, b| a.bom_ref.cmp(&b.bom_ref));
     // bom-refs are unique by construction (paths, names in one JSON object, purls of one
     // lock); a lock naming one package twice is the one way to repeat one.
@@ -351,6 +368,50 @@ fn omnibus_component(s: &OmnibusSoftware) -> Component {
     }
 }
 
+/// One component per Go module (by path and version) of the executables `binaries`, and one
+/// per Go release they were built with (`stdlib`), each with the executables it is in. A
+/// main module built from a checkout (`(devel)`) is the agent itself, not a component.
+fn go_components(binaries: &[GoBinary]) -> Vec<Component> {
+    /// A module's checksum, replacement and the executables holding it.
+    #[derive(Default)]
+    struct Seen {
+        sum: Option<String>,
+        replaced_by: Option<String>,
+        locations: Vec<String>,
+    }
+    let mut modules: std::collections::BTreeMap<(String, String), Seen> = std::collections::BTreeMap::new();
+    for binary in binaries {
+        let stdlib = ("stdlib".to_string(), binary.go_version.split_whitespace().next().unwrap_or("").to_string());
+        modules.entry(stdlib).or_default().locations.push(binary.path.clone());
+        for m in binary.modules.iter().filter(|m| !(m.main && m.version == "(devel)")) {
+            let seen = modules.entry((m.path.clone(), m.version.clone())).or_default();
+            seen.sum = seen.sum.take().or_else(|| m.sum.clone());
+            seen.replaced_by = seen.replaced_by.take().or_else(|| m.replaced_by.clone());
+            seen.locations.push(binary.path.clone());
+        }
+    }
+    modules
+        .into_iter()
+        .map(|((path, version), Seen { sum, replaced_by, locations })| {
+            let purl_version = if path == "stdlib" { gobuild::release_number(&version).to_string() } else { version.clone() };
+            let purl = format!("pkg:golang/{}@{}", path.split('/').map(purl_encode).collect::<Vec<_>>().join("/"), purl_encode(&purl_version));
+            let mut properties = recipe_properties("kept", &[]);
+            properties.extend(sum.map(|s| property("ddslug:go:sum", s)));
+            properties.extend(replaced_by.map(|r| property("ddslug:go:replaced-by", r)));
+            Component {
+                kind: "library",
+                bom_ref: purl.clone(),
+                name: path,
+                version: Some(version),
+                purl: Some(purl),
+                properties,
+                evidence: Some(Evidence { occurrences: locations.into_iter().map(|location| Occurrence { location }).collect() }),
+                ..Component::default()
+            }
+        })
+        .collect()
+}
+
 /// The package URL of a Debian package from Datadog's repository.
 pub fn deb_purl(name: &str, version: &str, arch: &str) -> String {
     format!("pkg:deb/datadog/{}@{}?arch={}", purl_encode(name), purl_encode(version), purl_encode(arch))
@@ -397,10 +458,10 @@ fn without_userinfo(url: &str) -> String {
 }
 
 /// A name-based UUID (version 8 with SHA-256, RFC 9562 appendix B.2) of what decides the
-/// SBOM: the layer key, the lock and this ddslug's version.
+/// SBOM: the layer key, the lock, this ddslug's version and [`FORMAT`].
 fn serial_number(lock: &Lock, info: &LayerInfo) -> String {
     let lock_json = serde_json::to_vec(lock).unwrap_or_default();
-    let name = format!("ddslug-sbom\0{}\0{}\0{}", env!("CARGO_PKG_VERSION"), info.key.hex(), Sha256::of(&lock_json).hex());
+    let name = format!("ddslug-sbom\0{}\0{FORMAT}\0{}\0{}", env!("CARGO_PKG_VERSION"), info.key.hex(), Sha256::of(&lock_json).hex());
     let mut b = Sha256::of(name.as_bytes()).0;
     b[6] = (b[6] & 0x0f) | 0x80;
     b[8] = (b[8] & 0x3f) | 0x80;
