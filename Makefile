@@ -54,7 +54,7 @@ glibc-check:
 # Corpora grow in fuzz/corpus/<target> from the committed seeds in fuzz/seeds/<target>;
 # results are recorded in FUZZING.md.
 FUZZ_SECONDS ?= 600
-FUZZ_TARGETS ?= deb822 inrelease ar unpack xzseek recipe layerindex lock_manifest version
+FUZZ_TARGETS ?= deb822 inrelease ar unpack xzseek recipe layerindex lock_manifest version gobuild
 fuzz:
 	command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
 	for t in $(FUZZ_TARGETS); do \

@@ -143,9 +143,25 @@ impl From<std::io::Error> for Unreadable {
 /// executable.
 fn read_binary(file: &File, len: u64, path: &str) -> Result<Option<GoBinary>, Unreadable> {
     let Some(section) = buildinfo_section(file, len)? else { return Ok(None) };
-    let (go_version, modinfo) = parse_buildinfo(&section).map_err(Unreadable::Note)?;
+    from_section(&section, path).map(Some).map_err(Unreadable::Note)
+}
+
+/// What the `.go.buildinfo` section `section` of the executable `path` says; `Err` says why
+/// it cannot be read (for a note).
+pub fn from_section(section: &[u8], path: &str) -> Result<GoBinary, String> {
+    let (go_version, modinfo) = parse_buildinfo(section)?;
     let (main, modules) = parse_modinfo(&modinfo);
-    Ok(Some(GoBinary { path: path.into(), go_version: bounded(&go_version), main: bounded(&main), modules }))
+    Ok(GoBinary { path: path.into(), go_version: bounded(&go_version), main: bounded(&main), modules })
+}
+
+/// [`binaries`] for one open file (`len` bytes): its build information, `Ok(None)` when it
+/// is not a Go executable, `Ok(Err(note))` when it cannot be read.
+pub fn from_file(file: &File, len: u64, path: &str) -> std::io::Result<Result<Option<GoBinary>, String>> {
+    match read_binary(file, len, path) {
+        Ok(found) => Ok(Ok(found)),
+        Err(Unreadable::Note(note)) => Ok(Err(note)),
+        Err(Unreadable::Io(e)) => Err(e),
+    }
 }
 
 fn read_at(file: &File, offset: u64, len: u64) -> std::io::Result<Vec<u8>> {
@@ -348,6 +364,50 @@ mod tests {
             ]
         );
         assert_eq!(release_number("go1.22.5 X:boringcrypto"), "1.22.5");
+    }
+
+    fn copy_of(bytes: &[u8]) -> (tempfile::NamedTempFile, u64) {
+        use std::io::Write;
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(bytes).unwrap();
+        (f, bytes.len() as u64)
+    }
+
+    #[test]
+    fn elf_files_without_the_section_or_broken_ones_are_skipped_or_noted() {
+        // This test program: ELF, no Go build information.
+        let me = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+        let (f, len) = copy_of(&me);
+        assert!(buildinfo_section(f.as_file(), len).unwrap().is_none());
+        // Not ELF at all, or too short to be: skipped.
+        let (f, len) = copy_of(b"#!/bin/sh\necho not ELF, and long enough to have a header of sixty-four bytes\n");
+        assert!(buildinfo_section(f.as_file(), len).unwrap().is_none());
+        // Its section headers moved past the end, or its name table index out of range: notes.
+        let mut moved = me.clone();
+        moved[0x28..0x30].copy_from_slice(&u64::MAX.to_le_bytes());
+        let (f, len) = copy_of(&moved);
+        assert!(matches!(buildinfo_section(f.as_file(), len), Err(Unreadable::Note(n)) if n.contains("past its end")));
+        let mut bad_index = me.clone();
+        bad_index[0x3e..0x40].copy_from_slice(&u16::MAX.to_le_bytes());
+        let (f, len) = copy_of(&bad_index);
+        assert!(matches!(buildinfo_section(f.as_file(), len), Err(Unreadable::Note(_))));
+        // Cut short: whatever it says, no panic.
+        for cut in [64, 100, me.len() / 2, me.len() - 1] {
+            let (f, len) = copy_of(&me[..cut]);
+            let _ = buildinfo_section(f.as_file(), len);
+        }
+    }
+
+    #[test]
+    fn a_section_objcopy_added_is_found() {
+        // An object file from binutils' `as`, given the section by `objcopy --add-section`
+        // (a fuzz seed; its first byte picks the fuzz target's mode).
+        let seed = include_bytes!("../../fuzz/seeds/gobuild/elf-with-buildinfo");
+        let (f, len) = copy_of(&seed[1..]);
+        let found = from_file(f.as_file(), len, "go.o").unwrap().unwrap().unwrap();
+        assert_eq!((found.go_version.as_str(), found.main.as_str()), ("go1.19.8", "example.com/agent"));
+        let names: Vec<_> = found.modules.iter().map(|m| (m.path.as_str(), m.version.as_str(), m.replaced_by.as_deref())).collect();
+        assert_eq!(names, [("example.com/agent", "(devel)", None), ("example.com/forked", "v0.3.0", Some("../fork (devel)")), ("example.com/lib", "v1.4.2", None)]);
     }
 
     #[test]
