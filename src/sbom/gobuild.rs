@@ -27,10 +27,15 @@ use crate::fsat::{Dir, Kind};
 pub const GO_BIN_DIRS: [&str; 2] = ["opt/datadog-agent/bin", "opt/datadog-agent/embedded/bin"];
 /// Levels of subdirectories read below each of [`GO_BIN_DIRS`].
 const MAX_DEPTH: usize = 3;
-/// Executables examined per layer, at most (the agent has about a hundred).
+/// Executables examined per layer, at most.
 const MAX_EXECUTABLES: usize = 4096;
-/// The largest `.go.buildinfo` section read (the agent's, with ~1,000 modules, is ~100 KB).
-pub const BUILDINFO_LIMIT: u64 = 16 << 20;
+/// The largest `.go.buildinfo` section read (a module's line is about 100 bytes: this holds
+/// some 40,000).
+pub const BUILDINFO_LIMIT: u64 = 4 << 20;
+/// The most bytes of `.go.buildinfo` sections read per layer: what is kept of them goes into
+/// the layer's inventory and SBOM, which are read back within [`super::MAX_INVENTORY`] and
+/// [`super::MAX_SLUG_SBOM`].
+const BUILDINFO_TOTAL: u64 = 4 << 20;
 /// Section headers read per ELF file, at most.
 const MAX_SECTIONS: u64 = 1 << 16;
 /// The largest section-name table read.
@@ -71,20 +76,32 @@ pub struct GoModule {
 
 /// The Go executables in the tree at `tree` (shown as `tree_path`), sorted by path.
 pub fn binaries(tree: &Dir, tree_path: &Path, notes: &mut Vec<String>) -> Result<Vec<GoBinary>, SbomError> {
-    let mut found = Vec::new();
-    let mut examined = 0;
+    let mut found = Found::default();
     for root in GO_BIN_DIRS {
         let Parent::Open(dir) = open_parent(tree, tree_path, root.as_bytes())? else { continue };
-        walk(&dir, root, 0, tree_path, &mut examined, &mut found, notes)?;
+        walk(&dir, root, 0, tree_path, &mut found, notes)?;
     }
-    if examined > MAX_EXECUTABLES {
-        notes.push(format!("more than {MAX_EXECUTABLES} executables in {}: the Go modules of the others are not listed", GO_BIN_DIRS.join(" and ")));
+    if found.examined > MAX_EXECUTABLES || found.bytes > BUILDINFO_TOTAL {
+        notes.push(format!(
+            "more than {MAX_EXECUTABLES} executables or {BUILDINFO_TOTAL} bytes of Go build information in {}, ddslug's limits: \
+             the Go modules of the others are not listed",
+            GO_BIN_DIRS.join(" and ")
+        ));
     }
-    found.sort_by(|a: &GoBinary, b| a.path.cmp(&b.path));
-    Ok(found)
+    found.binaries.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(found.binaries)
 }
 
-fn walk(dir: &Dir, rel: &str, depth: usize, tree_path: &Path, examined: &mut usize, found: &mut Vec<GoBinary>, notes: &mut Vec<String>) -> Result<(), SbomError> {
+/// What [`walk`] found so far, and how much it read.
+#[derive(Default)]
+struct Found {
+    binaries: Vec<GoBinary>,
+    examined: usize,
+    /// Bytes of `.go.buildinfo` sections read.
+    bytes: u64,
+}
+
+fn walk(dir: &Dir, rel: &str, depth: usize, tree_path: &Path, found: &mut Found, notes: &mut Vec<String>) -> Result<(), SbomError> {
     let io = |error| SbomError::Io { path: tree_path.join(rel), error };
     for (name, kind) in dir.entries().map_err(io)? {
         let Some(name_text) = name.to_str() else { continue };
@@ -93,7 +110,7 @@ fn walk(dir: &Dir, rel: &str, depth: usize, tree_path: &Path, examined: &mut usi
             Kind::Dir if depth < MAX_DEPTH => {
                 // Opened without following a symlink swapped in since the listing.
                 let Ok(sub) = dir.dir_beneath(Path::new(&name)) else { continue };
-                walk(&sub, &child, depth + 1, tree_path, examined, found, notes)?;
+                walk(&sub, &child, depth + 1, tree_path, found, notes)?;
             }
             Kind::File => {
                 let file = match dir.open_regular(&name) {
@@ -108,13 +125,13 @@ fn walk(dir: &Dir, rel: &str, depth: usize, tree_path: &Path, examined: &mut usi
                 if std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o111 == 0 {
                     continue;
                 }
-                *examined += 1;
-                if *examined > MAX_EXECUTABLES {
+                found.examined += 1;
+                if found.examined > MAX_EXECUTABLES || found.bytes > BUILDINFO_TOTAL {
                     return Ok(());
                 }
-                match read_binary(&file, meta.len(), &child) {
-                    Ok(Some(binary)) => found.push(binary),
-                    Ok(None) => {}
+                match read_binary(&file, meta.len(), &child, &mut found.bytes) {
+                    Ok(Some(binary)) if found.bytes <= BUILDINFO_TOTAL => found.binaries.push(binary),
+                    Ok(_) => {}
                     Err(Unreadable::Note(note)) => notes.push(format!("{child}: {note}; its Go modules are not listed")),
                     Err(Unreadable::Io(error)) => return Err(SbomError::Io { path: tree_path.join(&child), error }),
                 }
@@ -140,9 +157,10 @@ impl From<std::io::Error> for Unreadable {
 }
 
 /// The build information of the ELF file `file` (`len` bytes), `None` when it is not a Go
-/// executable.
-fn read_binary(file: &File, len: u64, path: &str) -> Result<Option<GoBinary>, Unreadable> {
+/// executable; the size of the section read is added to `read`.
+fn read_binary(file: &File, len: u64, path: &str, read: &mut u64) -> Result<Option<GoBinary>, Unreadable> {
     let Some(section) = buildinfo_section(file, len)? else { return Ok(None) };
+    *read += section.len() as u64;
     from_section(&section, path).map(Some).map_err(Unreadable::Note)
 }
 
@@ -157,7 +175,7 @@ pub fn from_section(section: &[u8], path: &str) -> Result<GoBinary, String> {
 /// [`binaries`] for one open file (`len` bytes): its build information, `Ok(None)` when it
 /// is not a Go executable, `Ok(Err(note))` when it cannot be read.
 pub fn from_file(file: &File, len: u64, path: &str) -> std::io::Result<Result<Option<GoBinary>, String>> {
-    match read_binary(file, len, path) {
+    match read_binary(file, len, path, &mut 0) {
         Ok(found) => Ok(Ok(found)),
         Err(Unreadable::Note(note)) => Ok(Err(note)),
         Err(Unreadable::Io(e)) => Err(e),
