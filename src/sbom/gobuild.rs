@@ -429,6 +429,29 @@ mod tests {
     }
 
     #[test]
+    fn only_executables_in_the_agents_bin_directories_are_read_and_no_symlink_is_followed() {
+        use std::os::unix::fs::PermissionsExt;
+        let seed = &include_bytes!("../../fuzz/seeds/gobuild/elf-with-buildinfo")[1..];
+        let tmp = tempfile::tempdir().unwrap();
+        let put = |rel: &str, bytes: &[u8], mode: u32| {
+            let path = tmp.path().join(rel);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, bytes).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        };
+        put("opt/datadog-agent/bin/agent/agent", seed, 0o755);
+        put("opt/datadog-agent/embedded/bin/not-executable", seed, 0o644);
+        put("opt/datadog-agent/embedded/bin/script", b"#!/bin/sh\nexit 0\n", 0o755);
+        put("opt/datadog-agent/embedded/lib/elsewhere", seed, 0o755);
+        std::os::unix::fs::symlink("../../bin/agent/agent", tmp.path().join("opt/datadog-agent/embedded/bin/link")).unwrap();
+        let mut notes = Vec::new();
+        let found = binaries(&Dir::open_given(tmp.path()).unwrap(), tmp.path(), &mut notes).unwrap();
+        let paths: Vec<_> = found.iter().map(|b| b.path.as_str()).collect();
+        assert_eq!(paths, ["opt/datadog-agent/bin/agent/agent"]);
+        assert!(notes.is_empty(), "{notes:?}");
+    }
+
+    #[test]
     fn bad_sections_are_notes_not_panics() {
         let mut old = section("go1.17", "x");
         old[15] = 0;
