@@ -67,6 +67,15 @@ pub enum FetchError {
     Redirect { url: String, reason: String },
 }
 
+/// The wait before the first retry of a download (and of a registry request); doubled after each.
+pub const RETRY_BACKOFF: Duration = Duration::from_millis(250);
+
+/// Whether an HTTP status asks for the request again later: a timeout, too many requests,
+/// or trouble on the server's side.
+pub(crate) fn transient(status: u16) -> bool {
+    matches!(status, 408 | 429 | 500..=599)
+}
+
 /// Redirects followed for one request (curl follows 50, apt and ureq 10).
 pub const MAX_REDIRECTS: u32 = 10;
 
@@ -85,7 +94,7 @@ pub struct FetchOptions {
 
 impl Default for FetchOptions {
     fn default() -> Self {
-        FetchOptions { offline: None, limits: Limits::default(), backoff: Duration::from_millis(250), report: Reporter { quiet: true } }
+        FetchOptions { offline: None, limits: Limits::default(), backoff: RETRY_BACKOFF, report: Reporter { quiet: true } }
     }
 }
 
@@ -536,7 +545,7 @@ fn copy_hashing(
 fn check_status(url: &str, status: u16) -> Result<(), Attempt> {
     match status {
         200..=299 => Ok(()),
-        408 | 429 | 500..=599 => Err(Attempt::Retry(format!("HTTP {status}"))),
+        _ if transient(status) => Err(Attempt::Retry(format!("HTTP {status}"))),
         _ => {
             let hint = match status {
                 401 | 403 => "; the repository refused access",

@@ -28,9 +28,6 @@ const TOKEN_LIMIT: u64 = 1 << 20;
 const ERROR_BODY_LIMIT: u64 = 4096;
 /// Blobs larger than this are uploaded in chunks of this size.
 pub const CHUNK: u64 = 64 << 20;
-/// The wait before a request answered with a transient status is sent again (doubled
-/// after each), as downloads wait.
-const RETRY_BACKOFF: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Why a registry request failed. The message names the registry and what to do; it never
 /// holds a credential.
@@ -242,12 +239,12 @@ impl Registry {
             Body::Bytes(bytes) => Some(bytes),
         };
         let started = Instant::now();
-        let mut wait = RETRY_BACKOFF;
+        let mut wait = crate::fetch::RETRY_BACKOFF;
         let mut attempt = 1;
         loop {
             let response = self.send_once(method, url, headers, bytes.map_or(Body::Empty, Body::Bytes), access)?;
             let status = response.status().as_u16();
-            if !matches!(status, 408 | 429 | 500..=599) {
+            if !crate::fetch::transient(status) {
                 return Ok(response);
             }
             if attempt >= self.limits.attempts || started.elapsed() + wait >= self.limits.deadline {
