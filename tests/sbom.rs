@@ -501,6 +501,11 @@ fn go_modules_in_the_agents_executables_are_listed_as_go_prints_them() {
     let first = fs::read(build.join(".ddslug/sbom.cdx.json")).unwrap();
     let again = repo.compile("go-again", &repo.fresh("cache-again"), &[]);
     assert_eq!(fs::read(again.join(".ddslug/sbom.cdx.json")).unwrap(), first);
+    // And as a user who is not root, as Heroku builds.
+    let (user_build, user_cache) = (repo.fresh("build-go-user"), repo.fresh("cache-go-user"));
+    let out = bin_compile_unprivileged(&user_build, &user_cache, &repo.env("go-user", &[]));
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(fs::read(user_build.join(".ddslug/sbom.cdx.json")).unwrap(), first, "not root");
     // A layer stored by a ddslug from before Go modules were listed (its inventory,
     // `<key>.sbom.json`, has none, and no SBOM is rendered yet): a warm build reads them from
     // the stored tree.
