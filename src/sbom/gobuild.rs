@@ -29,8 +29,7 @@ pub const GO_BIN_DIRS: [&str; 2] = ["opt/datadog-agent/bin", "opt/datadog-agent/
 const MAX_DEPTH: usize = 3;
 /// Executables examined per layer, at most.
 const MAX_EXECUTABLES: usize = 4096;
-/// The largest `.go.buildinfo` section read (a module's line is about 100 bytes: this holds
-/// some 40,000).
+/// The largest `.go.buildinfo` section read (its text is one line per module).
 pub const BUILDINFO_LIMIT: u64 = 4 << 20;
 /// The most bytes of `.go.buildinfo` sections read per layer: what is kept of them goes into
 /// the layer's inventory and SBOM, which are read back within [`super::MAX_INVENTORY`] and
